@@ -1,0 +1,11 @@
+module github.com/d2c-iot/d2c
+
+go 1.26
+
+require (
+	github.com/fxamacker/cbor/v2 v2.9.6
+	github.com/go-jose/go-jose/v4 v4.1.8
+	github.com/smallstep/pkcs7 v0.2.3
+)
+
+require github.com/x448/float16 v0.8.4 // indirect

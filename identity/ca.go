@@ -1,0 +1,470 @@
+package identity
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/internal/statefile"
+)
+
+// File names inside a fleet CA directory.
+const (
+	CARootCertFile    = "root.crt"
+	CARootKeyFile     = "root.key"
+	CAIssuingCertFile = "issuing.crt"
+	CAIssuingKeyFile  = "issuing.key"
+	CARevokedFile     = "revoked.state"
+	// CATokenKeyFile holds the key that signs enrollment tokens.
+	CATokenKeyFile = "token.key"
+)
+
+// clockSkew is how far back a certificate's validity starts, so that a
+// device whose clock is slightly behind accepts it at once.
+const clockSkew = 5 * time.Minute
+
+// CAConfig is the policy of a fleet CA. The zero value is a secure default.
+type CAConfig struct {
+	// Fleet names the fleet in certificate subjects (organization).
+	// Default "d2c fleet".
+	Fleet string
+	// DeviceValidity is the lifetime of device certificates. Default 90
+	// days. Devices renew automatically well before the end.
+	DeviceValidity time.Duration
+	// ServerValidity is the lifetime of broker and registrar certificates.
+	// Default 365 days.
+	ServerValidity time.Duration
+	// AllowedKeys are the device key types the CA certifies. Default
+	// ECDSA P-256 and Ed25519.
+	AllowedKeys []KeyType
+	// CRLValidity is the time between a CRL's thisUpdate and nextUpdate.
+	// Default 7 days; publish a new CRL before it runs out.
+	CRLValidity time.Duration
+	// Time returns the current time. Default time.Now.
+	Time func() time.Time
+}
+
+func (c CAConfig) withDefaults() CAConfig {
+	if c.Fleet == "" {
+		c.Fleet = "d2c fleet"
+	}
+	if c.DeviceValidity == 0 {
+		c.DeviceValidity = 90 * 24 * time.Hour
+	}
+	if c.ServerValidity == 0 {
+		c.ServerValidity = 365 * 24 * time.Hour
+	}
+	if len(c.AllowedKeys) == 0 {
+		c.AllowedKeys = []KeyType{ECDSAP256, Ed25519}
+	} else {
+		c.AllowedKeys = slices.Clone(c.AllowedKeys)
+	}
+	if c.CRLValidity == 0 {
+		c.CRLValidity = 7 * 24 * time.Hour
+	}
+	if c.Time == nil {
+		c.Time = time.Now
+	}
+	return c
+}
+
+// CA is a fleet certificate authority: an offline root and an online issuing
+// intermediate that signs device and server certificates and the CRL.
+//
+// Its state lives in a directory (mode 0700): the certificates, the issuing
+// key (0600) and the revocation list. [InitCA] also writes the root key
+// there; move it offline after initialisation, since the CA never needs it
+// again.
+type CA struct {
+	dir     string
+	cfg     CAConfig
+	root    *x509.Certificate
+	issuing *x509.Certificate
+	key     crypto.Signer
+	codec   *statefile.Codec
+
+	mu      sync.Mutex
+	revoked revokedState
+}
+
+type revokedState struct {
+	CRLNumber uint64         `cbor:"1,keyasint"`
+	Entries   []revokedEntry `cbor:"2,keyasint"`
+}
+
+type revokedEntry struct {
+	Serial    []byte `cbor:"1,keyasint"`
+	RevokedAt int64  `cbor:"2,keyasint"`
+	Reason    int    `cbor:"3,keyasint"`
+	Subject   string `cbor:"4,keyasint"`
+}
+
+// InitCA creates a new fleet CA in dir: a root (ECDSA P-256, 20 years), an
+// issuing intermediate (10 years, path length 0) and the enrollment token
+// signing key ([CATokenKeyFile]). It refuses to overwrite an existing CA.
+func InitCA(dir string, cfg CAConfig) (*CA, error) {
+	cfg = cfg.withDefaults()
+	if _, err := os.Stat(filepath.Join(dir, CAIssuingCertFile)); err == nil {
+		return nil, fmt.Errorf("identity: a CA already exists in %s", dir)
+	}
+	if err := atomicfile.MkdirPrivate(nil, dir); err != nil {
+		return nil, err
+	}
+	now := cfg.Time()
+	rootKey, err := GenerateKey(ECDSAP256)
+	if err != nil {
+		return nil, err
+	}
+	rootTmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: cfg.Fleet + " Root CA", Organization: []string{cfg.Fleet}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              now.AddDate(20, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            1,
+	}
+	root, err := createCert(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	issKey, err := GenerateKey(ECDSAP256)
+	if err != nil {
+		return nil, err
+	}
+	issTmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: cfg.Fleet + " Issuing CA", Organization: []string{cfg.Fleet}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              now.AddDate(10, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            0,
+		MaxPathLenZero:        true,
+	}
+	issuing, err := createCert(issTmpl, root, issKey.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	tokenKey, err := GenerateKey(ECDSAP256)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range []struct {
+		name string
+		data func() ([]byte, error)
+	}{
+		{CARootKeyFile, func() ([]byte, error) { return MarshalPrivateKey(rootKey) }},
+		{CAIssuingKeyFile, func() ([]byte, error) { return MarshalPrivateKey(issKey) }},
+		{CATokenKeyFile, func() ([]byte, error) { return MarshalPrivateKey(tokenKey) }},
+		{CARootCertFile, func() ([]byte, error) { return EncodeCertificatesPEM(root), nil }},
+		{CAIssuingCertFile, func() ([]byte, error) { return EncodeCertificatesPEM(issuing), nil }},
+	} {
+		b, err := w.data()
+		if err != nil {
+			return nil, err
+		}
+		if err := atomicfile.WriteFile(nil, filepath.Join(dir, w.name), b); err != nil {
+			return nil, fmt.Errorf("identity: init CA: %w", err)
+		}
+	}
+	return LoadCA(dir, cfg)
+}
+
+// LoadCA opens the fleet CA in dir. It needs the certificates and the
+// issuing key, not the root key.
+func LoadCA(dir string, cfg CAConfig) (*CA, error) {
+	cfg = cfg.withDefaults()
+	root, err := readOneCert(filepath.Join(dir, CARootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	issuing, err := readOneCert(filepath.Join(dir, CAIssuingCertFile))
+	if err != nil {
+		return nil, err
+	}
+	key, err := ReadKeyFile(filepath.Join(dir, CAIssuingKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	if !publicKeysEqual(key.Public(), issuing.PublicKey) {
+		return nil, fmt.Errorf("%w: %s does not match %s", ErrMalformed, CAIssuingKeyFile, CAIssuingCertFile)
+	}
+	if err := issuing.CheckSignatureFrom(root); err != nil {
+		return nil, fmt.Errorf("%w: issuing certificate not signed by root: %v", ErrUntrusted, err)
+	}
+	codec, err := statefile.New("d2c.revoked.v1", limits.RevokedCerts)
+	if err != nil {
+		return nil, err
+	}
+	ca := &CA{dir: dir, cfg: cfg, root: root, issuing: issuing, key: key, codec: codec}
+	if err := codec.Load(filepath.Join(dir, CARevokedFile), &ca.revoked); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("identity: load revocations: %w", err)
+	}
+	return ca, nil
+}
+
+func readOneCert(path string) (*x509.Certificate, error) {
+	b, err := atomicfile.ReadFile(path, limits.PEMFile)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	certs, err := ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(certs) != 1 {
+		return nil, fmt.Errorf("%w: %s holds %d certificates, want 1", ErrMalformed, path, len(certs))
+	}
+	return certs[0], nil
+}
+
+// Root returns the fleet root certificate: the trust anchor devices, brokers
+// and verifiers pin.
+func (ca *CA) Root() *x509.Certificate { return ca.root }
+
+// Issuing returns the issuing intermediate certificate.
+func (ca *CA) Issuing() *x509.Certificate { return ca.issuing }
+
+// Chain returns the certificates an EST cacerts response carries: the
+// issuing intermediate and the root.
+func (ca *CA) Chain() []*x509.Certificate { return []*x509.Certificate{ca.issuing, ca.root} }
+
+// Now returns the CA's current time.
+func (ca *CA) Now() time.Time { return ca.cfg.Time() }
+
+// IssueDevice issues a client certificate for device id to the key in csr,
+// whose self-signature the caller has checked ([ParseCSR]). The subject
+// (CN = id) and the URI SAN are taken from id, the identity the caller has
+// authenticated, never from the CSR.
+func (ca *CA) IssueDevice(csr *x509.CertificateRequest, id string) (*x509.Certificate, error) {
+	if err := ValidateDeviceID(id); err != nil {
+		return nil, err
+	}
+	kt, err := keyTypeOf(csr.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(ca.cfg.AllowedKeys, kt) {
+		return nil, fmt.Errorf("%w: %v not allowed by CA policy", ErrUnsupportedKey, kt)
+	}
+	u, _ := url.Parse(DeviceURI(id))
+	now := ca.cfg.Time()
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: id, Organization: []string{ca.cfg.Fleet}},
+		URIs:                  []*url.URL{u},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              ca.capValidity(now.Add(ca.cfg.DeviceValidity)),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	return createCert(tmpl, ca.issuing, csr.PublicKey, ca.key)
+}
+
+// IssueServer issues a TLS server certificate (for a broker or the
+// registrar) for the given DNS names and IP addresses.
+func (ca *CA) IssueServer(pub crypto.PublicKey, hosts ...string) (*x509.Certificate, error) {
+	if len(hosts) == 0 {
+		return nil, fmt.Errorf("identity: server certificate needs at least one host name")
+	}
+	if _, err := keyTypeOf(pub); err != nil {
+		return nil, err
+	}
+	now := ca.cfg.Time()
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: hosts[0], Organization: []string{ca.cfg.Fleet}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              ca.capValidity(now.Add(ca.cfg.ServerValidity)),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	return createCert(tmpl, ca.issuing, pub, ca.key)
+}
+
+func (ca *CA) capValidity(t time.Time) time.Time {
+	if t.After(ca.issuing.NotAfter) {
+		return ca.issuing.NotAfter
+	}
+	return t
+}
+
+// createCert signs tmpl with a fresh random 128-bit serial number.
+func createCert(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	serial, err := randomSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("identity: sign certificate: %w", err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// randomSerial returns a positive serial of 128 random bits (RFC 5280
+// section 4.1.2.2 allows up to 20 octets; CA/B Forum asks for 64 random bits
+// at least).
+func randomSerial() (*big.Int, error) {
+	b := make([]byte, 16)
+	for {
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+		s := new(big.Int).SetBytes(b)
+		if s.Sign() > 0 {
+			return s, nil
+		}
+	}
+}
+
+// Revoke adds a certificate to the revocation list, persistently, with an
+// RFC 5280 reason code (0 unspecified, 1 keyCompromise, 4 superseded,
+// 5 cessationOfOperation...). Revoking twice is not an error.
+func (ca *CA) Revoke(cert *x509.Certificate, reason int) error {
+	if err := cert.CheckSignatureFrom(ca.issuing); err != nil {
+		return fmt.Errorf("%w: certificate not issued by this CA: %v", ErrUntrusted, err)
+	}
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if ca.isRevokedLocked(cert.SerialNumber) {
+		return nil
+	}
+	if len(ca.revoked.Entries) >= limits.RevokedCerts {
+		return fmt.Errorf("%w: revocation list full (%d entries)", ErrTooLarge, limits.RevokedCerts)
+	}
+	next := revokedState{CRLNumber: ca.revoked.CRLNumber, Entries: append(slices.Clone(ca.revoked.Entries), revokedEntry{
+		Serial:    cert.SerialNumber.Bytes(),
+		RevokedAt: ca.cfg.Time().Unix(),
+		Reason:    reason,
+		Subject:   cert.Subject.CommonName,
+	})}
+	if err := ca.codec.Save(nil, filepath.Join(ca.dir, CARevokedFile), next); err != nil {
+		return fmt.Errorf("identity: revoke: %w", err)
+	}
+	ca.revoked = next
+	return nil
+}
+
+// CheckRevoked returns an error wrapping [ErrRevoked] if cert is on the
+// revocation list.
+func (ca *CA) CheckRevoked(cert *x509.Certificate) error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if ca.isRevokedLocked(cert.SerialNumber) {
+		return fmt.Errorf("%w: serial %x (%s)", ErrRevoked, cert.SerialNumber, truncate(cert.Subject.CommonName))
+	}
+	return nil
+}
+
+func (ca *CA) isRevokedLocked(serial *big.Int) bool {
+	b := serial.Bytes()
+	for _, e := range ca.revoked.Entries {
+		if string(e.Serial) == string(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// CRL signs a fresh certificate revocation list (RFC 5280 section 5, DER)
+// listing every revoked certificate, with a CRL number one higher than the
+// last. mosquitto's crlfile takes it PEM-encoded ("X509 CRL").
+func (ca *CA) CRL() ([]byte, error) {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	next := revokedState{CRLNumber: ca.revoked.CRLNumber + 1, Entries: ca.revoked.Entries}
+	now := ca.cfg.Time()
+	list := &x509.RevocationList{
+		Number:     new(big.Int).SetUint64(next.CRLNumber),
+		ThisUpdate: now.Add(-clockSkew),
+		NextUpdate: now.Add(ca.cfg.CRLValidity),
+	}
+	for _, e := range next.Entries {
+		list.RevokedCertificateEntries = append(list.RevokedCertificateEntries, x509.RevocationListEntry{
+			SerialNumber:   new(big.Int).SetBytes(e.Serial),
+			RevocationTime: time.Unix(e.RevokedAt, 0),
+			ReasonCode:     e.Reason,
+		})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, list, ca.issuing, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("identity: sign CRL: %w", err)
+	}
+	if err := ca.codec.Save(nil, filepath.Join(ca.dir, CARevokedFile), next); err != nil {
+		return nil, fmt.Errorf("identity: CRL number: %w", err)
+	}
+	ca.revoked = next
+	return der, nil
+}
+
+// RevocationList is a verified CRL, for cloud halves that do not hold the
+// CA: it answers CheckRevoked from the CRL's entries.
+type RevocationList struct {
+	serials map[string]bool
+	next    time.Time
+}
+
+// ParseCRL parses a DER or PEM CRL and verifies it was signed by issuer.
+func ParseCRL(data []byte, issuer *x509.Certificate) (*RevocationList, error) {
+	if b, _ := pemDecode(data, "X509 CRL"); b != nil {
+		data = b
+	}
+	crl, err := x509.ParseRevocationList(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: CRL: %v", ErrMalformed, err)
+	}
+	if err := crl.CheckSignatureFrom(issuer); err != nil {
+		return nil, fmt.Errorf("%w: CRL signature: %v", ErrUntrusted, err)
+	}
+	rl := &RevocationList{serials: make(map[string]bool, len(crl.RevokedCertificateEntries)), next: crl.NextUpdate}
+	for _, e := range crl.RevokedCertificateEntries {
+		rl.serials[string(e.SerialNumber.Bytes())] = true
+	}
+	return rl, nil
+}
+
+// NextUpdate is when the CRL says a newer one will be available.
+func (rl *RevocationList) NextUpdate() time.Time { return rl.next }
+
+// CheckRevoked returns an error wrapping [ErrRevoked] if cert is listed.
+func (rl *RevocationList) CheckRevoked(cert *x509.Certificate) error {
+	if rl.serials[string(cert.SerialNumber.Bytes())] {
+		return fmt.Errorf("%w: serial %x (%s)", ErrRevoked, cert.SerialNumber, truncate(cert.Subject.CommonName))
+	}
+	return nil
+}
+
+// RevocationChecker reports whether a certificate is revoked; [CA] and
+// [RevocationList] implement it.
+type RevocationChecker interface {
+	CheckRevoked(cert *x509.Certificate) error
+}
+
+var (
+	_ RevocationChecker = (*CA)(nil)
+	_ RevocationChecker = (*RevocationList)(nil)
+)

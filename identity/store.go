@@ -1,0 +1,433 @@
+package identity
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/limits"
+)
+
+// Files inside a device store directory.
+const (
+	storeAnchorsFile = "anchors.pem"
+	storeTimeFile    = "time.state"
+	keyFilePattern   = "key-%08d.pem"
+	certFilePattern  = "cert-%08d.pem"
+)
+
+// Identity is a device's current credential: its ID, its key (only ever a
+// crypto.Signer) and its certificate chain, leaf first.
+type Identity struct {
+	DeviceID string
+	Key      crypto.Signer
+	Chain    []*x509.Certificate
+	// Generation counts renewals; each has its own key.
+	Generation int
+}
+
+// Certificate returns the device certificate.
+func (id *Identity) Certificate() *x509.Certificate { return id.Chain[0] }
+
+// TLSCertificate returns the identity as a TLS client certificate.
+func (id *Identity) TLSCertificate() tls.Certificate {
+	tc := tls.Certificate{PrivateKey: id.Key, Leaf: id.Chain[0]}
+	for _, c := range id.Chain {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc
+}
+
+// StoreConfig configures a [Store]. The zero value is the default.
+type StoreConfig struct {
+	// Time is the wall clock. Default time.Now. Certificate checks use the
+	// store's [TrustedClock], which never goes below what was verified.
+	Time func() time.Time
+}
+
+// Store is the device half of identity: a directory (mode 0700) holding the
+// fleet trust anchors, the trusted-time floor, and generations of key
+// (PKCS#8, 0600) and certificate.
+//
+// A generation is complete when both its key and its certificate are on
+// disk; the newest complete generation is the current identity. Renewal
+// writes a new generation and only then removes the old one, each file
+// atomically, so a crash or power cut at any instant leaves a usable
+// identity: the old one or the new one, never neither.
+type Store struct {
+	dir   string
+	fsys  atomicfile.FS
+	clock *TrustedClock
+}
+
+// OpenStore opens (creating if needed) the device store in dir. It refuses a
+// directory that group or others can access.
+func OpenStore(dir string, cfg StoreConfig) (*Store, error) {
+	return openStore(nil, dir, cfg)
+}
+
+func openStore(fsys atomicfile.FS, dir string, cfg StoreConfig) (*Store, error) {
+	if fsys == nil {
+		fsys = atomicfile.OS{}
+	}
+	if err := atomicfile.MkdirPrivate(fsys, dir); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("identity: store: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: store directory %s has mode %04o (want 0700: chmod 700 %s)", ErrKeyPermissions, dir, st.Mode().Perm(), dir)
+	}
+	clock, err := openTrustedClock(fsys, filepath.Join(dir, storeTimeFile), cfg.Time)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{dir: dir, fsys: fsys, clock: clock}
+	// Temporary files left by a crash mid-write are never part of state.
+	if tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*")); len(tmps) > 0 {
+		for _, t := range tmps {
+			_ = os.Remove(t)
+		}
+	}
+	if id, err := s.Current(); err == nil {
+		// A certificate we verified proves the time is past its start.
+		if err := clock.Observe(id.Certificate().NotBefore); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Dir returns the store directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Clock returns the device's trusted clock, persisted in the store.
+func (s *Store) Clock() *TrustedClock { return s.clock }
+
+// Anchors returns the fleet trust anchors saved at enrollment.
+func (s *Store) Anchors() ([]*x509.Certificate, error) {
+	b, err := atomicfile.ReadFile(filepath.Join(s.dir, storeAnchorsFile), limits.PEMFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no trust anchors in %s", ErrNoIdentity, s.dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: anchors: %w", err)
+	}
+	return ParseCertificatesPEM(b)
+}
+
+// SetAnchors saves the fleet trust anchors (root and intermediates).
+func (s *Store) SetAnchors(certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return fmt.Errorf("%w: no anchor", ErrMalformed)
+	}
+	return atomicfile.WriteFile(s.fsys, filepath.Join(s.dir, storeAnchorsFile), EncodeCertificatesPEM(certs...))
+}
+
+// generations lists generation numbers that have a key or a certificate
+// file, newest first, and whether each is complete.
+func (s *Store) generations() (all []int, complete map[int]bool, err error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: store: %w", err)
+	}
+	keys, certs := map[int]bool{}, map[int]bool{}
+	for _, e := range entries {
+		var g int
+		switch n := e.Name(); {
+		case scanGen(n, keyFilePattern, &g):
+			keys[g] = true
+		case scanGen(n, certFilePattern, &g):
+			certs[g] = true
+		default:
+			continue
+		}
+		if !containsInt(all, g) {
+			all = append(all, g)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.IntSlice(all)))
+	complete = map[int]bool{}
+	for _, g := range all {
+		complete[g] = keys[g] && certs[g]
+	}
+	return all, complete, nil
+}
+
+func scanGen(name, pattern string, g *int) bool {
+	n, err := fmt.Sscanf(name, pattern, g)
+	return err == nil && n == 1 && fmt.Sprintf(pattern, *g) == name
+}
+
+func containsInt(xs []int, x int) bool {
+	for _, y := range xs {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Store) keyPath(g int) string  { return filepath.Join(s.dir, fmt.Sprintf(keyFilePattern, g)) }
+func (s *Store) certPath(g int) string { return filepath.Join(s.dir, fmt.Sprintf(certFilePattern, g)) }
+
+// Current returns the newest complete identity, or [ErrNoIdentity]. A key
+// file readable by others fails with [ErrKeyPermissions].
+func (s *Store) Current() (*Identity, error) {
+	all, complete, err := s.generations()
+	if err != nil {
+		return nil, err
+	}
+	var firstErr error
+	for _, g := range all {
+		if !complete[g] {
+			continue
+		}
+		id, err := s.load(g)
+		if err == nil {
+			return id, nil
+		}
+		if errors.Is(err, ErrKeyPermissions) {
+			return nil, err
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoIdentity, firstErr)
+	}
+	return nil, fmt.Errorf("%w: no key and certificate in %s", ErrNoIdentity, s.dir)
+}
+
+func (s *Store) load(g int) (*Identity, error) {
+	key, err := ReadKeyFile(s.keyPath(g))
+	if err != nil {
+		return nil, err
+	}
+	b, err := atomicfile.ReadFile(s.certPath(g), limits.PEMFile)
+	if err != nil {
+		return nil, fmt.Errorf("identity: certificate: %w", err)
+	}
+	chain, err := ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, err
+	}
+	if !publicKeysEqual(key.Public(), chain[0].PublicKey) {
+		return nil, fmt.Errorf("%w: generation %d: key does not match certificate", ErrMalformed, g)
+	}
+	id, err := deviceIDOf(chain[0])
+	if err != nil {
+		return nil, err
+	}
+	return &Identity{DeviceID: id, Key: key, Chain: chain, Generation: g}, nil
+}
+
+// nextGeneration returns a number above every generation on disk, complete
+// or not, so a half-written one from a crash is never reused.
+func (s *Store) nextGeneration() (int, error) {
+	all, _, err := s.generations()
+	if err != nil {
+		return 0, err
+	}
+	if len(all) == 0 {
+		return 1, nil
+	}
+	return all[0] + 1, nil
+}
+
+// install runs the common tail of enrollment and renewal: it generates the
+// key of a new generation, lets issue obtain a certificate for its CSR,
+// verifies the certificate, then commits and removes older generations.
+func (s *Store) install(ctx context.Context, id string, kt KeyType, issue func(ctx context.Context, csr []byte) (*x509.Certificate, error)) (*Identity, error) {
+	anchors, err := s.Anchors()
+	if err != nil {
+		return nil, err
+	}
+	g, err := s.nextGeneration()
+	if err != nil {
+		return nil, err
+	}
+	key, err := GenerateKey(kt)
+	if err != nil {
+		return nil, err
+	}
+	// The key is on disk before it is used, so that a certificate is never
+	// issued for a key that a crash could lose.
+	if err := WriteKeyFile(s.fsys, s.keyPath(g), key); err != nil {
+		return nil, err
+	}
+	csr, err := NewCSR(key, id)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := issue(ctx, csr)
+	if err != nil {
+		s.discard(g)
+		return nil, err
+	}
+	chain, err := s.verifyIssued(cert, key, id, anchors)
+	if err != nil {
+		s.discard(g)
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(s.fsys, s.certPath(g), EncodeCertificatesPEM(chain...)); err != nil {
+		return nil, err
+	}
+	// Committed: the new generation is current. Raise the time floor, then
+	// remove older generations (a crash here leaves them for next time).
+	if err := s.clock.Observe(cert.NotBefore); err != nil {
+		return nil, err
+	}
+	newID := &Identity{DeviceID: id, Key: key, Chain: chain, Generation: g}
+	return newID, s.prune(g)
+}
+
+// verifyIssued checks that cert is for key and id and chains to the anchors
+// at trusted time; it returns the chain to store (leaf and intermediates).
+func (s *Store) verifyIssued(cert *x509.Certificate, key crypto.Signer, id string, anchors []*x509.Certificate) ([]*x509.Certificate, error) {
+	if !publicKeysEqual(key.Public(), cert.PublicKey) {
+		return nil, fmt.Errorf("%w: issued certificate is for another key", ErrUntrusted)
+	}
+	if got, err := deviceIDOf(cert); err != nil || got != id {
+		return nil, fmt.Errorf("%w: issued certificate is for %q, want %q", ErrUntrusted, truncate(cert.Subject.CommonName), id)
+	}
+	var roots, inter []*x509.Certificate
+	for _, a := range anchors {
+		if a.CheckSignatureFrom(a) == nil {
+			roots = append(roots, a)
+		} else {
+			inter = append(inter, a)
+		}
+	}
+	if err := verifyChain([]*x509.Certificate{cert}, inter, roots, s.clock.Now(), x509.ExtKeyUsageClientAuth, ""); err != nil {
+		return nil, fmt.Errorf("%w: issued certificate: %v", ErrUntrusted, err)
+	}
+	chain := []*x509.Certificate{cert}
+	for _, c := range inter {
+		if cert.CheckSignatureFrom(c) == nil {
+			chain = append(chain, c)
+			break
+		}
+	}
+	return chain, nil
+}
+
+// discard removes the files of an uncommitted generation.
+func (s *Store) discard(g int) {
+	_ = atomicfile.Remove(s.fsys, s.certPath(g))
+	_ = atomicfile.Remove(s.fsys, s.keyPath(g))
+}
+
+// prune removes every generation but keep. Certificates go first so that a
+// crash never leaves a generation that looks complete without its key.
+func (s *Store) prune(keep int) error {
+	all, _, err := s.generations()
+	if err != nil {
+		return err
+	}
+	for _, g := range all {
+		if g == keep {
+			continue
+		}
+		if err := atomicfile.Remove(s.fsys, s.certPath(g)); err != nil {
+			return err
+		}
+		if err := atomicfile.Remove(s.fsys, s.keyPath(g)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EnrollRequest describes a first enrollment.
+type EnrollRequest struct {
+	// DeviceID is the identity to enroll. Required.
+	DeviceID string
+	// Auth is the enrollment credential (token or IDevID). Required.
+	Auth EnrollAuth
+	// KeyType of the new device key. Default ECDSA P-256.
+	KeyType KeyType
+}
+
+// Enroll performs a first enrollment over EST: it fetches the CA
+// certificates (bootstrapping trust from client.BootstrapFingerprint if the
+// store has no anchors yet), generates a key on the device, sends its CSR
+// with the credential, verifies the issued certificate and commits it.
+func (s *Store) Enroll(ctx context.Context, client ESTClient, req EnrollRequest) (*Identity, error) {
+	if err := ValidateDeviceID(req.DeviceID); err != nil {
+		return nil, err
+	}
+	client.Time = s.clock.Now
+	if anchors, err := s.Anchors(); err == nil {
+		client.Anchors = anchors
+	}
+	cas, err := client.CACerts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("identity: enroll %s: %w", req.DeviceID, err)
+	}
+	if err := s.SetAnchors(cas); err != nil {
+		return nil, err
+	}
+	client.Anchors = cas
+	auth := req.Auth
+	if auth.DeviceID == "" {
+		auth.DeviceID = req.DeviceID
+	}
+	id, err := s.install(ctx, req.DeviceID, req.KeyType, func(ctx context.Context, csr []byte) (*x509.Certificate, error) {
+		return client.Enroll(ctx, csr, auth)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("identity: enroll %s: %w", req.DeviceID, err)
+	}
+	return id, nil
+}
+
+// RenewOptions tune [Store.Renew]. The zero value is the default.
+type RenewOptions struct {
+	// KeyType of the new key. Default ECDSA P-256.
+	KeyType KeyType
+	// AllowExpired lets a device whose certificate has expired try to
+	// renew with it (the registrar must allow it too). Default false: an
+	// expired device must enroll again.
+	AllowExpired bool
+}
+
+// Renew obtains a new key and certificate with the current certificate
+// (EST simplereenroll). On any failure the current identity stays in place
+// and keeps working.
+func (s *Store) Renew(ctx context.Context, client ESTClient, opts RenewOptions) (*Identity, error) {
+	cur, err := s.Current()
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock.Now()
+	if leaf := cur.Certificate(); now.After(leaf.NotAfter) && !opts.AllowExpired {
+		return nil, fmt.Errorf("%w: %s expired at %s; enroll again, or opt in to renewal after expiry",
+			ErrCertExpired, cur.DeviceID, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	anchors, err := s.Anchors()
+	if err != nil {
+		return nil, err
+	}
+	client.Anchors = anchors
+	client.Time = s.clock.Now
+	id, err := s.install(ctx, cur.DeviceID, opts.KeyType, func(ctx context.Context, csr []byte) (*x509.Certificate, error) {
+		return client.Reenroll(ctx, csr, cur.TLSCertificate())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("identity: renew %s: %w", cur.DeviceID, err)
+	}
+	return id, nil
+}

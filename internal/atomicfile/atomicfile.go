@@ -1,0 +1,161 @@
+// Package atomicfile writes files so that a crash or power cut at any instant
+// leaves either the old content or the new content, never a mix.
+//
+// Every write follows the same steps: create a temporary file beside the
+// target (mode 0600), write, fsync, close, rename over the target, fsync the
+// directory. The steps go through the [FS] interface so that tests can stop
+// the sequence at any step (see the crashfs subpackage).
+package atomicfile
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// ErrTooLarge is returned by [ReadFile] when a file exceeds its limit.
+var ErrTooLarge = errors.New("file exceeds size limit")
+
+// File is a temporary file being written.
+type File interface {
+	io.Writer
+	Name() string
+	Sync() error
+	Close() error
+}
+
+// FS is the set of file-system operations whose order decides crash safety.
+type FS interface {
+	// CreateTemp creates a new file with mode 0600 in dir, as os.CreateTemp.
+	CreateTemp(dir, pattern string) (File, error)
+	// Rename replaces newpath by oldpath atomically, as os.Rename.
+	Rename(oldpath, newpath string) error
+	// Remove deletes a file, as os.Remove.
+	Remove(name string) error
+	// SyncDir fsyncs a directory so that renames and removals in it persist.
+	SyncDir(dir string) error
+	// MkdirAll creates a directory and its parents with mode perm.
+	MkdirAll(dir string, perm fs.FileMode) error
+}
+
+// OS is the [FS] of the operating system.
+type OS struct{}
+
+// CreateTemp implements [FS].
+func (OS) CreateTemp(dir, pattern string) (File, error) { return os.CreateTemp(dir, pattern) }
+
+// Rename implements [FS].
+func (OS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+// Remove implements [FS].
+func (OS) Remove(name string) error { return os.Remove(name) }
+
+// MkdirAll implements [FS].
+func (OS) MkdirAll(dir string, perm fs.FileMode) error { return os.MkdirAll(dir, perm) }
+
+// SyncDir implements [FS].
+func (OS) SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// WriteFile atomically replaces name with data, mode 0600, through fsys
+// (nil means [OS]). When it returns nil the new content is durable; when it
+// returns an error the old content (or absence) is still in place.
+func WriteFile(fsys FS, name string, data []byte) error {
+	if fsys == nil {
+		fsys = OS{}
+	}
+	dir, base := filepath.Split(name)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := fsys.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("atomicfile: create temporary for %s: %w", name, err)
+	}
+	tmp := f.Name()
+	fail := func(step string, err error) error {
+		_ = f.Close()
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("atomicfile: %s %s: %w", step, name, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail("write", err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail("fsync", err)
+	}
+	if err := f.Close(); err != nil {
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("atomicfile: close %s: %w", name, err)
+	}
+	if err := fsys.Rename(tmp, name); err != nil {
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("atomicfile: rename %s: %w", name, err)
+	}
+	if err := fsys.SyncDir(dir); err != nil {
+		return fmt.Errorf("atomicfile: fsync directory of %s: %w", name, err)
+	}
+	return nil
+}
+
+// Remove deletes name and fsyncs its directory. A missing file is not an
+// error.
+func Remove(fsys FS, name string) error {
+	if fsys == nil {
+		fsys = OS{}
+	}
+	if err := fsys.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("atomicfile: remove %s: %w", name, err)
+	}
+	if err := fsys.SyncDir(filepath.Dir(name)); err != nil {
+		return fmt.Errorf("atomicfile: fsync directory of %s: %w", name, err)
+	}
+	return nil
+}
+
+// MkdirPrivate creates dir (and parents) with mode 0700 and fsyncs its
+// parent. An existing directory is left as it is.
+func MkdirPrivate(fsys FS, dir string) error {
+	if fsys == nil {
+		fsys = OS{}
+	}
+	if err := fsys.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("atomicfile: create directory %s: %w", dir, err)
+	}
+	return fsys.SyncDir(filepath.Dir(filepath.Clean(dir)))
+}
+
+// ReadFile reads at most max bytes of name; a longer file is refused with
+// [ErrTooLarge] instead of being truncated.
+func ReadFile(name string, max int64) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ReadAll(f, max)
+}
+
+// ReadAll reads r to the end, refusing with [ErrTooLarge] more than max bytes.
+func ReadAll(r io.Reader, max int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w (%d bytes)", ErrTooLarge, max)
+	}
+	return b, nil
+}

@@ -1,0 +1,43 @@
+// Package limits is the one table of input bounds used across d2c.
+//
+// Every decoder of bytes from outside the process reads at most the bound
+// named here plus one byte, so that an oversized input is detected rather
+// than truncated. Changing a value here changes it everywhere.
+package limits
+
+const (
+	// DeviceIDMaxLen is the longest device ID, in bytes. A device ID becomes
+	// an MQTT topic level and a certificate common name (at most 64 bytes by
+	// RFC 5280's ub-common-name).
+	DeviceIDMaxLen = 64
+
+	// ESTRequestBody bounds a base64 PKCS#10 request body on the registrar.
+	ESTRequestBody = 16 << 10
+
+	// ESTResponseBody bounds a base64 PKCS#7 response read by the EST client.
+	ESTResponseBody = 256 << 10
+
+	// CertsPerBundle bounds the certificates in one PKCS#7 certs-only
+	// bundle or PEM chain.
+	CertsPerBundle = 16
+
+	// Token bounds an enrollment token (a compact JWS) in bytes.
+	Token = 4 << 10
+
+	// AuthorizationHeader bounds the HTTP Authorization header the
+	// registrar parses.
+	AuthorizationHeader = 6 << 10
+
+	// PEMFile bounds a key or certificate PEM file read from disk.
+	PEMFile = 256 << 10
+
+	// StateFile bounds a persisted CBOR state file.
+	StateFile = 16 << 20
+
+	// UsedTokens bounds the number of unexpired token IDs the registrar
+	// remembers; past it, enrollment is refused rather than forgetting.
+	UsedTokens = 1 << 20
+
+	// RevokedCerts bounds the number of revoked certificates in one CRL.
+	RevokedCerts = 1 << 20
+)
