@@ -1,0 +1,97 @@
+package atomicfile_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
+)
+
+func TestWriteFileMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := atomicfile.WriteFile(nil, p, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if err := atomicfile.WriteFile(nil, p, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(p)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v (%v), want 0600", st.Mode().Perm(), err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "two" {
+		t.Fatalf("content %q", b)
+	}
+	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(p), ".*")); len(m) != 0 {
+		t.Fatalf("temporary files left: %v", m)
+	}
+}
+
+// TestWriteFileCrashAtEveryStep: a power cut at any operation leaves the old
+// content or the new content, never a mix or an empty file.
+func TestWriteFileCrashAtEveryStep(t *testing.T) {
+	old, neu := []byte("old content"), bytes.Repeat([]byte("new "), 1000)
+	count := &crashfs.FS{}
+	p0 := filepath.Join(t.TempDir(), "f")
+	if err := atomicfile.WriteFile(count, p0, neu); err != nil {
+		t.Fatal(err)
+	}
+	total := count.Ops()
+	if total != 6 { // create, write, fsync, close, rename, fsync dir
+		t.Fatalf("WriteFile took %d operations, want 6", total)
+	}
+	sawOld, sawNew := false, false
+	for i := 1; i <= total; i++ {
+		p := filepath.Join(t.TempDir(), "f")
+		if err := os.WriteFile(p, old, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err := atomicfile.WriteFile(&crashfs.FS{FailAt: i}, p, neu)
+		if !errors.Is(err, crashfs.ErrCrash) {
+			t.Fatalf("crash at %d: err %v", i, err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("crash at %d: %v", i, err)
+		}
+		switch {
+		case bytes.Equal(got, old):
+			sawOld = true
+		case bytes.Equal(got, neu):
+			sawNew = true
+		default:
+			t.Fatalf("crash at %d: content is neither old nor new (%d bytes)", i, len(got))
+		}
+	}
+	if !sawOld || !sawNew {
+		t.Errorf("outcomes old=%v new=%v: a crash after the rename must keep the new content", sawOld, sawNew)
+	}
+}
+
+func TestReadFileLimit(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, []byte(strings.Repeat("x", 11)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := atomicfile.ReadFile(p, 10); !errors.Is(err, atomicfile.ErrTooLarge) {
+		t.Fatalf("11 bytes with limit 10: %v, want ErrTooLarge", err)
+	}
+	if b, err := atomicfile.ReadFile(p, 11); err != nil || len(b) != 11 {
+		t.Fatalf("11 bytes with limit 11: %d %v", len(b), err)
+	}
+}
+
+func TestMkdirPrivate(t *testing.T) {
+	d := filepath.Join(t.TempDir(), "a", "b")
+	if err := atomicfile.MkdirPrivate(nil, d); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(d); err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("mode %v (%v), want 0700", st.Mode().Perm(), err)
+	}
+}
