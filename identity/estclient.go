@@ -173,7 +173,11 @@ func (c ESTClient) do(ctx context.Context, method, path string, body []byte, boo
 }
 
 func serverError(status int, code string, body []byte) error {
-	msg := truncate(strings.TrimSpace(string(body)))
+	msg := strings.TrimSpace(string(body))
+	if len(msg) > 512 {
+		msg = msg[:512] + "..."
+	}
+	msg = strings.ToValidUTF8(msg, "?")
 	sentinel := errorForCode(code)
 	if sentinel == nil {
 		switch status {

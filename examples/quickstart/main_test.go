@@ -1,0 +1,33 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestQuickstart runs the quickstart end to end and checks each narrated step.
+func TestQuickstart(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), nil, &out); err != nil {
+		t.Fatalf("quickstart failed: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"[1] Cloud: created the fleet CA",
+		"root fingerprint (SHA-256):",
+		"[2] Cloud: EST registrar (RFC 7030) listening on https://127.0.0.1:",
+		"[3] Operator: issued a one-time enrollment token for \"sensor-0001\"",
+		"[4] Device: generated its own key and enrolled over EST",
+		"certificate: CN=sensor-0001, urn:d2c:device:sensor-0001",
+		"[5] Attacker: replayed the same token",
+		"refused: identity: EST server refused (HTTP 401)",
+		"[6] Device: renewed its certificate with a new key",
+		"[7] Cloud: revoked the device",
+		"renewal is refused",
+		"Done in",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q\n%s", want, out.String())
+		}
+	}
+}
