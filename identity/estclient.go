@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/limits"
@@ -177,7 +178,13 @@ func serverError(status int, code string, body []byte) error {
 	if len(msg) > 512 {
 		msg = msg[:512] + "..."
 	}
-	msg = strings.ToValidUTF8(msg, "?")
+	// The text comes from the server: keep terminal control bytes out.
+	msg = strings.Map(func(r rune) rune {
+		if r < 0x20 && r != '\n' || r == 0x7f || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(msg, "?"))
 	sentinel := errorForCode(code)
 	if sentinel == nil {
 		switch status {

@@ -56,10 +56,6 @@ type TokenIssuer struct {
 	Time func() time.Time
 }
 
-type tokenClaims struct {
-	jwt.Claims
-}
-
 // Issue returns a compact JWS enrollment token for device id.
 func (ti TokenIssuer) Issue(id string) (string, error) {
 	if err := ValidateDeviceID(id); err != nil {

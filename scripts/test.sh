@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole d2c test suite, including the tests against real peers
+# (openssl, curl, mosquitto). Run as root on a Debian machine and it installs
+# the peers it lacks with apt-get first; as another user, install them
+# yourself (see README.md). A missing peer fails its tests: none is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(openssl curl mosquitto ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing Debian packages: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+# mosquitto's package starts a system broker on port 1883; the tests start
+# their own brokers on free ports and do not need it.
+go test -race -count=1 -timeout 20m "$@" ./...
