@@ -97,8 +97,9 @@ type CA struct {
 	key     crypto.Signer
 	codec   *statefile.Codec
 
-	mu      sync.Mutex
-	revoked revokedState
+	mu          sync.Mutex
+	revoked     revokedState
+	revokedStat fs.FileInfo // of the revoked.state last read, to notice other writers
 }
 
 type revokedState struct {
@@ -212,10 +213,46 @@ func LoadCA(dir string, cfg CAConfig) (*CA, error) {
 		return nil, err
 	}
 	ca := &CA{dir: dir, cfg: cfg, root: root, issuing: issuing, key: key, codec: codec}
-	if err := codec.Load(filepath.Join(dir, CARevokedFile), &ca.revoked); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("identity: load revocations: %w", err)
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if err := ca.refreshLocked(); err != nil {
+		return nil, err
 	}
 	return ca, nil
+}
+
+// refreshLocked rereads the revocation state if another process (say
+// `d2c ca revoke` beside a running registrar) changed it. One process at a
+// time should revoke; readers always see the latest list.
+func (ca *CA) refreshLocked() error {
+	path := filepath.Join(ca.dir, CARevokedFile)
+	st, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("identity: revocations: %w", err)
+	}
+	if old := ca.revokedStat; old != nil && os.SameFile(old, st) && old.ModTime().Equal(st.ModTime()) && old.Size() == st.Size() {
+		return nil
+	}
+	var next revokedState
+	if err := ca.codec.Load(path, &next); err != nil {
+		return fmt.Errorf("identity: load revocations: %w", err)
+	}
+	ca.revoked, ca.revokedStat = next, st
+	return nil
+}
+
+// saveRevokedLocked persists next and makes it current.
+func (ca *CA) saveRevokedLocked(next revokedState) error {
+	path := filepath.Join(ca.dir, CARevokedFile)
+	if err := ca.codec.Save(nil, path, next); err != nil {
+		return err
+	}
+	ca.revoked = next
+	ca.revokedStat, _ = os.Stat(path)
+	return nil
 }
 
 func readOneCert(path string) (*x509.Certificate, error) {
@@ -350,6 +387,9 @@ func (ca *CA) Revoke(cert *x509.Certificate, reason int) error {
 	}
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	if err := ca.refreshLocked(); err != nil {
+		return err
+	}
 	if ca.isRevokedLocked(cert.SerialNumber) {
 		return nil
 	}
@@ -362,10 +402,9 @@ func (ca *CA) Revoke(cert *x509.Certificate, reason int) error {
 		Reason:    reason,
 		Subject:   cert.Subject.CommonName,
 	})}
-	if err := ca.codec.Save(nil, filepath.Join(ca.dir, CARevokedFile), next); err != nil {
+	if err := ca.saveRevokedLocked(next); err != nil {
 		return fmt.Errorf("identity: revoke: %w", err)
 	}
-	ca.revoked = next
 	return nil
 }
 
@@ -374,6 +413,10 @@ func (ca *CA) Revoke(cert *x509.Certificate, reason int) error {
 func (ca *CA) CheckRevoked(cert *x509.Certificate) error {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	if err := ca.refreshLocked(); err != nil {
+		// Fail closed: a revocation list that cannot be read revokes all.
+		return fmt.Errorf("%w: %v", ErrRevoked, err)
+	}
 	if ca.isRevokedLocked(cert.SerialNumber) {
 		return fmt.Errorf("%w: serial %x (%s)", ErrRevoked, cert.SerialNumber, truncate(cert.Subject.CommonName))
 	}
@@ -396,6 +439,9 @@ func (ca *CA) isRevokedLocked(serial *big.Int) bool {
 func (ca *CA) CRL() ([]byte, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	if err := ca.refreshLocked(); err != nil {
+		return nil, err
+	}
 	next := revokedState{CRLNumber: ca.revoked.CRLNumber + 1, Entries: ca.revoked.Entries}
 	now := ca.cfg.Time()
 	list := &x509.RevocationList{
@@ -414,10 +460,9 @@ func (ca *CA) CRL() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: sign CRL: %w", err)
 	}
-	if err := ca.codec.Save(nil, filepath.Join(ca.dir, CARevokedFile), next); err != nil {
+	if err := ca.saveRevokedLocked(next); err != nil {
 		return nil, fmt.Errorf("identity: CRL number: %w", err)
 	}
-	ca.revoked = next
 	return der, nil
 }
 

@@ -181,3 +181,31 @@ func TestIDevIDEnrollment(t *testing.T) {
 		t.Fatalf("IDevID of an unknown manufacturer: %v, want ErrUntrusted", err)
 	}
 }
+
+// TestRevocationSeenByRunningRegistrar revokes from another CA instance, as
+// `d2c ca revoke` does beside a running registrar, which must see it at once.
+func TestRevocationSeenByRunningRegistrar(t *testing.T) {
+	f := newFleet(t, nil)
+	s, id := f.enroll("dev-o")
+	operator, err := LoadCA(f.caDir, CAConfig{Time: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := operator.Revoke(id.Certificate(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ca.CheckRevoked(id.Certificate()); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("running CA did not see the revocation: %v", err)
+	}
+	if _, err := s.Renew(t.Context(), f.client(), RenewOptions{}); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("renewal after revocation by another process: %v, want ErrRevoked", err)
+	}
+	// CRL numbers keep rising across instances.
+	crl1, _ := f.ca.CRL()
+	crl2, _ := operator.CRL()
+	l1, _ := x509.ParseRevocationList(crl1)
+	l2, _ := x509.ParseRevocationList(crl2)
+	if l2.Number.Cmp(l1.Number) <= 0 || len(l2.RevokedCertificateEntries) != 1 {
+		t.Fatalf("CRL numbers %v then %v, entries %d", l1.Number, l2.Number, len(l2.RevokedCertificateEntries))
+	}
+}
