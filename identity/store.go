@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
@@ -63,10 +64,15 @@ type StoreConfig struct {
 // writes a new generation and only then removes the old one, each file
 // atomically, so a crash or power cut at any instant leaves a usable
 // identity: the old one or the new one, never neither.
+//
+// One process owns a store; within it, enrollments and renewals are
+// serialized.
 type Store struct {
 	dir   string
 	fsys  atomicfile.FS
 	clock *TrustedClock
+
+	mu sync.Mutex // serializes install
 }
 
 // OpenStore opens (creating if needed) the device store in dir. It refuses a
@@ -251,6 +257,8 @@ func (s *Store) nextGeneration() (int, error) {
 // key of a new generation, lets issue obtain a certificate for its CSR,
 // verifies the certificate, then commits and removes older generations.
 func (s *Store) install(ctx context.Context, id string, kt KeyType, issue func(ctx context.Context, csr []byte) (*x509.Certificate, error)) (*Identity, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	anchors, err := s.Anchors()
 	if err != nil {
 		return nil, err
