@@ -17,8 +17,11 @@ type fakeClock struct {
 	t  time.Time
 }
 
+// newFakeClock starts at the present, so that certificates made on the fake
+// clock are also valid for real peers (openssl, curl, mosquitto) that read
+// the wall clock; tests move it from there.
 func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	return &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
 }
 
 func (c *fakeClock) Now() time.Time {

@@ -12,7 +12,9 @@ import (
 
 // EncodeCertsOnly encodes certificates as an RFC 7030 section 4.1.3
 // response body: a degenerate CMS SignedData ("certs-only", RFC 5652 with no
-// signers), DER, then base64.
+// signers), DER, then base64 in lines of 64 characters ending in CRLF
+// (RFC 2045 section 6.8), which stock tools such as `openssl base64 -d`
+// decode as they are.
 func EncodeCertsOnly(certs ...*x509.Certificate) ([]byte, error) {
 	var raw []byte
 	for _, c := range certs {
@@ -22,9 +24,21 @@ func EncodeCertsOnly(certs ...*x509.Certificate) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: encode certs-only: %w", err)
 	}
-	out := make([]byte, base64.StdEncoding.EncodedLen(len(der)))
-	base64.StdEncoding.Encode(out, der)
-	return out, nil
+	return base64Lines(der), nil
+}
+
+// base64Lines encodes b as standard base64 in CRLF-terminated lines of 64
+// characters.
+func base64Lines(b []byte) []byte {
+	enc := base64.StdEncoding.EncodeToString(b)
+	out := make([]byte, 0, len(enc)+len(enc)/64*2+2)
+	for len(enc) > 64 {
+		out = append(out, enc[:64]...)
+		out = append(out, '\r', '\n')
+		enc = enc[64:]
+	}
+	out = append(out, enc...)
+	return append(out, '\r', '\n')
 }
 
 // DecodeCertsOnly decodes an RFC 7030 certs-only body (base64 of a DER or BER

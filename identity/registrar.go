@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -347,10 +346,8 @@ func containsKeyType(ts []KeyType, t KeyType) bool {
 	return false
 }
 
-// base64Body is used by tests and clients building EST request bodies.
-func base64Body(der []byte) []byte {
-	return []byte(base64.StdEncoding.EncodeToString(der))
-}
+// base64Body encodes an EST request body (RFC 7030 section 4.2.1).
+func base64Body(der []byte) []byte { return base64Lines(der) }
 
 // errorCodeHeader carries a stable, machine-readable reason with an EST
 // refusal, so that a d2c client can tell, say, a reused token from a wrong
