@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/limits"
+)
+
+// rootFingerprintFile is written by "ca init" beside the CA: the hex
+// SHA-256 of the root certificate, for provisioning scripts.
+const rootFingerprintFile = "root.sha256"
+
+// fingerprint returns the hex SHA-256 of a certificate's DER encoding, the
+// form devices take with --fingerprint.
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// openCA loads the fleet CA in dir with the fleet name recorded in its root
+// certificate, so that certificates issued later carry the name given to
+// "ca init" (identity.LoadCA does not persist it).
+func openCA(dir string) (*identity.CA, error) {
+	if dir == "" {
+		return nil, usageErrorf("the CA directory flag is required")
+	}
+	var cfg identity.CAConfig
+	if b, err := atomicfile.ReadFile(filepath.Join(dir, identity.CARootCertFile), limits.PEMFile); err == nil {
+		if certs, err := identity.ParseCertificatesPEM(b); err == nil && len(certs[0].Subject.Organization) == 1 {
+			cfg.Fleet = certs[0].Subject.Organization[0]
+		}
+	}
+	ca, err := identity.LoadCA(dir, cfg)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, withHint(err, fmt.Sprintf("no fleet CA in %s: check the directory, or create one with `d2c ca init --dir %s`", dir, dir))
+	}
+	return ca, err
+}
+
+func caInitCommand() *command {
+	return &command{
+		path:    "ca init",
+		summary: "create a fleet CA (root, issuing CA, token key)",
+		usage:   "--dir DIR [--fleet NAME]",
+		details: `
+Creates, in DIR (mode 0700), an offline root (ECDSA P-256, 20 years), an
+issuing intermediate (10 years) that signs device and server certificates and
+CRLs, and the key that signs enrollment tokens (DIR/token.key). It refuses to
+overwrite an existing CA.
+
+It prints the root certificate's SHA-256 fingerprint, which devices need to
+bootstrap trust (device enroll --fingerprint), and also writes it, in hex, to
+DIR/root.sha256.
+
+DIR/root.key is the fleet root key: move it offline (an encrypted USB stick
+in a safe) right after this command. The CA never needs it again; it is only
+needed to create a new issuing CA.`,
+		example: `d2c ca init --dir /srv/d2c/ca --fleet "acme sensors"
+mv /srv/d2c/ca/root.key /media/offline/`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			dir := fl.String("dir", "", "directory to create the CA in (required)")
+			fleet := fl.String("fleet", "d2c fleet", "fleet name, the organization in certificate subjects")
+			return func(ctx context.Context, s streams) error {
+				if *dir == "" {
+					return usageErrorf("--dir is required")
+				}
+				if strings.TrimSpace(*fleet) == "" {
+					return usageErrorf("--fleet must not be empty")
+				}
+				ca, err := identity.InitCA(*dir, identity.CAConfig{Fleet: *fleet})
+				if err != nil {
+					return err
+				}
+				fp := fingerprint(ca.Root())
+				if err := atomicfile.WriteFile(nil, filepath.Join(*dir, rootFingerprintFile), []byte(fp+"\n")); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "fleet CA %q created in %s\n", *fleet, *dir)
+				fmt.Fprintf(s.stdout, "root fingerprint (SHA-256): %s\n", fp)
+				fmt.Fprintf(s.stderr, "warning: %s is the fleet root key: move it offline now; the CA never needs it again\n",
+					filepath.Join(*dir, identity.CARootKeyFile))
+				fmt.Fprintf(s.stderr, "devices bootstrap trust with: d2c device enroll --fingerprint %s ...\n", fp)
+				return nil
+			}
+		},
+	}
+}
+
+func caServerCertCommand() *command {
+	return &command{
+		path:    "ca server-cert",
+		summary: "issue a TLS server certificate for a broker or the registrar",
+		usage:   "--dir DIR --host HOST [--host HOST...] --cert FILE --key FILE [--key-type p256|ed25519]",
+		details: `
+Generates a key and issues a TLS server certificate for the given DNS names or
+IP addresses. It writes the certificate chain (server certificate, then the
+issuing CA) to --cert and the private key (PKCS#8, mode 0600) to --key, each
+atomically. Devices verify the chain against the fleet root.`,
+		example: `d2c ca server-cert --dir /srv/d2c/ca --host mqtt.example.com --host 10.0.0.5 \
+    --cert /etc/mosquitto/certs/broker.crt --key /etc/mosquitto/certs/broker.key`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			dir := fl.String("dir", "", "fleet CA directory (required)")
+			var hosts stringList
+			fl.Var(&hosts, "host", "DNS name or IP address of the server; repeat for several (required)")
+			certOut := fl.String("cert", "", "file to write the certificate chain to, PEM (required)")
+			keyOut := fl.String("key", "", "file to write the private key to, PKCS#8 PEM, mode 0600 (required)")
+			keyType := fl.String("key-type", "p256", "key algorithm: p256 or ed25519")
+			return func(ctx context.Context, s streams) error {
+				if *dir == "" || len(hosts) == 0 || *certOut == "" || *keyOut == "" {
+					return usageErrorf("--dir, --host, --cert and --key are required")
+				}
+				kt, err := identity.ParseKeyType(*keyType)
+				if err != nil {
+					return usageErrorf("--key-type: %v", err)
+				}
+				ca, err := openCA(*dir)
+				if err != nil {
+					return err
+				}
+				key, err := identity.GenerateKey(kt)
+				if err != nil {
+					return err
+				}
+				cert, err := ca.IssueServer(key.Public(), hosts...)
+				if err != nil {
+					return err
+				}
+				if err := identity.WriteKeyFile(nil, *keyOut, key); err != nil {
+					return err
+				}
+				if err := atomicfile.WriteFile(nil, *certOut, identity.EncodeCertificatesPEM(cert, ca.Issuing())); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "server certificate for %s\n", strings.Join(hosts, ", "))
+				fmt.Fprintf(s.stdout, "serial:  %x\nexpires: %s\ncert:    %s\nkey:     %s\n",
+					cert.SerialNumber, cert.NotAfter.UTC().Format(time.RFC3339), *certOut, *keyOut)
+				return nil
+			}
+		},
+	}
+}
+
+// revocationReasons maps the reason names "ca revoke" accepts to RFC 5280
+// section 5.3.1 CRLReason codes.
+var revocationReasons = map[string]int{
+	"unspecified":          0,
+	"keyCompromise":        1,
+	"superseded":           4,
+	"cessationOfOperation": 5,
+}
+
+func parseReason(s string) (int, bool) {
+	for name, code := range revocationReasons {
+		if strings.EqualFold(name, s) {
+			return code, true
+		}
+	}
+	return 0, false
+}
+
+func caRevokeCommand() *command {
+	return &command{
+		path:    "ca revoke",
+		summary: "revoke a certificate issued by the fleet CA",
+		usage:   "--dir DIR --cert FILE [--reason unspecified|keyCompromise|superseded|cessationOfOperation]",
+		details: `
+Adds the certificate in FILE (the first one, if FILE holds a chain) to the
+CA's revocation list. A running registrar refuses its renewal at once; brokers
+learn of it from the next CRL: run "d2c ca crl" afterwards and reload them.
+Revoking a certificate twice is not an error.
+
+Get a device's certificate with "d2c device show --cert-out FILE" on the
+device, or keep the one written by "device enroll --cert-out".`,
+		example: `d2c ca revoke --dir /srv/d2c/ca --cert sensor-0042.pem --reason keyCompromise
+d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			dir := fl.String("dir", "", "fleet CA directory (required)")
+			certFile := fl.String("cert", "", "PEM file holding the certificate to revoke (required)")
+			reason := fl.String("reason", "unspecified", "RFC 5280 reason: unspecified, keyCompromise, superseded or cessationOfOperation")
+			return func(ctx context.Context, s streams) error {
+				if *dir == "" || *certFile == "" {
+					return usageErrorf("--dir and --cert are required")
+				}
+				code, ok := parseReason(*reason)
+				if !ok {
+					return usageErrorf("--reason %q: want unspecified, keyCompromise, superseded or cessationOfOperation", *reason)
+				}
+				b, err := atomicfile.ReadFile(*certFile, limits.PEMFile)
+				if err != nil {
+					return err
+				}
+				certs, err := identity.ParseCertificatesPEM(b)
+				if err != nil {
+					return fmt.Errorf("%s: %w", *certFile, err)
+				}
+				ca, err := openCA(*dir)
+				if err != nil {
+					return err
+				}
+				cert := certs[0]
+				if err := ca.Revoke(cert, code); err != nil {
+					if errors.Is(err, identity.ErrUntrusted) {
+						return withHint(err, "the certificate was not issued by the CA in --dir: check --cert and --dir")
+					}
+					return err
+				}
+				fmt.Fprintf(s.stdout, "revoked serial %x (%s), reason %s\n", cert.SerialNumber, cert.Subject.CommonName, *reason)
+				fmt.Fprintf(s.stderr, "publish it to brokers: d2c ca crl --dir %s --out FILE\n", *dir)
+				return nil
+			}
+		},
+	}
+}
+
+func caCRLCommand() *command {
+	return &command{
+		path:    "ca crl",
+		summary: "write a fresh certificate revocation list (PEM)",
+		usage:   "--dir DIR --out FILE",
+		details: `
+Signs a new CRL (RFC 5280) listing every revoked certificate, with a CRL
+number one higher than the last, and writes it PEM-encoded ("X509 CRL")
+to FILE atomically, mode 0600 (give the broker's user read access). mosquitto
+reads it as its crlfile. A CRL is valid for 7 days: run this at least daily,
+for example from cron, and after every revocation.`,
+		example: `d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			dir := fl.String("dir", "", "fleet CA directory (required)")
+			out := fl.String("out", "", "file to write the CRL to, PEM (required)")
+			return func(ctx context.Context, s streams) error {
+				if *dir == "" || *out == "" {
+					return usageErrorf("--dir and --out are required")
+				}
+				ca, err := openCA(*dir)
+				if err != nil {
+					return err
+				}
+				der, err := ca.CRL()
+				if err != nil {
+					return err
+				}
+				crl, err := x509.ParseRevocationList(der)
+				if err != nil {
+					return fmt.Errorf("parse the CRL just signed: %w", err)
+				}
+				if err := atomicfile.WriteFile(nil, *out, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "wrote CRL number %v to %s\nentries:     %d\nnext update: %s\n",
+					crl.Number, *out, len(crl.RevokedCertificateEntries), crl.NextUpdate.UTC().Format(time.RFC3339))
+				fmt.Fprintf(s.stderr, "publish a new CRL before %s: brokers may refuse every device once this one has expired\n",
+					crl.NextUpdate.UTC().Format(time.RFC3339))
+				return nil
+			}
+		},
+	}
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"syscall"
+
+	"github.com/d2c-iot/d2c/identity"
+)
+
+// deviceIDFormat states the device ID format for people (see
+// identity.ValidateDeviceID).
+const deviceIDFormat = "a device ID is 1 to 64 ASCII letters, digits, '.', '_' and '-', " +
+	"starting with a letter or digit (for example sensor-0042)"
+
+// hinted is an error with a hint chosen by the command that saw it, which
+// knows better than the generic table below.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h *hinted) Error() string { return h.err.Error() }
+func (h *hinted) Unwrap() error { return h.err }
+
+// withHint attaches a hint to err (nil stays nil).
+func withHint(err error, hint string) error {
+	if err == nil {
+		return nil
+	}
+	return &hinted{err: err, hint: hint}
+}
+
+// hints maps the identity package's sentinel errors, and a few system
+// errors, to what the operator should do. Order matters: the first match
+// wins, so specific conditions come before general ones (a reused token is
+// also a refusal by the server).
+var hints = []struct {
+	err  error
+	hint string
+}{
+	{context.Canceled, "interrupted"},
+	{identity.ErrTokenReused, "this enrollment token was already used; issue a new one with `d2c token issue`"},
+	{identity.ErrTokenExpired, "this enrollment token has expired (or the issuer's and the registrar's clocks disagree); " +
+		"issue a new one with `d2c token issue`"},
+	{identity.ErrTokenInvalid, "the registrar does not accept this token: check that it was issued by this fleet's CA " +
+		"(`d2c token issue --ca DIR`) and copied whole"},
+	{identity.ErrInvalidDeviceID, deviceIDFormat},
+	{identity.ErrNoTrustAnchor, "give the fleet root fingerprint with --fingerprint (printed by `d2c ca init`, " +
+		"also in CA_DIR/root.sha256) or the fleet CA certificates with --anchors"},
+	{identity.ErrKeyPermissions, "a key file or store directory is open to other users: chmod 600 the key file " +
+		"(chmod 700 the directory); if someone else could read the key, treat it as compromised"},
+	{identity.ErrRevoked, "this certificate has been revoked; if the device should stay in the fleet, " +
+		"enroll it again with a new token (`d2c token issue`)"},
+	{identity.ErrCertExpired, "the device certificate has expired: enroll again with a new token, " +
+		"or use --allow-expired if the registrar allows it (registrar serve --renew-expired-within)"},
+	{identity.ErrNoIdentity, "this device has no identity yet: run `d2c device enroll` first (and check --dir)"},
+	{identity.ErrUntrusted, "the registrar or certificate does not chain to the fleet root: check --fingerprint " +
+		"(CA_DIR/root.sha256) or --anchors, and that --url is this fleet's registrar"},
+	{identity.ErrUnsupportedKey, "use --key-type p256 or ed25519, as allowed by the fleet CA"},
+	{identity.ErrNotAuthorized, "the registrar refused the credential: check that the token was issued for this " +
+		"--device, or, for renewal, that the current certificate is still valid"},
+	{identity.ErrTooLarge, "an input exceeds its size limit: check that the file is the one intended"},
+	{identity.ErrMalformed, "an input does not parse: check that the file holds what the flag asks for " +
+		"(PEM certificates, a PKCS#8 key, a token)"},
+	{syscall.ECONNREFUSED, "nothing listens at --url: check the address and that `d2c registrar serve` is running"},
+	{fs.ErrNotExist, "a file or directory is missing: check the paths given in the flags"},
+	{fs.ErrPermission, "permission denied: run as the user that owns the files"},
+}
+
+// hintFor returns the hint for err, or "" if there is none.
+func hintFor(err error) string {
+	var h *hinted
+	if errors.As(err, &h) {
+		return h.hint
+	}
+	for _, e := range hints {
+		if errors.Is(err, e.err) {
+			return e.hint
+		}
+	}
+	return ""
+}

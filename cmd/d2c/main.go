@@ -1,0 +1,252 @@
+// D2c is the operator tool of a d2c fleet: it runs the fleet certificate
+// authority, issues enrollment tokens, serves the EST registrar, and
+// enrolls, renews and inspects device identities.
+//
+// Usage:
+//
+//	d2c <command> [flags]
+//
+// The commands are:
+//
+//	ca init           create a fleet CA (root, issuing CA, token key)
+//	ca server-cert    issue a TLS server certificate for a broker or registrar
+//	ca revoke         revoke a certificate issued by the fleet CA
+//	ca crl            write a fresh certificate revocation list (PEM)
+//	token issue       sign a one-time enrollment token for a device
+//	registrar serve   serve the EST registrar over TLS 1.3
+//	device enroll     enroll a device with a token
+//	device renew      renew a device certificate
+//	device show       show a device's current identity
+//
+// Run "d2c <command> --help" for a command's flags and an example.
+//
+// Exit status: 0 on success, 1 when a command fails (the error is followed
+// by a "hint:" line saying what to do), 2 on a usage error.
+//
+// Nothing here prints a private key or a token, except "token issue", which
+// prints the token it signs, alone on stdout.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// streams are where a command writes: results on stdout, progress,
+// warnings and errors on stderr.
+type streams struct {
+	stdout, stderr io.Writer
+}
+
+// command is one "d2c <group> <name>" subcommand.
+type command struct {
+	path    string // "ca init"
+	summary string // one line: the command's purpose
+	usage   string // the synopsis after "d2c <path>"
+	details string // paragraphs after the flags, may be empty
+	example string // one or more example invocations
+	// flags registers the command's flags on fs and returns the function
+	// that runs it once the flags are parsed.
+	flags func(fs *flag.FlagSet) func(ctx context.Context, s streams) error
+}
+
+// commands lists every command, in the order help shows them.
+func commands() []*command {
+	return []*command{
+		caInitCommand(),
+		caServerCertCommand(),
+		caRevokeCommand(),
+		caCRLCommand(),
+		tokenIssueCommand(),
+		registrarServeCommand(),
+		deviceEnrollCommand(),
+		deviceRenewCommand(),
+		deviceShowCommand(),
+	}
+}
+
+// run is the whole CLI: it parses args (without the program name), runs
+// the command they name and returns the exit status. main calls it with a
+// context cancelled on SIGINT or SIGTERM; tests call it directly.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	s := streams{stdout: stdout, stderr: stderr}
+	cmds := commands()
+	if len(args) == 0 {
+		printCommandList(stderr, cmds, "")
+		return exitUsage
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 && args[0] == "help" {
+			return run(ctx, slices.Concat(args[1:], []string{"--help"}), stdout, stderr)
+		}
+		printCommandList(stdout, cmds, "")
+		return exitOK
+	}
+	group := args[0]
+	var inGroup []*command
+	for _, c := range cmds {
+		if g, _, _ := strings.Cut(c.path, " "); g == group {
+			inGroup = append(inGroup, c)
+		}
+	}
+	if len(inGroup) == 0 {
+		fmt.Fprintf(stderr, "d2c: unknown command %q\n\n", group)
+		printCommandList(stderr, cmds, "")
+		return exitUsage
+	}
+	if len(args) == 1 || isHelpFlag(args[1]) {
+		w, code := stderr, exitUsage
+		if len(args) > 1 {
+			w, code = stdout, exitOK
+		}
+		printCommandList(w, inGroup, group)
+		return code
+	}
+	path := group + " " + args[1]
+	for _, c := range inGroup {
+		if c.path == path {
+			return runCommand(ctx, c, args[2:], s)
+		}
+	}
+	fmt.Fprintf(stderr, "d2c: unknown command %q\n\n", path)
+	printCommandList(stderr, inGroup, group)
+	return exitUsage
+}
+
+// isHelpFlag reports whether a, after a group name, asks for help.
+func isHelpFlag(a string) bool {
+	return a == "-h" || a == "-help" || a == "--help" || a == "help"
+}
+
+// runCommand parses the flags of c, runs it and reports its error.
+func runCommand(ctx context.Context, c *command, args []string, s streams) int {
+	fs := flag.NewFlagSet("d2c "+c.path, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors and help are printed below
+	fs.Usage = func() {}
+	runFn := c.flags(fs)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		printHelp(s.stdout, c, fs)
+		return exitOK
+	}
+	if err != nil {
+		err = &usageError{msg: err.Error()}
+	} else if fs.NArg() > 0 {
+		err = usageErrorf("unexpected argument %q (all inputs are flags)", fs.Arg(0))
+	} else {
+		err = runFn(ctx, s)
+	}
+	if err == nil {
+		return exitOK
+	}
+	if ue := (*usageError)(nil); errors.As(err, &ue) {
+		fmt.Fprintf(s.stderr, "d2c %s: %v\nusage: d2c %s %s\nRun 'd2c %s --help' for details.\n",
+			c.path, ue, c.path, c.usage, c.path)
+		return exitUsage
+	}
+	fmt.Fprintf(s.stderr, "d2c: %s: %v\n", c.path, err)
+	if h := hintFor(err); h != "" {
+		fmt.Fprintf(s.stderr, "hint: %s\n", h)
+	}
+	return exitError
+}
+
+// usageError is a mistake in how a command was invoked: exit status 2,
+// with the usage line.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// printCommandList prints the commands (of one group, if group is set).
+func printCommandList(w io.Writer, cmds []*command, group string) {
+	if group == "" {
+		fmt.Fprint(w, "d2c is the operator tool of a d2c fleet: fleet CA, enrollment tokens,\nEST registrar, device identities.\n\n")
+		fmt.Fprint(w, "Usage:\n  d2c <command> [flags]\n\nCommands:\n")
+	} else {
+		fmt.Fprintf(w, "Usage:\n  d2c %s <command> [flags]\n\nCommands:\n", group)
+	}
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-17s %s\n", c.path, c.summary)
+	}
+	fmt.Fprint(w, "\nRun 'd2c <command> --help' for a command's flags and an example, e.g.\n  d2c ca init --help\n")
+}
+
+// printHelp prints a command's purpose, usage, flags with defaults,
+// details and example.
+func printHelp(w io.Writer, c *command, fs *flag.FlagSet) {
+	fmt.Fprintf(w, "d2c %s: %s\n\nUsage:\n  d2c %s %s\n", c.path, c.summary, c.path, c.usage)
+	var flags []*flag.Flag
+	fs.VisitAll(func(f *flag.Flag) { flags = append(flags, f) })
+	if len(flags) > 0 {
+		sort.Slice(flags, func(i, j int) bool { return flags[i].Name < flags[j].Name })
+		fmt.Fprint(w, "\nFlags:\n")
+		for _, f := range flags {
+			typ, usage := flag.UnquoteUsage(f)
+			if typ == "value" { // a repeatable stringList
+				typ = "string"
+			}
+			fmt.Fprintf(w, "  --%s", f.Name)
+			if typ != "" {
+				fmt.Fprintf(w, " %s", typ)
+			}
+			fmt.Fprintf(w, "\n      %s", usage)
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" && f.DefValue != "[]" {
+				fmt.Fprintf(w, " (default %q)", f.DefValue)
+			}
+			fmt.Fprintln(w)
+		}
+	}
+	if c.details != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.details))
+	}
+	fmt.Fprintf(w, "\nExample:\n%s\n", indent(strings.TrimSpace(c.example)))
+}
+
+func indent(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = "  " + l
+	}
+	return strings.Join(lines, "\n")
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	if v == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, v)
+	return nil
+}

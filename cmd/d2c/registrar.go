@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/limits"
+)
+
+// usedTokensFile is the registrar's single-use token record, in --state.
+const usedTokensFile = "used-tokens.state"
+
+// HTTP server bounds for the registrar. EST requests are small: a CSR of a
+// few kilobytes and an Authorization header under limits.AuthorizationHeader.
+const (
+	registrarReadHeaderTimeout = 10 * time.Second
+	registrarReadTimeout       = 30 * time.Second
+	registrarWriteTimeout      = 30 * time.Second
+	registrarIdleTimeout       = 60 * time.Second
+	registrarMaxHeaderBytes    = 16 << 10
+	registrarShutdownTimeout   = 10 * time.Second
+)
+
+func registrarServeCommand() *command {
+	return &command{
+		path:    "registrar serve",
+		summary: "serve the EST registrar over TLS 1.3",
+		usage: "--ca DIR --state DIR [--listen ADDR] [--cert FILE --key FILE | --host HOST...] " +
+			"[--url-file FILE] [--renew-expired-within DURATION]",
+		details: `
+Serves the RFC 7030 EST endpoints (cacerts, simpleenroll, simplereenroll)
+with the fleet CA in --ca: devices enroll with a token from "d2c token issue"
+and renew with their current certificate. Tokens are checked with the public
+half of CA_DIR/token.key and recorded as used in STATE/used-tokens.state, so
+that each works once, across restarts too.
+
+Without --cert and --key, the registrar issues itself a server certificate
+from the fleet CA, kept in memory only, for the --host names (default: the
+--listen host, or localhost if that is a wildcard). A --cert must chain to
+the fleet root, since devices trust nothing else.
+
+Once listening it prints its URL and the root fingerprint on stdout, and
+writes the URL to --url-file if given (useful with --listen 127.0.0.1:0,
+which picks a free port; the file is removed on exit). Revocations made with
+"d2c ca revoke", even while it runs, take effect on the next request. It
+logs one line per request on stderr and stops gracefully on SIGINT or
+SIGTERM.`,
+		example: `d2c registrar serve --ca /srv/d2c/ca --state /var/lib/d2c-registrar \
+    --listen 0.0.0.0:8443 --host est.example.com`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			caDir := fl.String("ca", "", "fleet CA directory (required)")
+			stateDir := fl.String("state", "", "directory for the registrar's state: used tokens (required)")
+			listen := fl.String("listen", "127.0.0.1:8443", "TCP address to listen on, host:port")
+			certFile := fl.String("cert", "", "server certificate chain, PEM (default: issue one from the CA)")
+			keyFile := fl.String("key", "", "server private key, PKCS#8 PEM, mode 0600 (with --cert)")
+			var hosts stringList
+			fl.Var(&hosts, "host", "DNS name or IP address for the self-issued server certificate; repeatable")
+			urlFile := fl.String("url-file", "", "file to write the registrar's URL to once it listens")
+			renewExpired := fl.Duration("renew-expired-within", 0,
+				"let a device renew with a certificate that expired less than this long ago (default: never)")
+			return func(ctx context.Context, s streams) error {
+				if *caDir == "" || *stateDir == "" {
+					return usageErrorf("--ca and --state are required")
+				}
+				if (*certFile == "") != (*keyFile == "") {
+					return usageErrorf("--cert and --key go together")
+				}
+				if *certFile != "" && len(hosts) > 0 {
+					return usageErrorf("--host names a self-issued certificate; it does not go with --cert")
+				}
+				if *renewExpired < 0 {
+					return usageErrorf("--renew-expired-within must not be negative")
+				}
+				listenHost, _, err := net.SplitHostPort(*listen)
+				if err != nil {
+					return usageErrorf("--listen %q: %v", *listen, err)
+				}
+				return serveRegistrar(ctx, s, registrarOptions{
+					caDir: *caDir, stateDir: *stateDir, listen: *listen, listenHost: listenHost,
+					certFile: *certFile, keyFile: *keyFile, hosts: hosts, urlFile: *urlFile,
+					renewExpiredWithin: *renewExpired,
+				})
+			}
+		},
+	}
+}
+
+// registrarOptions are the parsed flags of "registrar serve".
+type registrarOptions struct {
+	caDir, stateDir    string
+	listen, listenHost string
+	certFile, keyFile  string
+	hosts              []string
+	urlFile            string
+	renewExpiredWithin time.Duration
+}
+
+// serveRegistrar runs the registrar until ctx is done, then shuts it down
+// gracefully.
+func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
+	log := slog.New(slog.NewTextHandler(s.stderr, nil))
+	ca, err := openCA(o.caDir)
+	if err != nil {
+		return err
+	}
+	tokenKey, err := identity.ReadKeyFile(filepath.Join(o.caDir, identity.CATokenKeyFile))
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.MkdirPrivate(nil, o.stateDir); err != nil {
+		return err
+	}
+	used, err := identity.OpenUsedTokens(filepath.Join(o.stateDir, usedTokensFile), nil)
+	if err != nil {
+		return err
+	}
+	reg, err := identity.NewRegistrar(identity.RegistrarConfig{
+		CA:                 ca,
+		TokenKeys:          []crypto.PublicKey{tokenKey.Public()},
+		UsedTokens:         used,
+		RenewExpiredWithin: o.renewExpiredWithin,
+		Logger:             log,
+	})
+	if err != nil {
+		return err
+	}
+
+	hosts := o.hosts
+	urlHost := o.listenHost
+	if ip := net.ParseIP(urlHost); urlHost == "" || ip != nil && ip.IsUnspecified() {
+		urlHost = "localhost"
+		if len(hosts) > 0 {
+			urlHost = hosts[0]
+		}
+	}
+	if len(hosts) == 0 {
+		hosts = []string{urlHost}
+	}
+	cert, err := registrarCertificate(ca, o.certFile, o.keyFile, hosts)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           reg,
+		TLSConfig:         reg.TLSConfig(cert),
+		ReadHeaderTimeout: registrarReadHeaderTimeout,
+		ReadTimeout:       registrarReadTimeout,
+		WriteTimeout:      registrarWriteTimeout,
+		IdleTimeout:       registrarIdleTimeout,
+		MaxHeaderBytes:    registrarMaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	url := "https://" + net.JoinHostPort(urlHost, port)
+	fp := fingerprint(ca.Root())
+	fmt.Fprintf(s.stdout, "registrar listening on %s\nroot fingerprint (SHA-256): %s\n", url, fp)
+	log.Info("registrar listening", "url", url, "addr", ln.Addr().String(), "root_sha256", fp)
+	if o.urlFile != "" {
+		if err := atomicfile.WriteFile(nil, o.urlFile, []byte(url+"\n")); err != nil {
+			_ = srv.Close()
+			return err
+		}
+		defer os.Remove(o.urlFile)
+	}
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("registrar shutting down")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registrarShutdownTimeout)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	if err != nil {
+		_ = srv.Close()
+	}
+	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("registrar stopped")
+	return nil
+}
+
+// registrarCertificate loads the registrar's TLS certificate from
+// certFile and keyFile, refusing one that devices would not trust, or,
+// without files, issues one from the CA for hosts.
+func registrarCertificate(ca *identity.CA, certFile, keyFile string, hosts []string) (tls.Certificate, error) {
+	var (
+		chain []*x509.Certificate
+		key   crypto.Signer
+	)
+	if certFile != "" {
+		b, err := atomicfile.ReadFile(certFile, limits.PEMFile)
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		if chain, err = identity.ParseCertificatesPEM(b); err != nil {
+			return tls.Certificate{}, fmt.Errorf("%s: %w", certFile, err)
+		}
+		if key, err = identity.ReadKeyFile(keyFile); err != nil {
+			return tls.Certificate{}, err
+		}
+		if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(chain[0].PublicKey) {
+			return tls.Certificate{}, withHint(fmt.Errorf("%w: %s does not match %s", identity.ErrMalformed, keyFile, certFile),
+				"give the key that was written with this certificate")
+		}
+		roots, inter := x509.NewCertPool(), x509.NewCertPool()
+		roots.AddCert(ca.Root())
+		inter.AddCert(ca.Issuing())
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			return tls.Certificate{}, withHint(fmt.Errorf("%w: %s: %v", identity.ErrUntrusted, certFile, err),
+				"devices trust only the fleet root: issue the registrar's certificate with `d2c ca server-cert`, or omit --cert and --key")
+		}
+	} else {
+		var err error
+		if key, err = identity.GenerateKey(identity.ECDSAP256); err != nil {
+			return tls.Certificate{}, err
+		}
+		leaf, err := ca.IssueServer(key.Public(), hosts...)
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		chain = []*x509.Certificate{leaf, ca.Issuing()}
+	}
+	tc := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc, nil
+}
