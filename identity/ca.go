@@ -31,6 +31,9 @@ const (
 	CARevokedFile     = "revoked.state"
 	// CATokenKeyFile holds the key that signs enrollment tokens.
 	CATokenKeyFile = "token.key"
+	// CATokenPublicKeyFile holds its public half, which is all a registrar
+	// needs ([ReadPublicKeyFile]).
+	CATokenPublicKeyFile = "token.pub"
 )
 
 // clockSkew is how far back a certificate's validity starts, so that a
@@ -167,19 +170,21 @@ func InitCA(dir string, cfg CAConfig) (*CA, error) {
 	}
 	for _, w := range []struct {
 		name string
+		perm fs.FileMode
 		data func() ([]byte, error)
 	}{
-		{CARootKeyFile, func() ([]byte, error) { return MarshalPrivateKey(rootKey) }},
-		{CAIssuingKeyFile, func() ([]byte, error) { return MarshalPrivateKey(issKey) }},
-		{CATokenKeyFile, func() ([]byte, error) { return MarshalPrivateKey(tokenKey) }},
-		{CARootCertFile, func() ([]byte, error) { return EncodeCertificatesPEM(root), nil }},
-		{CAIssuingCertFile, func() ([]byte, error) { return EncodeCertificatesPEM(issuing), nil }},
+		{CARootKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(rootKey) }},
+		{CAIssuingKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(issKey) }},
+		{CATokenKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(tokenKey) }},
+		{CATokenPublicKeyFile, 0o644, func() ([]byte, error) { return MarshalPublicKey(tokenKey.Public()) }},
+		{CARootCertFile, 0o644, func() ([]byte, error) { return EncodeCertificatesPEM(root), nil }},
+		{CAIssuingCertFile, 0o644, func() ([]byte, error) { return EncodeCertificatesPEM(issuing), nil }},
 	} {
 		b, err := w.data()
 		if err != nil {
 			return nil, err
 		}
-		if err := atomicfile.WriteFile(nil, filepath.Join(dir, w.name), b); err != nil {
+		if err := atomicfile.WriteFileMode(nil, filepath.Join(dir, w.name), b, w.perm); err != nil {
 			return nil, fmt.Errorf("identity: init CA: %w", err)
 		}
 	}
@@ -187,13 +192,17 @@ func InitCA(dir string, cfg CAConfig) (*CA, error) {
 }
 
 // LoadCA opens the fleet CA in dir. It needs the certificates and the
-// issuing key, not the root key.
+// issuing key, not the root key. A zero cfg.Fleet takes the fleet name from
+// the root certificate.
 func LoadCA(dir string, cfg CAConfig) (*CA, error) {
-	cfg = cfg.withDefaults()
 	root, err := readOneCert(filepath.Join(dir, CARootCertFile))
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Fleet == "" && len(root.Subject.Organization) == 1 {
+		cfg.Fleet = root.Subject.Organization[0]
+	}
+	cfg = cfg.withDefaults()
 	issuing, err := readOneCert(filepath.Join(dir, CAIssuingCertFile))
 	if err != nil {
 		return nil, err

@@ -209,3 +209,47 @@ func TestRevocationSeenByRunningRegistrar(t *testing.T) {
 		t.Fatalf("CRL numbers %v then %v, entries %d", l1.Number, l2.Number, len(l2.RevokedCertificateEntries))
 	}
 }
+
+func TestCAFilesAndFleetName(t *testing.T) {
+	f := newFleet(t, nil)
+	for name, want := range map[string]os.FileMode{
+		CARootKeyFile: 0o600, CAIssuingKeyFile: 0o600, CATokenKeyFile: 0o600,
+		CATokenPublicKeyFile: 0o644, CARootCertFile: 0o644, CAIssuingCertFile: 0o644,
+	} {
+		st, err := os.Stat(filepath.Join(f.caDir, name))
+		if err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: mode %v (%v), want %v", name, st.Mode().Perm(), err, want)
+		}
+	}
+	pub, err := ReadPublicKeyFile(filepath.Join(f.caDir, CATokenPublicKeyFile))
+	if err != nil || !publicKeysEqual(f.issuer.Key.Public(), pub) {
+		t.Fatalf("token.pub does not hold the token key's public half: %v", err)
+	}
+	// A CA loaded without a fleet name keeps the one given at init.
+	ca, err := LoadCA(f.caDir, CAConfig{Time: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, _ := GenerateKey(ECDSAP256)
+	der, _ := NewCSR(k, "dev-n")
+	csr, _ := ParseCSR(der)
+	cert, err := ca.IssueDevice(csr, "dev-n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cert.Subject.Organization; len(got) != 1 || got[0] != "test fleet" {
+		t.Fatalf("organization %v, want the fleet name from init", got)
+	}
+}
+
+func TestEnrollKeepsTheFleetItTrusts(t *testing.T) {
+	f := newFleet(t, nil)
+	other := newFleet(t, nil)
+	s, _ := f.enroll("dev-k")
+	c := f.client()
+	c.BootstrapFingerprint = other.fingerprint()
+	_, err := s.Enroll(t.Context(), c, EnrollRequest{DeviceID: "dev-k", Auth: EnrollAuth{Token: f.token("dev-k")}})
+	if !errors.Is(err, ErrUntrusted) {
+		t.Fatalf("enroll with another fleet's fingerprint into a store that trusts this one: %v, want ErrUntrusted", err)
+	}
+}

@@ -146,3 +146,36 @@ func ReadKeyFile(path string) (crypto.Signer, error) {
 	}
 	return k, nil
 }
+
+// MarshalPublicKey encodes a public key as a PKIX "PUBLIC KEY" PEM block.
+func MarshalPublicKey(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnsupportedKey, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), nil
+}
+
+// ReadPublicKeyFile reads a PKIX PEM public key (ECDSA P-256 or Ed25519),
+// such as the token public key a registrar verifies tokens with.
+func ReadPublicKeyFile(path string) (crypto.PublicKey, error) {
+	b, err := atomicfile.ReadFile(path, limits.PEMFile)
+	if errors.Is(err, atomicfile.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: public key file %s", ErrTooLarge, path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: public key file: %w", err)
+	}
+	der, ok := pemDecode(b, "PUBLIC KEY")
+	if !ok {
+		return nil, fmt.Errorf("%w: %s: no PUBLIC KEY PEM block", ErrMalformed, path)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, path, err)
+	}
+	if _, err := keyTypeOf(pub); err != nil {
+		return nil, err
+	}
+	return pub, nil
+}

@@ -1,8 +1,10 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -378,7 +380,12 @@ func (s *Store) Enroll(ctx context.Context, client ESTClient, req EnrollRequest)
 		return nil, err
 	}
 	client.Time = s.clock.Now
-	if anchors, err := s.Anchors(); err == nil {
+	if anchors, err := s.Anchors(); err == nil && len(client.Anchors) == 0 {
+		// A store that already trusts a fleet keeps trusting it; a
+		// fingerprint naming another fleet is an error, not ignored.
+		if len(client.BootstrapFingerprint) > 0 && !containsFingerprint(anchors, client.BootstrapFingerprint) {
+			return nil, fmt.Errorf("%w: store %s already trusts another fleet root than the fingerprint given", ErrUntrusted, s.dir)
+		}
 		client.Anchors = anchors
 	}
 	cas, err := client.CACerts(ctx)
@@ -438,4 +445,13 @@ func (s *Store) Renew(ctx context.Context, client ESTClient, opts RenewOptions) 
 		return nil, fmt.Errorf("identity: renew %s: %w", cur.DeviceID, err)
 	}
 	return id, nil
+}
+
+func containsFingerprint(certs []*x509.Certificate, fp []byte) bool {
+	for _, c := range certs {
+		if sum := sha256.Sum256(c.Raw); bytes.Equal(sum[:], fp) {
+			return true
+		}
+	}
+	return false
 }

@@ -30,20 +30,13 @@ func fingerprint(c *x509.Certificate) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// openCA loads the fleet CA in dir with the fleet name recorded in its root
-// certificate, so that certificates issued later carry the name given to
-// "ca init" (identity.LoadCA does not persist it).
+// openCA loads the fleet CA in dir (its fleet name comes from the root
+// certificate).
 func openCA(dir string) (*identity.CA, error) {
 	if dir == "" {
 		return nil, usageErrorf("the CA directory flag is required")
 	}
-	var cfg identity.CAConfig
-	if b, err := atomicfile.ReadFile(filepath.Join(dir, identity.CARootCertFile), limits.PEMFile); err == nil {
-		if certs, err := identity.ParseCertificatesPEM(b); err == nil && len(certs[0].Subject.Organization) == 1 {
-			cfg.Fleet = certs[0].Subject.Organization[0]
-		}
-	}
-	ca, err := identity.LoadCA(dir, cfg)
+	ca, err := identity.LoadCA(dir, identity.CAConfig{})
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, withHint(err, fmt.Sprintf("no fleet CA in %s: check the directory, or create one with `d2c ca init --dir %s`", dir, dir))
 	}
@@ -141,7 +134,7 @@ atomically. Devices verify the chain against the fleet root.`,
 				if err := identity.WriteKeyFile(nil, *keyOut, key); err != nil {
 					return err
 				}
-				if err := atomicfile.WriteFile(nil, *certOut, identity.EncodeCertificatesPEM(cert, ca.Issuing())); err != nil {
+				if err := atomicfile.WriteFileMode(nil, *certOut, identity.EncodeCertificatesPEM(cert, ca.Issuing()), 0o644); err != nil {
 					return err
 				}
 				fmt.Fprintf(s.stdout, "server certificate for %s\n", strings.Join(hosts, ", "))
@@ -256,7 +249,7 @@ for example from cron, and after every revocation.`,
 				if err != nil {
 					return fmt.Errorf("parse the CRL just signed: %w", err)
 				}
-				if err := atomicfile.WriteFile(nil, *out, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})); err != nil {
+				if err := atomicfile.WriteFileMode(nil, *out, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
 					return err
 				}
 				fmt.Fprintf(s.stdout, "wrote CRL number %v to %s\nentries:     %d\nnext update: %s\n",

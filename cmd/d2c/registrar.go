@@ -44,7 +44,7 @@ func registrarServeCommand() *command {
 Serves the RFC 7030 EST endpoints (cacerts, simpleenroll, simplereenroll)
 with the fleet CA in --ca: devices enroll with a token from "d2c token issue"
 and renew with their current certificate. Tokens are checked with the public
-half of CA_DIR/token.key and recorded as used in STATE/used-tokens.state, so
+key in CA_DIR/token.pub and recorded as used in STATE/used-tokens.state, so
 that each works once, across restarts too.
 
 Without --cert and --key, the registrar issues itself a server certificate
@@ -116,7 +116,7 @@ func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
 	if err != nil {
 		return err
 	}
-	tokenKey, err := identity.ReadKeyFile(filepath.Join(o.caDir, identity.CATokenKeyFile))
+	tokenKey, err := identity.ReadPublicKeyFile(filepath.Join(o.caDir, identity.CATokenPublicKeyFile))
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
 	}
 	reg, err := identity.NewRegistrar(identity.RegistrarConfig{
 		CA:                 ca,
-		TokenKeys:          []crypto.PublicKey{tokenKey.Public()},
+		TokenKeys:          []crypto.PublicKey{tokenKey},
 		UsedTokens:         used,
 		RenewExpiredWithin: o.renewExpiredWithin,
 		Logger:             log,

@@ -25,6 +25,7 @@ type File interface {
 	Name() string
 	Sync() error
 	Close() error
+	Chmod(mode fs.FileMode) error
 }
 
 // FS is the set of file-system operations whose order decides crash safety.
@@ -73,6 +74,13 @@ func (OS) SyncDir(dir string) error {
 // (nil means [OS]). When it returns nil the new content is durable; when it
 // returns an error the old content (or absence) is still in place.
 func WriteFile(fsys FS, name string, data []byte) error {
+	return WriteFileMode(fsys, name, data, 0o600)
+}
+
+// WriteFileMode is [WriteFile] with another mode, for public files (CRLs,
+// certificates) that a broker running as another user must read. Secrets
+// always use WriteFile.
+func WriteFileMode(fsys FS, name string, data []byte, perm fs.FileMode) error {
 	if fsys == nil {
 		fsys = OS{}
 	}
@@ -89,6 +97,11 @@ func WriteFile(fsys FS, name string, data []byte) error {
 		_ = f.Close()
 		_ = fsys.Remove(tmp)
 		return fmt.Errorf("atomicfile: %s %s: %w", step, name, err)
+	}
+	if perm != 0o600 {
+		if err := f.Chmod(perm); err != nil {
+			return fail("chmod", err)
+		}
 	}
 	if _, err := f.Write(data); err != nil {
 		return fail("write", err)

@@ -95,3 +95,13 @@ func TestMkdirPrivate(t *testing.T) {
 		t.Fatalf("mode %v (%v), want 0700", st.Mode().Perm(), err)
 	}
 }
+
+func TestWriteFileModePublic(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "crl.pem")
+	if err := atomicfile.WriteFileMode(nil, p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v (%v), want 0644", st.Mode().Perm(), err)
+	}
+}

@@ -139,6 +139,13 @@ func (f *file) Write(p []byte) (int, error) {
 	return f.f.Write(p)
 }
 
+func (f *file) Chmod(mode fs.FileMode) error {
+	if err := f.c.step(); err != nil {
+		return err
+	}
+	return f.f.Chmod(mode)
+}
+
 func (f *file) Sync() error {
 	if err := f.c.step(); err != nil {
 		return err
