@@ -29,6 +29,8 @@ const (
 	CAIssuingCertFile = "issuing.crt"
 	CAIssuingKeyFile  = "issuing.key"
 	CARevokedFile     = "revoked.state"
+	// CALockFile serializes writers of the revocation list across processes.
+	CALockFile = "revoked.lock"
 	// CATokenKeyFile holds the key that signs enrollment tokens.
 	CATokenKeyFile = "token.key"
 	// CATokenPublicKeyFile holds its public half, which is all a registrar
@@ -231,8 +233,9 @@ func LoadCA(dir string, cfg CAConfig) (*CA, error) {
 }
 
 // refreshLocked rereads the revocation state if another process (say
-// `d2c ca revoke` beside a running registrar) changed it. One process at a
-// time should revoke; readers always see the latest list.
+// `d2c ca revoke` beside a running registrar) changed it. Writers also hold
+// the CA directory's file lock (see [CA.lockWriters]), so no revocation is
+// lost to a concurrent writer.
 func (ca *CA) refreshLocked() error {
 	path := filepath.Join(ca.dir, CARevokedFile)
 	st, err := os.Stat(path)
@@ -251,6 +254,12 @@ func (ca *CA) refreshLocked() error {
 	}
 	ca.revoked, ca.revokedStat = next, st
 	return nil
+}
+
+// lockWriters takes the cross-process lock of the CA directory; Revoke and
+// CRL hold it around their read-modify-write of the revocation state.
+func (ca *CA) lockWriters() (func(), error) {
+	return atomicfile.Lock(filepath.Join(ca.dir, CALockFile))
 }
 
 // saveRevokedLocked persists next and makes it current.
@@ -396,6 +405,11 @@ func (ca *CA) Revoke(cert *x509.Certificate, reason int) error {
 	}
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	unlock, err := ca.lockWriters()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := ca.refreshLocked(); err != nil {
 		return err
 	}
@@ -448,6 +462,11 @@ func (ca *CA) isRevokedLocked(serial *big.Int) bool {
 func (ca *CA) CRL() ([]byte, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
+	unlock, err := ca.lockWriters()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if err := ca.refreshLocked(); err != nil {
 		return nil, err
 	}

@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -251,5 +253,49 @@ func TestEnrollKeepsTheFleetItTrusts(t *testing.T) {
 	_, err := s.Enroll(t.Context(), c, EnrollRequest{DeviceID: "dev-k", Auth: EnrollAuth{Token: f.token("dev-k")}})
 	if !errors.Is(err, ErrUntrusted) {
 		t.Fatalf("enroll with another fleet's fingerprint into a store that trusts this one: %v, want ErrUntrusted", err)
+	}
+}
+
+// TestConcurrentRevocationsNotLost revokes from two CA instances at once (as
+// two `d2c ca revoke` processes would): no revocation may be lost.
+func TestConcurrentRevocationsNotLost(t *testing.T) {
+	f := newFleet(t, nil)
+	var certs []*x509.Certificate
+	for i := range 16 {
+		k, _ := GenerateKey(ECDSAP256)
+		id := fmt.Sprintf("dev-%d", i)
+		der, _ := NewCSR(k, id)
+		csr, _ := ParseCSR(der)
+		c, err := f.ca.IssueDevice(csr, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs = append(certs, c)
+	}
+	other, err := LoadCA(f.caDir, CAConfig{Time: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i, c := range certs {
+		ca := f.ca
+		if i%2 == 1 {
+			ca = other
+		}
+		wg.Go(func() {
+			if err := ca.Revoke(c, 0); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	fresh, err := LoadCA(f.caDir, CAConfig{Time: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range certs {
+		if err := fresh.CheckRevoked(c); !errors.Is(err, ErrRevoked) {
+			t.Fatalf("revocation of %s lost", c.Subject.CommonName)
+		}
 	}
 }
