@@ -45,7 +45,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 // fleet is a CA, a token issuer and a registrar served over real HTTPS on
 // 127.0.0.1, all on one fake clock.
 type fleet struct {
-	t          *testing.T
+	t          testing.TB
 	clock      *fakeClock
 	caDir      string
 	ca         *CA
@@ -57,7 +57,7 @@ type fleet struct {
 	serverCert tls.Certificate
 }
 
-func newFleet(t *testing.T, mod func(*RegistrarConfig)) *fleet {
+func newFleet(t testing.TB, mod func(*RegistrarConfig)) *fleet {
 	t.Helper()
 	clock := newFakeClock()
 	dir := t.TempDir()

@@ -28,7 +28,7 @@ import (
 
 // stateOf hashes every file under the given directories, so a test can
 // assert that a refused request changed nothing.
-func stateOf(t *testing.T, dirs ...string) string {
+func stateOf(t testing.TB, dirs ...string) string {
 	t.Helper()
 	var lines []string
 	for _, d := range dirs {
