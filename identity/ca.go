@@ -104,7 +104,8 @@ type CA struct {
 
 	mu          sync.Mutex
 	revoked     revokedState
-	revokedStat fs.FileInfo // of the revoked.state last read, to notice other writers
+	revokedSet  map[string]bool // serial bytes of revoked, for constant-time checks
+	revokedStat fs.FileInfo     // of the revoked.state last read, to notice other writers
 }
 
 type revokedState struct {
@@ -252,8 +253,17 @@ func (ca *CA) refreshLocked() error {
 	if err := ca.codec.Load(path, &next); err != nil {
 		return fmt.Errorf("identity: load revocations: %w", err)
 	}
-	ca.revoked, ca.revokedStat = next, st
+	ca.setRevokedLocked(next)
+	ca.revokedStat = st
 	return nil
+}
+
+func (ca *CA) setRevokedLocked(next revokedState) {
+	ca.revoked = next
+	ca.revokedSet = make(map[string]bool, len(next.Entries))
+	for _, e := range next.Entries {
+		ca.revokedSet[string(e.Serial)] = true
+	}
 }
 
 // lockWriters takes the cross-process lock of the CA directory; Revoke and
@@ -268,7 +278,7 @@ func (ca *CA) saveRevokedLocked(next revokedState) error {
 	if err := ca.codec.Save(nil, path, next); err != nil {
 		return err
 	}
-	ca.revoked = next
+	ca.setRevokedLocked(next)
 	ca.revokedStat, _ = os.Stat(path)
 	return nil
 }
@@ -447,13 +457,7 @@ func (ca *CA) CheckRevoked(cert *x509.Certificate) error {
 }
 
 func (ca *CA) isRevokedLocked(serial *big.Int) bool {
-	b := serial.Bytes()
-	for _, e := range ca.revoked.Entries {
-		if string(e.Serial) == string(b) {
-			return true
-		}
-	}
-	return false
+	return ca.revokedSet[string(serial.Bytes())]
 }
 
 // CRL signs a fresh certificate revocation list (RFC 5280 section 5, DER)

@@ -3,6 +3,7 @@ package identity
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -112,47 +113,133 @@ func TestRenewalCrashAtEveryStep(t *testing.T) {
 	t.Logf("renewal: %d crash points covered (old identity kept at %d, new identity at %d)", total, sawOld, sawNew)
 }
 
-// TestUsedTokensCrash cuts the power at every step of recording a token use:
-// after a restart the token is either unused (and the enrollment was not
-// answered) or used; it is never usable twice.
+// TestUsedTokensCrash cuts the power at every step of recording token uses
+// (journal creation, appends, a compaction): after a restart every
+// acknowledged use is remembered, and no token is ever usable twice.
 func TestUsedTokensCrash(t *testing.T) {
 	clock := newFakeClock()
 	exp := clock.Now().Add(time.Hour)
-	count := &crashfs.FS{}
-	path := filepath.Join(t.TempDir(), "used.state")
-	u, err := openUsedTokens(count, path, clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := u.Consume(t.Context(), "jti-0", exp); err != nil {
-		t.Fatal(err)
-	}
-	total := count.Ops()
-	for i := 1; i <= total; i++ {
-		path := filepath.Join(t.TempDir(), "used.state")
-		pre, _ := OpenUsedTokens(path, clock.Now)
-		if err := pre.Consume(t.Context(), "jti-earlier", exp); err != nil {
-			t.Fatal(err)
+	// Enough uses to cross two compactions.
+	const compactEvery = 5
+	uses := 2*compactEvery + 2
+	consumeAll := func(u *FileUsedTokens) (acked []string, err error) {
+		for n := range uses {
+			jti := fmt.Sprintf("jti-%d", n)
+			if err := u.Consume(t.Context(), jti, exp); err != nil {
+				return acked, err
+			}
+			acked = append(acked, jti)
 		}
-		u, err := openUsedTokens(&crashfs.FS{FailAt: i}, path, clock.Now)
+		return acked, nil
+	}
+	prepare := func() string {
+		path := filepath.Join(t.TempDir(), "used.state")
+		pre, err := OpenUsedTokens(path, clock.Now)
 		if err != nil {
 			t.Fatal(err)
 		}
-		crashErr := u.Consume(t.Context(), "jti-1", exp)
+		if err := pre.Consume(t.Context(), "jti-earlier", exp); err != nil {
+			t.Fatal(err)
+		}
+		pre.Close()
+		return path
+	}
+	open := func(path string, cfs *crashfs.FS) *FileUsedTokens {
+		u, err := openUsedTokens(cfs, path, clock.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.compactEvery = compactEvery
+		return u
+	}
+
+	count := &crashfs.FS{}
+	u := open(prepare(), count)
+	opened := count.Ops()
+	if _, err := consumeAll(u); err != nil {
+		t.Fatal(err)
+	}
+	total := count.Ops() - opened
+	for i := 1; i <= total; i++ {
+		path := prepare()
+		cfs := &crashfs.FS{}
+		u := open(path, cfs)
+		cfs.FailAt = cfs.Ops() + i
+		acked, err := consumeAll(u)
+		if !errors.Is(err, crashfs.ErrCrash) {
+			t.Fatalf("crash at %d/%d: %v", i, total, err)
+		}
 		after, err := OpenUsedTokens(path, clock.Now)
 		if err != nil {
 			t.Fatalf("crash at %d/%d: reopen: %v", i, total, err)
 		}
-		if err := after.Consume(t.Context(), "jti-earlier", exp); !errors.Is(err, ErrTokenReused) {
-			t.Fatalf("crash at %d/%d: an earlier use was forgotten: %v", i, total, err)
+		for _, jti := range append(acked, "jti-earlier") {
+			if err := after.Consume(t.Context(), jti, exp); !errors.Is(err, ErrTokenReused) {
+				t.Fatalf("crash at %d/%d: acknowledged use of %s forgotten: %v", i, total, jti, err)
+			}
 		}
-		err = after.Consume(t.Context(), "jti-1", exp)
-		if crashErr != nil && err != nil && !errors.Is(err, ErrTokenReused) {
-			t.Fatalf("crash at %d/%d: %v", i, total, err)
-		}
-		if err := after.Consume(t.Context(), "jti-1", exp); !errors.Is(err, ErrTokenReused) {
+		// The use in flight at the crash was not acknowledged: it may be
+		// remembered or not, but once used now it is used for good.
+		inflight := fmt.Sprintf("jti-%d", len(acked))
+		_ = after.Consume(t.Context(), inflight, exp)
+		if err := after.Consume(t.Context(), inflight, exp); !errors.Is(err, ErrTokenReused) {
 			t.Fatalf("crash at %d/%d: token usable twice: %v", i, total, err)
 		}
+		after.Close()
 	}
-	t.Logf("used-token store: %d crash points covered", total)
+	t.Logf("used-token store: %d crash points covered (%d uses, 2 compactions)", total, uses)
+}
+
+// TestUsedTokensTornJournal: garbage after the last whole record (a torn
+// append) is dropped, and every whole record is kept.
+func TestUsedTokensTornJournal(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), "used.state")
+	u, err := OpenUsedTokens(path, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range []string{"a", "b", "c"} {
+		if err := u.Consume(t.Context(), j, clock.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u.Close()
+	f, err := os.OpenFile(path+".journal", os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{0, 0, 0, 40, 0x83, 0x6f})
+	f.Close()
+	u, err = OpenUsedTokens(path, clock.Now)
+	if err != nil {
+		t.Fatalf("torn journal: %v", err)
+	}
+	for _, j := range []string{"a", "b", "c"} {
+		if err := u.Consume(t.Context(), j, clock.Now().Add(time.Hour)); !errors.Is(err, ErrTokenReused) {
+			t.Fatalf("%s forgotten: %v", j, err)
+		}
+	}
+	if err := u.Consume(t.Context(), "d", clock.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUsedTokensForgetExpired: expired tokens leave the store at the next
+// open, which keeps it small; they are refused as expired anyway.
+func TestUsedTokensForgetExpired(t *testing.T) {
+	clock := newFakeClock()
+	path := filepath.Join(t.TempDir(), "used.state")
+	u, _ := OpenUsedTokens(path, clock.Now)
+	u.Consume(t.Context(), "old", clock.Now().Add(time.Minute))
+	u.Consume(t.Context(), "new", clock.Now().Add(48*time.Hour))
+	u.Close()
+	clock.Advance(24 * time.Hour)
+	u, err := OpenUsedTokens(path, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := u.used["old"]; ok || len(u.used) != 1 {
+		t.Fatalf("after expiry the store holds %v", u.used)
+	}
 }

@@ -40,7 +40,7 @@ func DeviceURI(id string) string { return DeviceURIPrefix + id }
 func truncate(s string) string {
 	const max = 80
 	if len(s) > max {
-		return s[:max] + "..."
+		s = s[:max] + "..."
 	}
 	return strings.ToValidUTF8(s, "?")
 }

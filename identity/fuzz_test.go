@@ -515,11 +515,19 @@ func FuzzRegistrarRequest(f *testing.F) {
 	if err := u.Consume(f.Context(), usedClaims.ID, usedClaims.Expiry); err != nil {
 		f.Fatal(err)
 	}
+	baselineUsed := u.used
+	// Reopening folds the journal into the snapshot: the baseline is that
+	// one file.
+	u.Close()
+	if u, err = OpenUsedTokens(statePath, fuzzNow); err != nil {
+		f.Fatal(err)
+	}
+	u.Close()
 	baseline, err := os.ReadFile(statePath)
 	if err != nil {
 		f.Fatal(err)
 	}
-	baselineUsed := u.used
+	journalPath := statePath + ".journal"
 
 	body := base64Body(p.csr)
 	tok := fuzzToken(f, fuzzDeviceID, fuzzTime, "")
@@ -540,6 +548,11 @@ func FuzzRegistrarRequest(f *testing.F) {
 	stateIs := "baseline"
 	f.Fuzz(func(t *testing.T, body []byte, contentType, authorization string, stateExists bool) {
 		used := map[string]int64{}
+		if stateIs == "changed" {
+			if err := os.Remove(journalPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				t.Fatal(err)
+			}
+		}
 		switch {
 		case stateExists && stateIs != "baseline":
 			if err := os.WriteFile(statePath, baseline, 0o600); err != nil {
@@ -559,6 +572,7 @@ func FuzzRegistrarRequest(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer store.Close()
 		reg, err := NewRegistrar(RegistrarConfig{CA: p.ca, TokenKeys: []crypto.PublicKey{key.Public()}, UsedTokens: store})
 		if err != nil {
 			t.Fatal(err)
@@ -587,8 +601,10 @@ func FuzzRegistrarRequest(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(entries) > 1 {
-			t.Fatalf("registrar left files behind: %v", entries)
+		for _, e := range entries {
+			if p := filepath.Join(dir, e.Name()); p != statePath && p != journalPath {
+				t.Fatalf("registrar left files behind: %v", entries)
+			}
 		}
 		if rec.Code == http.StatusOK {
 			stateIs = "changed"
@@ -601,6 +617,9 @@ func FuzzRegistrarRequest(f *testing.F) {
 				t.Fatalf("refused request (%d) created the used-token state (%v)", rec.Code, err)
 			case stateExists && (err != nil || !bytes.Equal(got, baseline)):
 				t.Fatalf("refused request (%d) changed the used-token state (%v)", rec.Code, err)
+			}
+			if _, err := os.Stat(journalPath); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("refused request (%d) wrote the used-token journal (%v)", rec.Code, err)
 			}
 			return
 		}

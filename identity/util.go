@@ -3,7 +3,10 @@ package identity
 import (
 	"crypto"
 	"encoding/pem"
+	"path/filepath"
 )
+
+func dirOf(path string) string { return filepath.Dir(path) }
 
 type equaler interface{ Equal(crypto.PublicKey) bool }
 

@@ -32,6 +32,8 @@ type File interface {
 type FS interface {
 	// CreateTemp creates a new file with mode 0600 in dir, as os.CreateTemp.
 	CreateTemp(dir, pattern string) (File, error)
+	// OpenFile opens a file as os.OpenFile, for append-only journals.
+	OpenFile(name string, flag int, perm fs.FileMode) (File, error)
 	// Rename replaces newpath by oldpath atomically, as os.Rename.
 	Rename(oldpath, newpath string) error
 	// Remove deletes a file, as os.Remove.
@@ -47,6 +49,11 @@ type OS struct{}
 
 // CreateTemp implements [FS].
 func (OS) CreateTemp(dir, pattern string) (File, error) { return os.CreateTemp(dir, pattern) }
+
+// OpenFile implements [FS].
+func (OS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	return os.OpenFile(name, flag, perm)
+}
 
 // Rename implements [FS].
 func (OS) Rename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }

@@ -36,7 +36,8 @@ const (
 
 	// UsedTokens bounds the number of unexpired token IDs the registrar
 	// remembers; past it, enrollment is refused rather than forgetting.
-	UsedTokens = 1 << 20
+	// Its snapshot (about 30 bytes an entry) must fit in StateFile.
+	UsedTokens = 250_000
 
 	// RevokedCerts bounds the number of revoked certificates in one CRL.
 	RevokedCerts = 1 << 20

@@ -58,7 +58,15 @@ func (c *Codec) Marshal(v any) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statefile: encode %s: %w", c.kind, err)
 	}
-	return c.modes.Enc.Marshal(envelope{Kind: c.kind, Payload: payload, Sum: c.sum(payload)})
+	out, err := c.modes.Enc.Marshal(envelope{Kind: c.kind, Payload: payload, Sum: c.sum(payload)})
+	if err != nil {
+		return nil, fmt.Errorf("statefile: encode %s: %w", c.kind, err)
+	}
+	// Never write what Unmarshal would refuse to read back.
+	if len(out) > limits.StateFile {
+		return nil, fmt.Errorf("statefile: %s: %w (%d bytes)", c.kind, atomicfile.ErrTooLarge, len(out))
+	}
+	return out, nil
 }
 
 // Unmarshal decodes a state record into v, checking kind and checksum.

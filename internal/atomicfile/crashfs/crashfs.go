@@ -4,8 +4,9 @@
 // Run the code under test once with a large FailAt to count its operations
 // ([FS.Ops]), then once per i in 1..count with FailAt = i. At operation i the
 // "power fails": that operation and every later one return [ErrCrash], and
-// data written to files that were never fsynced is discarded (the file is
-// truncated to zero), which is what a real power cut may do. The test then
+// data written to a file since its last fsync is discarded (the file is
+// truncated to its size at that fsync, or at open), which is what a real
+// power cut may do. The test then
 // reopens the state from disk as a restarted process would and checks its
 // invariants.
 package crashfs
@@ -27,10 +28,10 @@ var ErrCrash = errors.New("crashfs: simulated power loss")
 type FS struct {
 	FailAt int
 
-	mu       sync.Mutex
-	ops      int
-	crashed  bool
-	unsynced map[string]bool
+	mu      sync.Mutex
+	ops     int
+	crashed bool
+	dirty   map[*file]bool // written since their last fsync
 }
 
 var _ atomicfile.FS = (*FS)(nil)
@@ -59,24 +60,24 @@ func (c *FS) step() error {
 	c.ops++
 	if c.FailAt > 0 && c.ops >= c.FailAt {
 		c.crashed = true
-		for name := range c.unsynced {
-			_ = os.Truncate(name, 0) // unsynced data is lost
+		for f := range c.dirty {
+			_ = os.Truncate(f.f.Name(), f.durable) // unsynced data is lost
 		}
 		return ErrCrash
 	}
 	return nil
 }
 
-func (c *FS) markUnsynced(name string, dirty bool) {
+func (c *FS) markDirty(f *file, dirty bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.unsynced == nil {
-		c.unsynced = make(map[string]bool)
+	if c.dirty == nil {
+		c.dirty = make(map[*file]bool)
 	}
 	if dirty {
-		c.unsynced[name] = true
+		c.dirty[f] = true
 	} else {
-		delete(c.unsynced, name)
+		delete(c.dirty, f)
 	}
 }
 
@@ -90,6 +91,24 @@ func (c *FS) CreateTemp(dir, pattern string) (atomicfile.File, error) {
 		return nil, err
 	}
 	return &file{f: f, c: c}, nil
+}
+
+// OpenFile implements [atomicfile.FS]. What the file holds at open counts
+// as durable.
+func (c *FS) OpenFile(name string, flag int, perm fs.FileMode) (atomicfile.File, error) {
+	if err := c.step(); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &file{f: f, c: c, durable: st.Size()}, nil
 }
 
 // Rename implements [atomicfile.FS].
@@ -125,8 +144,9 @@ func (c *FS) MkdirAll(dir string, perm fs.FileMode) error {
 }
 
 type file struct {
-	f *os.File
-	c *FS
+	f       *os.File
+	c       *FS
+	durable int64 // size at the last fsync
 }
 
 func (f *file) Name() string { return f.f.Name() }
@@ -135,7 +155,7 @@ func (f *file) Write(p []byte) (int, error) {
 	if err := f.c.step(); err != nil {
 		return 0, err
 	}
-	f.c.markUnsynced(f.f.Name(), true)
+	f.c.markDirty(f, true)
 	return f.f.Write(p)
 }
 
@@ -153,7 +173,12 @@ func (f *file) Sync() error {
 	if err := f.f.Sync(); err != nil {
 		return err
 	}
-	f.c.markUnsynced(f.f.Name(), false)
+	st, err := f.f.Stat()
+	if err != nil {
+		return err
+	}
+	f.durable = st.Size()
+	f.c.markDirty(f, false)
 	return nil
 }
 
