@@ -369,6 +369,34 @@ func (ca *CA) IssueServer(pub crypto.PublicKey, hosts ...string) (*x509.Certific
 	return createCert(tmpl, ca.issuing, pub, ca.key)
 }
 
+// ServicePrefix begins the CN of a cloud service's client certificate. A
+// colon never appears in a device ID, so no device can hold a service's
+// name, or the broker rights that go with it.
+const ServicePrefix = "svc:"
+
+// IssueService issues a TLS client certificate for a cloud service (a
+// telemetry verifier, a command sender) named name: CN "svc:<name>", where
+// name follows the device ID format. Brokers give it the rights the
+// generated ACL grants that user.
+func (ca *CA) IssueService(pub crypto.PublicKey, name string) (*x509.Certificate, error) {
+	if err := ValidateDeviceID(name); err != nil {
+		return nil, fmt.Errorf("identity: service name: %w", err)
+	}
+	if _, err := keyTypeOf(pub); err != nil {
+		return nil, err
+	}
+	now := ca.cfg.Time()
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: ServicePrefix + name, Organization: []string{ca.cfg.Fleet}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              ca.capValidity(now.Add(ca.cfg.ServerValidity)),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	return createCert(tmpl, ca.issuing, pub, ca.key)
+}
+
 func (ca *CA) capValidity(t time.Time) time.Time {
 	if t.After(ca.issuing.NotAfter) {
 		return ca.issuing.NotAfter

@@ -299,3 +299,24 @@ func TestConcurrentRevocationsNotLost(t *testing.T) {
 		}
 	}
 }
+
+func TestIssueService(t *testing.T) {
+	f := newFleet(t, nil)
+	k, _ := GenerateKey(ECDSAP256)
+	c, err := f.ca.IssueService(k.Public(), "verifier")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Subject.CommonName != "svc:verifier" || c.ExtKeyUsage[0] != x509.ExtKeyUsageClientAuth {
+		t.Fatalf("service certificate %q %v", c.Subject.CommonName, c.ExtKeyUsage)
+	}
+	// A service certificate is not a device certificate.
+	roots := x509.NewCertPool()
+	roots.AddCert(f.ca.Root())
+	if _, err := (DeviceCertPolicy{Roots: roots}).Verify([]*x509.Certificate{c, f.ca.Issuing()}, f.clock.Now()); !errors.Is(err, ErrInvalidDeviceID) {
+		t.Fatalf("service certificate accepted as a device: %v", err)
+	}
+	if _, err := f.ca.IssueService(k.Public(), "a:b"); !errors.Is(err, ErrInvalidDeviceID) {
+		t.Fatalf("service name with a colon: %v", err)
+	}
+}
