@@ -41,4 +41,14 @@ const (
 
 	// RevokedCerts bounds the number of revoked certificates in one CRL.
 	RevokedCerts = 1 << 20
+
+	// Envelope bounds a telemetry or command envelope (JWS, or JWE around
+	// one) as received.
+	Envelope = 256 << 10
+
+	// Readings bounds the readings batched in one telemetry envelope.
+	Readings = 1024
+
+	// ReadingBody bounds one reading's application body.
+	ReadingBody = 64 << 10
 )
