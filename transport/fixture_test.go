@@ -92,4 +92,6 @@ func (f *testFleet) sealer(id string, enc *Encryption) *Sealer {
 	return s
 }
 
-func reading(body string) []Reading { return []Reading{{Time: time.UnixMilli(1700000000000), Body: []byte(body)}} }
+func reading(body string) []Reading {
+	return []Reading{{Time: time.UnixMilli(1700000000000), Body: []byte(body)}}
+}

@@ -22,11 +22,11 @@ import (
 // CN is "svc:<name>": the colon cannot appear in a device ID, so no device
 // can ever hold a service's rights.
 const (
-	TopicPrefix   = "d2c/v1/dev/"
-	upTele        = "up/tele/"
-	upKey         = "up/key"
-	upCmdResult   = "up/cmdres"
-	downCmd       = "down/cmd"
+	TopicPrefix = "d2c/v1/dev/"
+	upTele      = "up/tele/"
+	upKey       = "up/key"
+	upCmdResult = "up/cmdres"
+	downCmd     = "down/cmd"
 )
 
 // ErrInvalidTopic is returned for a topic outside the scheme.

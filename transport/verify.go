@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,34 +19,44 @@ import (
 	"github.com/d2c-iot/d2c/internal/limits"
 )
 
-// Certificates gives the cloud the registered certificate chain of a device
-// (leaf first). The verifier takes a signer's key from here, never from the
-// envelope. [MemoryCertificates] is an in-process implementation; fleets
-// back it with the database where the registrar records issued
-// certificates.
+// Certificates gives the cloud the registered certificate chains of a
+// device (each leaf first), newest first: after a renewal the previous one
+// stays valid for envelopes sealed before it. The verifier takes a signer's
+// key from here, never from the envelope. [MemoryCertificates] is an
+// in-process implementation; fleets back it with the database where the
+// registrar records issued certificates.
 type Certificates interface {
-	DeviceCertificate(ctx context.Context, device string) ([]*x509.Certificate, error)
+	DeviceCertificates(ctx context.Context, device string) ([][]*x509.Certificate, error)
 }
 
-// MemoryCertificates is a [Certificates] held in memory.
+// MemoryCertificates is a [Certificates] held in memory, keeping the two
+// newest chains of each device.
 type MemoryCertificates struct {
 	mu sync.RWMutex
-	m  map[string][]*x509.Certificate
+	m  map[string][][]*x509.Certificate
 }
 
-// Add registers chain (leaf first) under the device ID its leaf names,
-// replacing an earlier one (after renewal).
+// Add registers chain (leaf first) under the device ID its leaf names.
 func (mc *MemoryCertificates) Add(chain ...*x509.Certificate) {
 	mc.mu.Lock()
 	defer mc.mu.Unlock()
 	if mc.m == nil {
-		mc.m = map[string][]*x509.Certificate{}
+		mc.m = map[string][][]*x509.Certificate{}
 	}
-	mc.m[chain[0].Subject.CommonName] = chain
+	id := chain[0].Subject.CommonName
+	prev := mc.m[id]
+	if len(prev) > 0 && prev[0][0].Equal(chain[0]) {
+		return
+	}
+	next := [][]*x509.Certificate{chain}
+	if len(prev) > 0 {
+		next = append(next, prev[0])
+	}
+	mc.m[id] = next
 }
 
-// DeviceCertificate implements [Certificates].
-func (mc *MemoryCertificates) DeviceCertificate(_ context.Context, device string) ([]*x509.Certificate, error) {
+// DeviceCertificates implements [Certificates].
+func (mc *MemoryCertificates) DeviceCertificates(_ context.Context, device string) ([][]*x509.Certificate, error) {
 	mc.mu.RLock()
 	defer mc.mu.RUnlock()
 	c, ok := mc.m[device]
@@ -92,7 +103,7 @@ type Verifier struct {
 	log   *slog.Logger
 
 	mu       sync.Mutex
-	verified map[string]verifiedCert       // device -> chain verified recently
+	verified map[string]verifiedCert // device -> chain verified recently
 	sessions map[string][]sessionKey // device -> its two newest session keys, oldest first
 
 	accepted, duplicates, replays, refused, keys atomic.Uint64
@@ -104,7 +115,6 @@ type sessionKey struct {
 }
 
 type verifiedCert struct {
-	leaf  []byte
 	until time.Time
 }
 
@@ -262,24 +272,35 @@ func (v *Verifier) checkSigned(ctx context.Context, device string, b []byte, typ
 	if kid != device {
 		return nil, fmt.Errorf("%w: signed by %q, topic is %q's", ErrWrongDevice, clip(kid), device)
 	}
-	chain, err := v.cfg.Certificates.DeviceCertificate(ctx, device)
+	chains, err := v.cfg.Certificates.DeviceCertificates(ctx, device)
 	if err != nil {
 		return nil, err
 	}
-	if err := v.checkCert(device, chain); err != nil {
-		return nil, err
+	// The newest certificate whose key verifies the signature decides; it
+	// must be valid now and unrevoked.
+	err = fmt.Errorf("%w: no registered certificate", ErrUnknownDevice)
+	for _, chain := range chains {
+		var payload []byte
+		if payload, err = verifyJWS(jws, chain[0].PublicKey); err != nil {
+			continue
+		}
+		if err = v.checkCert(device, chain); err != nil {
+			return nil, err
+		}
+		return payload, nil
 	}
-	return verifyJWS(jws, chain[0].PublicKey)
+	return nil, err
 }
 
 // checkCert verifies the registered chain, caching the chain verification
 // for a minute; revocation is checked every time.
 func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 	now := v.cfg.Time()
+	key := device + "\x00" + string(chain[0].Raw)
 	v.mu.Lock()
-	c, ok := v.verified[device]
+	c, ok := v.verified[key]
 	v.mu.Unlock()
-	if ok && now.Before(c.until) && bytes.Equal(c.leaf, chain[0].Raw) {
+	if ok && now.Before(c.until) {
 		if v.cfg.Policy.Revocations != nil {
 			return v.cfg.Policy.Revocations.CheckRevoked(chain[0])
 		}
@@ -297,7 +318,10 @@ func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 		until = chain[0].NotAfter
 	}
 	v.mu.Lock()
-	v.verified[device] = verifiedCert{leaf: chain[0].Raw, until: until}
+	if len(v.verified) >= 2*v.cfg.Replay.max {
+		clear(v.verified) // a cache: bounded, rebuilt on demand
+	}
+	v.verified[key] = verifiedCert{until: until}
 	v.mu.Unlock()
 	return nil
 }
@@ -350,5 +374,9 @@ func (v *Verifier) Forget(device string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.sessions, device)
-	delete(v.verified, device)
+	for k := range v.verified {
+		if strings.HasPrefix(k, device+"\x00") {
+			delete(v.verified, k)
+		}
+	}
 }
