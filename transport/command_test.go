@@ -53,7 +53,7 @@ func TestCommands(t *testing.T) {
 		env  []byte
 		want error
 	}{
-		"another device's command":     {forB, ErrWrongDevice},
+		"another device's command":      {forB, ErrWrongDevice},
 		"signed by an unknown key":      {fromRogue, ErrBadSignature},
 		"tampered signature":            {tampered, ErrBadSignature},
 		"expired":                       {expired, ErrCommandExpired},

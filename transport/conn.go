@@ -69,6 +69,10 @@ func (c *packetConn) Write(p []byte) (int, error) {
 // re-enroll, check the broker's CA and CRL).
 var ErrCertificateRejected = errors.New("transport: broker rejected the device certificate")
 
+// ErrRefusedByBroker: the broker answered a publish or subscribe with a
+// reason code that retrying cannot fix (for example 0x87, not authorized).
+var ErrRefusedByBroker = errors.New("transport: broker refused the message")
+
 // classifyDialError wraps TLS alerts about the client certificate in
 // ErrCertificateRejected, naming the alert.
 func classifyDialError(err error) error {

@@ -1,0 +1,181 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// CloudConfig configures the cloud half's broker connection ([DialCloud]).
+type CloudConfig struct {
+	// Broker is the broker's host:port. Required. TLS 1.3, mutual.
+	Broker string
+	// ServerName overrides the name checked in the broker certificate.
+	ServerName string
+	// ClientID names this process's MQTT session. Default: the service
+	// certificate's CN.
+	ClientID string
+	// Certificate is the service's client certificate (CN "svc:<name>",
+	// from identity.CA.IssueService) with its chain and key. Required.
+	Certificate tls.Certificate
+	// Roots are the fleet trust anchors the broker certificate must chain
+	// to. Required.
+	Roots *x509.CertPool
+	// Verifier checks every message received. Required to receive.
+	Verifier *Verifier
+	// Group, if set, subscribes through the MQTT v5 shared subscription
+	// $share/<Group>/..., so that several verifier processes split the
+	// fleet's messages between them. Replay state is per process: route a
+	// device to one process, or share the state (see docs/protocol.md).
+	Group string
+	// OnRecord receives each verified, fresh telemetry record.
+	OnRecord func(ctx context.Context, r Record)
+	// OnRefused is told of each refused message (forgeries, replays...);
+	// duplicates are dropped silently (and counted in Verifier.Stats).
+	OnRefused func(topic string, err error)
+	// Logger receives connection events. Default: none.
+	Logger *slog.Logger
+}
+
+// Cloud is a cloud service's connection to the broker: it receives and
+// verifies telemetry, and sends signed commands.
+type Cloud struct {
+	cfg    CloudConfig
+	cm     *autopaho.ConnectionManager
+	cancel context.CancelFunc
+}
+
+// DialCloud connects a cloud service to the broker in the background.
+func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
+	if cfg.Broker == "" || cfg.Roots == nil || len(cfg.Certificate.Certificate) == 0 {
+		return nil, errors.New("transport: CloudConfig needs Broker, Roots and Certificate")
+	}
+	host, _, err := net.SplitHostPort(cfg.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("transport: broker address %q: %w", cfg.Broker, err)
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	leaf, err := x509.ParseCertificate(cfg.Certificate.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("transport: service certificate: %w", err)
+	}
+	if cfg.ClientID == "" {
+		cfg.ClientID = leaf.Subject.CommonName
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cert := cfg.Certificate
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: cfg.Roots, ServerName: cfg.ServerName,
+		Certificates: []tls.Certificate{cert}}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c := &Cloud{cfg: cfg, cancel: cancel}
+	var filters []string
+	if cfg.Verifier != nil {
+		filters = []string{AllTelemetry, AllKeys}
+		if cfg.Group != "" {
+			for i, f := range filters {
+				filters[i] = "$share/" + cfg.Group + "/" + f
+			}
+		}
+	}
+	acfg := autopaho.ClientConfig{
+		ServerUrls:            []*url.URL{{Scheme: "tls", Host: cfg.Broker}},
+		TlsCfg:                tlsCfg,
+		KeepAlive:             30,
+		SessionExpiryInterval: 3600,
+		ReconnectBackoff:      autopaho.NewExponentialBackoff(500*time.Millisecond, 30*time.Second, time.Second, 2),
+		AttemptConnection: func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+			return dialTLS(ctx, u.Host, tlsCfg)
+		},
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
+			log.Info("cloud connected", "broker", cfg.Broker, "session_present", ack.SessionPresent)
+			if len(filters) == 0 {
+				return
+			}
+			go func() {
+				var subs []paho.SubscribeOptions
+				for _, f := range filters {
+					subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 1})
+				}
+				sa, err := cm.Subscribe(runCtx, &paho.Subscribe{Subscriptions: subs})
+				if err != nil {
+					log.Warn("cloud subscribe", "err", err)
+					return
+				}
+				for i, r := range sa.Reasons {
+					if r >= 0x80 {
+						log.Error("broker refused the cloud subscription", "filter", filters[i], "reason", r)
+					}
+				}
+			}()
+		},
+		OnConnectError: func(err error) { log.Warn("cloud connect failed", "err", classifyDialError(err)) },
+		ClientConfig: paho.ClientConfig{
+			ClientID: cfg.ClientID,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) { c.onPublish(runCtx, pr.Packet); return true, nil },
+			},
+		},
+	}
+	cm, err := autopaho.NewConnection(runCtx, acfg)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	c.cm = cm
+	return c, nil
+}
+
+func (c *Cloud) onPublish(ctx context.Context, p *paho.Publish) {
+	if c.cfg.Verifier == nil {
+		return
+	}
+	rec, err := c.cfg.Verifier.Verify(ctx, p.Topic, p.Payload)
+	switch {
+	case errors.Is(err, ErrDuplicate):
+	case err != nil:
+		if c.cfg.OnRefused != nil {
+			c.cfg.OnRefused(p.Topic, err)
+		}
+	case rec.Device != "" && c.cfg.OnRecord != nil:
+		c.cfg.OnRecord(ctx, rec)
+	}
+}
+
+// AwaitConnection waits until the service is connected.
+func (c *Cloud) AwaitConnection(ctx context.Context) error { return c.cm.AwaitConnection(ctx) }
+
+// SendCommand publishes a signed command envelope (from
+// [CommandSigner.Sign]) to device at QoS 1 and waits for the PUBACK.
+func (c *Cloud) SendCommand(ctx context.Context, device string, envelope []byte) error {
+	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: CommandTopic(device), Payload: envelope,
+		Properties: &paho.PublishProperties{ContentType: ContentType}})
+	if err != nil {
+		return fmt.Errorf("transport: send command: %w", err)
+	}
+	if resp != nil && resp.ReasonCode >= 0x80 {
+		return fmt.Errorf("%w: PUBACK reason 0x%02x", ErrRefusedByBroker, resp.ReasonCode)
+	}
+	return nil
+}
+
+// Close disconnects.
+func (c *Cloud) Close(ctx context.Context) error {
+	err := c.cm.Disconnect(ctx)
+	c.cancel()
+	<-c.cm.Done()
+	return err
+}
