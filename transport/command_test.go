@@ -2,7 +2,9 @@ package transport
 
 import (
 	"crypto"
+	"crypto/tls"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,6 +110,24 @@ func TestBootCounterCrash(t *testing.T) {
 		}
 		if after.boot <= used.boot {
 			t.Fatalf("crash at %d: boot %d reused", i, after.boot)
+		}
+	}
+}
+
+func TestClassifyDialError(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{tls.AlertError(44), true},
+		{fmt.Errorf("failed to connect: %w", tls.AlertError(45)), true},
+		{errors.New("failed to connect to tls://127.0.0.1:1: remote error: tls: bad certificate"), true},
+		{errors.New("remote error: tls: revoked certificate"), true},
+		{tls.AlertError(40), false}, // handshake failure: not about the certificate
+		{errors.New("connection refused"), false},
+	} {
+		if got := errors.Is(classifyDialError(tc.err), ErrCertificateRejected); got != tc.want {
+			t.Errorf("%v: classified %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -76,15 +77,32 @@ var ErrRefusedByBroker = errors.New("transport: broker refused the message")
 // classifyDialError wraps TLS alerts about the client certificate in
 // ErrCertificateRejected, naming the alert.
 func classifyDialError(err error) error {
+	if err == nil || errors.Is(err, ErrCertificateRejected) {
+		return err
+	}
 	var alert tls.AlertError
 	if errors.As(err, &alert) {
-		switch alert {
-		case 42, 43, 44, 45, 46, 48, 49, 116: // bad, unsupported, revoked, expired, unknown certificate; unknown CA; access denied; certificate required
-			return fmt.Errorf("%w: %v", ErrCertificateRejected, err)
+		if certAlerts[uint8(alert)] {
+			return fmt.Errorf("%w: %w", ErrCertificateRejected, err)
+		}
+		return err
+	}
+	// With TLS 1.3 the broker's verdict on the client certificate arrives
+	// after the client's handshake has completed, as an alert on the first
+	// read, which paho reports as text without wrapping it.
+	msg := err.Error()
+	for a := range certAlerts {
+		if strings.Contains(msg, "remote error: "+tls.AlertError(a).Error()) {
+			return fmt.Errorf("%w: %w", ErrCertificateRejected, err)
 		}
 	}
 	return err
 }
+
+// certAlerts are the TLS alerts (RFC 8446 section 6.2) by which a server
+// refuses a client certificate: bad, unsupported, revoked, expired or
+// unknown certificate, unknown CA, access denied, certificate required.
+var certAlerts = map[uint8]bool{42: true, 43: true, 44: true, 45: true, 46: true, 48: true, 49: true, 116: true}
 
 // dialTLS connects to addr with cfg and completes the handshake.
 func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (net.Conn, error) {

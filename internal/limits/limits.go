@@ -52,3 +52,26 @@ const (
 	// ReadingBody bounds one reading's application body.
 	ReadingBody = 64 << 10
 )
+
+// outbox: the device's durable telemetry queue (transport.Outbox).
+const (
+	// OutboxMessages is the default bound on the messages an outbox
+	// stores; past it, Append is refused and nothing stored is dropped.
+	OutboxMessages = 100_000
+
+	// OutboxBytes is the default bound on the topic and payload bytes an
+	// outbox stores.
+	OutboxBytes = 32 << 20
+
+	// OutboxRecord bounds one record of an outbox file (a message, or a
+	// batch of removed IDs), framing excluded. Append refuses a message
+	// whose record would be larger; the opener reads no more than this.
+	OutboxRecord = 256 << 10
+
+	// OutboxSegment is the default size at which the outbox starts a new
+	// segment file.
+	OutboxSegment = 4 << 20
+
+	// OutboxSegmentMax bounds the configurable segment size.
+	OutboxSegmentMax = 64 << 20
+)

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -92,7 +93,87 @@ type Broker struct {
 	// ConfigPath is the configuration file the broker runs with.
 	ConfigPath string
 
-	out *lockedBuffer
+	out  *lockedBuffer
+	bin  string
+	mu   sync.Mutex
+	stop func() // kills the running process and waits for it; nil when none
+	pid  int    // of the running process; 0 when none
+}
+
+// PID returns the process ID of the running broker, 0 after Kill.
+func (b *Broker) PID() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pid
+}
+
+// fileLimitOnce raises the soft RLIMIT_NOFILE once per process.
+var fileLimitOnce sync.Once
+
+// inheritFileLimit lets child processes inherit a soft RLIMIT_NOFILE equal
+// to the hard limit. The Go runtime raises its own soft limit to the hard
+// limit at start but gives children the original soft limit back (often
+// 1024), which caps a mosquitto serving a simulated fleet at about 1000
+// connections. Setting the limit explicitly (syscall.Setrlimit) tells
+// os/exec to leave it as it is in children. It only raises the soft limit
+// up to the existing hard limit, never above.
+func inheritFileLimit() {
+	fileLimitOnce.Do(func() {
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			return
+		}
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	})
+}
+
+// FileLimit returns the soft RLIMIT_NOFILE of the process pid (0: this
+// process), read from /proc/<pid>/limits, or an error.
+func FileLimit(pid int) (uint64, error) {
+	path := "/proc/self/limits"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/limits", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Max open files"); ok {
+			f := strings.Fields(rest)
+			if len(f) == 0 {
+				break
+			}
+			if f[0] == "unlimited" {
+				return 1<<63 - 1, nil
+			}
+			return strconv.ParseUint(f[0], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("testpeer: no \"Max open files\" line in %s", path)
+}
+
+// Kill stops the broker with SIGKILL, as a crash would, and waits for it.
+func (b *Broker) Kill() {
+	b.mu.Lock()
+	stop := b.stop
+	b.stop = nil
+	b.pid = 0
+	b.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// Restart starts the broker again on the same port with the same
+// configuration, after Kill, and waits until it accepts connections.
+func (b *Broker) Restart(t testing.TB) {
+	t.Helper()
+	b.Kill()
+	if err := b.start(t, b.bin); err != nil {
+		t.Fatalf("testpeer: restart mosquitto: %v\n%s", err, b.Output())
+	}
 }
 
 // Output returns everything mosquitto has written to stdout and stderr so
@@ -125,9 +206,13 @@ const mosquittoStartTimeout = 10 * time.Second
 // "Client connection from 127.0.0.1 failed: ... unexpected eof while
 // reading" line at start. The broker is killed and waited for by t.Cleanup;
 // if the test failed, its output is logged then.
+//
+// The broker inherits a soft RLIMIT_NOFILE equal to the hard limit (see
+// [FileLimit] to check it), so that it can serve thousands of connections.
 func Mosquitto(t testing.TB, conf string) *Broker {
 	t.Helper()
 	bin := Require(t, "mosquitto")
+	inheritFileLimit()
 	dir := t.TempDir()
 	const attempts = 3
 	for attempt := 1; ; attempt++ {
@@ -140,7 +225,7 @@ func Mosquitto(t testing.TB, conf string) *Broker {
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatalf("testpeer: %v", err)
 		}
-		b := &Broker{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, ConfigPath: path, out: new(lockedBuffer)}
+		b := &Broker{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, ConfigPath: path, out: new(lockedBuffer), bin: bin}
 		err = b.start(t, bin)
 		if err == nil {
 			return b
@@ -170,9 +255,12 @@ func (b *Broker) start(t testing.TB, bin string) error {
 		waitErr = cmd.Wait()
 		close(done)
 	}()
+	var once sync.Once
 	stop := func() {
-		_ = cmd.Process.Kill()
-		<-done
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			<-done
+		})
 	}
 	deadline := time.Now().Add(mosquittoStartTimeout)
 	for {
@@ -202,6 +290,10 @@ func (b *Broker) start(t testing.TB, bin string) error {
 		}
 	})
 	t.Cleanup(stop)
+	b.mu.Lock()
+	b.stop = stop
+	b.pid = cmd.Process.Pid
+	b.mu.Unlock()
 	return nil
 }
 

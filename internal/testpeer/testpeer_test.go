@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,4 +91,39 @@ func TestMosquitto(t *testing.T) {
 	if !strings.Contains(b.Output(), "mosquitto version") {
 		t.Errorf("output does not look like mosquitto's log: %q", b.Output())
 	}
+}
+
+// TestMosquittoFileLimit checks that the broker runs with the hard
+// RLIMIT_NOFILE as its soft limit (not the 1024 the Go runtime would give
+// back to a child), and that Kill and Restart track its process.
+func TestMosquittoFileLimit(t *testing.T) {
+	b := Mosquitto(t, "listener {{port}} 127.0.0.1\nallow_anonymous true\n")
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	pid := b.PID()
+	if pid <= 0 {
+		t.Fatalf("PID() = %d for a running broker", pid)
+	}
+	got, err := FileLimit(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != lim.Max {
+		t.Errorf("mosquitto soft RLIMIT_NOFILE %d, want the hard limit %d", got, lim.Max)
+	}
+	b.Kill()
+	if b.PID() != 0 {
+		t.Errorf("PID() = %d after Kill", b.PID())
+	}
+	b.Restart(t)
+	if p := b.PID(); p <= 0 || p == pid {
+		t.Errorf("PID() = %d after Restart (was %d)", p, pid)
+	}
+	c, err := net.DialTimeout("tcp", b.Addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("restarted broker: %v", err)
+	}
+	c.Close()
 }

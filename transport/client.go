@@ -1,0 +1,531 @@
+package transport
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+)
+
+// ClientConfig configures a device [Client]. Zero fields take the documented
+// defaults; there is no setting that turns TLS, certificate verification or
+// signing off.
+type ClientConfig struct {
+	// Broker is the broker's host:port. Required. The connection is always
+	// TLS 1.3 with the device certificate; the broker must present a
+	// certificate that chains to the fleet anchors in Store.
+	Broker string
+	// ServerName overrides the name checked in the broker certificate.
+	// Default: the host of Broker.
+	ServerName string
+	// Store holds the device identity and fleet anchors. Required.
+	Store *identity.Store
+	// StateDir holds the outbox, the boot counter and the command state.
+	// Default: "transport" inside the store directory.
+	StateDir string
+	// Encryption, if set, encrypts telemetry end to end to the cloud.
+	Encryption *Encryption
+	// CommandKeys are the fleet's command-signing public keys. With
+	// OnCommand set, the client subscribes to its command topic and runs
+	// every command that verifies.
+	CommandKeys []crypto.PublicKey
+	// OnCommand runs a verified command. It must not block for long.
+	OnCommand func(context.Context, Command)
+	// OnRefused is told of every message the broker refused for good (PUBACK
+	// reason >= 0x80 that retrying cannot fix) and every command refused.
+	OnRefused func(Refusal)
+	// Outbox bounds the durable queue (Dir is set from StateDir).
+	Outbox OutboxConfig
+	// KeepAlive is the MQTT keep-alive. Default 30 s.
+	KeepAlive time.Duration
+	// SessionExpiry is how long the broker keeps the session (command
+	// subscription, undelivered commands) while the device is away.
+	// Default 24 h.
+	SessionExpiry time.Duration
+	// RetryMin and RetryMax bound the reconnect backoff (exponential, full
+	// jitter). Defaults 1 s and 2 min.
+	RetryMin, RetryMax time.Duration
+	// Logger receives connection and delivery events. Default: none.
+	Logger *slog.Logger
+}
+
+// Refusal reports a message or command that was refused for good.
+type Refusal struct {
+	Topic     string
+	MessageID uint64 // outbox ID, 0 for a command
+	Reason    string
+	Err       error
+}
+
+// ClientStats counts what the client did since Dial.
+type ClientStats struct {
+	Stored, Sent, Acked, Refused, Retried uint64
+	QueueDepth                            int
+	Connects, ConnectFailures             uint64
+	CommandsRun, CommandsRefused          uint64
+}
+
+// Client is the device half of telemetry: Publish seals readings into a
+// signed (optionally encrypted) envelope and stores it durably; a delivery
+// loop publishes stored envelopes at QoS 1 over MQTT v5 and removes each
+// only after a successful PUBACK.
+type Client struct {
+	cfg    ClientConfig
+	log    *slog.Logger
+	outbox *Outbox
+	seq    *sequence
+	cmds   *commandVerifier
+	cm     *autopaho.ConnectionManager
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	ident  atomic.Pointer[identity.Identity]
+	sealer atomic.Pointer[Sealer]
+
+	receiveMax     atomic.Int32
+	lastConnectErr atomic.Pointer[error]
+	wake           chan struct{}
+
+	mu           sync.Mutex
+	inflight     map[uint64]bool
+	inflightKeys map[uint64]bool // in-flight key deliveries: nothing else goes until they are acked
+
+	sent, acked, refused, retried, connects, connectFailures, cmdRun, cmdRefused atomic.Uint64
+}
+
+// Dial opens the client's state and starts connecting in the background; it
+// returns once the state is open. Use [Client.AwaitConnection] to wait for
+// the broker. Close stops it.
+func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
+	if cfg.Store == nil || cfg.Broker == "" {
+		return nil, errors.New("transport: ClientConfig needs Store and Broker")
+	}
+	host, _, err := net.SplitHostPort(cfg.Broker)
+	if err != nil {
+		return nil, fmt.Errorf("transport: broker address %q: %w", cfg.Broker, err)
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = host
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(cfg.Store.Dir(), "transport")
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = 30 * time.Second
+	}
+	if cfg.SessionExpiry <= 0 {
+		cfg.SessionExpiry = 24 * time.Hour
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = time.Second
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(2*time.Minute, cfg.RetryMin)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	id, err := cfg.Store.Current()
+	if err != nil {
+		return nil, err
+	}
+	anchors, err := cfg.Store.Anchors()
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.MkdirPrivate(nil, cfg.StateDir); err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, log: log.With("device", id.DeviceID), wake: make(chan struct{}, 1), inflight: map[uint64]bool{}, inflightKeys: map[uint64]bool{}, done: make(chan struct{})}
+	if err := c.useIdentity(id); err != nil {
+		return nil, err
+	}
+	if c.seq, err = openSequence(nil, filepath.Join(cfg.StateDir, "boot.state")); err != nil {
+		return nil, err
+	}
+	if cfg.OnCommand != nil {
+		if len(cfg.CommandKeys) == 0 {
+			return nil, errors.New("transport: OnCommand needs CommandKeys")
+		}
+		if c.cmds, err = newCommandVerifier(nil, filepath.Join(cfg.StateDir, "commands.state"), id.DeviceID, cfg.CommandKeys, cfg.Store.Clock().Now); err != nil {
+			return nil, err
+		}
+	}
+	ocfg := cfg.Outbox
+	ocfg.Dir = filepath.Join(cfg.StateDir, "outbox")
+	if ocfg.Logger == nil {
+		ocfg.Logger = log
+	}
+	if c.outbox, err = OpenOutbox(ocfg); err != nil {
+		return nil, err
+	}
+	c.receiveMax.Store(16)
+
+	pool := x509.NewCertPool()
+	for _, a := range anchors {
+		if a.CheckSignatureFrom(a) == nil {
+			pool.AddCert(a)
+		}
+	}
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    pool,
+		ServerName: cfg.ServerName,
+		Time:       cfg.Store.Clock().Now,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			tc := c.ident.Load().TLSCertificate()
+			return &tc, nil
+		},
+	}
+	brokerURL := &url.URL{Scheme: "tls", Host: cfg.Broker}
+	marker := filepath.Join(cfg.StateDir, "session")
+	_, statErr := os.Stat(marker)
+	firstConnect := errors.Is(statErr, os.ErrNotExist)
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c.cancel = cancel
+	acfg := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{brokerURL},
+		TlsCfg:                        tlsCfg,
+		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
+		CleanStartOnInitialConnection: firstConnect,
+		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
+		ReconnectBackoff:              c.backoff,
+		ConnectTimeout:                15 * time.Second,
+		AttemptConnection: func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+			if leaf := c.ident.Load().Certificate(); cfg.Store.Clock().Now().After(leaf.NotAfter) {
+				return nil, fmt.Errorf("%w: %w: renew or enroll again", ErrCertificateRejected, identity.ErrCertExpired)
+			}
+			return dialTLS(ctx, u.Host, tlsCfg)
+		},
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
+			c.connects.Add(1)
+			if ack.Properties != nil && ack.Properties.ReceiveMaximum != nil {
+				c.receiveMax.Store(int32(*ack.Properties.ReceiveMaximum))
+			} else {
+				c.receiveMax.Store(65535)
+			}
+			c.log.Info("connected", "broker", cfg.Broker, "session_present", ack.SessionPresent)
+			if firstConnect {
+				_ = atomicfile.WriteFile(nil, marker, []byte("1\n"))
+				firstConnect = false
+			}
+			if c.cmds != nil && !ack.SessionPresent {
+				go c.subscribe(runCtx, cm)
+			}
+			c.signal()
+		},
+		OnConnectError: func(err error) {
+			c.connectFailures.Add(1)
+			err = classifyDialError(err)
+			c.lastConnectErr.Store(&err)
+			if errors.Is(err, ErrCertificateRejected) {
+				c.log.Error("the broker refused the device certificate; backing off", "err", err)
+				return
+			}
+			c.log.Warn("connect failed", "err", err)
+		},
+		ClientConfig: paho.ClientConfig{
+			ClientID: id.DeviceID,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) { c.onPublish(runCtx, pr.Packet); return true, nil },
+			},
+			OnClientError: func(err error) { c.log.Warn("connection error", "err", err) },
+		},
+	}
+	cm, err := autopaho.NewConnection(runCtx, acfg)
+	if err != nil {
+		cancel()
+		c.outbox.Close()
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	c.cm = cm
+	go c.deliver(runCtx)
+	return c, nil
+}
+
+// useIdentity switches to id for new connections and new envelopes.
+func (c *Client) useIdentity(id *identity.Identity) error {
+	s, err := NewSealer(id.DeviceID, id.Key, c.cfg.Encryption, c.cfg.Store.Clock().Now)
+	if err != nil {
+		return err
+	}
+	c.ident.Store(id)
+	c.sealer.Store(s)
+	return nil
+}
+
+// Reload rereads the identity from the store, after a renewal (wire it to
+// identity.Renewer.OnRenew). The next connection presents the new
+// certificate and new envelopes are signed with the new key.
+func (c *Client) Reload() error {
+	id, err := c.cfg.Store.Current()
+	if err != nil {
+		return err
+	}
+	return c.useIdentity(id)
+}
+
+// backoff is exponential with full jitter between RetryMin and RetryMax,
+// so a fleet cut off together does not reconnect together.
+func (c *Client) backoff(attempt int) time.Duration {
+	if attempt <= 0 {
+		return 0
+	}
+	d := c.cfg.RetryMin << min(attempt-1, 30)
+	if d > c.cfg.RetryMax || d <= 0 {
+		d = c.cfg.RetryMax
+	}
+	return time.Duration(rand.Int64N(int64(d)) + 1)
+}
+
+// LastConnectError returns the error of the latest failed connection
+// attempt (nil if none), classified: it wraps [ErrCertificateRejected] when
+// the broker refused the device certificate.
+func (c *Client) LastConnectError() error {
+	if p := c.lastConnectErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// AwaitConnection waits until the client is connected.
+func (c *Client) AwaitConnection(ctx context.Context) error { return c.cm.AwaitConnection(ctx) }
+
+// Publish seals readings of stream into one envelope (one signature for the
+// whole batch) and stores it durably; it returns once the envelope is on
+// disk. Delivery happens in the background.
+func (c *Client) Publish(ctx context.Context, stream string, readings ...Reading) error {
+	return c.PublishWith(ctx, PublishOptions{Stream: stream}, readings...)
+}
+
+// PublishOptions tune one publish.
+type PublishOptions struct {
+	Stream   string
+	Priority uint8         // higher goes first; default 0
+	TTL      time.Duration // drop instead of sending after this; default: never
+}
+
+// PublishWith is Publish with options.
+func (c *Client) PublishWith(ctx context.Context, o PublishOptions, readings ...Reading) error {
+	if err := ValidateStream(o.Stream); err != nil {
+		return err
+	}
+	s := c.sealer.Load()
+	now := c.cfg.Store.Clock().Now()
+	out, err := s.Seal(Record{Stream: o.Stream, Boot: c.seq.boot, Seq: c.seq.take(1), Time: now, Readings: readings})
+	if err != nil {
+		return err
+	}
+	var exp time.Time
+	if o.TTL > 0 {
+		exp = now.Add(o.TTL)
+	}
+	msgs := []Message{{Topic: TelemetryTopic(s.Device(), o.Stream), Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream}}
+	if out.KeyDelivery != nil {
+		// The key goes first (top priority), in the same durable append.
+		msgs = append([]Message{{Topic: KeyTopic(s.Device()), Payload: out.KeyDelivery, Priority: 255}}, msgs...)
+	}
+	if _, err := c.outbox.Append(ctx, msgs...); err != nil {
+		return err
+	}
+	c.signal()
+	return nil
+}
+
+func (c *Client) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliver publishes stored messages while connected, at most Receive
+// Maximum in flight, removing each on PUBACK success.
+func (c *Client) deliver(ctx context.Context) {
+	defer close(c.done)
+	for {
+		if err := c.cm.AwaitConnection(ctx); err != nil {
+			return
+		}
+		c.mu.Lock()
+		free := int(c.receiveMax.Load()) - len(c.inflight)
+		barrier := c.inflightKeyLocked()
+		c.mu.Unlock()
+		var batch []Message
+		if free > 0 && !barrier {
+			batch = c.outbox.Next(free, c.isInflight)
+		}
+		for i, m := range batch {
+			if i > 0 && isKeyTopic(m.Topic) {
+				break // a key delivery is sent alone, before what it encrypts
+			}
+			key := isKeyTopic(m.Topic)
+			c.mu.Lock()
+			c.inflight[m.ID] = true
+			if key {
+				c.inflightKeys[m.ID] = true
+			}
+			c.mu.Unlock()
+			go c.publish(ctx, m)
+			if key {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-c.outbox.Wait():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func isKeyTopic(topic string) bool {
+	p, err := ParseTopic(topic)
+	return err == nil && p.Kind == KindKey
+}
+
+func (c *Client) inflightKeyLocked() bool { return len(c.inflightKeys) > 0 }
+
+func (c *Client) isInflight(id uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inflight[id]
+}
+
+// permanent reports PUBACK reasons that retrying cannot fix (MQTT v5
+// section 3.4.2.1).
+func permanent(reason byte) bool {
+	switch reason {
+	case 0x87, 0x90, 0x95, 0x99: // not authorized, topic name invalid, packet too large, payload format invalid
+		return true
+	}
+	return false
+}
+
+func (c *Client) publish(ctx context.Context, m Message) {
+	defer func() {
+		c.mu.Lock()
+		delete(c.inflight, m.ID)
+		delete(c.inflightKeys, m.ID)
+		c.mu.Unlock()
+		c.signal()
+	}()
+	c.sent.Add(1)
+	ct := ContentType
+	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: m.Topic, Payload: m.Payload,
+		Properties: &paho.PublishProperties{ContentType: ct}})
+	switch {
+	case err == nil && resp != nil && resp.ReasonCode == 0x10:
+		// "No matching subscribers": the broker took it, but no cloud
+		// service heard it (a verifier restarting, a broker restarted
+		// without persistence). Keep it and try again later.
+		c.retried.Add(1)
+		time.Sleep(c.backoff(2))
+	case err == nil && (resp == nil || resp.ReasonCode < 0x80):
+		c.acked.Add(1)
+		if err := c.outbox.Ack(m.ID); err != nil {
+			c.log.Error("outbox ack", "err", err)
+		}
+	case resp != nil && permanent(resp.ReasonCode):
+		c.refused.Add(1)
+		reason := fmt.Sprintf("PUBACK reason 0x%02x", resp.ReasonCode)
+		if resp.Properties != nil && resp.Properties.ReasonString != "" {
+			reason += ": " + resp.Properties.ReasonString
+		}
+		c.log.Error("broker refused message", "topic", m.Topic, "id", m.ID, "reason", reason)
+		if err := c.outbox.Drop(m.ID, reason); err != nil {
+			c.log.Error("outbox drop", "err", err)
+		}
+		if c.cfg.OnRefused != nil {
+			c.cfg.OnRefused(Refusal{Topic: m.Topic, MessageID: m.ID, Reason: reason, Err: ErrRefusedByBroker})
+		}
+	default:
+		// Not delivered (connection down, timeout, transient refusal): it
+		// stays in the outbox and goes again.
+		c.retried.Add(1)
+		if resp != nil {
+			c.log.Warn("broker refused message for now", "topic", m.Topic, "reason", resp.ReasonCode)
+			time.Sleep(c.backoff(1))
+		}
+	}
+}
+
+// subscribe (re)subscribes to the command topic, when the broker has no
+// session for the device.
+func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
+	topic := CommandTopic(c.ident.Load().DeviceID)
+	sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}})
+	if err != nil {
+		c.log.Warn("subscribe to commands", "err", err)
+		return
+	}
+	for _, r := range sa.Reasons {
+		if r >= 0x80 {
+			c.log.Error("broker refused the command subscription", "topic", topic, "reason", r)
+			if c.cfg.OnRefused != nil {
+				c.cfg.OnRefused(Refusal{Topic: topic, Reason: fmt.Sprintf("SUBACK reason 0x%02x", r), Err: ErrRefusedByBroker})
+			}
+		}
+	}
+}
+
+// onPublish handles a message from the broker: a command for this device.
+func (c *Client) onPublish(ctx context.Context, p *paho.Publish) {
+	if c.cmds == nil || p.Topic != CommandTopic(c.ident.Load().DeviceID) {
+		c.log.Warn("unexpected message", "topic", clip(p.Topic))
+		return
+	}
+	cmd, err := c.cmds.verify(p.Payload)
+	if err != nil {
+		c.cmdRefused.Add(1)
+		c.log.Warn("command refused", "err", err)
+		if c.cfg.OnRefused != nil {
+			c.cfg.OnRefused(Refusal{Topic: p.Topic, Reason: "command refused", Err: err})
+		}
+		return
+	}
+	c.cmdRun.Add(1)
+	c.cfg.OnCommand(ctx, cmd)
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() ClientStats {
+	st := c.outbox.Stats()
+	return ClientStats{Stored: st.Appended, Sent: c.sent.Load(), Acked: c.acked.Load(), Refused: c.refused.Load(),
+		Retried: c.retried.Load(), QueueDepth: st.Len, Connects: c.connects.Load(), ConnectFailures: c.connectFailures.Load(),
+		CommandsRun: c.cmdRun.Load(), CommandsRefused: c.cmdRefused.Load()}
+}
+
+// Close disconnects and closes the outbox. Messages not yet acknowledged
+// stay stored and go out after the next Dial.
+func (c *Client) Close(ctx context.Context) error {
+	err := c.cm.Disconnect(ctx)
+	c.cancel()
+	<-c.done
+	<-c.cm.Done()
+	if cerr := c.outbox.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,316 @@
+package devbroker_test
+
+// The broker policy scenarios (foreign publish and subscribe, no
+// certificate, revoked certificate, wills, session takeover) run against
+// this broker and mosquitto alike in transport's TestBrokerDevMochi and
+// TestBrokerMosquitto. These tests cover the broker's own lifecycle.
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpeer"
+	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/devbroker"
+)
+
+const testTimeout = 10 * time.Second
+
+type fleet struct {
+	ca     *identity.CA
+	roots  *x509.CertPool
+	server tls.Certificate
+	device tls.Certificate // dev-a
+}
+
+func newFleet(t *testing.T) *fleet {
+	t.Helper()
+	ca, err := identity.InitCA(filepath.Join(t.TempDir(), "ca"), identity.CAConfig{Fleet: "devbroker test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fleet{ca: ca, roots: x509.NewCertPool()}
+	f.roots.AddCert(ca.Root())
+	key := newKey(t)
+	cert, err := ca.IssueServer(key.Public(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.server = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	key = newKey(t)
+	der, err := identity.NewCSR(key, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := identity.ParseCSR(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err = ca.IssueDevice(csr, "dev-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.device = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	return f
+}
+
+func newKey(t *testing.T) crypto.Signer {
+	t.Helper()
+	key, err := identity.GenerateKey(identity.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func (f *fleet) config() devbroker.Config {
+	return devbroker.Config{Certificate: f.server, ClientRoots: f.roots}
+}
+
+// dial opens a TLS connection as dev-a.
+func (f *fleet) dial(t *testing.T, addr string) (*tls.Conn, error) {
+	t.Helper()
+	d := tls.Dialer{Config: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: f.roots, Certificates: []tls.Certificate{f.device}}}
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	return c.(*tls.Conn), nil
+}
+
+// connect dials as dev-a and completes an MQTT v5 CONNECT.
+func (f *fleet) connect(t *testing.T, addr string) *tls.Conn {
+	t.Helper()
+	c, err := f.dial(t, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason, err := testpeer.MQTTConnect(c, "dev-a"); err != nil || reason != 0 {
+		t.Fatalf("CONNACK reason %#x, %v", reason, err)
+	}
+	return c
+}
+
+func TestDevBrokerConfig(t *testing.T) {
+	f := newFleet(t)
+	for name, mod := range map[string]func(*devbroker.Config){
+		"no certificate":    func(c *devbroker.Config) { c.Certificate = tls.Certificate{} },
+		"no key":            func(c *devbroker.Config) { c.Certificate.PrivateKey = nil },
+		"no client roots":   func(c *devbroker.Config) { c.ClientRoots = nil },
+		"bad service":       func(c *devbroker.Config) { c.Services = []transport.ServiceRights{{Name: "svc:x"}} },
+		"duplicate service": func(c *devbroker.Config) { c.Services = []transport.ServiceRights{{Name: "x"}, {Name: "x"}} },
+		"tiny packets":      func(c *devbroker.Config) { c.MaxPacketSize = 10 },
+		"bad address":       func(c *devbroker.Config) { c.Addr = "256.0.0.1:0" },
+	} {
+		cfg := f.config()
+		mod(&cfg)
+		if b, err := devbroker.Start(t.Context(), cfg); err == nil {
+			b.Close()
+			t.Errorf("%s: Start succeeded", name)
+		}
+	}
+
+	// The default address is the loopback, with a port the kernel chose.
+	b, err := devbroker.Start(t.Context(), f.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	host, port, err := net.SplitHostPort(b.Addr())
+	if err != nil || host != "127.0.0.1" || port == "0" {
+		t.Errorf("Addr() = %q, want 127.0.0.1:<port>", b.Addr())
+	}
+	f.connect(t, b.Addr())
+}
+
+// TestDevBrokerClose checks that Close disconnects clients (MQTT v5
+// DISCONNECT 0x8B), does not wait for connections that never sent CONNECT,
+// stops listening, leaves no goroutine behind, and can be called twice.
+func TestDevBrokerClose(t *testing.T) {
+	f := newFleet(t)
+	before := runtime.NumGoroutine()
+	b, err := devbroker.Start(t.Context(), f.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := b.Addr()
+	client := f.connect(t, addr)
+	idle, err := f.dial(t, addr) // TLS only, no CONNECT
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = idle
+
+	start := time.Now()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	pkt, err := packets.ReadPacket(client)
+	if err != nil {
+		t.Fatalf("client: %v, want DISCONNECT", err)
+	}
+	if d, ok := pkt.Content.(*packets.Disconnect); !ok || d.ReasonCode != 0x8b {
+		t.Errorf("client got %v, want DISCONNECT reason 0x8b (server shutting down)", pkt)
+	}
+	if _, err := packets.ReadPacket(client); err == nil {
+		t.Error("connection still open after DISCONNECT")
+	}
+	if err := b.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("still listening on %s after Close", addr)
+	}
+	client.Close()
+	idle.Close()
+	waitGoroutines(t, before)
+}
+
+// waitGoroutines waits until no more goroutines run than before.
+func waitGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before Start:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDevBrokerContext checks that the broker stops with its context.
+func TestDevBrokerContext(t *testing.T) {
+	f := newFleet(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	b, err := devbroker.Start(ctx, f.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	client := f.connect(t, b.Addr())
+	cancel()
+	pkt, err := packets.ReadPacket(client)
+	if err != nil {
+		t.Fatalf("client: %v, want DISCONNECT", err)
+	}
+	if d, ok := pkt.Content.(*packets.Disconnect); !ok || d.ReasonCode != 0x8b {
+		t.Errorf("client got %v, want DISCONNECT reason 0x8b", pkt)
+	}
+}
+
+// TestDevBrokerLimits checks the bounds: a packet over MaxPacketSize ends
+// the connection, and a client that never completes its handshake is
+// dropped.
+func TestDevBrokerLimits(t *testing.T) {
+	f := newFleet(t)
+	cfg := f.config()
+	cfg.MaxPacketSize = 2048
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	b, err := devbroker.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	c := f.connect(t, b.Addr())
+	pub := &packets.Publish{Topic: transport.TelemetryTopic("dev-a", "big"), QoS: 1, PacketID: 1, Payload: bytes.Repeat([]byte("x"), 4096), Properties: &packets.Properties{}}
+	if _, err := pub.WriteTo(c); err != nil {
+		t.Fatal(err)
+	}
+	pkt, err := packets.ReadPacket(c)
+	switch {
+	case err != nil:
+		t.Logf("oversized PUBLISH: connection ended: %v", err)
+	case pkt.Type == packets.DISCONNECT:
+		if d := pkt.Content.(*packets.Disconnect); d.ReasonCode != 0x95 {
+			t.Errorf("oversized PUBLISH: DISCONNECT reason %#x, want 0x95 (packet too large)", d.ReasonCode)
+		}
+		t.Logf("oversized PUBLISH: DISCONNECT reason %#x", pkt.Content.(*packets.Disconnect).ReasonCode)
+	default:
+		t.Fatalf("oversized PUBLISH answered with %v", pkt)
+	}
+	if pkt, err := packets.ReadPacket(c); err == nil {
+		t.Errorf("connection still open after an oversized PUBLISH: %v", pkt)
+	}
+
+	// A TCP client that never speaks TLS does not hold a connection
+	// forever; Close ends it at once.
+	raw, err := net.DialTimeout("tcp", b.Addr(), testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	start := time.Now()
+	b.Close()
+	_ = raw.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := raw.Read(make([]byte, 1)); err != io.EOF && !isReset(err) {
+		t.Errorf("silent TCP client after Close: %v, want EOF", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %v with a silent client", d)
+	}
+}
+
+func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "reset") }
+
+func ExampleStart() {
+	dir, err := os.MkdirTemp("", "devbroker-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ca, err := identity.InitCA(filepath.Join(dir, "ca"), identity.CAConfig{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	key, err := identity.GenerateKey(identity.ECDSAP256)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cert, err := ca.IssueServer(key.Public(), "127.0.0.1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Root())
+
+	b, err := devbroker.Start(context.Background(), devbroker.Config{
+		Certificate: tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key},
+		ClientRoots: roots,
+		Services:    []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Close()
+	// Devices and services dial b.Addr() with their fleet certificates.
+	host, _, _ := net.SplitHostPort(b.Addr())
+	fmt.Println("listening on", host)
+	// Output: listening on 127.0.0.1
+}

@@ -1,0 +1,220 @@
+// Package mochihook enforces d2c's broker policy in a mochi-mqtt v2 server
+// (github.com/mochi-mqtt/server/v2): the same rules as the mosquitto
+// configuration of [transport.MosquittoConfig], as a mochi hook.
+//
+// # Authentication
+//
+// A client is authenticated by its TLS client certificate alone, never by
+// an MQTT username or password (both are ignored). The hook accepts a
+// client only if its connection is a *tls.Conn whose handshake verified a
+// client certificate chain: the listener must be a TLS listener with
+// ClientAuth tls.RequireAndVerifyClientCert and ClientCAs holding the fleet
+// root (transport/devbroker sets one up). The certificate's single CN must
+// be a device ID or "svc:<name>" of a configured service; it becomes the
+// client's username and its client ID, like mosquitto's
+// use_identity_as_username and use_username_as_clientid, so that no client
+// can take over another identity's session. If a
+// [identity.RevocationChecker] is configured, a revoked certificate (or a
+// failing check) is refused too. A refused client gets CONNACK reason 0x86
+// (bad user name or password): mochi chooses that code.
+//
+// A will message is part of the CONNECT packet and mochi publishes it
+// without an ACL check, so the hook refuses a connection whose will topic
+// the client could not publish on.
+//
+// # Authorization
+//
+// Every publish, subscription and delivery is checked with
+// [transport.Authorize]. mochi answers a denied QoS 1 publish with PUBACK
+// reason 0x87 (not authorized) for MQTT v5 clients and drops it; a QoS 0
+// one is dropped silently; an MQTT 3.1.1 client is disconnected. A denied
+// subscription gets SUBACK reason 0x87 (0x80 for MQTT 3.1.1).
+//
+// mochi allows an action if any hook allows it: install this hook as the
+// only hook that provides OnConnectAuthenticate and OnACLCheck (never
+// together with mochi's auth.AllowHook or auth.Hook). Clients should not use
+// topic aliases: mochi checks a publish's topic before resolving its alias,
+// so a publish by alias alone is refused; set the server's
+// Capabilities.TopicAliasMaximum to 0.
+package mochihook
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport"
+)
+
+// Config configures a [Hook]. The zero value admits devices only.
+type Config struct {
+	// Services are the cloud services and their rights. A certificate
+	// "svc:<name>" whose name is not listed is refused. Default none.
+	Services []transport.ServiceRights
+	// Revocation, if set, is asked about every client certificate when
+	// the client connects; an error refuses the client. Default: no
+	// revocation check beyond what the TLS listener does.
+	Revocation identity.RevocationChecker
+}
+
+// Hook is a mochi hook that authenticates clients by certificate and
+// checks every access with [transport.Authorize]. Create it with [New].
+type Hook struct {
+	mqtt.HookBase
+	services   []transport.ServiceRights
+	names      map[string]bool
+	revocation identity.RevocationChecker
+}
+
+var _ mqtt.Hook = (*Hook)(nil)
+
+// New returns a hook enforcing cfg. It checks every service's rights
+// ([transport.ServiceRights.Validate]) and refuses duplicate names.
+func New(cfg Config) (*Hook, error) {
+	h := &Hook{names: make(map[string]bool, len(cfg.Services)), revocation: cfg.Revocation}
+	for _, s := range cfg.Services {
+		if err := s.Validate(); err != nil {
+			return nil, fmt.Errorf("mochihook: %w", err)
+		}
+		if h.names[s.Name] {
+			return nil, fmt.Errorf("mochihook: service %s listed twice", s.Name)
+		}
+		h.names[s.Name] = true
+		h.services = append(h.services, transport.ServiceRights{Name: s.Name, Read: slices.Clone(s.Read), Write: slices.Clone(s.Write)})
+	}
+	return h, nil
+}
+
+// ID names the hook in mochi's log.
+func (h *Hook) ID() string { return "d2c-certificate-acl" }
+
+// Provides reports the events the hook handles: OnConnectAuthenticate and
+// OnACLCheck.
+func (h *Hook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+// OnConnectAuthenticate accepts the client if its verified TLS client
+// certificate names a device or a configured service, is not revoked, and
+// its will (if any) is on a topic it may publish on. It then sets the
+// client's username and client ID to the certificate's CN.
+func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	name, err := h.authenticate(cl, pk)
+	if err != nil {
+		if h.Log != nil {
+			h.Log.Warn("d2c: client refused", "remote", cl.Net.Remote, "error", err)
+		}
+		return false
+	}
+	cl.Properties.Username = []byte(name)
+	if cl.ID != name {
+		if cl.Properties.Props.AssignedClientID != "" {
+			// The client sent no client ID; tell it the one it has.
+			cl.Properties.Props.AssignedClientID = name
+		}
+		cl.ID = name
+	}
+	return true
+}
+
+// oidCommonName is the X.520 commonName attribute type.
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// errNoVerifiedCert is returned when a client has no certificate that
+// the TLS layer verified.
+var errNoVerifiedCert = errors.New("no verified TLS client certificate (the listener must use tls.RequireAndVerifyClientCert)")
+
+func (h *Hook) authenticate(cl *mqtt.Client, pk packets.Packet) (string, error) {
+	name, leaf, err := h.verifiedIdentity(cl)
+	if err != nil {
+		return "", err
+	}
+	if h.revocation != nil {
+		if err := h.revocation.CheckRevoked(leaf); err != nil {
+			return "", fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if pk.Connect.WillFlag && !transport.Authorize(name, pk.Connect.WillTopic, transport.AccessWrite, h.services) {
+		return "", fmt.Errorf("%s: will topic %q not authorized", name, clip(pk.Connect.WillTopic))
+	}
+	return name, nil
+}
+
+// verifiedIdentity returns the name of the client's verified TLS client
+// certificate and the certificate.
+func (h *Hook) verifiedIdentity(cl *mqtt.Client) (string, *x509.Certificate, error) {
+	conn, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return "", nil, errNoVerifiedCert
+	}
+	st := conn.ConnectionState()
+	if !st.HandshakeComplete || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return "", nil, errNoVerifiedCert
+	}
+	leaf := st.VerifiedChains[0][0]
+	name, err := h.identityOf(leaf)
+	if err != nil {
+		return "", nil, err
+	}
+	return name, leaf, nil
+}
+
+// identityOf returns the certificate's CN if it names a device or a
+// configured service. A subject with several CNs is refused: Go takes the
+// last, OpenSSL (mosquitto) the first.
+func (h *Hook) identityOf(cert *x509.Certificate) (string, error) {
+	n := 0
+	for _, a := range cert.Subject.Names {
+		if a.Type.Equal(oidCommonName) {
+			n++
+		}
+	}
+	if n != 1 {
+		return "", fmt.Errorf("certificate subject has %d common names, want 1", n)
+	}
+	cn := cert.Subject.CommonName
+	if identity.ValidateDeviceID(cn) == nil {
+		return cn, nil
+	}
+	if svc, ok := strings.CutPrefix(cn, identity.ServicePrefix); ok && identity.ValidateDeviceID(svc) == nil {
+		if !h.names[svc] {
+			return "", fmt.Errorf("certificate CN %q: service %s not configured", clip(cn), svc)
+		}
+		return cn, nil
+	}
+	return "", fmt.Errorf("certificate CN %q is neither a device ID nor %s<name>", clip(cn), identity.ServicePrefix)
+}
+
+// OnACLCheck allows the access if [transport.Authorize] does for the name
+// in the client's verified certificate. The name is read from the TLS
+// connection at every check, never from the client's username, so that a
+// client admitted by another hook has no rights here. write is a publish;
+// otherwise topic is a subscription filter or the topic of a message to
+// deliver.
+func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	name, _, err := h.verifiedIdentity(cl)
+	if err != nil {
+		return false
+	}
+	access := transport.AccessRead
+	if write {
+		access = transport.AccessWrite
+	}
+	return transport.Authorize(name, topic, access, h.services)
+}
+
+// clip shortens client-supplied text before it goes into a log.
+func clip(s string) string {
+	if len(s) > 80 {
+		s = s[:80] + "..."
+	}
+	return strings.ToValidUTF8(s, "?")
+}
