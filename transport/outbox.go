@@ -208,9 +208,9 @@ type Outbox struct {
 	segs       map[uint64]*segment
 	queues     [256]*queue
 	streams    map[string]string // interned stream names
-	count      int   // live messages
-	bytes      int64 // their topic+payload bytes
-	resCount   int   // messages of calls not yet committed
+	count      int               // live messages
+	bytes      int64             // their topic+payload bytes
+	resCount   int               // messages of calls not yet committed
 	resBytes   int64
 	removedIn  int // removed entries still in a segment (their IDs must stay in the acks log)
 	failedAcks []uint64
