@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"fmt"
 	"io/fs"
 	"sync/atomic"
 	"testing"
@@ -168,6 +167,6 @@ func BenchmarkOutboxNextAck(b *testing.B) {
 	b.StopTimer()
 	obReport(b, cfs)
 	if st := o.Stats(); st.Len != 0 {
-		b.Fatal(fmt.Sprintf("%d messages left", st.Len))
+		b.Fatalf("%d messages left", st.Len)
 	}
 }

@@ -166,6 +166,42 @@ func TestOutboxRoundTrip(t *testing.T) {
 	}
 }
 
+// ExampleOpenOutbox shows both halves: Publish appends durably; the
+// delivery loop takes messages by priority and removes each after its
+// PUBACK.
+func ExampleOpenOutbox() {
+	dir, err := os.MkdirTemp("", "outbox")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	o, err := OpenOutbox(OutboxConfig{Dir: filepath.Join(dir, "outbox")})
+	if err != nil {
+		panic(err)
+	}
+	defer o.Close()
+	ctx := context.Background()
+	// On disk (fsynced) when Append returns.
+	if _, err := o.Append(ctx, Message{Topic: TelemetryTopic("dev-1", "temp"), Payload: []byte("21.5"), Stream: "temp"}); err != nil {
+		panic(err)
+	}
+	if _, err := o.Append(ctx, Message{Topic: TelemetryTopic("dev-1", "alarm"), Payload: []byte("door open"), Priority: 9,
+		Stream: "alarm", Expires: time.Now().Add(time.Hour)}); err != nil {
+		panic(err)
+	}
+	for _, m := range o.Next(16, nil) {
+		fmt.Printf("%s %s\n", m.Topic, m.Payload) // publish at QoS 1, then on PUBACK success:
+		if err := o.Ack(m.ID); err != nil {
+			panic(err)
+		}
+	}
+	fmt.Println(o.Stats().Len, "left")
+	// Output:
+	// d2c/v1/dev/dev-1/up/tele/alarm door open
+	// d2c/v1/dev/dev-1/up/tele/temp 21.5
+	// 0 left
+}
+
 func TestOutboxPriorityFIFO(t *testing.T) {
 	o := obOpen(t, OutboxConfig{Dir: t.TempDir()})
 	defer obClose(t, o)
@@ -1077,12 +1113,8 @@ func TestOutboxRelocation(t *testing.T) {
 		size += st.Size()
 	}
 	t.Logf("40 rounds: %d segments, %d bytes on disk for %d live messages", len(segs), size, o.Stats().Len)
-	if len(segs) > 6 || size > 6<<10 {
+	if len(segs) > 8 || size > 8<<10 {
 		t.Fatalf("%d segments, %d bytes: mostly dead segments are not reclaimed", len(segs), size)
-	}
-	if acks, _ := os.Stat(filepath.Join(dir, ackLogName)); acks.Size() > 8<<10 {
-		// 320 acks, at most ackCompactSlack kept before compaction.
-		t.Logf("acks log %d bytes", acks.Size())
 	}
 	if got := obBodies(obAll(o)); !slices.Equal(got, pinned) {
 		t.Fatalf("pinned messages after relocation: %v", got)
