@@ -95,6 +95,7 @@ type Client struct {
 	cm     *autopaho.ConnectionManager
 	cancel context.CancelFunc
 	done   chan struct{}
+	pubs   sync.WaitGroup // publish goroutines
 
 	ident  atomic.Pointer[identity.Identity]
 	sealer atomic.Pointer[Sealer]
@@ -385,6 +386,7 @@ func (c *Client) deliver(ctx context.Context) {
 				c.inflightKeys[m.ID] = true
 			}
 			c.mu.Unlock()
+			c.pubs.Add(1)
 			go c.publish(ctx, m)
 			if key {
 				break
@@ -424,6 +426,7 @@ func permanent(reason byte) bool {
 }
 
 func (c *Client) publish(ctx context.Context, m Message) {
+	defer c.pubs.Done()
 	defer func() {
 		c.mu.Lock()
 		delete(c.inflight, m.ID)
@@ -441,7 +444,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		// service heard it (a verifier restarting, a broker restarted
 		// without persistence). Keep it and try again later.
 		c.retried.Add(1)
-		time.Sleep(c.backoff(2))
+		sleepCtx(ctx, c.backoff(2))
 	case err == nil && (resp == nil || resp.ReasonCode < 0x80):
 		c.acked.Add(1)
 		if err := c.outbox.Ack(m.ID); err != nil {
@@ -466,7 +469,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		c.retried.Add(1)
 		if resp != nil {
 			c.log.Warn("broker refused message for now", "topic", m.Topic, "reason", resp.ReasonCode)
-			time.Sleep(c.backoff(1))
+			sleepCtx(ctx, c.backoff(1))
 		}
 	}
 }
@@ -524,8 +527,19 @@ func (c *Client) Close(ctx context.Context) error {
 	c.cancel()
 	<-c.done
 	<-c.cm.Done()
+	c.pubs.Wait() // no Ack after the outbox closes
 	if cerr := c.outbox.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// sleepCtx waits for d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
