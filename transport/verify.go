@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,7 +102,7 @@ type Verifier struct {
 	log   *slog.Logger
 
 	mu       sync.Mutex
-	verified map[string]verifiedCert // device -> chain verified recently
+	verified map[*x509.Certificate]verifiedCert // registered leaf -> chain verified recently
 	sessions map[string][]sessionKey // device -> its two newest session keys, oldest first
 
 	accepted, duplicates, replays, refused, keys atomic.Uint64
@@ -115,7 +114,8 @@ type sessionKey struct {
 }
 
 type verifiedCert struct {
-	until time.Time
+	device string
+	until  time.Time
 }
 
 // NewVerifier checks cfg and returns a verifier.
@@ -140,7 +140,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Verifier{cfg: cfg, codec: c, log: log, verified: map[string]verifiedCert{}, sessions: map[string][]sessionKey{}}, nil
+	return &Verifier{cfg: cfg, codec: c, log: log, verified: map[*x509.Certificate]verifiedCert{}, sessions: map[string][]sessionKey{}}, nil
 }
 
 // Stats returns the counters.
@@ -296,11 +296,11 @@ func (v *Verifier) checkSigned(ctx context.Context, device string, b []byte, typ
 // for a minute; revocation is checked every time.
 func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 	now := v.cfg.Time()
-	key := device + "\x00" + string(chain[0].Raw)
+	key := chain[0] // registries hand out the same parsed certificate
 	v.mu.Lock()
 	c, ok := v.verified[key]
 	v.mu.Unlock()
-	if ok && now.Before(c.until) {
+	if ok && c.device == device && now.Before(c.until) {
 		if v.cfg.Policy.Revocations != nil {
 			return v.cfg.Policy.Revocations.CheckRevoked(chain[0])
 		}
@@ -321,7 +321,7 @@ func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 	if len(v.verified) >= 2*v.cfg.Replay.max {
 		clear(v.verified) // a cache: bounded, rebuilt on demand
 	}
-	v.verified[key] = verifiedCert{until: until}
+	v.verified[key] = verifiedCert{device: device, until: until}
 	v.mu.Unlock()
 	return nil
 }
@@ -374,8 +374,8 @@ func (v *Verifier) Forget(device string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	delete(v.sessions, device)
-	for k := range v.verified {
-		if strings.HasPrefix(k, device+"\x00") {
+	for k, c := range v.verified {
+		if c.device == device {
 			delete(v.verified, k)
 		}
 	}
