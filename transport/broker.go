@@ -254,6 +254,10 @@ func (c MosquittoConfig) Conf() (string, error) {
 	line("Refuse MQTT packets larger than this many bytes.", "max_packet_size "+strconv.Itoa(maxPacket))
 	line("Send each packet without waiting to coalesce (Nagle): a mutual-TLS connect\n"+
 		"takes about 4.5 ms with it, 43 ms without.", "set_tcp_nodelay true")
+	line("Queue up to this many QoS 1 messages for a client that lags or is away (a\n"+
+		"verifier): past mosquitto's default of 1000 it drops them silently after it\n"+
+		"has already acknowledged them to the devices. (0, \"no limit\", makes\n"+
+		"mosquitto 2.0.11 drop clients instead of answering PUBACK 0x87.)", "max_queued_messages 1000000")
 	if c.PersistenceDir != "" {
 		line("Keep sessions and queued messages across broker restarts.", "persistence true")
 		line("", "persistence_location "+strings.TrimSuffix(c.PersistenceDir, "/")+"/")

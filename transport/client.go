@@ -211,10 +211,16 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
 		ReconnectBackoff:              c.backoff,
 		ConnectTimeout:                15 * time.Second,
-		AttemptConnection: func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+		AttemptConnection: func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 			if leaf := c.ident.Load().Certificate(); cfg.Store.Clock().Now().After(leaf.NotAfter) {
 				return nil, fmt.Errorf("%w: %w: renew or enroll again", ErrCertificateRejected, identity.ErrCertExpired)
 			}
+			// autopaho passes its run context here, not one bounded by
+			// ConnectTimeout: bound the TCP connect and the TLS handshake,
+			// or a broker that accepts and never answers stalls the client
+			// for good.
+			ctx, cancel := context.WithTimeout(ctx, ac.ConnectTimeout)
+			defer cancel()
 			return dialTLS(ctx, u.Host, tlsCfg)
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {

@@ -97,7 +97,9 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 		KeepAlive:             30,
 		SessionExpiryInterval: 3600,
 		ReconnectBackoff:      autopaho.NewExponentialBackoff(500*time.Millisecond, 30*time.Second, time.Second, 2),
-		AttemptConnection: func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+		AttemptConnection: func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, ac.ConnectTimeout) // autopaho does not bound it
+			defer cancel()
 			return dialTLS(ctx, u.Host, tlsCfg)
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // packetConn sends each MQTT packet in one write. paho writes a packet as
@@ -32,13 +33,18 @@ func (c *packetConn) Lock() {
 	c.buffering.Store(true)
 }
 
-// Unlock sends the buffered packet in one write. A failed write closes the
-// connection, so that paho's reader notices at once.
+// Unlock sends the buffered packet in one write. After a failed write the
+// reader has a second to read what the broker sent before the failure, then
+// fails too, so that paho notices at once. Closing the connection here would
+// hide it: a broker refusing the client certificate (with TLS 1.3, after the
+// client's handshake completed) sends an alert and closes, the CONNECT
+// written meanwhile fails, and the reader would report "use of closed
+// network connection" instead of the alert.
 func (c *packetConn) Unlock() {
 	if len(c.buf) > 0 && c.err == nil {
 		if _, err := c.Conn.Write(c.buf); err != nil {
 			c.err = err
-			_ = c.Conn.Close()
+			_ = c.Conn.SetReadDeadline(time.Now().Add(time.Second))
 		}
 	}
 	c.buf = c.buf[:0]

@@ -31,6 +31,8 @@ type mosquittoOptions struct {
 	// Listener lines go after it: options of the listener, such as
 	// max_connections.
 	Listener []string
+	// Persistence turns on mosquitto's persistence in a temporary directory.
+	Persistence bool
 }
 
 // startMosquittoWith is startMosquitto with extra configuration lines.
@@ -58,6 +60,12 @@ func (f *e2eFleet) startMosquittoWith(o mosquittoOptions) *testpeer.Broker {
 		CRLFile:  write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
 		ACLFile:  filepath.Join(dir, "acl"),
 		Services: services,
+	}
+	if o.Persistence {
+		mc.PersistenceDir = filepath.Join(dir, "persist")
+		if err := os.Mkdir(mc.PersistenceDir, 0o700); err != nil {
+			f.t.Fatal(err)
+		}
 	}
 	conf, err := mc.Conf()
 	if err != nil {

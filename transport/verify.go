@@ -103,7 +103,7 @@ type Verifier struct {
 
 	mu       sync.Mutex
 	verified map[*x509.Certificate]verifiedCert // registered leaf -> chain verified recently
-	sessions map[string][]sessionKey // device -> its two newest session keys, oldest first
+	sessions map[string][]sessionKey            // device -> its two newest session keys, oldest first
 
 	accepted, duplicates, replays, refused, keys atomic.Uint64
 }

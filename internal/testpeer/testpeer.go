@@ -96,8 +96,8 @@ type Broker struct {
 	out  *lockedBuffer
 	bin  string
 	mu   sync.Mutex
-	stop func() // kills the running process and waits for it; nil when none
-	pid  int    // of the running process; 0 when none
+	stop func(graceful bool) // stops the running process and waits for it; nil when none
+	pid  int                 // of the running process; 0 when none
 }
 
 // PID returns the process ID of the running broker, 0 after Kill.
@@ -155,19 +155,27 @@ func FileLimit(pid int) (uint64, error) {
 }
 
 // Kill stops the broker with SIGKILL, as a crash would, and waits for it.
-func (b *Broker) Kill() {
+func (b *Broker) Kill() { b.halt(false) }
+
+// Stop stops the broker with SIGTERM, as an orderly restart would (with
+// persistence on, mosquitto saves its sessions and queued messages), and
+// waits for it; it falls back to SIGKILL after 10 s.
+func (b *Broker) Stop() { b.halt(true) }
+
+func (b *Broker) halt(graceful bool) {
 	b.mu.Lock()
 	stop := b.stop
 	b.stop = nil
 	b.pid = 0
 	b.mu.Unlock()
 	if stop != nil {
-		stop()
+		stop(graceful)
 	}
 }
 
 // Restart starts the broker again on the same port with the same
-// configuration, after Kill, and waits until it accepts connections.
+// configuration, after Kill or Stop (or kills it first), and waits until it
+// accepts connections.
 func (b *Broker) Restart(t testing.TB) {
 	t.Helper()
 	b.Kill()
@@ -256,8 +264,16 @@ func (b *Broker) start(t testing.TB, bin string) error {
 		close(done)
 	}()
 	var once sync.Once
-	stop := func() {
+	stop := func(graceful bool) {
 		once.Do(func() {
+			if graceful {
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-done:
+					return
+				case <-time.After(10 * time.Second):
+				}
+			}
 			_ = cmd.Process.Kill()
 			<-done
 		})
@@ -278,7 +294,7 @@ func (b *Broker) start(t testing.TB, bin string) error {
 			break
 		}
 		if time.Now().After(deadline) {
-			stop()
+			stop(false)
 			return fmt.Errorf("listener %s not accepting after %v: %v", b.Addr, mosquittoStartTimeout, err)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -289,7 +305,7 @@ func (b *Broker) start(t testing.TB, bin string) error {
 			t.Logf("mosquitto %s output:\n%s", b.Addr, b.Output())
 		}
 	})
-	t.Cleanup(stop)
+	t.Cleanup(func() { stop(false) })
 	b.mu.Lock()
 	b.stop = stop
 	b.pid = cmd.Process.Pid
