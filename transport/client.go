@@ -295,7 +295,13 @@ func (c *Client) Reload() error {
 // so a fleet cut off together does not reconnect together.
 func (c *Client) backoff(attempt int) time.Duration {
 	if attempt <= 0 {
-		return 0
+		// The first attempt of a cycle: at once when the client starts, but
+		// spread over RetryMin after a lost connection, when the whole
+		// fleet lost it at the same moment.
+		if c.connects.Load() == 0 {
+			return 0
+		}
+		return time.Duration(rand.Int64N(int64(c.cfg.RetryMin)) + 1)
 	}
 	d := c.cfg.RetryMin << min(attempt-1, 30)
 	if d > c.cfg.RetryMax || d <= 0 {
