@@ -109,7 +109,11 @@ func (c codec) encodeRecord(r Record) ([]byte, error) {
 		if len(rd.Body) > limits.ReadingBody {
 			return nil, fmt.Errorf("transport: reading body of %d bytes over %d", len(rd.Body), limits.ReadingBody)
 		}
-		w.Readings[i] = wireReading{Time: rd.Time.UnixMilli(), Body: rd.Body}
+		body := rd.Body
+		if body == nil {
+			body = []byte{} // a byte string, never CBOR null
+		}
+		w.Readings[i] = wireReading{Time: rd.Time.UnixMilli(), Body: body}
 	}
 	return c.m.Enc.Marshal(w)
 }
@@ -118,6 +122,12 @@ func (c codec) decodeRecord(b []byte) (Record, error) {
 	var w wireRecord
 	if err := c.m.Dec.Unmarshal(b, &w); err != nil {
 		return Record{}, fmt.Errorf("%w: record: %v", ErrMalformed, err)
+	}
+	// Only the deterministic encoding is accepted (RFC 8949 section
+	// 4.2.1): every key present, shortest forms, keys in order. One signed
+	// record has exactly one encoding.
+	if again, err := c.m.Enc.Marshal(w); err != nil || !bytes.Equal(again, b) {
+		return Record{}, fmt.Errorf("%w: record is not in deterministic CBOR encoding with every field", ErrMalformed)
 	}
 	if len(w.Readings) == 0 {
 		return Record{}, fmt.Errorf("%w: record without readings", ErrMalformed)
@@ -165,6 +175,9 @@ func parseJWS(b []byte, typ string) (*jose.JSONWebSignature, string, error) {
 	if len(b) > limits.Envelope {
 		return nil, "", fmt.Errorf("%w: %d bytes over %d", ErrMalformed, len(b), limits.Envelope)
 	}
+	if err := strictSegments(b); err != nil {
+		return nil, "", err
+	}
 	jws, err := jose.ParseSignedCompact(string(b), allowedSigAlgs)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: %v", ErrMalformed, err)
@@ -180,6 +193,19 @@ func parseJWS(b []byte, typ string) (*jose.JSONWebSignature, string, error) {
 		return nil, "", err
 	}
 	return jws, h.KeyID, nil
+}
+
+// strictSegments refuses a compact serialization whose base64url segments
+// are not canonical (non-zero unused bits, padding, other alphabets): one
+// signed content has exactly one encoding, as RFC 7515 appendix C asks of
+// base64url, and go-jose alone would accept variants.
+func strictSegments(compact []byte) error {
+	for seg := range bytes.SplitSeq(compact, []byte(".")) {
+		if _, err := base64.RawURLEncoding.Strict().DecodeString(string(seg)); err != nil {
+			return fmt.Errorf("%w: base64url segment: %v", ErrMalformed, err)
+		}
+	}
+	return nil
 }
 
 // onlyHeaders checks that the protected header of a compact JOSE object

@@ -271,3 +271,22 @@ func embedJWK(t *testing.T, key *ecdsa.PrivateKey, payload []byte) []byte {
 	c, _ := o.CompactSerialize()
 	return []byte(c)
 }
+
+// TestEmptyBodyIsByteString: a reading without a body is encoded as an empty
+// byte string (as docs/protocol.md says), never CBOR null.
+func TestEmptyBodyIsByteString(t *testing.T) {
+	c, err := newCodec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.encodeRecord(Record{Device: "d", Stream: "s", Readings: []Reading{{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte{0xf6}) || !bytes.HasSuffix(b, []byte{0x40}) {
+		t.Fatalf("encoding %x: the body must be h'' (0x40)", b)
+	}
+	if _, err := c.decodeRecord(b); err != nil {
+		t.Fatal(err)
+	}
+}

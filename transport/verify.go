@@ -102,8 +102,8 @@ type Verifier struct {
 	log   *slog.Logger
 
 	mu       sync.Mutex
-	verified map[*x509.Certificate]verifiedCert // registered leaf -> chain verified recently
-	sessions map[string][]sessionKey            // device -> its two newest session keys, oldest first
+	verified map[string]verifiedCert // registered leaf DER -> chain verified recently
+	sessions map[string][]sessionKey // device -> its two newest session keys, oldest first
 
 	accepted, duplicates, replays, refused, keys atomic.Uint64
 }
@@ -112,6 +112,10 @@ type sessionKey struct {
 	id  string
 	key []byte
 }
+
+// verifiedCacheMax bounds the certificate-verification cache (about 1 KiB
+// an entry).
+const verifiedCacheMax = 1 << 16
 
 type verifiedCert struct {
 	device string
@@ -140,7 +144,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Verifier{cfg: cfg, codec: c, log: log, verified: map[*x509.Certificate]verifiedCert{}, sessions: map[string][]sessionKey{}}, nil
+	return &Verifier{cfg: cfg, codec: c, log: log, verified: map[string]verifiedCert{}, sessions: map[string][]sessionKey{}}, nil
 }
 
 // Stats returns the counters.
@@ -296,9 +300,8 @@ func (v *Verifier) checkSigned(ctx context.Context, device string, b []byte, typ
 // for a minute; revocation is checked every time.
 func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 	now := v.cfg.Time()
-	key := chain[0] // registries hand out the same parsed certificate
 	v.mu.Lock()
-	c, ok := v.verified[key]
+	c, ok := v.verified[string(chain[0].Raw)] // a lookup that does not copy
 	v.mu.Unlock()
 	if ok && c.device == device && now.Before(c.until) {
 		if v.cfg.Policy.Revocations != nil {
@@ -318,10 +321,10 @@ func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 		until = chain[0].NotAfter
 	}
 	v.mu.Lock()
-	if len(v.verified) >= 2*v.cfg.Replay.max {
+	if len(v.verified) >= verifiedCacheMax {
 		clear(v.verified) // a cache: bounded, rebuilt on demand
 	}
-	v.verified[key] = verifiedCert{device: device, until: until}
+	v.verified[string(chain[0].Raw)] = verifiedCert{device: device, until: until}
 	v.mu.Unlock()
 	return nil
 }
