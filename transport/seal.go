@@ -52,7 +52,7 @@ type Encryption struct {
 // It is safe for concurrent use.
 type Sealer struct {
 	device string
-	signer jose.Signer
+	signer *fastSigner
 	codec  codec
 	now    func() time.Time
 	enc    *Encryption
@@ -73,7 +73,7 @@ func NewSealer(id string, key crypto.Signer, enc *Encryption, now func() time.Ti
 	if err := identity.ValidateDeviceID(id); err != nil {
 		return nil, err
 	}
-	signer, err := newJWSSigner(key, id, TelemetryType)
+	signer, err := newFastSigner(key, id, TelemetryType)
 	if err != nil {
 		return nil, err
 	}
@@ -133,19 +133,15 @@ func (s *Sealer) Seal(rec Record) (Sealed, error) {
 	if err != nil {
 		return Sealed{}, err
 	}
-	jws, err := s.signer.Sign(payload)
-	if err != nil {
-		return Sealed{}, fmt.Errorf("transport: sign: %w", err)
-	}
-	compact, err := jws.CompactSerialize()
+	compact, err := s.signer.sign(payload)
 	if err != nil {
 		return Sealed{}, err
 	}
 	if s.enc == nil {
-		return Sealed{Envelope: []byte(compact)}, nil
+		return Sealed{Envelope: compact}, nil
 	}
 	if s.enc.Mode == PerMessage {
-		jwe, err := s.perMsg.Encrypt([]byte(compact))
+		jwe, err := s.perMsg.Encrypt(compact)
 		if err != nil {
 			return Sealed{}, fmt.Errorf("transport: encrypt: %w", err)
 		}
@@ -161,7 +157,7 @@ func (s *Sealer) Seal(rec Record) (Sealed, error) {
 		}
 	}
 	s.sessUses++
-	jwe, err := s.session.Encrypt([]byte(compact))
+	jwe, err := s.session.Encrypt(compact)
 	if err != nil {
 		return Sealed{}, fmt.Errorf("transport: encrypt: %w", err)
 	}
