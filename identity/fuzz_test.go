@@ -15,9 +15,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"io/fs"
 	"math/big"
 	"mime"
@@ -35,6 +32,7 @@ import (
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/d2c-iot/d2c/internal/fuzzcorpus"
 	"github.com/d2c-iot/d2c/internal/limits"
 )
 
@@ -693,78 +691,5 @@ func FuzzValidateDeviceID(f *testing.F) {
 // pass silently. The targets are found in the source, so a new one without
 // a corpus fails here.
 func TestFuzzCorporaPresent(t *testing.T) {
-	checkFuzzCorpora(t, ".")
-}
-
-func checkFuzzCorpora(t *testing.T, dir string) {
-	t.Helper()
-	targets := fuzzTargets(t, dir)
-	if len(targets) == 0 {
-		t.Fatal("no fuzz targets found")
-	}
-	for name, arity := range targets {
-		files, err := filepath.Glob(filepath.Join(dir, "testdata", "fuzz", name, "*"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(files) == 0 {
-			t.Errorf("%s: no seed corpus in testdata/fuzz/%s", name, name)
-			continue
-		}
-		for _, file := range files {
-			b, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-			if lines[0] != "go test fuzz v1" || len(lines)-1 != arity {
-				t.Errorf("%s: want a `go test fuzz v1` header and %d values, got %d lines", file, arity, len(lines))
-			}
-		}
-	}
-}
-
-// fuzzTargets returns the FuzzX functions of the package in dir and the
-// number of fuzzed arguments of each.
-func fuzzTargets(t *testing.T, dir string) map[string]int {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*_test.go"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	targets := map[string]int{}
-	for _, file := range files {
-		af, err := parser.ParseFile(fset, file, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range af.Decls {
-			fn, ok := d.(*ast.FuncDecl)
-			if !ok || fn.Recv != nil || !strings.HasPrefix(fn.Name.Name, "Fuzz") || fn.Type.Params.NumFields() != 1 {
-				continue
-			}
-			arity := -1
-			ast.Inspect(fn.Body, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok {
-					return true
-				}
-				sel, ok := call.Fun.(*ast.SelectorExpr)
-				if !ok || sel.Sel.Name != "Fuzz" || len(call.Args) != 1 {
-					return true
-				}
-				if lit, ok := call.Args[0].(*ast.FuncLit); ok {
-					arity = lit.Type.Params.NumFields() - 1 // minus *testing.T
-				}
-				return false
-			})
-			if arity < 1 {
-				t.Errorf("%s: no f.Fuzz(func(t *testing.T, ...)) call found", fn.Name.Name)
-				continue
-			}
-			targets[fn.Name.Name] = arity
-		}
-	}
-	return targets
+	fuzzcorpus.Check(t, ".")
 }

@@ -12,14 +12,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,6 +24,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/fuzzcorpus"
 	"github.com/d2c-iot/d2c/internal/limits"
 )
 
@@ -626,80 +623,7 @@ func TestFuzzCorporaPresent(t *testing.T) {
 			}
 		}
 	}
-	targets := fzTargets(t, ".")
-	if len(targets) == 0 {
-		t.Fatal("no fuzz targets found")
-	}
-	names := make([]string, 0, len(targets))
-	for name := range targets {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		files, err := filepath.Glob(filepath.Join("testdata", "fuzz", name, "*"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(files) == 0 {
-			t.Errorf("%s: no seed corpus in testdata/fuzz/%s", name, name)
-			continue
-		}
-		for _, file := range files {
-			b, err := os.ReadFile(file)
-			if err != nil {
-				t.Fatal(err)
-			}
-			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-			if lines[0] != "go test fuzz v1" || len(lines)-1 != targets[name] {
-				t.Errorf("%s: want a `go test fuzz v1` header and %d values, got %d lines", file, targets[name], len(lines))
-			}
-		}
-	}
-}
-
-// fzTargets returns the FuzzX functions of the package in dir and the
-// number of fuzzed arguments of each.
-func fzTargets(t *testing.T, dir string) map[string]int {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*_test.go"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
-	targets := map[string]int{}
-	for _, file := range files {
-		af, err := parser.ParseFile(fset, file, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range af.Decls {
-			fn, ok := d.(*ast.FuncDecl)
-			if !ok || fn.Recv != nil || !strings.HasPrefix(fn.Name.Name, "Fuzz") || fn.Type.Params.NumFields() != 1 {
-				continue
-			}
-			arity := -1
-			ast.Inspect(fn.Body, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok {
-					return true
-				}
-				sel, ok := call.Fun.(*ast.SelectorExpr)
-				if !ok || sel.Sel.Name != "Fuzz" || len(call.Args) != 1 {
-					return true
-				}
-				if lit, ok := call.Args[0].(*ast.FuncLit); ok {
-					arity = lit.Type.Params.NumFields() - 1 // minus *testing.T
-				}
-				return false
-			})
-			if arity < 1 {
-				t.Errorf("%s: no f.Fuzz(func(t *testing.T, ...)) call found", fn.Name.Name)
-				continue
-			}
-			targets[fn.Name.Name] = arity
-		}
-	}
-	return targets
+	fuzzcorpus.Check(t, ".")
 }
 
 // fzReadCorpusFile returns the one []byte value of a committed corpus file.

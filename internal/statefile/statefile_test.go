@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/fuzzcorpus"
 	"github.com/d2c-iot/d2c/internal/limits"
 )
 
@@ -269,21 +270,5 @@ func FuzzUnmarshal(f *testing.F) {
 // TestFuzzCorporaPresent fails if FuzzUnmarshal has no committed seed
 // corpus: a glob that matches nothing would otherwise pass silently.
 func TestFuzzCorporaPresent(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "fuzz", "FuzzUnmarshal", "*"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no seed corpus in testdata/fuzz/FuzzUnmarshal")
-	}
-	for _, file := range files {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-		if lines[0] != "go test fuzz v1" || len(lines) != 2 {
-			t.Errorf("%s: want a `go test fuzz v1` header and one []byte value", file)
-		}
-	}
+	fuzzcorpus.Check(t, ".")
 }
