@@ -26,6 +26,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpeer"
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/devbroker"
 )
@@ -390,41 +391,14 @@ func newBrokerFleet(t *testing.T) *brokerFleet {
 	}
 	f := &brokerFleet{ca: ca, roots: x509.NewCertPool(), certs: map[string]tls.Certificate{}}
 	f.roots.AddCert(ca.Root())
-	key := mustKey(t)
-	cert, err := ca.IssueServer(key.Public(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.server = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	f.server = testpki.Server(t, ca, "127.0.0.1")
 	return f
-}
-
-func mustKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	key, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
 }
 
 // device issues a device certificate for id.
 func (f *brokerFleet) device(t *testing.T, id string) tls.Certificate {
 	t.Helper()
-	key := mustKey(t)
-	der, err := identity.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := f.ca.IssueDevice(csr, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := tls.Certificate{Certificate: [][]byte{cert.Raw, f.ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	tc := testpki.Device(t, f.ca, id)
 	f.certs[id] = tc
 	return tc
 }
@@ -432,12 +406,7 @@ func (f *brokerFleet) device(t *testing.T, id string) tls.Certificate {
 // service issues a service certificate for svc:<name>.
 func (f *brokerFleet) service(t *testing.T, name string) tls.Certificate {
 	t.Helper()
-	key := mustKey(t)
-	cert, err := f.ca.IssueService(key.Public(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc := tls.Certificate{Certificate: [][]byte{cert.Raw, f.ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	tc := testpki.Service(t, f.ca, name)
 	f.certs[transport.ServiceName(name)] = tc
 	return tc
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/devbroker"
 )
@@ -80,21 +81,11 @@ func newE2EFleet(t *testing.T) *e2eFleet {
 }
 
 func serverCert(t *testing.T, ca *identity.CA) tls.Certificate {
-	k, _ := identity.GenerateKey(identity.ECDSAP256)
-	c, err := ca.IssueServer(k.Public(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{c.Raw, ca.Issuing().Raw}, PrivateKey: k}
+	return testpki.Server(t, ca, "127.0.0.1")
 }
 
 func (f *e2eFleet) serviceCert(name string) tls.Certificate {
-	k, _ := identity.GenerateKey(identity.ECDSAP256)
-	c, err := f.ca.IssueService(k.Public(), name)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{c.Raw, f.ca.Issuing().Raw}, PrivateKey: k}
+	return testpki.Service(f.t, f.ca, name)
 }
 
 // enroll enrolls a device over EST and registers its certificate with the

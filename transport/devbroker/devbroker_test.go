@@ -8,7 +8,6 @@ package devbroker_test
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -27,6 +26,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpeer"
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/devbroker"
 )
@@ -48,36 +48,9 @@ func newFleet(t *testing.T) *fleet {
 	}
 	f := &fleet{ca: ca, roots: x509.NewCertPool()}
 	f.roots.AddCert(ca.Root())
-	key := newKey(t)
-	cert, err := ca.IssueServer(key.Public(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.server = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
-	key = newKey(t)
-	der, err := identity.NewCSR(key, "dev-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err = ca.IssueDevice(csr, "dev-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.device = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	f.server = testpki.Server(t, ca, "127.0.0.1")
+	f.device = testpki.Device(t, ca, "dev-a")
 	return f
-}
-
-func newKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	key, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
 }
 
 func (f *fleet) config() devbroker.Config {

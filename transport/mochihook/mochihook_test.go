@@ -1,7 +1,6 @@
 package mochihook_test
 
 import (
-	"crypto"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -20,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/mochihook"
 )
@@ -43,50 +43,18 @@ func newPKI(t *testing.T) *pki {
 	}
 	p := &pki{dir: dir, ca: ca, roots: x509.NewCertPool()}
 	p.roots.AddCert(ca.Root())
-	key := newKey(t)
-	cert, err := ca.IssueServer(key.Public(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.server = tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	p.server = testpki.Server(t, ca, "127.0.0.1")
 	return p
-}
-
-func newKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	key, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
 }
 
 func (p *pki) device(t *testing.T, id string) tls.Certificate {
 	t.Helper()
-	key := newKey(t)
-	der, err := identity.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := identity.ParseCSR(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := p.ca.IssueDevice(csr, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{cert.Raw, p.ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	return testpki.Device(t, p.ca, id)
 }
 
 func (p *pki) service(t *testing.T, name string) tls.Certificate {
 	t.Helper()
-	key := newKey(t)
-	cert, err := p.ca.IssueService(key.Public(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{cert.Raw, p.ca.Issuing().Raw}, PrivateKey: key, Leaf: cert}
+	return testpki.Service(t, p.ca, name)
 }
 
 // custom signs a client certificate with the fleet's issuing key for an
@@ -97,7 +65,7 @@ func (p *pki) custom(t *testing.T, subject pkix.Name) tls.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := newKey(t)
+	key := testpki.Key(t)
 	now := time.Now()
 	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
 		SerialNumber: big.NewInt(now.UnixNano()),
