@@ -12,28 +12,6 @@ import (
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
 )
 
-// copyDir copies a flat store directory, keeping file modes.
-func copyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.MkdirAll(dst, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, _ := e.Info()
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, info.Mode().Perm()); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // TestRenewalCrashAtEveryStep cuts the power at every file-system operation
 // of a renewal, restarts, and checks that the device still has a usable
 // identity (the old or the new one, never neither) and can renew again.
@@ -57,7 +35,7 @@ func TestRenewalCrashAtEveryStep(t *testing.T) {
 
 	// A clean run counts the operations.
 	clean := filepath.Join(t.TempDir(), "clean")
-	copyDir(t, tmpl.Dir(), clean)
+	crashfs.CopyDir(t, tmpl.Dir(), clean)
 	cfs, newID, err := renewWith(clean, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +48,7 @@ func TestRenewalCrashAtEveryStep(t *testing.T) {
 	sawOld, sawNew := 0, 0
 	for i := 1; i <= total; i++ {
 		dir := filepath.Join(t.TempDir(), "crash")
-		copyDir(t, tmpl.Dir(), dir)
+		crashfs.CopyDir(t, tmpl.Dir(), dir)
 		cfs, _, err := renewWith(dir, i)
 		if !cfs.Crashed() || !errors.Is(err, crashfs.ErrCrash) {
 			t.Fatalf("crash at %d/%d: did not crash (err %v)", i, total, err)

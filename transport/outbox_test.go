@@ -609,28 +609,6 @@ func TestOutboxGroupCommitCrash(t *testing.T) {
 	}
 }
 
-// obCopyDir copies a flat directory, keeping modes.
-func obCopyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	if err := os.MkdirAll(dst, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, _ := e.Info()
-		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, info.Mode().Perm()); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // obModel tracks what a workload was told, to check the state after a
 // crash.
 type obModel struct {
@@ -852,7 +830,7 @@ func TestOutboxCrash(t *testing.T) {
 	}
 	session := func(failAt int) (*crashfs.FS, *obModel, string, error) {
 		dir := filepath.Join(t.TempDir(), "ob")
-		obCopyDir(t, template, dir)
+		crashfs.CopyDir(t, template, dir)
 		m := &obModel{attempted: maps.Clone(base.attempted), calls: maps.Clone(base.calls),
 			stored: maps.Clone(base.stored), expired: map[string]bool{}, durable: maps.Clone(base.durable),
 			maxID: base.maxID}

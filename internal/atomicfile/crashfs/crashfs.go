@@ -15,7 +15,9 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
+	"testing"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 )
@@ -191,4 +193,31 @@ func (f *file) Close() error {
 		return err
 	}
 	return cerr
+}
+
+// CopyDir copies the files of the flat directory src into dst (created
+// 0700), keeping their modes: each crash point of a test starts from the
+// same state.
+func CopyDir(t testing.TB, src, dst string) {
+	t.Helper()
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, info.Mode().Perm()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
