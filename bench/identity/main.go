@@ -21,7 +21,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -41,10 +40,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/d2c-iot/d2c/bench/internal/benchutil"
 	"github.com/d2c-iot/d2c/identity"
 )
 
@@ -139,22 +138,6 @@ func (f *fleet) close() {
 		cancel()
 	}
 	_ = os.RemoveAll(f.dir)
-}
-
-// measure runs fn under testing.Benchmark and returns its result, or the
-// error that stopped it.
-func measure(fn func(b *testing.B) error) (testing.BenchmarkResult, error) {
-	var ferr error
-	r := testing.Benchmark(func(b *testing.B) {
-		if err := fn(b); err != nil {
-			ferr = err
-			b.FailNow()
-		}
-	})
-	if ferr == nil && r.N == 0 {
-		ferr = errors.New("benchmark did not run")
-	}
-	return r, ferr
 }
 
 type pair struct {
@@ -278,15 +261,15 @@ func run(w io.Writer, benchtime time.Duration) error {
 	}
 
 	fmt.Fprintf(w, "d2c identity benchmark: %s %s/%s, %s, %d CPUs, benchtime %v\n\n",
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, cpuModel(), runtime.NumCPU(), benchtime)
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, benchutil.CPUModel(), runtime.NumCPU(), benchtime)
 	const row = "%-40s %12s %9s | %-24s %10s %9s | %7s\n"
 	fmt.Fprintf(w, row, "operation", "ns/op", "ops/s", "baseline", "ns/op", "ops/s", "ratio")
 	for _, p := range pairs {
-		op, err := measure(p.op)
+		op, err := benchutil.Measure(p.op)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
-		base, err := measure(p.base)
+		base, err := benchutil.Measure(p.base)
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.baseName, err)
 		}
@@ -303,21 +286,4 @@ func perSecond(r testing.BenchmarkResult) float64 {
 		return 0
 	}
 	return 1e9 / float64(r.NsPerOp())
-}
-
-// cpuModel returns the CPU model name from /proc/cpuinfo, where there is
-// one.
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }

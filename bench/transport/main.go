@@ -30,7 +30,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto"
@@ -65,6 +64,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/d2c-iot/d2c/bench/internal/benchutil"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 )
@@ -229,23 +229,6 @@ func record(seq uint64, n int) transport.Record {
 		rs[i] = transport.Reading{Time: now, Body: body}
 	}
 	return transport.Record{Stream: stream, Boot: 1, Seq: seq, Time: now, Readings: rs}
-}
-
-// measure runs fn under testing.Benchmark and returns its result, or the
-// error that stopped it.
-func measure(fn func(b *testing.B) error) (testing.BenchmarkResult, error) {
-	var ferr error
-	r := testing.Benchmark(func(b *testing.B) {
-		b.ReportAllocs()
-		if err := fn(b); err != nil {
-			ferr = err
-			b.FailNow()
-		}
-	})
-	if ferr == nil && r.N == 0 {
-		ferr = errors.New("benchmark did not run")
-	}
-	return r, ferr
 }
 
 // sealBench seals envelopes of n readings with enc.
@@ -457,7 +440,7 @@ func run(w io.Writer, benchtime time.Duration, count int) error {
 	}
 	defer f.close()
 	fmt.Fprintf(w, "d2c transport benchmark: %s %s/%s, %s, %d CPUs, benchtime %v, count %d, %d-byte reading bodies\n",
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, cpuModel(), runtime.NumCPU(), benchtime, count, bodySize)
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, benchutil.CPUModel(), runtime.NumCPU(), benchtime, count, bodySize)
 
 	// 1. Crypto path against its primitives. Each operation and its
 	// baseline run alternately count times and the fastest run of each
@@ -469,11 +452,11 @@ func run(w io.Writer, benchtime time.Duration, count int) error {
 	for _, r := range f.cryptoRows() {
 		var op, base testing.BenchmarkResult
 		for i := range count {
-			o, err := measure(r.op)
+			o, err := benchutil.Measure(r.op)
 			if err != nil {
 				return fmt.Errorf("%s: %w", r.name, err)
 			}
-			b, err := measure(r.base)
+			b, err := benchutil.Measure(r.base)
 			if err != nil {
 				return fmt.Errorf("%s: %w", r.baseName, err)
 			}
@@ -1070,21 +1053,4 @@ func mosquittoVersion() string {
 		return "mosquitto " + v
 	}
 	return "mosquitto"
-}
-
-// cpuModel returns the CPU model name from /proc/cpuinfo, where there is
-// one.
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }
