@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -213,11 +215,17 @@ func TestDevBrokerLimits(t *testing.T) {
 
 	c := f.connect(t, b.Addr())
 	pub := &packets.Publish{Topic: transport.TelemetryTopic("dev-a", "big"), QoS: 1, PacketID: 1, Payload: bytes.Repeat([]byte("x"), 4096), Properties: &packets.Properties{}}
-	if _, err := pub.WriteTo(c); err != nil {
-		t.Fatal(err)
+	// The broker may close the connection as soon as it reads the length,
+	// while the rest is still being written: a broken pipe or reset here is
+	// the refusal arriving early.
+	_, werr := pub.WriteTo(c)
+	if werr != nil && !errors.Is(werr, syscall.EPIPE) && !isReset(werr) {
+		t.Fatal(werr)
 	}
 	pkt, err := packets.ReadPacket(c)
 	switch {
+	case werr != nil:
+		t.Logf("oversized PUBLISH: connection closed while writing: %v", werr)
 	case err != nil:
 		t.Logf("oversized PUBLISH: connection ended: %v", err)
 	case pkt.Type == packets.DISCONNECT:
