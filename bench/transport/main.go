@@ -51,6 +51,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,7 +79,20 @@ const (
 func main() {
 	benchtime := flag.Duration("benchtime", 500*time.Millisecond, "how long to run each crypto measurement")
 	count := flag.Int("count", 3, "how many times to run each crypto measurement and its baseline, alternately; the fastest of each counts")
+	only := flag.String("sections", "1234", "which sections to run: 1 crypto, 2 wire bytes, 3 outbox, 4 through mosquitto")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		pf, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(pf)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench/transport:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *benchtime <= 0 || *benchtime > 5*time.Second {
 		fmt.Fprintln(os.Stderr, "bench/transport: -benchtime must be in (0, 5s]")
 		os.Exit(2)
@@ -92,7 +106,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench/transport:", err)
 		os.Exit(2)
 	}
-	if err := run(os.Stdout, *benchtime, *count); err != nil {
+	if err := run(os.Stdout, *benchtime, *count, *only); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench/transport:", err)
 		os.Exit(1)
 	}
@@ -432,7 +447,7 @@ func (f *fleet) cryptoRows() []row {
 	}
 }
 
-func run(w io.Writer, benchtime time.Duration, count int) error {
+func run(w io.Writer, benchtime time.Duration, count int, sections string) error {
 	start := time.Now()
 	f, err := newFleet()
 	if err != nil {
@@ -446,6 +461,32 @@ func run(w io.Writer, benchtime time.Duration, count int) error {
 	// baseline run alternately count times and the fastest run of each
 	// counts, so that a ratio compares neighbours and a burst of load from
 	// elsewhere on the machine weighs less.
+	if strings.Contains(sections, "1") {
+		if err := f.crypto(w, count); err != nil {
+			return err
+		}
+	}
+	if strings.Contains(sections, "2") {
+		if err := f.wireBytes(w); err != nil {
+			return err
+		}
+	}
+	if strings.Contains(sections, "3") {
+		if err := f.outbox(w); err != nil {
+			return err
+		}
+	}
+	if strings.Contains(sections, "4") {
+		if err := f.broker(w); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "\ntotal run time %.1f s\n", time.Since(start).Seconds())
+	return nil
+}
+
+// crypto measures the envelope crypto path against its primitives.
+func (f *fleet) crypto(w io.Writer, count int) error {
 	fmt.Fprintf(w, "\n1. Envelope crypto path (one envelope per op)\n\n")
 	const rowFmt = "%-32s %9s %8s %11s %9s | %-16s %9s | %6s\n"
 	fmt.Fprintf(w, rowFmt, "operation", "ns/op", "allocs", "envs/s", "readings/s", "baseline", "ns/op", "ratio")
@@ -472,22 +513,6 @@ func run(w io.Writer, benchtime time.Duration, count int) error {
 			r.baseName, strconv.FormatInt(base.NsPerOp(), 10), fmt.Sprintf("%.2fx", float64(op.NsPerOp())/float64(max(base.NsPerOp(), 1))))
 	}
 	fmt.Fprintln(w, "\nfastest of the runs; ratio = operation ns/op / baseline ns/op; raw = SHA-256 of the body + ECDSA P-256\nthrough crypto.Signer (sign) or ecdsa.VerifyASN1 (verify); allocs = allocations per envelope")
-
-	// 2. Bytes on the wire.
-	if err := f.wireBytes(w); err != nil {
-		return err
-	}
-
-	// 3. The durable outbox.
-	if err := f.outbox(w); err != nil {
-		return err
-	}
-
-	// 4. Through mosquitto.
-	if err := f.broker(w); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "\ntotal run time %.1f s\n", time.Since(start).Seconds())
 	return nil
 }
 
@@ -793,29 +818,37 @@ func (f *fleet) broker(w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	const n = 10000
 	fmt.Fprintf(w, "\n4. QoS 1 through mosquitto (%s) on %s, mutual TLS 1.3, broker and clients on this machine\n\n", mosquittoVersion(), m.addr)
-	const rowFmt = "%-52s %7s %9s %10s\n"
-	fmt.Fprintf(w, rowFmt, "publisher", "msgs", "seconds", "msgs/s")
+	const rowFmt = "%-52s %7s %9s %10s | %12s %12s %8s\n"
+	fmt.Fprintf(w, rowFmt, "publisher", "msgs", "seconds", "msgs/s", "us/msg here", "us/msg broker", "machine")
+	pid := m.cmd.Process.Pid
+	cpuCols := func(a, b cpuSample, secs float64) []any {
+		return []any{fmt.Sprintf("%.1f", (b.self-a.self)/n*1e6), fmt.Sprintf("%.1f", (b.broker-a.broker)/n*1e6),
+			fmt.Sprintf("%.0f%%", (b.machine-a.machine)/secs/float64(runtime.NumCPU())*100)}
+	}
 
 	// (a) The SDK client: each Publish seals (ES256), stores durably
 	// (group commit), and the delivery loop publishes at QoS 1 within the
 	// broker's Receive Maximum, one write per packet.
-	const n = 10000
 	stateDir := filepath.Join(f.dir, "device-state")
+	c0 := sampleCPU(pid)
 	sdkSecs, err := f.sdkPublish(ctx, m.addr, stateDir, n, 32, 1, nil)
 	if err != nil {
 		return fmt.Errorf("SDK client: %w", err)
 	}
+	c1 := sampleCPU(pid)
 	sdkRate := n / sdkSecs
-	fmt.Fprintf(w, rowFmt, "SDK client: signed, durable (32 publishing goroutines)", strconv.Itoa(n), fmt.Sprintf("%.2f", sdkSecs), fmt.Sprintf("%.0f", sdkRate))
+	fmt.Fprintf(w, rowFmt, append([]any{"SDK client: signed, durable (32 publishing goroutines)", strconv.Itoa(n), fmt.Sprintf("%.2f", sdkSecs), fmt.Sprintf("%.0f", sdkRate)}, cpuCols(c0, c1, sdkSecs)...)...)
 
 	// (a') The SDK client delivering a backlog sealed and stored while the
 	// broker was unreachable: the delivery path alone.
-	backlogSecs, err := f.sdkBacklog(ctx, m.addr, stateDir, n)
+	var b0, b1 cpuSample
+	backlogSecs, err := f.sdkBacklog(ctx, m.addr, stateDir, n, func() { b0 = sampleCPU(pid) }, func() { b1 = sampleCPU(pid) })
 	if err != nil {
 		return fmt.Errorf("SDK backlog: %w", err)
 	}
-	fmt.Fprintf(w, rowFmt, "SDK client: delivery of a stored backlog only", strconv.Itoa(n), fmt.Sprintf("%.2f", backlogSecs), fmt.Sprintf("%.0f", n/backlogSecs))
+	fmt.Fprintf(w, rowFmt, append([]any{"SDK client: delivery of a stored backlog only", strconv.Itoa(n), fmt.Sprintf("%.2f", backlogSecs), fmt.Sprintf("%.0f", n/backlogSecs)}, cpuCols(b0, b1, backlogSecs)...)...)
 
 	// (b) Bare paho: the same device certificate and topic, an unsigned
 	// payload of the signed envelope's size, QoS 1, as many publishes in
@@ -833,6 +866,7 @@ func (f *fleet) broker(w io.Writer) error {
 	var wg sync.WaitGroup
 	var pubErr atomic.Pointer[error]
 	topic := transport.TelemetryTopic(deviceID, stream)
+	p0 := sampleCPU(pid)
 	start := time.Now()
 	for range window {
 		wg.Add(1)
@@ -853,13 +887,14 @@ func (f *fleet) broker(w io.Writer) error {
 	}
 	wg.Wait()
 	pahoSecs := time.Since(start).Seconds()
+	p1 := sampleCPU(pid)
 	_ = dev.Disconnect(&paho.Disconnect{ReasonCode: 0})
 	if e := pubErr.Load(); e != nil {
 		return fmt.Errorf("bare paho: %w", *e)
 	}
 	pahoRate := n / pahoSecs
-	fmt.Fprintf(w, rowFmt, fmt.Sprintf("bare paho: unsigned %d-byte payload, window %d", len(payload), window), strconv.Itoa(n),
-		fmt.Sprintf("%.2f", pahoSecs), fmt.Sprintf("%.0f", pahoRate))
+	fmt.Fprintf(w, rowFmt, append([]any{fmt.Sprintf("bare paho: unsigned %d-byte payload, window %d", len(payload), window), strconv.Itoa(n),
+		fmt.Sprintf("%.2f", pahoSecs), fmt.Sprintf("%.0f", pahoRate)}, cpuCols(p0, p1, pahoSecs)...)...)
 	// Give the subscriber up to 2 s to receive what is still on its way.
 	for deadline := time.Now().Add(2 * time.Second); sunk.Load() < 3*n && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
@@ -985,7 +1020,7 @@ func (f *fleet) sdkPublish(ctx context.Context, addr, stateDir string, envelopes
 // sdkBacklog seals and stores envelopes while the broker is unreachable,
 // then dials the broker with the same state and returns the seconds from
 // the connection to the last PUBACK.
-func (f *fleet) sdkBacklog(ctx context.Context, addr, stateDir string, envelopes int) (float64, error) {
+func (f *fleet) sdkBacklog(ctx context.Context, addr, stateDir string, envelopes int, begin, end func()) (float64, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -1031,6 +1066,7 @@ func (f *fleet) sdkBacklog(ctx context.Context, addr, stateDir string, envelopes
 	if err != nil {
 		return 0, err
 	}
+	begin()
 	start := time.Now()
 	for client.Stats().Acked < uint64(envelopes) {
 		if ctx.Err() != nil {
@@ -1038,7 +1074,9 @@ func (f *fleet) sdkBacklog(ctx context.Context, addr, stateDir string, envelopes
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	return time.Since(start).Seconds(), nil
+	secs := time.Since(start).Seconds()
+	end()
+	return secs, nil
 }
 
 // mosquittoVersion returns "mosquitto x.y.z" from its -h output.
