@@ -8,12 +8,14 @@
 package atomicfile
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // ErrTooLarge is returned by [ReadFile] when a file exceeds its limit.
@@ -42,6 +44,10 @@ type FS interface {
 	SyncDir(dir string) error
 	// MkdirAll creates a directory and its parents with mode perm.
 	MkdirAll(dir string, perm fs.FileMode) error
+	// Symlink creates newname as a symbolic link to oldname, as os.Symlink.
+	// It fails if newname exists; [SwitchSymlink] replaces a link
+	// atomically.
+	Symlink(oldname, newname string) error
 }
 
 // OS is the [FS] of the operating system.
@@ -63,6 +69,9 @@ func (OS) Remove(name string) error { return os.Remove(name) }
 
 // MkdirAll implements [FS].
 func (OS) MkdirAll(dir string, perm fs.FileMode) error { return os.MkdirAll(dir, perm) }
+
+// Symlink implements [FS].
+func (OS) Symlink(oldname, newname string) error { return os.Symlink(oldname, newname) }
 
 // SyncDir implements [FS].
 func (OS) SyncDir(dir string) error {
@@ -128,6 +137,84 @@ func WriteFileMode(fsys FS, name string, data []byte, perm fs.FileMode) error {
 		return fmt.Errorf("atomicfile: fsync directory of %s: %w", name, err)
 	}
 	return nil
+}
+
+// SwitchSymlink atomically points link at target through fsys (nil means
+// [OS]): it creates a temporary symbolic link beside link, renames it over
+// link and fsyncs the directory. Whatever instant power fails, link is
+// either the old link (or absent, if there was none) or the new one; a crash
+// before the rename may leave a temporary link named "."+base(link)+".tmp-*"
+// behind, which [RemoveTemps] deletes. target is stored as given: a relative
+// target resolves against link's directory.
+func SwitchSymlink(fsys FS, target, link string) error {
+	if fsys == nil {
+		fsys = OS{}
+	}
+	dir, base := filepath.Split(link)
+	if dir == "" {
+		dir = "."
+	}
+	var tmp string
+	for try := 0; ; try++ {
+		tmp = filepath.Join(dir, "."+base+".tmp-"+rand.Text())
+		err := fsys.Symlink(target, tmp)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrExist) || try == 3 {
+			return fmt.Errorf("atomicfile: create temporary link for %s: %w", link, err)
+		}
+	}
+	if err := fsys.Rename(tmp, link); err != nil {
+		_ = fsys.Remove(tmp)
+		return fmt.Errorf("atomicfile: rename link %s: %w", link, err)
+	}
+	if err := fsys.SyncDir(dir); err != nil {
+		return fmt.Errorf("atomicfile: fsync directory of %s: %w", link, err)
+	}
+	return nil
+}
+
+// RemoveTemps deletes the temporary files and links that an interrupted
+// [WriteFile] or [SwitchSymlink] of name left beside it ("."+base+".tmp-*").
+// Call it only while no other writer of name runs.
+func RemoveTemps(fsys FS, name string) error {
+	if fsys == nil {
+		fsys = OS{}
+	}
+	dir, base := filepath.Split(name)
+	if dir == "" {
+		dir = "."
+	}
+	matches, err := filepath.Glob(filepath.Join(dir, "."+globEscape(base)+".tmp-*"))
+	if err != nil {
+		return fmt.Errorf("atomicfile: find temporaries of %s: %w", name, err)
+	}
+	if len(matches) == 0 {
+		return nil
+	}
+	for _, m := range matches {
+		if err := fsys.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("atomicfile: remove temporary %s: %w", m, err)
+		}
+	}
+	if err := fsys.SyncDir(dir); err != nil {
+		return fmt.Errorf("atomicfile: fsync directory of %s: %w", name, err)
+	}
+	return nil
+}
+
+// globEscape quotes the pattern characters of filepath.Match in s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Remove deletes name and fsyncs its directory. A missing file is not an

@@ -105,3 +105,78 @@ func TestWriteFileModePublic(t *testing.T) {
 		t.Fatalf("mode %v (%v), want 0644", st.Mode().Perm(), err)
 	}
 }
+
+func TestSwitchSymlink(t *testing.T) {
+	dir := t.TempDir()
+	link := filepath.Join(dir, "current")
+	for _, target := range []string{"a", "b", "a"} {
+		if err := atomicfile.SwitchSymlink(nil, target, link); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.Readlink(link); err != nil || got != target {
+			t.Fatalf("link -> %q (%v), want %q", got, err, target)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".*")); len(m) != 0 {
+		t.Fatalf("temporary links left: %v", m)
+	}
+}
+
+// TestSwitchSymlinkCrashAtEveryStep: a power cut at any operation leaves the
+// link pointing at the old target or the new one, never missing.
+func TestSwitchSymlinkCrashAtEveryStep(t *testing.T) {
+	count := &crashfs.FS{}
+	if err := atomicfile.SwitchSymlink(count, "b", filepath.Join(t.TempDir(), "current")); err != nil {
+		t.Fatal(err)
+	}
+	total := count.Ops()
+	if total != 3 { // symlink, rename, fsync dir
+		t.Fatalf("SwitchSymlink took %d operations, want 3", total)
+	}
+	seen := map[string]bool{}
+	for i := 1; i <= total; i++ {
+		dir := t.TempDir()
+		link := filepath.Join(dir, "current")
+		if err := os.Symlink("a", link); err != nil {
+			t.Fatal(err)
+		}
+		err := atomicfile.SwitchSymlink(&crashfs.FS{FailAt: i}, "b", link)
+		if !errors.Is(err, crashfs.ErrCrash) {
+			t.Fatalf("crash at %d: err %v", i, err)
+		}
+		got, err := os.Readlink(link)
+		if err != nil {
+			t.Fatalf("crash at %d: %v", i, err)
+		}
+		seen[got] = true
+		if err := atomicfile.RemoveTemps(nil, link); err != nil {
+			t.Fatalf("crash at %d: %v", i, err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(dir, ".*")); len(m) != 0 {
+			t.Fatalf("crash at %d: temporaries left after RemoveTemps: %v", i, m)
+		}
+	}
+	if !seen["a"] || !seen["b"] || len(seen) != 2 {
+		t.Errorf("outcomes %v, want both a and b", seen)
+	}
+}
+
+func TestRemoveTempsKeepsOthers(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{".state.tmp-1", ".state.tmp-2", ".other.tmp-1", "state"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := atomicfile.RemoveTemps(nil, filepath.Join(dir, "state")); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != ".other.tmp-1 state" {
+		t.Fatalf("left %v", names)
+	}
+}

@@ -145,6 +145,15 @@ func (c *FS) MkdirAll(dir string, perm fs.FileMode) error {
 	return os.MkdirAll(dir, perm)
 }
 
+// Symlink implements [atomicfile.FS]; it counts as one operation, like
+// Rename.
+func (c *FS) Symlink(oldname, newname string) error {
+	if err := c.step(); err != nil {
+		return err
+	}
+	return os.Symlink(oldname, newname)
+}
+
 type file struct {
 	f       *os.File
 	c       *FS
