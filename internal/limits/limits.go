@@ -75,3 +75,39 @@ const (
 	// OutboxSegmentMax bounds the configurable segment size.
 	OutboxSegmentMax = 64 << 20
 )
+
+// update: signed metadata as received by the device (package update). Each
+// document is checked against its bound before it is parsed.
+const (
+	// UpdateRoot bounds a signed root metadata document in bytes.
+	UpdateRoot = 64 << 10
+
+	// UpdateTimestamp bounds a signed timestamp metadata document.
+	UpdateTimestamp = 16 << 10
+
+	// UpdateRelease bounds a signed release metadata document.
+	UpdateRelease = 256 << 10
+
+	// UpdateKeys bounds the public keys one root lists.
+	UpdateKeys = 32
+
+	// UpdateSignatures bounds the signatures on one document (a root
+	// rotation carries the old and the new root keys' signatures).
+	UpdateSignatures = 16
+
+	// UpdateArtifacts bounds the artifacts of one release.
+	UpdateArtifacts = 64
+
+	// UpdateRootChain bounds the root versions walked in one update cycle
+	// (the TUF specification's Y in step 5.3.3).
+	UpdateRootChain = 1024
+
+	// UpdateName bounds an artifact name and a hardware class, in bytes.
+	UpdateName = 128
+
+	// UpdateURI bounds an artifact URI, in bytes.
+	UpdateURI = 1024
+
+	// UpdateJSONDepth bounds the nesting of a metadata JSON document.
+	UpdateJSONDepth = 8
+)
