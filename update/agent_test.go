@@ -1,0 +1,259 @@
+package update
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/d2c-iot/d2c/transport"
+)
+
+// TestAgentInstallConfirm walks one update: check, download into the
+// inactive slot, switch on trial, restart, confirm; the floor rises only at
+// Confirm.
+func TestAgentInstallConfirm(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx := t.Context()
+	if st, err := dev.agent.Start(ctx); err != nil || st.Phase != PhaseIdle || st.RebootNeeded {
+		t.Fatalf("fresh Start: %+v, %v", st, err)
+	}
+	// Nothing published yet.
+	if _, err := dev.agent.Check(ctx); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Check on an empty repository: %v, want ErrNotFound", err)
+	}
+	img := image(1, 100_000)
+	repo.publish(1, 1, img)
+	var progress []int64
+	dev.agent.cfg.Progress = func(done, total int64) { progress = append(progress, done) }
+	ok, err := dev.agent.Update(ctx)
+	if err != nil || !ok {
+		t.Fatalf("Update: %v, %v", ok, err)
+	}
+	if len(progress) == 0 || progress[len(progress)-1] != int64(len(img)) {
+		t.Errorf("progress %v, want it to end at %d", progress, len(img))
+	}
+	st := dev.agent.Status()
+	if st.Phase != PhaseTrial || !st.RebootNeeded || st.Pending != 1 || st.Installed.Version != 0 {
+		t.Fatalf("after Install: %+v", st)
+	}
+	if r := dev.lastReport(); r.Event != "installed" || r.Version != 1 {
+		t.Errorf("report %+v", r)
+	}
+	if err := dev.agent.Confirm(ctx); !errors.Is(err, ErrNotBooted) {
+		t.Fatalf("Confirm before the restart: %v, want ErrNotBooted", err)
+	}
+	// The same check again offers nothing: the release is installed.
+	if o, err := dev.agent.Check(ctx); err != nil || o != nil {
+		t.Fatalf("Check while installed: %+v, %v", o, err)
+	}
+
+	dev.restart()
+	if !bytes.Equal(dev.running(), img) {
+		t.Fatal("after the restart the device does not run the new image")
+	}
+	st, err = dev.agent.Start(ctx)
+	if err != nil || st.Phase != PhaseTrial || st.Starts != 1 || st.RebootNeeded {
+		t.Fatalf("Start on trial: %+v, %v", st, err)
+	}
+	if dev.agent.st.Floors.SecurityCounter != 0 {
+		t.Fatalf("security-counter floor %d before Confirm, want 0", dev.agent.st.Floors.SecurityCounter)
+	}
+	if err := dev.agent.Confirm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = dev.agent.Status()
+	if st.Phase != PhaseIdle || st.Installed.Version != 1 || st.Installed.SecurityCounter != 1 || dev.agent.st.Floors.SecurityCounter != 1 {
+		t.Fatalf("after Confirm: %+v floors %+v", st, dev.agent.st.Floors)
+	}
+	if r := dev.lastReport(); r.Event != "confirmed" || r.Version != 1 {
+		t.Errorf("report %+v", r)
+	}
+	if err := dev.agent.Confirm(ctx); err != nil {
+		t.Fatalf("second Confirm: %v (Confirm is idempotent)", err)
+	}
+	// Survives a restart; up to date.
+	dev.restart()
+	if st, err := dev.agent.Start(ctx); err != nil || st.Phase != PhaseIdle || st.Installed.Version != 1 {
+		t.Fatalf("Start after Confirm: %+v, %v", st, err)
+	}
+	if o, err := dev.agent.Check(ctx); err != nil || o != nil {
+		t.Fatalf("Check when up to date: %+v, %v", o, err)
+	}
+}
+
+// TestAgentRevertAfterStarts: new software that never confirms is reverted
+// after MaxTrialStarts starts; the floor stays.
+func TestAgentRevertAfterStarts(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx := t.Context()
+	repo.publish(1, 1, image(1, 5000))
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	for i := 1; i <= 3; i++ {
+		dev.restart()
+		st, err := dev.agent.Start(ctx)
+		if err != nil || st.Phase != PhaseTrial || st.Starts != i {
+			t.Fatalf("start %d: %+v, %v", i, st, err)
+		}
+	}
+	dev.restart()
+	st, err := dev.agent.Start(ctx)
+	if err != nil || st.Phase != PhaseIdle || !st.RebootNeeded || st.Installed.Version != 0 {
+		t.Fatalf("fourth start: %+v, %v", st, err)
+	}
+	if r := dev.lastReport(); r.Event != "reverted" || !strings.Contains(r.Reason, "3 starts") {
+		t.Errorf("report %+v", r)
+	}
+	dev.restart()
+	if _, err := dev.agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dev.running(), factoryImage) {
+		t.Fatal("not back on the factory image")
+	}
+	if f := dev.agent.st.Floors.SecurityCounter; f != 0 {
+		t.Fatalf("security-counter floor %d after a revert, want 0", f)
+	}
+}
+
+// TestAgentRevertAfterTime: a trial that outlasts TrialTimeout reverts at
+// the next start.
+func TestAgentRevertAfterTime(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx := t.Context()
+	repo.publish(1, 1, image(1, 5000))
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	dev.restart()
+	if st, err := dev.agent.Start(ctx); err != nil || st.Phase != PhaseTrial {
+		t.Fatal(st, err)
+	}
+	dev.clock.add(2 * time.Hour)
+	dev.restart()
+	st, err := dev.agent.Start(ctx)
+	if err != nil || st.Phase != PhaseIdle || !st.RebootNeeded {
+		t.Fatalf("start after the trial time: %+v, %v", st, err)
+	}
+}
+
+// TestAgentRollbackAndAbort: the application rolls back an unhealthy
+// update, or abandons one before it boots.
+func TestAgentRollbackAndAbort(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx := t.Context()
+	if err := dev.agent.Rollback(ctx); !errors.Is(err, ErrNoTrial) {
+		t.Fatalf("Rollback with nothing on trial: %v", err)
+	}
+	repo.publish(1, 1, image(1, 5000))
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	// Abort before the restart: the switch is undone.
+	if err := dev.agent.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if next, trial, _ := dev.slots.Next(ctx); next != "a" || trial {
+		t.Fatalf("after Abort next = %s (trial %v), want a", next, trial)
+	}
+	// Install again, boot it, roll it back.
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	dev.restart()
+	if _, err := dev.agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.agent.Abort(ctx); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Abort on trial: %v, want ErrBusy", err)
+	}
+	if err := dev.agent.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := dev.agent.Status(); st.Phase != PhaseIdle || !st.RebootNeeded || st.Installed.Version != 0 {
+		t.Fatalf("after Rollback: %+v", st)
+	}
+	dev.restart()
+	if _, err := dev.agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dev.running(), factoryImage) {
+		t.Fatal("not back on the factory image")
+	}
+}
+
+// TestAgentResumesDownload: a download cut mid-way resumes from the last
+// byte written, with an HTTP Range request, not from zero.
+func TestAgentResumesDownload(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx := t.Context()
+	img := image(1, 256<<10)
+	repo.publish(1, 1, img)
+	cut := true
+	repo.artifactOverride = func(w http.ResponseWriter, r *http.Request) bool {
+		if !cut || r.Header.Get("Range") != "" {
+			return false
+		}
+		cut = false
+		// Half the image, then the connection drops.
+		w.Header().Set("Content-Length", "262144")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(img[:100<<10])
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	ranges := repo.seenRanges()
+	if len(ranges) < 2 || ranges[0] != "" || !strings.HasPrefix(ranges[1], "bytes=") || ranges[1] == "bytes=0-" {
+		t.Fatalf("requests' Range headers %q: want the second to resume after the cut", ranges)
+	}
+	dev.restart()
+	if !bytes.Equal(dev.running(), img) {
+		t.Fatal("resumed image differs")
+	}
+}
+
+type recordingPublisher struct {
+	streams []string
+	bodies  [][]byte
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, stream string, rs ...transport.Reading) error {
+	for _, r := range rs {
+		p.streams = append(p.streams, stream)
+		p.bodies = append(p.bodies, r.Body)
+	}
+	return nil
+}
+
+// TestTelemetryReporter: results reach the transport as readings on the
+// update stream, JSON bodies a cloud service decodes.
+func TestTelemetryReporter(t *testing.T) {
+	p := &recordingPublisher{}
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, func(c *AgentConfig) { c.Report = TelemetryReporter(p, nil) })
+	repo.publish(1, 1, image(1, 4096))
+	if ok, err := dev.agent.Update(t.Context()); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if len(p.bodies) != 1 || p.streams[0] != ReportStream {
+		t.Fatalf("published %q", p.streams)
+	}
+	var r Result
+	if err := json.Unmarshal(p.bodies[0], &r); err != nil || r.Event != "installed" || r.Version != 1 {
+		t.Fatalf("body %s: %+v %v", p.bodies[0], r, err)
+	}
+}
