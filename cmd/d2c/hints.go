@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/update"
 )
 
 // deviceIDFormat states the device ID format for people (see
@@ -32,7 +33,7 @@ func withHint(err error, hint string) error {
 	return &hinted{err: err, hint: hint}
 }
 
-// hints maps the identity package's sentinel errors, and a few system
+// hints maps the identity and update packages' sentinel errors, and a few system
 // errors, to what the operator should do. Order matters: the first match
 // wins, so specific conditions come before general ones (a reused token is
 // also a refusal by the server).
@@ -64,6 +65,22 @@ var hints = []struct {
 	{identity.ErrTooLarge, "an input exceeds its size limit: check that the file is the one intended"},
 	{identity.ErrMalformed, "an input does not parse: check that the file holds what the flag asks for " +
 		"(PEM certificates, a PKCS#8 key, a token)"},
+	{update.ErrRootVersionSkip, "the repository's N.root.json files must run from the oldest version to the newest " +
+		"without a gap, each holding its own version: restore the missing or misplaced one"},
+	{update.ErrExpired, "metadata has expired: re-sign the timestamp (`d2c update timestamp`), the release " +
+		"(`d2c update release sign`) or the root (`d2c update root rotate`), whichever the error names"},
+	{update.ErrUnknownKey, "a document is signed with a key the root does not trust for its role: give the role's " +
+		"key files, or trust the new key with `d2c update root rotate`"},
+	{update.ErrThreshold, "too few of the role's keys signed: give more of its key files (repeat the flag)"},
+	{update.ErrBadSignature, "a signature does not verify: the file was modified after signing; restore it or sign it again"},
+	{update.ErrSecurityCounter, "raise --security-counter to at least the floor the error names"},
+	{update.ErrRollback, "use a version above the one the error names"},
+	{update.ErrMixAndMatch, "release.json and timestamp.json do not belong together: re-sign the timestamp " +
+		"(`d2c update timestamp`) after publishing release.json"},
+	{update.ErrWrongHardware, "check --hardware-class"},
+	{update.ErrDigest, "this is not the image that was signed: publish the signed image again, or sign this one"},
+	{update.ErrMalformed, "a repository file does not follow docs/update-format.md: restore it from a backup or sign it again"},
+	{update.ErrTooLarge, "a repository file exceeds its size limit: check that the file is the one intended"},
 	{syscall.ECONNREFUSED, "nothing listens at --url: check the address and that `d2c registrar serve` is running"},
 	{fs.ErrNotExist, "a file or directory is missing: check the paths given in the flags"},
 	{fs.ErrPermission, "permission denied: run as the user that owns the files"},

@@ -1,6 +1,7 @@
 // D2c is the operator tool of a d2c fleet: it runs the fleet certificate
-// authority, issues enrollment tokens, serves the EST registrar, and
-// enrolls, renews and inspects device identities.
+// authority, issues enrollment tokens, serves the EST registrar,
+// enrolls, renews and inspects device identities, and signs, checks and
+// serves update repositories.
 //
 // Usage:
 //
@@ -8,15 +9,22 @@
 //
 // The commands are:
 //
-//	ca init           create a fleet CA (root, issuing CA, token key)
-//	ca server-cert    issue a TLS server certificate for a broker or registrar
-//	ca revoke         revoke a certificate issued by the fleet CA
-//	ca crl            write a fresh certificate revocation list (PEM)
-//	token issue       sign a one-time enrollment token for a device
-//	registrar serve   serve the EST registrar over TLS 1.3
-//	device enroll     enroll a device with a token
-//	device renew      renew a device certificate
-//	device show       show a device's current identity
+//	ca init              create a fleet CA (root, issuing CA, token key)
+//	ca server-cert       issue a TLS server certificate for a broker or registrar
+//	ca revoke            revoke a certificate issued by the fleet CA
+//	ca crl               write a fresh certificate revocation list (PEM)
+//	token issue          sign a one-time enrollment token for a device
+//	registrar serve      serve the EST registrar over TLS 1.3
+//	device enroll        enroll a device with a token
+//	device renew         renew a device certificate
+//	device show          show a device's current identity
+//	update keys gen      generate a signing key for an update role
+//	update root init     create the first root of an update repository
+//	update root rotate   sign the next root version (rotate keys, extend expiry)
+//	update release sign  sign a release and a fresh timestamp into a repository
+//	update timestamp     re-sign a fresh timestamp for the current release
+//	update verify        verify a repository exactly as a device would
+//	update serve         serve a repository over plain HTTP for development
 //
 // Run "d2c <command> --help" for a command's flags and an example.
 //
@@ -85,6 +93,13 @@ func commands() []*command {
 		deviceEnrollCommand(),
 		deviceRenewCommand(),
 		deviceShowCommand(),
+		updateKeysGenCommand(),
+		updateRootInitCommand(),
+		updateRootRotateCommand(),
+		updateReleaseSignCommand(),
+		updateTimestampCommand(),
+		updateVerifyCommand(),
+		updateServeCommand(),
 	}
 }
 
@@ -106,35 +121,57 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printCommandList(stdout, cmds, "")
 		return exitOK
 	}
-	group := args[0]
-	var inGroup []*command
+	// The command whose path (one or more words) args start with; the
+	// longest wins.
+	var match *command
 	for _, c := range cmds {
-		if g, _, _ := strings.Cut(c.path, " "); g == group {
-			inGroup = append(inGroup, c)
+		w := strings.Fields(c.path)
+		if len(w) <= len(args) && slices.Equal(w, args[:len(w)]) &&
+			(match == nil || len(w) > len(strings.Fields(match.path))) {
+			match = c
 		}
 	}
-	if len(inGroup) == 0 {
-		fmt.Fprintf(stderr, "d2c: unknown command %q\n\n", group)
-		printCommandList(stderr, cmds, "")
+	if match != nil {
+		return runCommand(ctx, match, args[len(strings.Fields(match.path)):], s)
+	}
+	// Otherwise args name a group ("ca", "update root"), perhaps followed
+	// by a help flag, or an unknown command.
+	words, help := args, false
+	if i := slices.IndexFunc(args, isHelpFlag); i > 0 {
+		words, help = args[:i], true
+	}
+	if inGroup := commandsUnder(cmds, words); len(inGroup) > 0 {
+		group := strings.Join(words, " ")
+		if help {
+			printCommandList(stdout, inGroup, group)
+			return exitOK
+		}
+		printCommandList(stderr, inGroup, group)
 		return exitUsage
 	}
-	if len(args) == 1 || isHelpFlag(args[1]) {
-		w, code := stderr, exitUsage
-		if len(args) > 1 {
-			w, code = stdout, exitOK
-		}
-		printCommandList(w, inGroup, group)
-		return code
+	k := len(words) - 1 // the longest known group before the unknown word
+	for k > 0 && len(commandsUnder(cmds, words[:k])) == 0 {
+		k--
 	}
-	path := group + " " + args[1]
-	for _, c := range inGroup {
-		if c.path == path {
-			return runCommand(ctx, c, args[2:], s)
-		}
+	fmt.Fprintf(stderr, "d2c: unknown command %q\n\n", strings.Join(words[:k+1], " "))
+	if k == 0 {
+		printCommandList(stderr, cmds, "")
+	} else {
+		printCommandList(stderr, commandsUnder(cmds, words[:k]), strings.Join(words[:k], " "))
 	}
-	fmt.Fprintf(stderr, "d2c: unknown command %q\n\n", path)
-	printCommandList(stderr, inGroup, group)
 	return exitUsage
+}
+
+// commandsUnder returns the commands whose path starts with the words
+// of group.
+func commandsUnder(cmds []*command, group []string) []*command {
+	var in []*command
+	for _, c := range cmds {
+		if w := strings.Fields(c.path); len(w) > len(group) && slices.Equal(w[:len(group)], group) {
+			in = append(in, c)
+		}
+	}
+	return in
 }
 
 // isHelpFlag reports whether a, after a group name, asks for help.
@@ -188,13 +225,17 @@ func usageErrorf(format string, args ...any) error {
 // printCommandList prints the commands (of one group, if group is set).
 func printCommandList(w io.Writer, cmds []*command, group string) {
 	if group == "" {
-		fmt.Fprint(w, "d2c is the operator tool of a d2c fleet: fleet CA, enrollment tokens,\nEST registrar, device identities.\n\n")
+		fmt.Fprint(w, "d2c is the operator tool of a d2c fleet: fleet CA, enrollment tokens,\nEST registrar, device identities, update repositories.\n\n")
 		fmt.Fprint(w, "Usage:\n  d2c <command> [flags]\n\nCommands:\n")
 	} else {
 		fmt.Fprintf(w, "Usage:\n  d2c %s <command> [flags]\n\nCommands:\n", group)
 	}
+	width := 17
 	for _, c := range cmds {
-		fmt.Fprintf(w, "  %-17s %s\n", c.path, c.summary)
+		width = max(width, len(c.path)+1)
+	}
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-*s %s\n", width, c.path, c.summary)
 	}
 	fmt.Fprint(w, "\nRun 'd2c <command> --help' for a command's flags and an example, e.g.\n  d2c ca init --help\n")
 }
@@ -218,7 +259,7 @@ func printHelp(w io.Writer, c *command, fs *flag.FlagSet) {
 				fmt.Fprintf(w, " %s", typ)
 			}
 			fmt.Fprintf(w, "\n      %s", usage)
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" && f.DefValue != "[]" {
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "[]" {
 				fmt.Fprintf(w, " (default %q)", f.DefValue)
 			}
 			fmt.Fprintln(w)

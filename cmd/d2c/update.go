@@ -1,0 +1,693 @@
+package main
+
+// The "update" commands sign, check and serve an update repository: a
+// directory laid out as update.HTTPSource reads it (docs/update-format.md):
+//
+//	DIR/1.root.json, 2.root.json, ...  every root version, never removed
+//	DIR/root.json                      a copy of the newest root, to pin in new devices
+//	DIR/release.json                   the current release, signed by the release keys
+//	DIR/timestamp.json                 the short-lived timestamp naming release.json
+//	DIR/v<VERSION>/<IMAGE>             artifacts, by their relative URIs
+//
+// Every file is written atomically (internal/atomicfile), mode 0644: the
+// metadata is public, its signatures protect it.
+
+import (
+	"context"
+	"crypto"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/update"
+)
+
+// Repository file names (update.HTTPSource).
+const (
+	repoRootCopy  = "root.json"
+	repoRelease   = "release.json"
+	repoTimestamp = "timestamp.json"
+	rootSuffix    = ".root.json"
+)
+
+// b64url decodes JWS members (RFC 7515: base64url without padding).
+var b64url = base64.RawURLEncoding
+
+// repoFileMode is the mode of everything written into a repository: the
+// web server serving it usually runs as another user.
+const repoFileMode = 0o644
+
+// anyHardwareClass stands for the device's class where only roots and
+// timestamps are checked, which do not depend on it.
+const anyHardwareClass = "any"
+
+func rootFileName(version uint64) string { return strconv.FormatUint(version, 10) + rootSuffix }
+
+// repoRootVersions returns the versions of the N.root.json files in dir,
+// ascending. They must follow each other without a gap: a device walks
+// them one by one from the version it pinned.
+func repoRootVersions(dir string) ([]uint64, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var vs []uint64
+	for _, e := range entries {
+		num, ok := strings.CutSuffix(e.Name(), rootSuffix)
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseUint(num, 10, 64)
+		if err != nil || v == 0 || strconv.FormatUint(v, 10) != num {
+			continue // not one of ours: "x.root.json", "01.root.json"
+		}
+		vs = append(vs, v)
+	}
+	slices.Sort(vs)
+	for i := 1; i < len(vs); i++ {
+		if vs[i] != vs[i-1]+1 {
+			return nil, fmt.Errorf("%w: %s has %s but no %s: devices pinned before it could not walk the roots",
+				update.ErrRootVersionSkip, dir, rootFileName(vs[i]), rootFileName(vs[i-1]+1))
+		}
+	}
+	return vs, nil
+}
+
+// readMeta reads a metadata file of the repository, bounded by max.
+func readMeta(path string, max int64) ([]byte, error) {
+	b, err := atomicfile.ReadFile(path, max)
+	if errors.Is(err, atomicfile.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: %s is over %d bytes", update.ErrTooLarge, path, max)
+	}
+	return b, err
+}
+
+// openRepo verifies the roots of the repository in dir from the oldest to
+// the newest, each signed by a threshold of its predecessor's root keys
+// and of its own, exactly as a device walks them, and returns the trust
+// state at the newest root, at trusted time now.
+func openRepo(dir string, now time.Time, hardwareClass string) (*update.Trusted, error) {
+	vs, err := repoRootVersions(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, withHint(err, fmt.Sprintf("no repository in %s: check --repo, or create one with `d2c update root init --repo %s`", dir, dir))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(vs) == 0 {
+		return nil, withHint(fmt.Errorf("no root in %s (no N%s file)", dir, rootSuffix),
+			fmt.Sprintf("create the first root with `d2c update root init --repo %s`", dir))
+	}
+	var t *update.Trusted
+	for _, v := range vs {
+		path := filepath.Join(dir, rootFileName(v))
+		b, err := readMeta(path, limits.UpdateRoot)
+		if err != nil {
+			return nil, err
+		}
+		if t == nil {
+			t, err = update.NewTrusted(b, update.Floors{}, now, hardwareClass)
+		} else {
+			_, err = t.UpdateRoot(b)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	return t, nil
+}
+
+// peekedMeta is the part of a metadata payload the signing commands
+// continue from: the previous versions and counter.
+type peekedMeta struct {
+	Version         uint64 `json:"version"`
+	SecurityCounter uint64 `json:"security_counter"`
+	HardwareClass   string `json:"hardware_class"`
+	Artifacts       []struct {
+		Name   string `json:"name"`
+		Length int64  `json:"length"`
+		SHA256 string `json:"sha256"`
+	} `json:"artifacts"`
+}
+
+// peekMeta decodes, without verifying its signatures, the payload of a
+// signed document the repository already holds: the numbers a new
+// document must follow (a timestamp version one higher, a release version
+// not lower). Nothing is trusted from it: every document written is
+// checked by update.Trusted first. It returns false if the file does not
+// exist.
+func peekMeta(path string, max int64) (peekedMeta, bool, error) {
+	var m peekedMeta
+	b, err := readMeta(path, max)
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, err
+	}
+	var jws struct {
+		Payload string `json:"payload"`
+	}
+	if err := json.Unmarshal(b, &jws); err != nil {
+		return m, false, fmt.Errorf("%w: %s: %v", update.ErrMalformed, path, err)
+	}
+	payload, err := b64url.DecodeString(jws.Payload)
+	if err != nil {
+		return m, false, fmt.Errorf("%w: %s: payload: %v", update.ErrMalformed, path, err)
+	}
+	if err := json.Unmarshal(payload, &m); err != nil {
+		return m, false, fmt.Errorf("%w: %s: payload: %v", update.ErrMalformed, path, err)
+	}
+	return m, true, nil
+}
+
+// readSigner reads the private key of an update role from a file written
+// by "update keys gen".
+func readSigner(role update.Role, path string) (crypto.Signer, error) {
+	k, err := identity.ReadKeyFile(path)
+	switch {
+	case errors.Is(err, identity.ErrKeyPermissions):
+		msg := fmt.Sprintf("%s key file %s is readable by others", role, path)
+		if st, serr := os.Stat(path); serr == nil {
+			msg += fmt.Sprintf(" (mode %04o)", st.Mode().Perm())
+		}
+		return nil, withHint(&relabeled{msg: msg, err: err},
+			fmt.Sprintf("chmod 600 %s; if someone else could have read it, treat the key as compromised and "+
+				"replace it with `d2c update root rotate`", path))
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, withHint(fmt.Errorf("%s key file: %w", role, err),
+			fmt.Sprintf("check the path, or create a key with `d2c update keys gen --role %s`", role))
+	case err != nil:
+		return nil, fmt.Errorf("%s key: %w", role, err)
+	}
+	return k, nil
+}
+
+// relabeled is err said in other words, for the operator; errors.Is still
+// finds err's sentinel.
+type relabeled struct {
+	msg string
+	err error
+}
+
+func (e *relabeled) Error() string { return e.msg }
+func (e *relabeled) Unwrap() error { return e.err }
+
+func readSigners(role update.Role, paths []string) ([]crypto.Signer, error) {
+	var ks []crypto.Signer
+	for _, p := range paths {
+		k, err := readSigner(role, p)
+		if err != nil {
+			return nil, err
+		}
+		ks = append(ks, k)
+	}
+	return ks, nil
+}
+
+// readPublicKeys reads the public keys (NAME.pub from "update keys gen")
+// of a role.
+func readPublicKeys(role update.Role, paths []string) ([]crypto.PublicKey, error) {
+	var ks []crypto.PublicKey
+	for _, p := range paths {
+		k, err := identity.ReadPublicKeyFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, withHint(fmt.Errorf("%s public key: %w", role, err),
+				fmt.Sprintf("check the path, or create a key with `d2c update keys gen --role %s` (it writes NAME.pub)", role))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s public key: %w", role, err)
+		}
+		ks = append(ks, k)
+	}
+	return ks, nil
+}
+
+func publicKeys(signers []crypto.Signer) []crypto.PublicKey {
+	var ks []crypto.PublicKey
+	for _, s := range signers {
+		ks = append(ks, s.Public())
+	}
+	return ks
+}
+
+func keyIDOf(pub crypto.PublicKey) string {
+	id, err := identity.KeyID(pub)
+	if err != nil {
+		return "?"
+	}
+	return id
+}
+
+// writeRepoFile writes one file of the repository atomically.
+func writeRepoFile(path string, b []byte) error {
+	return atomicfile.WriteFileMode(nil, path, b, repoFileMode)
+}
+
+// writeRoot writes a signed root as DIR/<N>.root.json, then its copy
+// DIR/root.json.
+func writeRoot(dir string, version uint64, signed []byte) error {
+	if err := writeRepoFile(filepath.Join(dir, rootFileName(version)), signed); err != nil {
+		return err
+	}
+	return writeRepoFile(filepath.Join(dir, repoRootCopy), signed)
+}
+
+// printRoles prints each role's keys and threshold.
+func printRoles(s streams, r *update.Root) {
+	for _, role := range []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimestamp} {
+		rk := r.Roles[role]
+		fmt.Fprintf(s.stdout, "%-10s %d of %d: %s\n", string(role)+":", rk.Threshold, len(rk.KeyIDs), strings.Join(rk.KeyIDs, " "))
+	}
+}
+
+// positiveDuration checks a duration flag.
+func positiveDuration(name string, d time.Duration) error {
+	if d <= 0 {
+		return usageErrorf("--%s %v: want a positive duration, such as 24h", name, d)
+	}
+	return nil
+}
+
+// safeName is 1 to 64 ASCII letters, digits, '.', '_' and '-', not
+// starting with '.': a file name that is the same on every system.
+func safeName(s string) bool {
+	if s == "" || len(s) > 64 || s[0] == '.' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validName checks a hardware class or artifact name as the update
+// format allows them: 1 to limits.UpdateName ASCII letters, digits, '.',
+// '_' and '-', not "." or "..".
+func validName(flagName, s string) error {
+	ok := len(s) > 0 && len(s) <= limits.UpdateName && s != "." && s != ".."
+	for i := 0; ok && i < len(s); i++ {
+		c := s[i]
+		ok = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-'
+	}
+	if !ok {
+		return usageErrorf("--%s %q: want 1 to %d ASCII letters, digits, '.', '_' and '-'", flagName, s, limits.UpdateName)
+	}
+	return nil
+}
+
+func parseRole(s string) (update.Role, bool) {
+	for _, r := range []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimestamp} {
+		if s == string(r) {
+			return r, true
+		}
+	}
+	return "", false
+}
+
+func updateKeysGenCommand() *command {
+	return &command{
+		path:    "update keys gen",
+		summary: "generate a signing key for an update role",
+		usage:   "--role root|release|timestamp --out DIR [--name NAME] [--type p256|ed25519]",
+		details: `
+Generates a key for one role of an update repository and writes, in DIR
+(created mode 0700), NAME.key, the private key (PKCS#8 PEM, mode 0600), and
+NAME.pub, the public key (PKIX PEM). It prints the key ID, the RFC 7638
+thumbprint that roots list and signatures name ("kid"). It refuses to
+overwrite an existing key.
+
+Where each key lives:
+  root       offline (an encrypted USB stick in a safe); used only by
+             "update root init" and "update root rotate"
+  release    on the machine that builds releases, off the repository server
+  timestamp  the only online key: the periodic "update timestamp" job uses it
+
+Give the .pub files to "update root init" and "update root rotate".`,
+		example: `d2c update keys gen --role root --out /media/offline/keys
+d2c update keys gen --role release --out keys
+d2c update keys gen --role timestamp --out keys --type ed25519`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			roleName := fl.String("role", "", "the key's role: root, release or timestamp (required)")
+			out := fl.String("out", "", "directory to write NAME.key and NAME.pub to (required)")
+			name := fl.String("name", "", "file name without extension (default: the role)")
+			keyType := fl.String("type", "p256", "key algorithm: p256 (ES256) or ed25519 (EdDSA)")
+			return func(_ context.Context, s streams) error {
+				role, ok := parseRole(*roleName)
+				if !ok {
+					return usageErrorf("--role %q: want root, release or timestamp", *roleName)
+				}
+				if *out == "" {
+					return usageErrorf("--out is required")
+				}
+				if *name == "" {
+					*name = string(role)
+				}
+				if !safeName(*name) {
+					return usageErrorf("--name %q: want 1 to 64 letters, digits, '.', '_' and '-', not starting with '.'", *name)
+				}
+				kt, err := identity.ParseKeyType(*keyType)
+				if err != nil {
+					return usageErrorf("--type: %v", err)
+				}
+				keyFile := filepath.Join(*out, *name+".key")
+				pubFile := filepath.Join(*out, *name+".pub")
+				for _, f := range []string{keyFile, pubFile} {
+					if _, err := os.Lstat(f); err == nil {
+						return withHint(fmt.Errorf("%s already exists", f), "choose another --name or --out; a key is never overwritten")
+					}
+				}
+				if err := atomicfile.MkdirPrivate(nil, *out); err != nil {
+					return err
+				}
+				key, err := identity.GenerateKey(kt)
+				if err != nil {
+					return err
+				}
+				pub, err := identity.MarshalPublicKey(key.Public())
+				if err != nil {
+					return err
+				}
+				if err := identity.WriteKeyFile(nil, keyFile, key); err != nil {
+					return err
+				}
+				if err := atomicfile.WriteFileMode(nil, pubFile, pub, 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "%s key (%s)\nkey ID:  %s\nprivate: %s (mode 0600)\npublic:  %s\n",
+					role, kt, keyIDOf(key.Public()), keyFile, pubFile)
+				switch role {
+				case update.RoleRoot:
+					fmt.Fprintf(s.stderr, "keep %s offline: only `d2c update root init` and `root rotate` need it\n", keyFile)
+				case update.RoleRelease:
+					fmt.Fprintf(s.stderr, "keep %s off the repository server: only `d2c update release sign` needs it\n", keyFile)
+				case update.RoleTimestamp:
+					fmt.Fprintf(s.stderr, "%s is the online key of the periodic `d2c update timestamp` job\n", keyFile)
+				}
+				return nil
+			}
+		},
+	}
+}
+
+func updateRootInitCommand() *command {
+	return &command{
+		path:    "update root init",
+		summary: "create the first root of an update repository",
+		usage: "--repo DIR --root-key FILE... [--root-pub FILE...] [--root-threshold N] " +
+			"--release-pub FILE... [--release-threshold N] --timestamp-pub FILE... [--timestamp-threshold N] [--expires DURATION]",
+		details: `
+Creates the repository directory and its root version 1: the public keys
+trusted for each role (root, release, timestamp) and how many of them must
+sign each document (the threshold). It is signed with every --root-key, which
+must reach --root-threshold; --root-pub adds root keys that do not sign now
+(a backup key kept elsewhere). It refuses a directory that already has a root.
+
+It writes DIR/1.root.json, which devices fetch when they walk the roots, and
+DIR/root.json, a copy of the newest root (rewritten by "update root rotate"):
+pin that file in the devices you build (update.AgentConfig.Root). Devices
+never fetch root.json; a device pinned with an older root walks to the newest
+through the N.root.json files.
+
+When the root expires, devices refuse every update until a rotation (with
+the same keys, if they are safe) gives them a root that has not: rotate well
+before --expires.`,
+		example: `d2c update root init --repo /srv/updates/fleet \
+    --root-key /media/offline/keys/root.key \
+    --release-pub keys/release.pub --timestamp-pub keys/timestamp.pub --expires 8760h`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			repo := fl.String("repo", "", "repository directory to create (required)")
+			var rootKeys, rootPubs, releasePubs, timestampPubs stringList
+			fl.Var(&rootKeys, "root-key", "private root key that signs this root; repeatable (required)")
+			fl.Var(&rootPubs, "root-pub", "public key of a further root key that does not sign now; repeatable")
+			rootThreshold := fl.Int("root-threshold", 1, "root keys needed to sign a root")
+			fl.Var(&releasePubs, "release-pub", "public key trusted to sign releases; repeatable (required)")
+			releaseThreshold := fl.Int("release-threshold", 1, "release keys needed to sign a release")
+			fl.Var(&timestampPubs, "timestamp-pub", "public key trusted to sign timestamps; repeatable (required)")
+			timestampThreshold := fl.Int("timestamp-threshold", 1, "timestamp keys needed to sign a timestamp")
+			expires := fl.Duration("expires", 365*24*time.Hour, "how long the root is valid")
+			return func(_ context.Context, s streams) error {
+				if *repo == "" || len(rootKeys) == 0 || len(releasePubs) == 0 || len(timestampPubs) == 0 {
+					return usageErrorf("--repo, --root-key, --release-pub and --timestamp-pub are required")
+				}
+				if err := positiveDuration("expires", *expires); err != nil {
+					return err
+				}
+				if *rootThreshold > len(rootKeys) {
+					return usageErrorf("--root-threshold %d: only %d --root-key sign this root", *rootThreshold, len(rootKeys))
+				}
+				vs, err := repoRootVersions(*repo)
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+				if len(vs) > 0 {
+					return withHint(fmt.Errorf("%s already has root version %d", *repo, vs[len(vs)-1]),
+						fmt.Sprintf("to change its keys or expiry, sign the next version with `d2c update root rotate --repo %s`", *repo))
+				}
+				signers, err := readSigners(update.RoleRoot, rootKeys)
+				if err != nil {
+					return err
+				}
+				extra, err := readPublicKeys(update.RoleRoot, rootPubs)
+				if err != nil {
+					return err
+				}
+				rel, err := readPublicKeys(update.RoleRelease, releasePubs)
+				if err != nil {
+					return err
+				}
+				ts, err := readPublicKeys(update.RoleTimestamp, timestampPubs)
+				if err != nil {
+					return err
+				}
+				now := time.Now()
+				root := &update.Root{Version: 1, Expires: now.Add(*expires)}
+				for _, r := range []struct {
+					role update.Role
+					th   int
+					keys []crypto.PublicKey
+				}{
+					{update.RoleRoot, *rootThreshold, append(publicKeys(signers), extra...)},
+					{update.RoleRelease, *releaseThreshold, rel},
+					{update.RoleTimestamp, *timestampThreshold, ts},
+				} {
+					if err := root.SetRole(r.role, r.th, r.keys...); err != nil {
+						return usageErrorf("%v", err)
+					}
+				}
+				signed, err := root.Sign(signers...)
+				if err != nil {
+					return err
+				}
+				// Check it as a device pinning it will.
+				if _, err := update.NewTrusted(signed, update.Floors{}, now, anyHardwareClass); err != nil {
+					return fmt.Errorf("the root just signed does not verify: %w", err)
+				}
+				if err := os.MkdirAll(*repo, 0o755); err != nil {
+					return err
+				}
+				if err := (atomicfile.OS{}).SyncDir(filepath.Dir(filepath.Clean(*repo))); err != nil {
+					return err
+				}
+				if err := writeRoot(*repo, 1, signed); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "root version 1 written to %s\nexpires:   %s\n",
+					filepath.Join(*repo, rootFileName(1)), root.Expires.UTC().Format(time.RFC3339))
+				printRoles(s, root)
+				fmt.Fprintf(s.stderr, "pin %s in the devices you build (update.AgentConfig.Root); keep the root keys offline\n",
+					filepath.Join(*repo, repoRootCopy))
+				return nil
+			}
+		},
+	}
+}
+
+func updateRootRotateCommand() *command {
+	return &command{
+		path:    "update root rotate",
+		summary: "sign the next root version (rotate keys, extend expiry)",
+		usage: "--repo DIR --old-key FILE... [--new-key FILE...] [--root-pub FILE...] [--root-threshold N] " +
+			"[--release-pub FILE... [--release-threshold N]] [--timestamp-pub FILE... [--timestamp-threshold N]] [--expires DURATION]",
+		details: `
+Reads the newest root of the repository, version N (after checking the whole
+chain from the oldest), and signs version N+1: the same keys and thresholds,
+except for the roles whose keys are given, which are replaced. The new root is
+signed by the --old-key keys, which must reach the threshold of version N's
+root keys, and by the --new-key keys, which must reach the new root's own
+threshold. Without --new-key or --root-pub, the root keys stay (a rotation of
+the release or timestamp keys, or only a later expiry), and the old keys sign
+for both.
+
+A threshold of 0 keeps the role's current threshold. Keys that no role uses
+any more are dropped: that is how a lost or stolen key is revoked.
+
+The new root is verified as a device at version N would verify it before it
+is written to DIR/<N+1>.root.json and copied to DIR/root.json. Devices walk
+to it on their next check. A rotation that replaces the release or timestamp
+keys also resets the devices' version floors for that role, so that the
+repository recovers from a stolen key that signed huge version numbers; sign
+a new release or timestamp with the new key afterwards.`,
+		example: `d2c update root rotate --repo /srv/updates/fleet --old-key /media/offline/keys/root.key \
+    --timestamp-pub keys/timestamp2.pub
+d2c update timestamp --repo /srv/updates/fleet --key keys/timestamp2.key
+# To replace the root key itself:
+d2c update root rotate --repo /srv/updates/fleet --old-key /media/offline/keys/root.key \
+    --new-key /media/offline/keys/root2.key`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			repo := fl.String("repo", "", "repository directory (required)")
+			var oldKeys, newKeys, rootPubs, releasePubs, timestampPubs stringList
+			fl.Var(&oldKeys, "old-key", "private root key of the current root; repeatable (required)")
+			fl.Var(&newKeys, "new-key", "private root key of the new root, which signs it too; repeatable")
+			fl.Var(&rootPubs, "root-pub", "public key of a further new root key that does not sign now; repeatable")
+			rootThreshold := fl.Int("root-threshold", 0, "root keys needed to sign a root; 0 keeps the current threshold")
+			fl.Var(&releasePubs, "release-pub", "public key replacing the release keys; repeatable")
+			releaseThreshold := fl.Int("release-threshold", 0, "release keys needed to sign a release; 0 keeps the current threshold")
+			fl.Var(&timestampPubs, "timestamp-pub", "public key replacing the timestamp keys; repeatable")
+			timestampThreshold := fl.Int("timestamp-threshold", 0, "timestamp keys needed to sign a timestamp; 0 keeps the current threshold")
+			expires := fl.Duration("expires", 365*24*time.Hour, "how long the new root is valid")
+			return func(_ context.Context, s streams) error {
+				if *repo == "" || len(oldKeys) == 0 {
+					return usageErrorf("--repo and --old-key are required")
+				}
+				if err := positiveDuration("expires", *expires); err != nil {
+					return err
+				}
+				if *rootThreshold < 0 || *releaseThreshold < 0 || *timestampThreshold < 0 {
+					return usageErrorf("thresholds must not be negative")
+				}
+				now := time.Now()
+				t, err := openRepo(*repo, now, anyHardwareClass)
+				if err != nil {
+					return err
+				}
+				cur := t.Root()
+				olds, err := readSigners(update.RoleRoot, oldKeys)
+				if err != nil {
+					return err
+				}
+				news, err := readSigners(update.RoleRoot, newKeys)
+				if err != nil {
+					return err
+				}
+				if err := checkRoleKeys(cur, update.RoleRoot, "old-key", olds, *repo); err != nil {
+					return err
+				}
+				extraRoot, err := readPublicKeys(update.RoleRoot, rootPubs)
+				if err != nil {
+					return err
+				}
+				rel, err := readPublicKeys(update.RoleRelease, releasePubs)
+				if err != nil {
+					return err
+				}
+				ts, err := readPublicKeys(update.RoleTimestamp, timestampPubs)
+				if err != nil {
+					return err
+				}
+				next := cur.Next(now.Add(*expires))
+				var changed []string
+				for _, r := range []struct {
+					role update.Role
+					th   int
+					keys []crypto.PublicKey
+				}{
+					{update.RoleRoot, *rootThreshold, append(publicKeys(news), extraRoot...)},
+					{update.RoleRelease, *releaseThreshold, rel},
+					{update.RoleTimestamp, *timestampThreshold, ts},
+				} {
+					keys, th := r.keys, r.th
+					if len(keys) == 0 && th == 0 {
+						continue
+					}
+					if len(keys) == 0 { // a new threshold over the same keys
+						for _, id := range cur.Roles[r.role].KeyIDs {
+							keys = append(keys, cur.Keys[id])
+						}
+					}
+					if th == 0 {
+						th = cur.Roles[r.role].Threshold
+					}
+					if err := next.SetRole(r.role, th, keys...); err != nil {
+						return usageErrorf("%v (give --%s-threshold)", err, r.role)
+					}
+					changed = append(changed, string(r.role))
+				}
+				signed, err := next.Sign(append(olds, news...)...)
+				if err != nil {
+					return err
+				}
+				// Verify as a device that trusts version N.
+				if _, err := t.UpdateRoot(signed); err != nil {
+					if errors.Is(err, update.ErrThreshold) || errors.Is(err, update.ErrUnknownKey) {
+						return withHint(fmt.Errorf("the new root does not verify: %w", err),
+							fmt.Sprintf("give at least %d of the new root keys with --new-key (--root-threshold), "+
+								"and only root keys of version %d or %d", next.Roles[update.RoleRoot].Threshold, cur.Version, next.Version))
+					}
+					return fmt.Errorf("the new root does not verify: %w", err)
+				}
+				if err := writeRoot(*repo, next.Version, signed); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "root version %d written to %s\nexpires:   %s\n",
+					next.Version, filepath.Join(*repo, rootFileName(next.Version)), next.Expires.UTC().Format(time.RFC3339))
+				printRoles(s, next)
+				if len(changed) == 0 {
+					changed = []string{"none (expiry only)"}
+				}
+				fmt.Fprintf(s.stderr, "changed roles: %s; devices walk to version %d on their next check\n",
+					strings.Join(changed, ", "), next.Version)
+				if slices.Contains(changed, string(update.RoleRelease)) {
+					fmt.Fprintf(s.stderr, "sign the release again with the new release key: d2c update release sign --repo %s ...\n", *repo)
+				}
+				if slices.Contains(changed, string(update.RoleTimestamp)) {
+					fmt.Fprintf(s.stderr, "re-sign the timestamp with the new timestamp key: d2c update timestamp --repo %s --key FILE\n", *repo)
+				}
+				fmt.Fprintf(s.stderr, "pin %s in the devices you build from now on\n", filepath.Join(*repo, repoRootCopy))
+				return nil
+			}
+		},
+	}
+}
+
+// checkRoleKeys refuses, before anything is read or signed, keys given
+// with --flag that are not keys of role in root, or too few to reach the
+// role's threshold: devices would refuse what they sign.
+func checkRoleKeys(root *update.Root, role update.Role, flag string, keys []crypto.Signer, repo string) error {
+	rk := root.Roles[role]
+	fix := fmt.Sprintf("give the %s keys of root version %d (%s)", role, root.Version, strings.Join(rk.KeyIDs, ", "))
+	if role == update.RoleRoot {
+		fix += "; a root key is replaced by signing the rotation with the old key and the new one (--new-key)"
+	} else {
+		fix += fmt.Sprintf(", or trust a new key first with `d2c update root rotate --repo %s --%s-pub FILE`", repo, role)
+	}
+	seen := map[string]bool{}
+	for _, k := range keys {
+		id := keyIDOf(k.Public())
+		if !slices.Contains(rk.KeyIDs, id) {
+			return withHint(fmt.Errorf("%w: --%s %s is not a %s key of root version %d", update.ErrUnknownKey, flag, id, role, root.Version), fix)
+		}
+		seen[id] = true
+	}
+	if len(seen) < rk.Threshold {
+		return withHint(fmt.Errorf("%w: %d of root version %d's %s keys given, its threshold is %d",
+			update.ErrThreshold, len(seen), root.Version, role, rk.Threshold),
+			fmt.Sprintf("give at least %d %s keys with --%s (repeat the flag)", rk.Threshold, role, flag))
+	}
+	return nil
+}

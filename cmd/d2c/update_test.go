@@ -1,0 +1,313 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/d2c-iot/d2c/update"
+)
+
+// d2cRun runs the CLI in process and fails the test unless it exits 0.
+func d2cRun(t *testing.T, args ...string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if code := run(t.Context(), args, &stdout, &stderr); code != exitOK {
+		t.Fatalf("d2c %s: exit %d\n%s", strings.Join(args, " "), code, stderr.String())
+	}
+	return stdout.String()
+}
+
+// newTestRepo builds a repository in a temporary directory with one
+// release of image, and returns the directory.
+func newTestRepo(t *testing.T, image []byte) (dir, keys string) {
+	t.Helper()
+	tmp := t.TempDir()
+	keys, dir = filepath.Join(tmp, "keys"), filepath.Join(tmp, "repo")
+	for _, role := range []string{"root", "release", "timestamp"} {
+		d2cRun(t, "update", "keys", "gen", "--role", role, "--out", keys)
+	}
+	d2cRun(t, "update", "root", "init", "--repo", dir, "--root-key", filepath.Join(keys, "root.key"),
+		"--release-pub", filepath.Join(keys, "release.pub"), "--timestamp-pub", filepath.Join(keys, "timestamp.pub"))
+	img := filepath.Join(tmp, "fw.bin")
+	if err := os.WriteFile(img, image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d2cRun(t, "update", "release", "sign", "--repo", dir, "--key", filepath.Join(keys, "release.key"),
+		"--version", "3", "--security-counter", "1", "--hardware-class", "hw", "--image", img,
+		"--timestamp-key", filepath.Join(keys, "timestamp.key"), "--progress=false")
+	return dir, keys
+}
+
+// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestUpdateServe runs "update serve" in process on a free loopback port:
+// metadata and images by GET, HEAD and Range, nothing else; then an
+// update.HTTPSource and update.Trusted verify the served repository as a
+// device does; cancelling the context stops the server.
+func TestUpdateServe(t *testing.T) {
+	image := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	dir, _ := newTestRepo(t, image)
+	if err := os.WriteFile(filepath.Join(dir, "stray.key"), []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".release.json.tmp-1"), []byte("partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	urlFile := filepath.Join(t.TempDir(), "url")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var stdout, stderr lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"update", "serve", "--repo", dir, "--listen", "127.0.0.1:0", "--url-file", urlFile}, &stdout, &stderr)
+	}()
+	base := waitURL(t, urlFile, done)
+
+	get := func(method, path string, header ...string) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), method, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, b
+	}
+
+	resp, body := get("GET", "timestamp.json")
+	want, _ := os.ReadFile(filepath.Join(dir, "timestamp.json"))
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+		t.Errorf("GET timestamp.json: %s, %d bytes (want %d)", resp.Status, len(body), len(want))
+	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "no-cache" {
+		t.Errorf("GET timestamp.json: Cache-Control %q", cc)
+	}
+
+	resp, body = get("GET", "v3/fw.bin", "Range", "bytes=100-199")
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, image[100:200]) {
+		t.Errorf("GET v3/fw.bin with Range: %s, %q", resp.Status, body)
+	}
+	if cr := resp.Header.Get("Content-Range"); cr != fmt.Sprintf("bytes 100-199/%d", len(image)) {
+		t.Errorf("Content-Range %q", cr)
+	}
+	resp, body = get("HEAD", "v3/fw.bin")
+	if resp.StatusCode != http.StatusOK || len(body) != 0 || resp.ContentLength != int64(len(image)) {
+		t.Errorf("HEAD v3/fw.bin: %s, Content-Length %d, body %d bytes", resp.Status, resp.ContentLength, len(body))
+	}
+
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{
+		{"POST", "timestamp.json", http.StatusMethodNotAllowed},
+		{"PUT", "v3/fw.bin", http.StatusMethodNotAllowed},
+		{"GET", "", http.StatusNotFound},                    // no listing
+		{"GET", "v3/", http.StatusNotFound},                 // no listing
+		{"GET", "stray.key", http.StatusNotFound},           // never a key
+		{"GET", ".release.json.tmp-1", http.StatusNotFound}, // never a temporary
+		{"GET", "7.root.json", http.StatusNotFound},
+	} {
+		if resp, _ := get(c.method, c.path); resp.StatusCode != c.status {
+			t.Errorf("%s /%s: %s, want %d", c.method, c.path, resp.Status, c.status)
+		}
+	}
+
+	// A device's view: fetch through update.HTTPSource, verify with
+	// update.Trusted, download the artifact through its verifier.
+	src := &update.HTTPSource{BaseURL: base}
+	pinned, err := src.Root(t.Context(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := update.NewTrusted(pinned, update.Floors{}, time.Now(), "hw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Root(t.Context(), 2); !errors.Is(err, update.ErrNotFound) {
+		t.Errorf("root 2: %v, want ErrNotFound", err)
+	}
+	b, err := src.Timestamp(t.Context())
+	if err == nil {
+		_, err = tr.UpdateTimestamp(b)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = src.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := tr.UpdateRelease(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := rel.Artifacts[0]
+	u, err := src.Resolve(art.URI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body = get("GET", strings.TrimPrefix(u, base))
+	v := art.Verifier()
+	if _, err := v.Write(body); err != nil || v.Verify() != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("artifact at %s: %s, %v, %v", u, resp.Status, err, v.Verify())
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Errorf("update serve: exit %d\n%s", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("update serve did not stop")
+	}
+	if _, err := os.Stat(urlFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("url file left behind: %v", err)
+	}
+	out, log := stdout.String(), stderr.String()
+	if !strings.Contains(out, "serving "+dir+" at "+base) {
+		t.Errorf("stdout: %q", out)
+	}
+	for _, want := range []string{
+		"warning: development server, plain HTTP",
+		`msg=request method=GET path=/v3/fw.bin range="bytes=100-199" status=206 bytes=100`,
+		"path=/stray.key range=\"\" status=404",
+		"msg=\"repository server stopped\"",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// waitURL waits for the server to write its URL file, or to exit.
+func waitURL(t *testing.T, path string, done <-chan int) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+			return strings.TrimSpace(string(b))
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("update serve exited with %d before listening", code)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("update serve did not listen within 10s")
+		}
+	}
+}
+
+// TestUpdateServeRefusesNonLoopback checks the address guard, in both
+// directions.
+func TestUpdateServeRefusesNonLoopback(t *testing.T) {
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "::1": true, "localhost": true, "127.1.2.3": true,
+		"0.0.0.0": false, "": false, "::": false, "192.168.1.10": false, "example.com": false,
+	} {
+		if got := isLoopback(host); got != want {
+			t.Errorf("isLoopback(%q) = %v", host, got)
+		}
+	}
+}
+
+// TestProgressBar checks the bar's drawing and its rate limit.
+func TestProgressBar(t *testing.T) {
+	var out bytes.Buffer
+	now := time.Unix(1000, 0)
+	p := &progressBar{w: &out, label: "image fw.bin", total: 4 << 20, start: now, now: func() time.Time { return now }}
+	now = now.Add(time.Second)
+	p.update(1 << 20) // drawn: the first update
+	p.update(2 << 20) // not drawn: within 100 ms
+	now = now.Add(time.Second)
+	p.update(3 << 20) // drawn
+	p.finish(4 << 20)
+	lines := strings.Split(out.String(), "\r")
+	if len(lines) != 4 || lines[0] != "" {
+		t.Fatalf("drawings: %q", lines)
+	}
+	for i, want := range []string{
+		"image fw.bin [#######                       ]  25%     1.0 MB/s",
+		"image fw.bin [######################        ]  75%     1.6 MB/s",
+		"image fw.bin [##############################] 100%     2.1 MB/s\n",
+	} {
+		if lines[i+1] != want {
+			t.Errorf("drawing %d: %q, want %q", i, lines[i+1], want)
+		}
+	}
+}
+
+// TestUpdateHints checks that every update refusal a signing command can
+// meet maps to a hint.
+func TestUpdateHints(t *testing.T) {
+	for _, sentinel := range []error{
+		update.ErrRootVersionSkip, update.ErrExpired, update.ErrUnknownKey, update.ErrThreshold,
+		update.ErrBadSignature, update.ErrSecurityCounter, update.ErrRollback, update.ErrMixAndMatch,
+		update.ErrWrongHardware, update.ErrDigest, update.ErrMalformed, update.ErrTooLarge,
+	} {
+		if hintFor(fmt.Errorf("context: %w", sentinel)) == "" {
+			t.Errorf("no hint for %v", sentinel)
+		}
+	}
+	// The security counter is a rollback too: its own hint wins.
+	if h := hintFor(update.ErrSecurityCounter); !strings.Contains(h, "--security-counter") {
+		t.Errorf("hint for a security counter: %q", h)
+	}
+}
+
+// TestParseAt checks the forms of --at.
+func TestParseAt(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"now":                  now,
+		"now+25h":              now.Add(25 * time.Hour),
+		"now-1m":               now.Add(-time.Minute),
+		"2031-05-06T07:08:09Z": time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC),
+	} {
+		if got, err := parseAt(in, now); err != nil || !got.Equal(want) {
+			t.Errorf("parseAt(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "tomorrow", "now+", "now+x", "2031-05-06"} {
+		if _, err := parseAt(in, now); err == nil {
+			t.Errorf("parseAt(%q) accepted", in)
+		}
+	}
+}
