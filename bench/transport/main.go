@@ -936,7 +936,9 @@ func (f *fleet) broker(w io.Writer) error {
 			return err
 		}
 		time.Sleep(300 * time.Millisecond) // the subscription is made after the connection is up
-		secs, err := f.sdkPublish(ctx, m.addr, stateDir, c.envelopes, 32, c.per, func() error {
+		// A fresh device state per run: messages an earlier run left
+		// unacknowledged in the outbox must not count here.
+		secs, err := f.sdkPublish(ctx, m.addr, filepath.Join(f.dir, fmt.Sprintf("device-verified-%d", c.per)), c.envelopes, 32, c.per, func() error {
 			select {
 			case <-allIn:
 				return nil
