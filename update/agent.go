@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update/internal/fetch"
 	"github.com/d2c-iot/d2c/update/slot"
 )
@@ -140,6 +142,8 @@ type Agent struct {
 	store  *stateStore
 	unlock func()
 
+	notify chan struct{}
+
 	mu     sync.Mutex
 	st     *state
 	reboot bool
@@ -199,7 +203,7 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 		unlock()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, store: store, unlock: unlock}
+	a := &Agent{cfg: cfg, log: log, store: store, unlock: unlock, notify: make(chan struct{}, 1)}
 	st, found, err := store.load()
 	if err != nil {
 		unlock()
@@ -445,10 +449,11 @@ func (a *Agent) checkLocked(ctx context.Context) (*Offer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := t.UpdateTimestamp(b); err != nil {
+	ts, err := t.UpdateTimestamp(b)
+	if err != nil {
 		return nil, err
 	}
-	if b, err = a.cfg.Source.Release(ctx); err != nil {
+	if b, err = a.cfg.Source.Release(ctx, ts.Release.Version); err != nil {
 		return nil, err
 	}
 	rel, err := t.UpdateRelease(b)
@@ -786,4 +791,69 @@ func (a *Agent) Abort(ctx context.Context) error {
 	}
 	a.report(ctx, r)
 	return nil
+}
+
+// Notify asks a running [Agent.Run] to check now, for example when the
+// cloud announces a release through a signed command ([CommandHandler]).
+// It never blocks.
+func (a *Agent) Notify() {
+	select {
+	case a.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Run checks for updates every interval (with up to 10% random jitter, so
+// that a fleet does not poll in step) and whenever [Agent.Notify] is
+// called, installing what it finds, until ctx ends. Refusals and failures
+// are reported and logged, and Run goes on. After an install it returns
+// nil (with Status().RebootNeeded set) so that the application restarts
+// into the new slot; an update on trial waits for Confirm or Rollback.
+func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
+	if interval <= 0 {
+		return errors.New("update: Run needs a positive interval")
+	}
+	for {
+		if a.Status().Phase < PhaseInstalled {
+			installed, err := a.Update(ctx)
+			switch {
+			case installed:
+				return nil
+			case err != nil && ctx.Err() == nil:
+				a.log.Warn("update check", "err", err)
+			}
+		}
+		wait := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-a.notify:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// CheckCommand is the name of the signed command by which the cloud asks a
+// device to check for an update now (transport.CommandSigner).
+const CheckCommand = "update.check"
+
+// CommandHandler returns a transport ClientConfig.OnCommand that notifies
+// the agent on a [CheckCommand] and passes every other command to next
+// (which may be nil). The command arrived verified (signed by the fleet's
+// command key, for this device, unexpired, never replayed); it only
+// triggers a check: what gets installed is still decided by the signed
+// update metadata alone.
+func CommandHandler(a *Agent, next func(context.Context, transport.Command)) func(context.Context, transport.Command) {
+	return func(ctx context.Context, c transport.Command) {
+		if c.Name == CheckCommand {
+			a.Notify()
+			return
+		}
+		if next != nil {
+			next(ctx, c)
+		}
+	}
 }

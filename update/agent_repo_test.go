@@ -29,6 +29,7 @@ type agentRepo struct {
 	root              *Root
 	roots             map[uint64][]byte
 	release, tstamp   []byte
+	releaseVersion    uint64
 	tsVersion         uint64
 	mu                sync.Mutex
 	files             map[string][]byte
@@ -78,7 +79,7 @@ func (r *agentRepo) serve(w http.ResponseWriter, req *http.Request) {
 	switch {
 	case name == "timestamp.json":
 		body, ok = r.tstamp, r.tstamp != nil
-	case name == "release.json":
+	case name == fmt.Sprintf("%d.release.json", r.releaseVersion):
 		body, ok = r.release, r.release != nil
 	case strings.HasSuffix(name, ".root.json"):
 		v, err := strconv.ParseUint(strings.TrimSuffix(name, ".root.json"), 10, 64)
@@ -129,7 +130,7 @@ func (r *agentRepo) publish(version, counter uint64, image []byte, signers ...cr
 	}
 	r.mu.Lock()
 	r.files[name] = image
-	r.release = rb
+	r.release, r.releaseVersion = rb, version
 	r.mu.Unlock()
 	r.stamp()
 }

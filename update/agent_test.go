@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -255,5 +257,78 @@ func TestTelemetryReporter(t *testing.T) {
 	var r Result
 	if err := json.Unmarshal(p.bodies[0], &r); err != nil || r.Event != "installed" || r.Version != 1 {
 		t.Fatalf("body %s: %+v %v", p.bodies[0], r, err)
+	}
+}
+
+// TestAgentRunNotify: Run polls on its interval, and a signed
+// "update.check" command makes it check at once.
+func TestAgentRunNotify(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- dev.agent.Run(ctx, time.Hour) }()
+	time.Sleep(50 * time.Millisecond) // the first check finds nothing
+	repo.publish(1, 1, image(1, 4096))
+	var passed []string
+	h := CommandHandler(dev.agent, func(_ context.Context, c transport.Command) { passed = append(passed, c.Name) })
+	h(ctx, transport.Command{Name: "reboot"})
+	h(ctx, transport.Command{Name: CheckCommand})
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("Run did not install after the notice")
+	}
+	if st := dev.agent.Status(); st.Phase != PhaseTrial || !st.RebootNeeded {
+		t.Fatalf("after Run: %+v", st)
+	}
+	if len(passed) != 1 || passed[0] != "reboot" {
+		t.Fatalf("commands passed on: %q, want only reboot", passed)
+	}
+	if err := dev.agent.Run(ctx, 0); err == nil {
+		t.Fatal("Run with a zero interval accepted")
+	}
+}
+
+// TestAgentStateCopies: a torn or corrupted newest copy of the state is
+// survived by the other copy (one generation older); with both copies
+// unreadable the agent refuses to start rather than guess.
+func TestAgentStateCopies(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	repo.publish(1, 1, image(1, 4096))
+	if ok, err := dev.agent.Update(t.Context()); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	gen := dev.agent.st.Gen
+	newest := filepath.Join(dev.dir, "agent", stateNames[gen%2])
+	b, err := os.ReadFile(newest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(newest, b[:len(b)/2], 0o600); err != nil { // torn
+		t.Fatal(err)
+	}
+	dev.restart()
+	if got := dev.agent.st.Gen; got != gen-1 {
+		t.Fatalf("loaded generation %d, want the older copy %d", got, gen-1)
+	}
+	if _, err := dev.agent.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Both copies bad.
+	dev.agent.Close()
+	for _, n := range stateNames {
+		if err := os.WriteFile(filepath.Join(dev.dir, "agent", n), []byte("garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = NewAgent(t.Context(), dev.config())
+	if !errors.Is(err, ErrState) {
+		t.Fatalf("NewAgent with both copies corrupt: %v, want ErrState", err)
 	}
 }

@@ -25,13 +25,17 @@ type Source interface {
 	Root(ctx context.Context, version uint64) ([]byte, error)
 	// Timestamp returns the current timestamp metadata.
 	Timestamp(ctx context.Context) ([]byte, error)
-	// Release returns the current release metadata.
-	Release(ctx context.Context) ([]byte, error)
+	// Release returns release metadata of version: the version the
+	// verified timestamp names.
+	Release(ctx context.Context, version uint64) ([]byte, error)
 }
 
 // HTTPSource fetches metadata over HTTP(S) from a repository laid out as
 // docs/update-format.md describes: BaseURL/<N>.root.json,
-// BaseURL/timestamp.json and BaseURL/release.json. `d2c update serve`
+// BaseURL/timestamp.json and BaseURL/<V>.release.json. Release metadata is
+// fetched by the version the timestamp names (TUF's consistent snapshots),
+// so that a device reading while a new release is published never pairs an
+// old timestamp with a new release. `d2c update serve`
 // serves such a directory. Production repositories are HTTPS; the metadata
 // is signed, so a CDN or object store may serve it.
 type HTTPSource struct {
@@ -53,8 +57,8 @@ func (s *HTTPSource) Timestamp(ctx context.Context) ([]byte, error) {
 }
 
 // Release implements [Source].
-func (s *HTTPSource) Release(ctx context.Context) ([]byte, error) {
-	return s.get(ctx, "release.json", limits.UpdateRelease)
+func (s *HTTPSource) Release(ctx context.Context, version uint64) ([]byte, error) {
+	return s.get(ctx, strconv.FormatUint(version, 10)+".release.json", limits.UpdateRelease)
 }
 
 // Resolve returns the absolute address of an artifact URI, which may be

@@ -270,7 +270,7 @@ func (r *repo) publish(img []byte) error {
 	if err != nil {
 		return err
 	}
-	r.files[name], r.files["release.json"], r.files["timestamp.json"] = img, rb, tb
+	r.files[name], r.files[fmt.Sprintf("%d.release.json", r.version)], r.files["timestamp.json"] = img, rb, tb
 	return nil
 }
 

@@ -5,8 +5,10 @@ package main
 //
 //	DIR/1.root.json, 2.root.json, ...  every root version, never removed
 //	DIR/root.json                      a copy of the newest root, to pin in new devices
-//	DIR/release.json                   the current release, signed by the release keys
-//	DIR/timestamp.json                 the short-lived timestamp naming release.json
+//	DIR/<V>.release.json               every release version, never replaced (devices fetch
+//	                                   the one the timestamp names)
+//	DIR/release.json                   a copy of the newest release, for people and tools
+//	DIR/timestamp.json                 the short-lived timestamp naming the newest release
 //	DIR/v<VERSION>/<IMAGE>             artifacts, by their relative URIs
 //
 // Every file is written atomically (internal/atomicfile), mode 0644: the
@@ -40,6 +42,7 @@ const (
 	repoRelease   = "release.json"
 	repoTimestamp = "timestamp.json"
 	rootSuffix    = ".root.json"
+	releaseSuffix = ".release.json"
 )
 
 // b64url decodes JWS members (RFC 7515: base64url without padding).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -166,6 +167,11 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 				if err := staged.publish(); err != nil {
 					return err
 				}
+				// The versioned release first: a device holding the
+				// previous timestamp still finds the release it names.
+				if err := writeRepoFile(filepath.Join(*repo, strconv.FormatUint(rel.Version, 10)+releaseSuffix), relBytes); err != nil {
+					return err
+				}
 				if err := writeRepoFile(filepath.Join(*repo, repoRelease), relBytes); err != nil {
 					return err
 				}
@@ -245,6 +251,20 @@ cannot revive it; sign the release again ("update release sign").`,
 				}
 				if err := checkSigned(t, tsBytes, relBytes, *repo); err != nil {
 					return err
+				}
+				// Devices fetch the release by the version the
+				// timestamp names: that file must hold these bytes.
+				versioned := filepath.Join(*repo, strconv.FormatUint(ts.Release.Version, 10)+releaseSuffix)
+				switch cur, err := os.ReadFile(versioned); {
+				case errors.Is(err, fs.ErrNotExist):
+					if err := writeRepoFile(versioned, relBytes); err != nil {
+						return err
+					}
+				case err != nil:
+					return err
+				case !bytes.Equal(cur, relBytes):
+					return withHint(fmt.Errorf("%s differs from %s", relPath, versioned),
+						fmt.Sprintf("a published release version is never replaced: restore %s from %s, or sign a new release version", repoRelease, versioned))
 				}
 				if err := writeRepoFile(filepath.Join(*repo, repoTimestamp), tsBytes); err != nil {
 					return err
@@ -355,7 +375,7 @@ func artifactPath(repo, uri string) (string, error) {
 				"of names made of letters, digits, '.', '_' and '-', not starting with '.'", uri)
 		}
 	}
-	if len(segs) == 1 && (uri == repoRelease || uri == repoTimestamp || uri == repoRootCopy || strings.HasSuffix(uri, rootSuffix)) {
+	if len(segs) == 1 && (uri == repoRelease || uri == repoTimestamp || uri == repoRootCopy || strings.HasSuffix(uri, rootSuffix) || strings.HasSuffix(uri, releaseSuffix)) {
 		return "", usageErrorf("--uri %q is a metadata file of the repository", uri)
 	}
 	return filepath.Join(repo, filepath.FromSlash(uri)), nil

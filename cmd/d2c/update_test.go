@@ -164,13 +164,14 @@ func TestUpdateServe(t *testing.T) {
 		t.Errorf("root 2: %v, want ErrNotFound", err)
 	}
 	b, err := src.Timestamp(t.Context())
-	if err == nil {
-		_, err = tr.UpdateTimestamp(b)
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b, err = src.Release(t.Context()); err != nil {
+	ts, err := tr.UpdateTimestamp(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = src.Release(t.Context(), ts.Release.Version); err != nil {
 		t.Fatal(err)
 	}
 	rel, err := tr.UpdateRelease(b)

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -141,13 +142,13 @@ func verifyRepo(ctx context.Context, s streams, o verifyOptions) error {
 	}
 
 	// Release (TUF 5.5, Uptane 5.4.3.4).
-	relPath := filepath.Join(o.repo, repoRelease)
+	relPath := filepath.Join(o.repo, strconv.FormatUint(ts.Release.Version, 10)+releaseSuffix)
 	if b, err = readMeta(relPath, limits.UpdateRelease); err != nil {
 		return err
 	}
 	rel, err := t.UpdateRelease(b)
 	if err != nil {
-		return withHint(fmt.Errorf("%s: %w", relPath, err), releaseHint(err, o, root))
+		return withHint(fmt.Errorf("%s: %w", relPath, err), releaseHint(err, o, root, filepath.Base(relPath)))
 	}
 	newer, err := rel.Newer(o.installed)
 	if err != nil {
@@ -257,14 +258,14 @@ func timestampHint(err error, o verifyOptions, root *update.Root) string {
 }
 
 // releaseHint says what to do about a refused release.
-func releaseHint(err error, o verifyOptions, root *update.Root) string {
+func releaseHint(err error, o verifyOptions, root *update.Root, name string) string {
 	switch {
 	case errors.Is(err, update.ErrMixAndMatch):
-		return fmt.Sprintf("release.json is not the one timestamp.json names (replaced or modified after the timestamp was "+
-			"signed): restore it; if you replaced it yourself, sign a timestamp for it with `d2c update timestamp --repo %s`", o.repo)
+		return fmt.Sprintf("%s is not the one timestamp.json names (replaced or modified after the timestamp was "+
+			"signed): restore it; a published release version is never replaced, sign a new version instead", name)
 	case isKeyRefusal(err):
-		return fmt.Sprintf("release.json is not signed by the release key(s) of root version %d: sign the release with a "+
-			"trusted key (`d2c update release sign`), or trust the new key with `d2c update root rotate --release-pub FILE`", root.Version)
+		return fmt.Sprintf("%s is not signed by the release key(s) of root version %d: sign the release with a "+
+			"trusted key (`d2c update release sign`), or trust the new key with `d2c update root rotate --release-pub FILE`", name, root.Version)
 	case errors.Is(err, update.ErrExpired):
 		return fmt.Sprintf("sign the release again with a later --expires (the same --version and image re-sign it): "+
 			"d2c update release sign --repo %s ...", o.repo)

@@ -95,7 +95,7 @@ func (r *repo) publish(version, counter uint64, image []byte, ttl time.Duration)
 	if err != nil {
 		return err
 	}
-	r.files[name], r.files["release.json"], r.files["timestamp.json"] = image, rb, tb
+	r.files[name], r.files[fmt.Sprintf("%d.release.json", version)], r.files["timestamp.json"] = image, rb, tb
 	return nil
 }
 
