@@ -103,6 +103,8 @@ type Client struct {
 	receiveMax     atomic.Int32
 	lastConnectErr atomic.Pointer[error]
 	wake           chan struct{}
+	subscribed     chan struct{} // closed at the first SUBACK for the command topic
+	subscribedOnce sync.Once
 
 	mu           sync.Mutex
 	inflight     map[uint64]bool
@@ -155,7 +157,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if err := atomicfile.MkdirPrivate(nil, cfg.StateDir); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, log: log.With("device", id.DeviceID), wake: make(chan struct{}, 1), inflight: map[uint64]bool{}, inflightKeys: map[uint64]bool{}, done: make(chan struct{})}
+	c := &Client{cfg: cfg, log: log.With("device", id.DeviceID), wake: make(chan struct{}, 1), subscribed: make(chan struct{}), inflight: map[uint64]bool{}, inflightKeys: map[uint64]bool{}, done: make(chan struct{})}
 	if err := c.useIdentity(id); err != nil {
 		return nil, err
 	}
@@ -235,7 +237,11 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 				_ = atomicfile.WriteFile(nil, marker, []byte("1\n"))
 				firstConnect = false
 			}
-			if c.cmds != nil && !ack.SessionPresent {
+			if c.cmds != nil {
+				// On every connection, not only when the broker has
+				// no session: a process that died between its first
+				// CONNACK and the SUBACK left a session without the
+				// subscription. Subscribing again is idempotent.
 				go c.subscribe(runCtx, cm)
 			}
 			c.signal()
@@ -321,7 +327,24 @@ func (c *Client) LastConnectError() error {
 }
 
 // AwaitConnection waits until the client is connected.
-func (c *Client) AwaitConnection(ctx context.Context) error { return c.cm.AwaitConnection(ctx) }
+//
+// With OnCommand set it also waits until the broker has answered the first
+// subscription to the command topic, so that a command sent after
+// AwaitConnection returns is not lost.
+func (c *Client) AwaitConnection(ctx context.Context) error {
+	if err := c.cm.AwaitConnection(ctx); err != nil {
+		return err
+	}
+	if c.cmds == nil {
+		return nil
+	}
+	select {
+	case <-c.subscribed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // Publish seals readings of stream into one envelope (one signature for the
 // whole batch) and stores it durably; it returns once the envelope is on
@@ -495,6 +518,7 @@ func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) 
 		c.log.Warn("subscribe to commands", "err", err)
 		return
 	}
+	defer c.subscribedOnce.Do(func() { close(c.subscribed) })
 	for _, r := range sa.Reasons {
 		if r >= 0x80 {
 			c.log.Error("broker refused the command subscription", "topic", topic, "reason", r)

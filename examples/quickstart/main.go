@@ -8,10 +8,13 @@
 //
 //	go run ./examples/quickstart [--keep]
 //
-// Updates join the loop when the update package lands.
+// Then updates: a release signed by the vendor, downloaded over HTTPS into
+// the device's other slot, booted on trial and confirmed, each result
+// reported to the cloud as signed telemetry; and a rollback refused.
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -20,21 +23,28 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/update"
+	"github.com/d2c-iot/d2c/update/slot"
 )
 
 func main() {
@@ -272,6 +282,11 @@ func telemetry(ctx context.Context, n *narrator, ca *identity.CA, store *identit
 		return err
 	}
 	defer dev.Close(context.Background())
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := dev.AwaitConnection(wctx); err != nil { // connected, and subscribed to its commands
+		return fmt.Errorf("device connection: %w", err)
+	}
 	for i, temp := range []string{"21.5", "21.7", "22.0"} {
 		body := fmt.Sprintf(`{"celsius":%s}`, temp)
 		if err := dev.Publish(ctx, "temperature", transport.Reading{Time: time.Now(), Body: []byte(body)}); err != nil {
@@ -321,7 +336,184 @@ func telemetry(ctx context.Context, n *narrator, ca *identity.CA, store *identit
 		return errors.New("replayed command was not refused")
 	}
 	n.Say("the same command replayed: refused (its ID is not above the last one run)")
+	return updates(ctx, n, ca, roots, store, dev, received)
+}
+
+// updates runs the update part of the loop: release keys and a root pinned
+// in the device, a signed release served over HTTPS, the device's agent
+// installing it into its other slot, booting it on trial and confirming it,
+// every result reported to the cloud as signed telemetry; then a rollback
+// refused.
+func updates(ctx context.Context, n *narrator, ca *identity.CA, roots *x509.CertPool, store *identity.Store, dev *transport.Client, received <-chan transport.Record) error {
+	dir := filepath.Dir(store.Dir())
+	var rootKey, relKey, tsKey crypto.Signer
+	root := &update.Root{Version: 1, Expires: time.Now().Add(365 * 24 * time.Hour)}
+	for role, k := range map[update.Role]*crypto.Signer{update.RoleRoot: &rootKey, update.RoleRelease: &relKey, update.RoleTimestamp: &tsKey} {
+		key, err := identity.GenerateKey(identity.ECDSAP256)
+		if err != nil {
+			return err
+		}
+		*k = key
+		if err := root.SetRole(role, 1, key.Public()); err != nil {
+			return err
+		}
+	}
+	pinned, err := root.Sign(rootKey)
+	if err != nil {
+		return err
+	}
+	repo := &repository{files: map[string][]byte{"1.root.json": pinned}}
+	publish := func(version uint64, image []byte) error {
+		art, err := update.NewArtifact("firmware", fmt.Sprintf("firmware-%d.bin", version), bytes.NewReader(image), nil)
+		if err != nil {
+			return err
+		}
+		rel := &update.Release{Version: version, SecurityCounter: version, HardwareClass: "quickstart-sensor",
+			Artifacts: []update.Artifact{art}, Expires: time.Now().Add(30 * 24 * time.Hour)}
+		rb, err := rel.Sign(relKey)
+		if err != nil {
+			return err
+		}
+		repo.stamps++
+		ts, err := update.NewTimestamp(repo.stamps, time.Now().Add(24*time.Hour), rb)
+		if err != nil {
+			return err
+		}
+		tb, err := ts.Sign(tsKey)
+		if err != nil {
+			return err
+		}
+		repo.put(map[string][]byte{art.URI: image, fmt.Sprintf("%d.release.json", version): rb, "timestamp.json": tb})
+		return nil
+	}
+	firmware := func(v int) []byte { return bytes.Repeat([]byte(fmt.Sprintf("sensor firmware v%d\n", v)), 20_000) }
+	if err := publish(2, firmware(2)); err != nil {
+		return err
+	}
+	repoCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueServer(pub, "127.0.0.1") })
+	if err != nil {
+		return err
+	}
+	srv := httptest.NewUnstartedServer(repo)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{repoCert}, MinVersion: tls.VersionTLS13}
+	srv.StartTLS()
+	defer srv.Close()
+	n.Step("Vendor: signed release 2 with the release key, a timestamp with the online key; root v1 pinned in the device")
+	n.Say("repository %s (HTTPS): 1.root.json, 2.release.json, timestamp.json, firmware-2.bin", srv.URL)
+
+	slots := filepath.Join(dir, "slots")
+	if err := slot.InitDirSlots(nil, slots, bytes.NewReader(firmware(1))); err != nil {
+		return err
+	}
+	var agent *update.Agent
+	boot := func() (update.Status, error) { // the device software (re)starts
+		if agent != nil {
+			agent.Close()
+		}
+		s, err := slot.OpenDirSlots(nil, slots)
+		if err != nil {
+			return update.Status{}, err
+		}
+		agent, err = update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(dir, "update"), Root: pinned,
+			HardwareClass: "quickstart-sensor", Slots: s, Clock: store.Clock(),
+			Source: &update.HTTPSource{BaseURL: srv.URL + "/", Client: httpsClient(roots)}, Client: httpsClient(roots),
+			Report: update.TelemetryReporter(dev, nil)})
+		if err != nil {
+			return update.Status{}, err
+		}
+		return agent.Start(ctx)
+	}
+	defer func() {
+		if agent != nil {
+			agent.Close()
+		}
+	}()
+	if _, err := boot(); err != nil {
+		return err
+	}
+	installed, err := agent.Update(ctx)
+	if err != nil || !installed {
+		return fmt.Errorf("update: installed %v, %v", installed, err)
+	}
+	n.Step("Device: verified root → timestamp → release 2, downloaded it into slot b while hashing, switched on trial")
+	st, err := boot()
+	if err != nil {
+		return err
+	}
+	n.Say("restarted into slot b: on trial, start %d of 3", st.Starts)
+	if err := agent.Confirm(ctx); err != nil {
+		return err
+	}
+	n.Say("health check passed → Confirm: running release %d; the anti-rollback floor rose to %d", agent.Status().Installed.Version,
+		agent.Status().Installed.SecurityCounter)
+	if err := cloudEvents(n, received, 2); err != nil {
+		return err
+	}
+
+	// An attacker with the online timestamp key re-serves release 1.
+	if err := publish(1, firmware(1)); err != nil {
+		return err
+	}
+	_, err = agent.Update(ctx)
+	if !errors.Is(err, update.ErrRollback) {
+		return fmt.Errorf("rollback was not refused: %v", err)
+	}
+	n.Step("Attacker: served the older, validly signed release 1 with a fresh timestamp")
+	n.Say("refused: %v", err)
+	return cloudEvents(n, received, 1)
+}
+
+// cloudEvents prints the next want update results the cloud verified.
+func cloudEvents(n *narrator, received <-chan transport.Record, want int) error {
+	for range want {
+		select {
+		case r := <-received:
+			if r.Stream != update.ReportStream {
+				continue
+			}
+			var res update.Result
+			if err := json.Unmarshal(r.Readings[0].Body, &res); err != nil {
+				return err
+			}
+			if res.Event == "refused" {
+				n.Say("cloud, verified from the device: update refused: %s", res.Reason)
+				continue
+			}
+			n.Say("cloud, verified from the device: update %s, release %d", res.Event, res.Version)
+		case <-time.After(10 * time.Second):
+			return errors.New("the update result did not reach the cloud")
+		}
+	}
 	return nil
+}
+
+// httpsClient trusts only the fleet's roots.
+func httpsClient(roots *x509.CertPool) *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS13}}}
+}
+
+// repository serves update metadata and images.
+type repository struct {
+	mu     sync.Mutex
+	files  map[string][]byte
+	stamps uint64
+}
+
+func (r *repository) put(files map[string][]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	maps.Copy(r.files, files)
+}
+
+func (r *repository) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	b, ok := r.files[strings.TrimPrefix(req.URL.Path, "/")]
+	r.mu.Unlock()
+	if !ok {
+		http.NotFound(w, req)
+		return
+	}
+	http.ServeContent(w, req, req.URL.Path, time.Time{}, bytes.NewReader(b))
 }
 
 // tlsCert issues a certificate for a fresh key and returns it as a TLS
