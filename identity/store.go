@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ const (
 	storeAnchorsFile = "anchors.pem"
 	storeTimeFile    = "time.state"
 	keyFilePattern   = "key-%08d.pem"
+	keyRefPattern    = "key-%08d.ref" // label of a key kept in a Keystore
 	certFilePattern  = "cert-%08d.pem"
 )
 
@@ -55,6 +57,15 @@ type StoreConfig struct {
 	// Time is the wall clock. Default time.Now. Certificate checks use the
 	// store's [TrustedClock], which never goes below what was verified.
 	Time func() time.Time
+	// Keys keeps the device keys in hardware (identity/pkcs11,
+	// identity/tpm). Default nil: PKCS#8 files in the store directory.
+	// A store keeps the kind of keys it was created with: a file key in a
+	// store opened with a Keystore, or the reverse, is not loaded.
+	Keys Keystore
+	// KeyLabelPrefix starts the label of each hardware key, followed by
+	// the generation number; stores sharing one token need distinct
+	// prefixes. Default "d2c-device".
+	KeyLabelPrefix string
 }
 
 // Store is the device half of identity: a directory (mode 0700) holding the
@@ -73,6 +84,8 @@ type Store struct {
 	dir   string
 	fsys  atomicfile.FS
 	clock *TrustedClock
+	keys  Keystore
+	label string
 
 	mu sync.Mutex // serializes install
 }
@@ -101,7 +114,10 @@ func openStore(fsys atomicfile.FS, dir string, cfg StoreConfig) (*Store, error) 
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: dir, fsys: fsys, clock: clock}
+	s := &Store{dir: dir, fsys: fsys, clock: clock, keys: cfg.Keys, label: cfg.KeyLabelPrefix}
+	if s.label == "" {
+		s.label = "d2c-device"
+	}
 	// Temporary files left by a crash mid-write are never part of state.
 	if tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*")); len(tmps) > 0 {
 		for _, t := range tmps {
@@ -154,7 +170,7 @@ func (s *Store) generations() (all []int, complete map[int]bool, err error) {
 	for _, e := range entries {
 		var g int
 		switch n := e.Name(); {
-		case scanGen(n, keyFilePattern, &g):
+		case s.keys == nil && scanGen(n, keyFilePattern, &g), s.keys != nil && scanGen(n, keyRefPattern, &g):
 			keys[g] = true
 		case scanGen(n, certFilePattern, &g):
 			certs[g] = true
@@ -187,11 +203,83 @@ func containsInt(xs []int, x int) bool {
 	return false
 }
 
-func (s *Store) keyPath(g int) string  { return filepath.Join(s.dir, fmt.Sprintf(keyFilePattern, g)) }
+func (s *Store) keyPath(g int) string {
+	if s.keys != nil {
+		return filepath.Join(s.dir, fmt.Sprintf(keyRefPattern, g))
+	}
+	return filepath.Join(s.dir, fmt.Sprintf(keyFilePattern, g))
+}
+
+// keyLabel is the label of generation g's key in the Keystore.
+func (s *Store) keyLabel(g int) string { return fmt.Sprintf("%s-%08d", s.label, g) }
+
+// readKey loads generation g's key: from its file, or from the Keystore by
+// the label its reference file holds.
+func (s *Store) readKey(ctx context.Context, g int) (crypto.Signer, error) {
+	if s.keys == nil {
+		return ReadKeyFile(s.keyPath(g))
+	}
+	label, err := s.readLabel(g)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.keys.Open(ctx, label)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open key %q: %w", ErrKeystore, label, err)
+	}
+	return k, nil
+}
+
+func (s *Store) readLabel(g int) (string, error) {
+	b, err := atomicfile.ReadFile(s.keyPath(g), 256)
+	if err != nil {
+		return "", fmt.Errorf("identity: key reference: %w", err)
+	}
+	label := strings.TrimSpace(string(b))
+	if label == "" || strings.ContainsAny(label, "\x00\n") {
+		return "", fmt.Errorf("%w: key reference %s", ErrMalformed, s.keyPath(g))
+	}
+	return label, nil
+}
+
+// newKey makes generation g's key, durable before it is used: a file, or
+// a Keystore key whose label is recorded first, so that a crash never
+// leaves a hardware key nobody knows of.
+func (s *Store) newKey(ctx context.Context, g int, kt KeyType) (crypto.Signer, error) {
+	if s.keys == nil {
+		key, err := GenerateKey(kt)
+		if err != nil {
+			return nil, err
+		}
+		return key, WriteKeyFile(s.fsys, s.keyPath(g), key)
+	}
+	label := s.keyLabel(g)
+	if err := atomicfile.WriteFile(s.fsys, s.keyPath(g), []byte(label+"\n")); err != nil {
+		return nil, err
+	}
+	key, err := s.keys.Create(ctx, label, kt)
+	if err != nil {
+		return nil, fmt.Errorf("%w: create key %q: %w", ErrKeystore, label, err)
+	}
+	return key, nil
+}
+
+// removeKey destroys generation g's key and its file.
+func (s *Store) removeKey(g int) error {
+	if s.keys != nil {
+		if label, err := s.readLabel(g); err == nil {
+			if err := s.keys.Delete(context.Background(), label); err != nil {
+				return fmt.Errorf("%w: delete key %q: %w", ErrKeystore, label, err)
+			}
+		}
+	}
+	return atomicfile.Remove(s.fsys, s.keyPath(g))
+}
 func (s *Store) certPath(g int) string { return filepath.Join(s.dir, fmt.Sprintf(certFilePattern, g)) }
 
 // Current returns the newest complete identity, or [ErrNoIdentity]. A key
-// file readable by others fails with [ErrKeyPermissions].
+// file readable by others fails with [ErrKeyPermissions], a keystore that
+// cannot open the key with [ErrKeystore].
 func (s *Store) Current() (*Identity, error) {
 	all, complete, err := s.generations()
 	if err != nil {
@@ -206,8 +294,8 @@ func (s *Store) Current() (*Identity, error) {
 		if err == nil {
 			return id, nil
 		}
-		if errors.Is(err, ErrKeyPermissions) {
-			return nil, err
+		if errors.Is(err, ErrKeyPermissions) || errors.Is(err, ErrKeystore) {
+			return nil, err // never skip to an older generation, nor hide the cause
 		}
 		if firstErr == nil {
 			firstErr = err
@@ -220,7 +308,7 @@ func (s *Store) Current() (*Identity, error) {
 }
 
 func (s *Store) load(g int) (*Identity, error) {
-	key, err := ReadKeyFile(s.keyPath(g))
+	key, err := s.readKey(context.Background(), g)
 	if err != nil {
 		return nil, err
 	}
@@ -269,13 +357,11 @@ func (s *Store) install(ctx context.Context, id string, kt KeyType, issue func(c
 	if err != nil {
 		return nil, err
 	}
-	key, err := GenerateKey(kt)
+	// The key is durable before it is used, so that a certificate is
+	// never issued for a key that a crash could lose.
+	key, err := s.newKey(ctx, g, kt)
 	if err != nil {
-		return nil, err
-	}
-	// The key is on disk before it is used, so that a certificate is never
-	// issued for a key that a crash could lose.
-	if err := WriteKeyFile(s.fsys, s.keyPath(g), key); err != nil {
+		s.discard(g)
 		return nil, err
 	}
 	csr, err := NewCSR(key, id)
@@ -337,7 +423,7 @@ func (s *Store) verifyIssued(cert *x509.Certificate, key crypto.Signer, id strin
 // discard removes the files of an uncommitted generation.
 func (s *Store) discard(g int) {
 	_ = atomicfile.Remove(s.fsys, s.certPath(g))
-	_ = atomicfile.Remove(s.fsys, s.keyPath(g))
+	_ = s.removeKey(g)
 }
 
 // prune removes every generation but keep. Certificates go first so that a
@@ -354,7 +440,7 @@ func (s *Store) prune(keep int) error {
 		if err := atomicfile.Remove(s.fsys, s.certPath(g)); err != nil {
 			return err
 		}
-		if err := atomicfile.Remove(s.fsys, s.keyPath(g)); err != nil {
+		if err := s.removeKey(g); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,123 @@
+package identity
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// memKeystore is a Keystore in memory, standing in for a token: it counts
+// the live keys and can be made to fail.
+type memKeystore struct {
+	mu   sync.Mutex
+	keys map[string]crypto.Signer
+	fail error
+}
+
+func (m *memKeystore) Create(_ context.Context, label string, kt KeyType) (crypto.Signer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return nil, m.fail
+	}
+	k, err := GenerateKey(kt)
+	if err != nil {
+		return nil, err
+	}
+	m.keys[label] = k
+	return k, nil
+}
+
+func (m *memKeystore) Open(_ context.Context, label string) (crypto.Signer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return nil, m.fail
+	}
+	k, ok := m.keys[label]
+	if !ok {
+		return nil, fmt.Errorf("no key %q", label)
+	}
+	return k, nil
+}
+
+func (m *memKeystore) Delete(_ context.Context, label string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.keys, label)
+	return nil
+}
+
+// TestStoreKeystore: with a Keystore the store keeps only labels on disk;
+// renewal makes a new hardware key and destroys the old one; a failing
+// keystore is an error wrapping ErrKeystore, never a fallback to a file
+// key, and leaves the current identity in place.
+func TestStoreKeystore(t *testing.T) {
+	f := newFleet(t, nil)
+	ks := &memKeystore{keys: map[string]crypto.Signer{}}
+	dir := filepath.Join(t.TempDir(), "device")
+	s, err := OpenStore(dir, StoreConfig{Time: f.clock.Now, Keys: ks, KeyLabelPrefix: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := s.Enroll(t.Context(), f.client(), EnrollRequest{DeviceID: "hw-1", Auth: EnrollAuth{Token: f.token("hw-1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks.keys["test-00000001"] != id.Key {
+		t.Fatalf("the identity's key is not the keystore's: %v", ks.keys)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, "key-*.pem")); len(matches) != 0 {
+		t.Fatalf("a key file was written: %v", matches)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "key-00000001.ref")); err != nil || string(b) != "test-00000001\n" {
+		t.Fatalf("key reference %q, %v", b, err)
+	}
+	// Reopened, the identity comes from the keystore.
+	s2, err := OpenStore(dir, StoreConfig{Time: f.clock.Now, Keys: ks, KeyLabelPrefix: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur, err := s2.Current(); err != nil || cur.Key != id.Key {
+		t.Fatalf("Current: %v", err)
+	}
+	// A store opened without the keystore does not see a hardware key.
+	if _, err := OpenStore(dir, StoreConfig{Time: f.clock.Now}); err != nil {
+		t.Fatal(err)
+	}
+	if s3, _ := OpenStore(dir, StoreConfig{Time: f.clock.Now}); s3 != nil {
+		if _, err := s3.Current(); !errors.Is(err, ErrNoIdentity) {
+			t.Fatalf("file-key store over a keystore store: %v, want ErrNoIdentity", err)
+		}
+	}
+	// Renewal: a new hardware key, the old one destroyed.
+	id2, err := s2.Renew(t.Context(), f.client(), RenewOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ks.keys) != 1 || ks.keys["test-00000002"] != id2.Key {
+		t.Fatalf("after renewal the keystore holds %v", ks.keys)
+	}
+	// The keystore fails: renewal fails, nothing falls back to software,
+	// the current identity stays.
+	ks.fail = errors.New("token removed")
+	_, err = s2.Renew(t.Context(), f.client(), RenewOptions{})
+	if !errors.Is(err, ErrKeystore) {
+		t.Fatalf("renewal with a failing keystore: %v, want ErrKeystore", err)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, "key-*.pem")); len(matches) != 0 {
+		t.Fatalf("a software key appeared: %v", matches)
+	}
+	if _, err := s2.Current(); !errors.Is(err, ErrKeystore) {
+		t.Fatalf("Current with the token gone: %v, want ErrKeystore", err)
+	}
+	ks.fail = nil
+	if cur, err := s2.Current(); err != nil || cur.Generation != 2 {
+		t.Fatalf("Current after the token is back: %+v, %v", cur, err)
+	}
+}
