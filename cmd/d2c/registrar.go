@@ -5,13 +5,11 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -154,10 +152,6 @@ func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		return err
-	}
 	srv := &http.Server{
 		Handler:           reg,
 		TLSConfig:         reg.TLSConfig(cert),
@@ -168,42 +162,18 @@ func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
 		MaxHeaderBytes:    registrarMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeTLS(ln, "", "") }()
-
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	url := "https://" + net.JoinHostPort(urlHost, port)
-	fp := fingerprint(ca.Root())
-	fmt.Fprintf(s.stdout, "registrar listening on %s\nroot fingerprint (SHA-256): %s\n", url, fp)
-	log.Info("registrar listening", "url", url, "addr", ln.Addr().String(), "root_sha256", fp)
-	if o.urlFile != "" {
-		if err := atomicfile.WriteFile(nil, o.urlFile, []byte(url+"\n")); err != nil {
-			_ = srv.Close()
-			return err
-		}
-		defer os.Remove(o.urlFile)
-	}
-
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	log.Info("registrar shutting down")
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registrarShutdownTimeout)
-	defer cancel()
-	err = srv.Shutdown(sctx)
-	if err != nil {
-		_ = srv.Close()
-	}
-	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) && err == nil {
-		err = serr
-	}
-	if err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	log.Info("registrar stopped")
-	return nil
+	return serveHTTP(ctx, srv, serveOptions{
+		name: "registrar", log: log, listen: o.listen, tls: true, urlFile: o.urlFile,
+		shutdownTimeout: registrarShutdownTimeout,
+		announce: func(addr net.Addr) string {
+			_, port, _ := net.SplitHostPort(addr.String())
+			url := "https://" + net.JoinHostPort(urlHost, port)
+			fp := fingerprint(ca.Root())
+			fmt.Fprintf(s.stdout, "registrar listening on %s\nroot fingerprint (SHA-256): %s\n", url, fp)
+			log.Info("registrar listening", "url", url, "addr", addr.String(), "root_sha256", fp)
+			return url
+		},
+	})
 }
 
 // registrarCertificate loads the registrar's TLS certificate from

@@ -10,6 +10,7 @@ package main
 //	DIR/release.json                   a copy of the newest release, for people and tools
 //	DIR/timestamp.json                 the short-lived timestamp naming the newest release
 //	DIR/v<VERSION>/<IMAGE>             artifacts, by their relative URIs
+//	DIR/.lock                          locked by the commands that write (repoLockFile), never served
 //
 // Every file is written atomically (internal/atomicfile), mode 0644: the
 // metadata is public, its signatures protect it.
@@ -55,6 +56,9 @@ const repoFileMode = 0o644
 // anyHardwareClass stands for the device's class where only roots and
 // timestamps are checked, which do not depend on it.
 const anyHardwareClass = "any"
+
+// roles are the update roles, in the order the commands list them.
+var roles = []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimestamp}
 
 func rootFileName(version uint64) string { return strconv.FormatUint(version, 10) + rootSuffix }
 
@@ -103,11 +107,8 @@ func readMeta(path string, max int64) ([]byte, error) {
 // state at the newest root, at trusted time now.
 func openRepo(dir string, now time.Time, hardwareClass string) (*update.Trusted, error) {
 	vs, err := repoRootVersions(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, withHint(err, fmt.Sprintf("no repository in %s: check --repo, or create one with `d2c update root init --repo %s`", dir, dir))
-	}
 	if err != nil {
-		return nil, err
+		return nil, noRepo(dir, err)
 	}
 	if len(vs) == 0 {
 		return nil, withHint(fmt.Errorf("no root in %s (no N%s file)", dir, rootSuffix),
@@ -130,6 +131,64 @@ func openRepo(dir string, now time.Time, hardwareClass string) (*update.Trusted,
 		}
 	}
 	return t, nil
+}
+
+// noRepo adds a hint to err when it says that the repository dir does not
+// exist.
+func noRepo(dir string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return withHint(err, fmt.Sprintf("no repository in %s: check --repo, or create one with `d2c update root init --repo %s`", dir, dir))
+	}
+	return err
+}
+
+// repoLockFile is the file in the repository directory that the commands
+// writing the repository lock (flock) for their whole read-sign-write
+// sequence, so that two of them (a release signing and the periodic
+// timestamp job) never sign the same timestamp version. "update serve"
+// never serves it: it is a dot file.
+const repoLockFile = ".lock"
+
+// repoLockWait is how long a writing command waits for another one to
+// release the repository; a variable for tests.
+var repoLockWait = 5 * time.Second
+
+// lockRepo takes the repository's write lock, waiting up to repoLockWait,
+// and returns the function that releases it.
+func lockRepo(ctx context.Context, dir string) (unlock func(), err error) {
+	type locked struct {
+		unlock func()
+		err    error
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return nil, noRepo(dir, err)
+	}
+	path := filepath.Join(dir, repoLockFile)
+	got := make(chan locked, 1)
+	go func() {
+		u, err := atomicfile.Lock(path)
+		got <- locked{u, err}
+	}()
+	timer := time.NewTimer(repoLockWait)
+	defer timer.Stop()
+	select {
+	case l := <-got:
+		return l.unlock, l.err
+	case <-timer.C:
+		err = withHint(fmt.Errorf("another d2c update command is writing %s; try again", dir),
+			fmt.Sprintf("a release signing or a timestamp job holds %s while it signs and writes: "+
+				"run the command again once it is done (`fuser %s` names the process)", path, path))
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	// atomicfile.Lock cannot be abandoned: release the lock at once if it
+	// comes after all.
+	go func() {
+		if l := <-got; l.err == nil {
+			l.unlock()
+		}
+	}()
+	return nil, err
 }
 
 // peekedMeta is the part of a metadata payload the signing commands
@@ -270,7 +329,7 @@ func writeRoot(dir string, version uint64, signed []byte) error {
 
 // printRoles prints each role's keys and threshold.
 func printRoles(s streams, r *update.Root) {
-	for _, role := range []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimestamp} {
+	for _, role := range roles {
 		rk := r.Roles[role]
 		fmt.Fprintf(s.stdout, "%-10s %d of %d: %s\n", string(role)+":", rk.Threshold, len(rk.KeyIDs), strings.Join(rk.KeyIDs, " "))
 	}
@@ -315,12 +374,66 @@ func validName(flagName, s string) error {
 }
 
 func parseRole(s string) (update.Role, bool) {
-	for _, r := range []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimestamp} {
+	for _, r := range roles {
 		if s == string(r) {
 			return r, true
 		}
 	}
 	return "", false
+}
+
+// roleFlag is one role's --ROLE-pub and --ROLE-threshold, as "update root
+// init" and "update root rotate" take them.
+type roleFlag struct {
+	pubs      stringList         // --ROLE-pub files
+	threshold int                // --ROLE-threshold
+	keys      []crypto.PublicKey // read from pubs by readRoleKeys
+}
+
+// roleFlags defines --root-pub, --release-pub and --timestamp-pub, each
+// with its --ROLE-threshold, and returns them by role. For
+// "root rotate" (rotate), keys given replace the role's keys and a
+// threshold of 0, the default, keeps the role's threshold; for "root init",
+// the thresholds default to 1.
+func roleFlags(fl *flag.FlagSet, rotate bool) map[update.Role]*roleFlag {
+	rs := map[update.Role]*roleFlag{}
+	for _, role := range roles {
+		r := &roleFlag{}
+		pubHelp, thDefault, thHelp := "", 1, fmt.Sprintf("%s keys needed to sign a %s", role, role)
+		switch {
+		case role == update.RoleRoot && rotate:
+			pubHelp = "public key of a further new root key that does not sign now; repeatable"
+		case role == update.RoleRoot:
+			pubHelp = "public key of a further root key that does not sign now; repeatable"
+		case rotate:
+			pubHelp = fmt.Sprintf("public key replacing the %s keys; repeatable", role)
+		default:
+			pubHelp = fmt.Sprintf("public key trusted to sign %ss; repeatable (required)", role)
+		}
+		if rotate {
+			thDefault, thHelp = 0, thHelp+"; 0 keeps the current threshold"
+		}
+		fl.Var(&r.pubs, string(role)+"-pub", pubHelp)
+		fl.IntVar(&r.threshold, string(role)+"-threshold", thDefault, thHelp)
+		rs[role] = r
+	}
+	return rs
+}
+
+// readRoleKeys reads the public keys each roleFlag names. The root role's
+// keys start with those of rootSigners, the root keys that sign.
+func readRoleKeys(rs map[update.Role]*roleFlag, rootSigners []crypto.Signer) error {
+	for _, role := range roles {
+		keys, err := readPublicKeys(role, rs[role].pubs)
+		if err != nil {
+			return err
+		}
+		if role == update.RoleRoot {
+			keys = append(publicKeys(rootSigners), keys...)
+		}
+		rs[role].keys = keys
+	}
+	return nil
 }
 
 func updateKeysGenCommand() *command {
@@ -435,61 +548,34 @@ before --expires.`,
     --release-pub keys/release.pub --timestamp-pub keys/timestamp.pub --expires 8760h`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory to create (required)")
-			var rootKeys, rootPubs, releasePubs, timestampPubs stringList
+			var rootKeys stringList
 			fl.Var(&rootKeys, "root-key", "private root key that signs this root; repeatable (required)")
-			fl.Var(&rootPubs, "root-pub", "public key of a further root key that does not sign now; repeatable")
-			rootThreshold := fl.Int("root-threshold", 1, "root keys needed to sign a root")
-			fl.Var(&releasePubs, "release-pub", "public key trusted to sign releases; repeatable (required)")
-			releaseThreshold := fl.Int("release-threshold", 1, "release keys needed to sign a release")
-			fl.Var(&timestampPubs, "timestamp-pub", "public key trusted to sign timestamps; repeatable (required)")
-			timestampThreshold := fl.Int("timestamp-threshold", 1, "timestamp keys needed to sign a timestamp")
+			rf := roleFlags(fl, false)
 			expires := fl.Duration("expires", 365*24*time.Hour, "how long the root is valid")
-			return func(_ context.Context, s streams) error {
-				if *repo == "" || len(rootKeys) == 0 || len(releasePubs) == 0 || len(timestampPubs) == 0 {
+			return func(ctx context.Context, s streams) error {
+				if *repo == "" || len(rootKeys) == 0 || len(rf[update.RoleRelease].pubs) == 0 || len(rf[update.RoleTimestamp].pubs) == 0 {
 					return usageErrorf("--repo, --root-key, --release-pub and --timestamp-pub are required")
 				}
 				if err := positiveDuration("expires", *expires); err != nil {
 					return err
 				}
-				if *rootThreshold > len(rootKeys) {
-					return usageErrorf("--root-threshold %d: only %d --root-key sign this root", *rootThreshold, len(rootKeys))
+				if th := rf[update.RoleRoot].threshold; th > len(rootKeys) {
+					return usageErrorf("--root-threshold %d: only %d --root-key sign this root", th, len(rootKeys))
 				}
-				vs, err := repoRootVersions(*repo)
-				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				if err := refuseSecondRoot(*repo); err != nil {
 					return err
-				}
-				if len(vs) > 0 {
-					return withHint(fmt.Errorf("%s already has root version %d", *repo, vs[len(vs)-1]),
-						fmt.Sprintf("to change its keys or expiry, sign the next version with `d2c update root rotate --repo %s`", *repo))
 				}
 				signers, err := readSigners(update.RoleRoot, rootKeys)
 				if err != nil {
 					return err
 				}
-				extra, err := readPublicKeys(update.RoleRoot, rootPubs)
-				if err != nil {
-					return err
-				}
-				rel, err := readPublicKeys(update.RoleRelease, releasePubs)
-				if err != nil {
-					return err
-				}
-				ts, err := readPublicKeys(update.RoleTimestamp, timestampPubs)
-				if err != nil {
+				if err := readRoleKeys(rf, signers); err != nil {
 					return err
 				}
 				now := time.Now()
 				root := &update.Root{Version: 1, Expires: now.Add(*expires)}
-				for _, r := range []struct {
-					role update.Role
-					th   int
-					keys []crypto.PublicKey
-				}{
-					{update.RoleRoot, *rootThreshold, append(publicKeys(signers), extra...)},
-					{update.RoleRelease, *releaseThreshold, rel},
-					{update.RoleTimestamp, *timestampThreshold, ts},
-				} {
-					if err := root.SetRole(r.role, r.th, r.keys...); err != nil {
+				for _, role := range roles {
+					if err := root.SetRole(role, rf[role].threshold, rf[role].keys...); err != nil {
 						return usageErrorf("%v", err)
 					}
 				}
@@ -507,6 +593,15 @@ before --expires.`,
 				if err := (atomicfile.OS{}).SyncDir(filepath.Dir(filepath.Clean(*repo))); err != nil {
 					return err
 				}
+				unlock, err := lockRepo(ctx, *repo)
+				if err != nil {
+					return err
+				}
+				defer unlock()
+				// Again under the lock: another init may have run meanwhile.
+				if err := refuseSecondRoot(*repo); err != nil {
+					return err
+				}
 				if err := writeRoot(*repo, 1, signed); err != nil {
 					return err
 				}
@@ -519,6 +614,19 @@ before --expires.`,
 			}
 		},
 	}
+}
+
+// refuseSecondRoot refuses to initialise a repository that has a root.
+func refuseSecondRoot(repo string) error {
+	vs, err := repoRootVersions(repo)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if len(vs) > 0 {
+		return withHint(fmt.Errorf("%s already has root version %d", repo, vs[len(vs)-1]),
+			fmt.Sprintf("to change its keys or expiry, sign the next version with `d2c update root rotate --repo %s`", repo))
+	}
+	return nil
 }
 
 func updateRootRotateCommand() *command {
@@ -554,26 +662,28 @@ d2c update root rotate --repo /srv/updates/fleet --old-key /media/offline/keys/r
     --new-key /media/offline/keys/root2.key`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory (required)")
-			var oldKeys, newKeys, rootPubs, releasePubs, timestampPubs stringList
+			var oldKeys, newKeys stringList
 			fl.Var(&oldKeys, "old-key", "private root key of the current root; repeatable (required)")
 			fl.Var(&newKeys, "new-key", "private root key of the new root, which signs it too; repeatable")
-			fl.Var(&rootPubs, "root-pub", "public key of a further new root key that does not sign now; repeatable")
-			rootThreshold := fl.Int("root-threshold", 0, "root keys needed to sign a root; 0 keeps the current threshold")
-			fl.Var(&releasePubs, "release-pub", "public key replacing the release keys; repeatable")
-			releaseThreshold := fl.Int("release-threshold", 0, "release keys needed to sign a release; 0 keeps the current threshold")
-			fl.Var(&timestampPubs, "timestamp-pub", "public key replacing the timestamp keys; repeatable")
-			timestampThreshold := fl.Int("timestamp-threshold", 0, "timestamp keys needed to sign a timestamp; 0 keeps the current threshold")
+			rf := roleFlags(fl, true)
 			expires := fl.Duration("expires", 365*24*time.Hour, "how long the new root is valid")
-			return func(_ context.Context, s streams) error {
+			return func(ctx context.Context, s streams) error {
 				if *repo == "" || len(oldKeys) == 0 {
 					return usageErrorf("--repo and --old-key are required")
 				}
 				if err := positiveDuration("expires", *expires); err != nil {
 					return err
 				}
-				if *rootThreshold < 0 || *releaseThreshold < 0 || *timestampThreshold < 0 {
-					return usageErrorf("thresholds must not be negative")
+				for _, r := range rf {
+					if r.threshold < 0 {
+						return usageErrorf("thresholds must not be negative")
+					}
 				}
+				unlock, err := lockRepo(ctx, *repo)
+				if err != nil {
+					return err
+				}
+				defer unlock()
 				now := time.Now()
 				t, err := openRepo(*repo, now, anyHardwareClass)
 				if err != nil {
@@ -591,45 +701,28 @@ d2c update root rotate --repo /srv/updates/fleet --old-key /media/offline/keys/r
 				if err := checkRoleKeys(cur, update.RoleRoot, "old-key", olds, *repo); err != nil {
 					return err
 				}
-				extraRoot, err := readPublicKeys(update.RoleRoot, rootPubs)
-				if err != nil {
-					return err
-				}
-				rel, err := readPublicKeys(update.RoleRelease, releasePubs)
-				if err != nil {
-					return err
-				}
-				ts, err := readPublicKeys(update.RoleTimestamp, timestampPubs)
-				if err != nil {
+				if err := readRoleKeys(rf, news); err != nil {
 					return err
 				}
 				next := cur.Next(now.Add(*expires))
 				var changed []string
-				for _, r := range []struct {
-					role update.Role
-					th   int
-					keys []crypto.PublicKey
-				}{
-					{update.RoleRoot, *rootThreshold, append(publicKeys(news), extraRoot...)},
-					{update.RoleRelease, *releaseThreshold, rel},
-					{update.RoleTimestamp, *timestampThreshold, ts},
-				} {
-					keys, th := r.keys, r.th
+				for _, role := range roles {
+					keys, th := rf[role].keys, rf[role].threshold
 					if len(keys) == 0 && th == 0 {
 						continue
 					}
 					if len(keys) == 0 { // a new threshold over the same keys
-						for _, id := range cur.Roles[r.role].KeyIDs {
+						for _, id := range cur.Roles[role].KeyIDs {
 							keys = append(keys, cur.Keys[id])
 						}
 					}
 					if th == 0 {
-						th = cur.Roles[r.role].Threshold
+						th = cur.Roles[role].Threshold
 					}
-					if err := next.SetRole(r.role, th, keys...); err != nil {
-						return usageErrorf("%v (give --%s-threshold)", err, r.role)
+					if err := next.SetRole(role, th, keys...); err != nil {
+						return usageErrorf("%v (give --%s-threshold)", err, role)
 					}
-					changed = append(changed, string(r.role))
+					changed = append(changed, string(role))
 				}
 				signed, err := next.Sign(append(olds, news...)...)
 				if err != nil {

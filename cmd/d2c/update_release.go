@@ -49,6 +49,10 @@ only: upload it there yourself, before devices check.
 Raise --security-counter with every release that fixes a vulnerability:
 devices refuse any release whose counter is below the one they confirmed.
 
+It holds DIR/.lock from its first read to its last write, hashing and
+copying the image included: a timestamp job running meanwhile waits up to 5
+seconds, then fails, to be run again.
+
 A progress bar goes to stderr when it is a terminal, or with --progress.`,
 		example: `d2c update release sign --repo /srv/updates/fleet --key keys/release.key \
     --version 7 --security-counter 2 --hardware-class sensor-v2 --image build/firmware.bin \
@@ -101,6 +105,11 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 				if err != nil {
 					return err
 				}
+				unlock, err := lockRepo(ctx, *repo)
+				if err != nil {
+					return err
+				}
+				defer unlock()
 				relSigners, err := readSigners(update.RoleRelease, keys)
 				if err != nil {
 					return err
@@ -207,7 +216,11 @@ repository nobody re-signs), so run it well within --expires, for example
 every 8 hours for the default 24h, from cron or a systemd timer.
 
 It refuses to sign for a release that has itself expired: a fresh timestamp
-cannot revive it; sign the release again ("update release sign").`,
+cannot revive it; sign the release again ("update release sign").
+
+Like "update release sign", "update root init" and "update root rotate", it
+locks DIR/.lock from its first read to its last write: if another of them
+holds the lock, it waits up to 5 seconds, then fails; run it again.`,
 		example: `d2c update timestamp --repo /srv/updates/fleet --key /etc/d2c/timestamp.key --expires 24h`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory (required)")
@@ -221,6 +234,11 @@ cannot revive it; sign the release again ("update release sign").`,
 				if err := positiveDuration("expires", *expires); err != nil {
 					return err
 				}
+				unlock, err := lockRepo(ctx, *repo)
+				if err != nil {
+					return err
+				}
+				defer unlock()
 				signers, err := readSigners(update.RoleTimestamp, keys)
 				if err != nil {
 					return err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -12,8 +11,6 @@ import (
 	"path"
 	"strings"
 	"time"
-
-	"github.com/d2c-iot/d2c/internal/atomicfile"
 )
 
 // HTTP server bounds for "update serve". Requests are bodiless GETs;
@@ -89,10 +86,6 @@ func isLoopback(host string) bool {
 // serveRepo serves dir until ctx is done, then shuts down gracefully.
 func serveRepo(ctx context.Context, s streams, dir, listen, urlFile string) error {
 	log := slog.New(slog.NewTextHandler(s.stderr, nil))
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
 	srv := &http.Server{
 		Handler:           repoHandler(dir, log),
 		ReadHeaderTimeout: repoReadHeaderTimeout,
@@ -100,41 +93,18 @@ func serveRepo(ctx context.Context, s streams, dir, listen, urlFile string) erro
 		MaxHeaderBytes:    repoMaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-
-	url := "http://" + ln.Addr().String() + "/"
-	fmt.Fprintf(s.stdout, "serving %s at %s\n", dir, url)
-	fmt.Fprintf(s.stderr, "warning: development server, plain HTTP: production repositories are served over HTTPS "+
-		"(a web server, object store or CDN)\n")
-	log.Info("repository listening", "url", url, "dir", dir)
-	if urlFile != "" {
-		if err := atomicfile.WriteFile(nil, urlFile, []byte(url+"\n")); err != nil {
-			_ = srv.Close()
-			return err
-		}
-		defer os.Remove(urlFile)
-	}
-
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), repoShutdownTimeout)
-	defer cancel()
-	err = srv.Shutdown(sctx)
-	if err != nil {
-		_ = srv.Close()
-	}
-	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) && err == nil {
-		err = serr
-	}
-	if err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	log.Info("repository server stopped")
-	return nil
+	return serveHTTP(ctx, srv, serveOptions{
+		name: "repository server", log: log, listen: listen, urlFile: urlFile,
+		shutdownTimeout: repoShutdownTimeout,
+		announce: func(addr net.Addr) string {
+			url := "http://" + addr.String() + "/"
+			fmt.Fprintf(s.stdout, "serving %s at %s\n", dir, url)
+			fmt.Fprintf(s.stderr, "warning: development server, plain HTTP: production repositories are served over HTTPS "+
+				"(a web server, object store or CDN)\n")
+			log.Info("repository listening", "url", url, "dir", dir)
+			return url
+		},
+	})
 }
 
 // repoHandler serves the files of dir: GET and HEAD, ranges through

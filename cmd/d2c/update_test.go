@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/update"
 )
 
@@ -79,6 +80,9 @@ func TestUpdateServe(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, ".release.json.tmp-1"), []byte("partial"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := os.Stat(filepath.Join(dir, repoLockFile)); err != nil {
+		t.Fatalf("the signing commands left no lock file: %v", err)
+	}
 
 	urlFile := filepath.Join(t.TempDir(), "url")
 	ctx, cancel := context.WithCancel(t.Context())
@@ -142,6 +146,7 @@ func TestUpdateServe(t *testing.T) {
 		{"GET", "v3/", http.StatusNotFound},                 // no listing
 		{"GET", "stray.key", http.StatusNotFound},           // never a key
 		{"GET", ".release.json.tmp-1", http.StatusNotFound}, // never a temporary
+		{"GET", repoLockFile, http.StatusNotFound},          // never the lock
 		{"GET", "7.root.json", http.StatusNotFound},
 	} {
 		if resp, _ := get(c.method, c.path); resp.StatusCode != c.status {
@@ -215,6 +220,91 @@ func TestUpdateServe(t *testing.T) {
 			t.Errorf("stderr lacks %q:\n%s", want, log)
 		}
 	}
+}
+
+// TestUpdateRepoLock holds a repository's lock as a command writing it
+// would: each writing command waits for it, then fails saying why, having
+// written nothing; a command whose wait outlasts the holder goes ahead.
+func TestUpdateRepoLock(t *testing.T) {
+	dir, keys := newTestRepo(t, []byte("firmware"))
+	newDir := filepath.Join(t.TempDir(), "new")
+	if err := os.Mkdir(newDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "fw4.bin")
+	if err := os.WriteFile(img, []byte("firmware 4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key := func(role string) string { return filepath.Join(keys, role+".key") }
+	timestamp := []string{"update", "timestamp", "--repo", dir, "--key", key("timestamp")}
+	for _, c := range []struct {
+		repo string
+		args []string
+	}{
+		{dir, timestamp},
+		{dir, []string{"update", "release", "sign", "--repo", dir, "--key", key("release"), "--version", "4",
+			"--security-counter", "1", "--hardware-class", "hw", "--image", img, "--timestamp-key", key("timestamp"), "--progress=false"}},
+		{dir, []string{"update", "root", "rotate", "--repo", dir, "--old-key", key("root")}},
+		{newDir, []string{"update", "root", "init", "--repo", newDir, "--root-key", key("root"),
+			"--release-pub", filepath.Join(keys, "release.pub"), "--timestamp-pub", filepath.Join(keys, "timestamp.pub")}},
+	} {
+		name, _, _ := strings.Cut(strings.Join(c.args, " "), " --")
+		t.Run(name, func(t *testing.T) {
+			defer func(w time.Duration) { repoLockWait = w }(repoLockWait)
+			repoLockWait = 100 * time.Millisecond
+			unlock, err := atomicfile.Lock(filepath.Join(c.repo, repoLockFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unlock()
+			before := listRepo(t, c.repo)
+			var stdout, stderr bytes.Buffer
+			start := time.Now()
+			code := run(t.Context(), c.args, &stdout, &stderr)
+			if waited := time.Since(start); waited < repoLockWait {
+				t.Errorf("gave up after %v, before waiting %v", waited, repoLockWait)
+			}
+			want := "another d2c update command is writing " + c.repo + "; try again"
+			if code != exitError || !strings.Contains(stderr.String(), want) || !strings.Contains(stderr.String(), "hint: ") {
+				t.Errorf("exit %d, stderr %q; want exit %d, %q and a hint", code, stderr.String(), exitError, want)
+			}
+			if after := listRepo(t, c.repo); after != before {
+				t.Errorf("written while locked:\n%s\nwas\n%s", after, before)
+			}
+		})
+	}
+
+	// Released while the timestamp job waits: it goes ahead.
+	unlock, err := atomicfile.Lock(filepath.Join(dir, repoLockFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(200*time.Millisecond, unlock)
+	if out := d2cRun(t, timestamp...); !strings.Contains(out, "timestamp version 2 written") {
+		t.Errorf("after the wait: %q", out)
+	}
+}
+
+// listRepo lists the names, sizes and modification times of the files in
+// dir, to tell whether a command wrote any.
+func listRepo(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %d %s\n", path, info.Size(), info.ModTime().Format(time.RFC3339Nano))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
 }
 
 // waitURL waits for the server to write its URL file, or to exit.

@@ -205,7 +205,7 @@ func (s *DirSlots) Open(ctx context.Context, slot string) (Image, error) {
 		return nil, fmt.Errorf("%w: open %s (booted %s, next %s)", ErrActiveSlot, slot, s.booted, cur)
 	}
 	dir := filepath.Join(s.dir, slot)
-	img := &dirImage{fsys: s.fsys, dir: dir, path: filepath.Join(dir, imageFile)}
+	img := &dirImage{fileImage: fileImage{path: filepath.Join(dir, imageFile)}, fsys: s.fsys, dir: dir}
 	if err := img.open(0); err != nil {
 		return nil, err
 	}
@@ -307,13 +307,12 @@ func (s *DirSlots) Confirm(ctx context.Context) error {
 
 // dirImage is a slot image file written through an [atomicfile.FS].
 type dirImage struct {
+	fileImage
 	fsys atomicfile.FS
 	dir  string
-	path string
-	f    atomicfile.File
-	r    *os.File // for Existing, opened on first use
-	off  int64
 }
+
+var _ Image = (*dirImage)(nil)
 
 // open opens the image append-only, with extra flags (os.O_TRUNC), and
 // fsyncs the slot directory so that a new file's entry is durable.
@@ -335,30 +334,9 @@ func (m *dirImage) open(extra int) error {
 	return nil
 }
 
-func (m *dirImage) Write(p []byte) (int, error) {
-	if m.f == nil {
-		return 0, fs.ErrClosed
-	}
-	n, err := m.f.Write(p)
-	m.off += int64(n)
-	return n, err
-}
-
-func (m *dirImage) Offset() int64 { return m.off }
-
-func (m *dirImage) Existing() io.Reader {
-	if m.r == nil {
-		r, err := os.Open(m.path)
-		if err != nil {
-			return errReader{fmt.Errorf("slot: read image: %w", err)}
-		}
-		m.r = r
-	}
-	return io.NewSectionReader(m.r, 0, m.off)
-}
-
+// Reset implements [Image]: it reopens the image truncated.
 func (m *dirImage) Reset() error {
-	if err := m.closeFiles(); err != nil {
+	if err := m.Close(); err != nil {
 		return fmt.Errorf("slot: reset image: %w", err)
 	}
 	if err := m.open(os.O_TRUNC); err != nil {
@@ -369,35 +347,3 @@ func (m *dirImage) Reset() error {
 	}
 	return nil
 }
-
-func (m *dirImage) Sync() error {
-	if m.f == nil {
-		return fs.ErrClosed
-	}
-	if err := m.f.Sync(); err != nil {
-		return fmt.Errorf("slot: fsync image: %w", err)
-	}
-	return nil
-}
-
-func (m *dirImage) Close() error { return m.closeFiles() }
-
-func (m *dirImage) closeFiles() error {
-	var err error
-	if m.r != nil {
-		err = m.r.Close()
-		m.r = nil
-	}
-	if m.f != nil {
-		if cerr := m.f.Close(); err == nil {
-			err = cerr
-		}
-		m.f = nil
-	}
-	return err
-}
-
-// errReader fails every read with err.
-type errReader struct{ err error }
-
-func (r errReader) Read([]byte) (int, error) { return 0, r.err }

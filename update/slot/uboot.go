@@ -229,7 +229,7 @@ func (u *UBoot) Open(ctx context.Context, slot string) (Image, error) {
 	if slot == booted || slot == st.Slot {
 		return nil, fmt.Errorf("%w: open %s (booted %s, next %s)", ErrActiveSlot, slot, booted, st.Slot)
 	}
-	img := &devImage{path: dev, progress: u.progressPath(slot)}
+	img := &devImage{fileImage: fileImage{path: dev}, progress: u.progressPath(slot)}
 	if img.progress != "" {
 		b, err := atomicfile.ReadFile(img.progress, 32)
 		switch {
@@ -334,48 +334,28 @@ func (u *UBoot) Confirm(ctx context.Context) error {
 }
 
 // devImage is a slot image on a block device (or a regular file), with its
-// durable length recorded beside it when progress is set.
+// durable length recorded beside it when progress is set. Its f is always
+// an *os.File.
 type devImage struct {
-	path     string
+	fileImage
 	progress string
 	regular  bool
-	f        *os.File
-	r        *os.File
-	off      int64
 }
 
-func (m *devImage) Write(p []byte) (int, error) {
-	if m.f == nil {
-		return 0, fs.ErrClosed
-	}
-	n, err := m.f.Write(p)
-	m.off += int64(n)
-	return n, err
-}
+var _ Image = (*devImage)(nil)
 
-func (m *devImage) Offset() int64 { return m.off }
-
-func (m *devImage) Existing() io.Reader {
-	if m.r == nil {
-		r, err := os.Open(m.path)
-		if err != nil {
-			return errReader{fmt.Errorf("slot: read image: %w", err)}
-		}
-		m.r = r
-	}
-	return io.NewSectionReader(m.r, 0, m.off)
-}
-
+// Reset implements [Image]: it truncates a regular file and writes from 0.
 func (m *devImage) Reset() error {
-	if m.f == nil {
+	f, ok := m.f.(*os.File)
+	if !ok { // closed
 		return fs.ErrClosed
 	}
 	if m.regular {
-		if err := m.f.Truncate(0); err != nil {
+		if err := f.Truncate(0); err != nil {
 			return fmt.Errorf("slot: reset image: %w", err)
 		}
 	}
-	if _, err := m.f.Seek(0, io.SeekStart); err != nil {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("slot: reset image: %w", err)
 	}
 	m.off = 0
@@ -384,11 +364,8 @@ func (m *devImage) Reset() error {
 
 // Sync fsyncs the device, then records the offset as durable.
 func (m *devImage) Sync() error {
-	if m.f == nil {
-		return fs.ErrClosed
-	}
-	if err := m.f.Sync(); err != nil {
-		return fmt.Errorf("slot: fsync image: %w", err)
+	if err := m.fileImage.Sync(); err != nil {
+		return err
 	}
 	if m.progress != "" {
 		if err := atomicfile.WriteFile(nil, m.progress, []byte(strconv.FormatInt(m.off, 10)+"\n")); err != nil {
@@ -396,19 +373,4 @@ func (m *devImage) Sync() error {
 		}
 	}
 	return nil
-}
-
-func (m *devImage) Close() error {
-	var err error
-	if m.r != nil {
-		err = m.r.Close()
-		m.r = nil
-	}
-	if m.f != nil {
-		if cerr := m.f.Close(); err == nil {
-			err = cerr
-		}
-		m.f = nil
-	}
-	return err
 }
