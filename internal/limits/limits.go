@@ -111,3 +111,23 @@ const (
 	// UpdateJSONDepth bounds the nesting of a metadata JSON document.
 	UpdateJSONDepth = 8
 )
+
+// attestation: Entity Attestation Tokens (package identity/attest).
+const (
+	// AttestationToken bounds an attestation token (a compact JWS) in
+	// bytes, as received by the verifier.
+	AttestationToken = 4 << 10
+
+	// AttestationText bounds a text claim of an attestation token
+	// (software name, software version), in bytes.
+	AttestationText = 128
+
+	// AttestationNonces is the default bound on the challenges an
+	// in-memory attestation verifier keeps outstanding; past it,
+	// Challenge is refused (expired ones are forgotten first).
+	AttestationNonces = 100_000
+
+	// AttestationNoncesPerDevice is the default bound on one device's
+	// outstanding challenges; a new one evicts the device's oldest.
+	AttestationNoncesPerDevice = 4
+)
