@@ -146,6 +146,78 @@ atomically. Devices verify the chain against the fleet root.`,
 	}
 }
 
+// serviceNameFormat states the service name format for people: the
+// device ID format (identity.CA.IssueService).
+const serviceNameFormat = "a service name follows the device ID format: 1 to 64 ASCII letters, digits, '.', '_' and '-', " +
+	"starting with a letter or digit (for example verifier or tail)"
+
+func caServiceCertCommand() *command {
+	return &command{
+		path:    "ca service-cert",
+		summary: "issue a client certificate for a cloud service (verifier, commander, tail)",
+		usage:   "--dir DIR --name NAME --cert FILE --key FILE [--key-type p256|ed25519]",
+		details: `
+Generates a key and issues a TLS client certificate whose CN is "svc:NAME",
+the identity a cloud service (a telemetry verifier, a command sender,
+"d2c tail") presents to the broker. The broker grants it exactly the rights
+listed for NAME (broker config --service, dev broker --service); no device
+can hold them, since a colon never appears in a device ID.
+
+It writes the certificate chain (service certificate, then the issuing CA) to
+--cert and the private key (PKCS#8, mode 0600) to --key, each atomically.
+Give each service instance its own name and certificate: the broker allows one
+connection per certificate, and a single instance can then be revoked
+("d2c ca revoke --cert FILE").
+
+Devices get their certificates over EST only ("d2c device enroll"), never
+from this command.`,
+		example: `d2c ca service-cert --dir /srv/d2c/ca --name tail --cert tail.crt --key tail.key`,
+		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
+			dir := fl.String("dir", "", "fleet CA directory (required)")
+			name := fl.String("name", "", "service name; the certificate's CN is svc:NAME (required)")
+			certOut := fl.String("cert", "", "file to write the certificate chain to, PEM (required)")
+			keyOut := fl.String("key", "", "file to write the private key to, PKCS#8 PEM, mode 0600 (required)")
+			keyType := fl.String("key-type", "p256", "key algorithm: p256 or ed25519")
+			return func(ctx context.Context, s streams) error {
+				if *dir == "" || *name == "" || *certOut == "" || *keyOut == "" {
+					return usageErrorf("--dir, --name, --cert and --key are required")
+				}
+				kt, err := identity.ParseKeyType(*keyType)
+				if err != nil {
+					return usageErrorf("--key-type: %v", err)
+				}
+				if err := identity.ValidateDeviceID(*name); err != nil {
+					return withHint(fmt.Errorf("service name %q: %w", *name, err), serviceNameFormat)
+				}
+				ca, err := openCA(*dir)
+				if err != nil {
+					return err
+				}
+				key, err := identity.GenerateKey(kt)
+				if err != nil {
+					return err
+				}
+				cert, err := ca.IssueService(key.Public(), *name)
+				if err != nil {
+					return err
+				}
+				if err := identity.WriteKeyFile(nil, *keyOut, key); err != nil {
+					return err
+				}
+				if err := atomicfile.WriteFileMode(nil, *certOut, identity.EncodeCertificatesPEM(cert, ca.Issuing()), 0o644); err != nil {
+					return err
+				}
+				fmt.Fprintf(s.stdout, "service certificate for %s\n", cert.Subject.CommonName)
+				fmt.Fprintf(s.stdout, "serial:  %x\nexpires: %s\ncert:    %s\nkey:     %s\n",
+					cert.SerialNumber, cert.NotAfter.UTC().Format(time.RFC3339), *certOut, *keyOut)
+				fmt.Fprintf(s.stderr, "the broker grants %s the rights of --service %s (d2c broker config, d2c dev broker), no others\n",
+					cert.Subject.CommonName, *name)
+				return nil
+			}
+		},
+	}
+}
+
 // revocationReasons maps the reason names "ca revoke" accepts to RFC 5280
 // section 5.3.1 CRLReason codes.
 var revocationReasons = map[string]int{

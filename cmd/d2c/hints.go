@@ -25,10 +25,11 @@ type hinted struct {
 func (h *hinted) Error() string { return h.err.Error() }
 func (h *hinted) Unwrap() error { return h.err }
 
-// withHint attaches a hint to err (nil stays nil).
+// withHint attaches a hint to err (nil stays nil; an empty hint leaves err
+// to the table below).
 func withHint(err error, hint string) error {
-	if err == nil {
-		return nil
+	if err == nil || hint == "" {
+		return err
 	}
 	return &hinted{err: err, hint: hint}
 }
@@ -81,6 +82,12 @@ var hints = []struct {
 	{update.ErrDigest, "this is not the image that was signed: publish the signed image again, or sign this one"},
 	{update.ErrMalformed, "a repository file does not follow docs/update-format.md: restore it from a backup or sign it again"},
 	{update.ErrTooLarge, "a repository file exceeds its size limit: check that the file is the one intended"},
+	{update.ErrState, "the update agent's state in --state is unreadable (a failing disk?): the agent refuses to guess " +
+		"what is installed; restore the directory from a backup, or provision the device again"},
+	{update.ErrLocked, "another update agent uses --state: wait for it, or stop it"},
+	{update.ErrBusy, "an update is under way: `d2c device update --status` tells where it stands"},
+	{update.ErrNoTrial, "no release is on trial: `d2c device update --status` tells where the update stands"},
+	{syscall.EADDRINUSE, "another program listens on that address: choose another --listen port, or stop the other program"},
 	{syscall.ECONNREFUSED, "nothing listens at --url: check the address and that `d2c registrar serve` is running"},
 	{fs.ErrNotExist, "a file or directory is missing: check the paths given in the flags"},
 	{fs.ErrPermission, "permission denied: run as the user that owns the files"},

@@ -1,6 +1,7 @@
 // D2c is the operator tool of a d2c fleet: it runs the fleet certificate
-// authority, issues enrollment tokens, serves the EST registrar,
-// enrolls, renews and inspects device identities, and signs, checks and
+// authority, issues enrollment tokens, serves the EST registrar, configures
+// or runs the MQTT broker, shows verified telemetry live, enrolls, renews
+// and inspects device identities, updates devices, and signs, checks and
 // serves update repositories.
 //
 // Usage:
@@ -11,13 +12,18 @@
 //
 //	ca init              create a fleet CA (root, issuing CA, token key)
 //	ca server-cert       issue a TLS server certificate for a broker or registrar
+//	ca service-cert      issue a client certificate for a cloud service
 //	ca revoke            revoke a certificate issued by the fleet CA
 //	ca crl               write a fresh certificate revocation list (PEM)
 //	token issue          sign a one-time enrollment token for a device
 //	registrar serve      serve the EST registrar over TLS 1.3
+//	broker config        write mosquitto.conf and its ACL for the fleet
+//	dev broker           run an embedded MQTT broker for development
+//	tail                 print verified telemetry live, as a cloud service
 //	device enroll        enroll a device with a token
 //	device renew         renew a device certificate
 //	device show          show a device's current identity
+//	device update        check for an update and install it; confirm, roll back, status
 //	update keys gen      generate a signing key for an update role
 //	update root init     create the first root of an update repository
 //	update root rotate   sign the next root version (rotate keys, extend expiry)
@@ -25,6 +31,7 @@
 //	update timestamp     re-sign a fresh timestamp for the current release
 //	update verify        verify a repository exactly as a device would
 //	update serve         serve a repository over plain HTTP for development
+//	completion bash|zsh|fish  print a shell completion script
 //
 // Run "d2c <command> --help" for a command's flags and an example.
 //
@@ -83,16 +90,21 @@ type command struct {
 
 // commands lists every command, in the order help shows them.
 func commands() []*command {
-	return []*command{
+	return append([]*command{
 		caInitCommand(),
 		caServerCertCommand(),
+		caServiceCertCommand(),
 		caRevokeCommand(),
 		caCRLCommand(),
 		tokenIssueCommand(),
 		registrarServeCommand(),
+		brokerConfigCommand(),
+		devBrokerCommand(),
+		tailCommand(),
 		deviceEnrollCommand(),
 		deviceRenewCommand(),
 		deviceShowCommand(),
+		deviceUpdateCommand(),
 		updateKeysGenCommand(),
 		updateRootInitCommand(),
 		updateRootRotateCommand(),
@@ -100,7 +112,7 @@ func commands() []*command {
 		updateTimestampCommand(),
 		updateVerifyCommand(),
 		updateServeCommand(),
-	}
+	}, completionCommands()...)
 }
 
 // run is the whole CLI: it parses args (without the program name), runs
@@ -225,7 +237,7 @@ func usageErrorf(format string, args ...any) error {
 // printCommandList prints the commands (of one group, if group is set).
 func printCommandList(w io.Writer, cmds []*command, group string) {
 	if group == "" {
-		fmt.Fprint(w, "d2c is the operator tool of a d2c fleet: fleet CA, enrollment tokens,\nEST registrar, device identities, update repositories.\n\n")
+		fmt.Fprint(w, "d2c is the operator tool of a d2c fleet: fleet CA, enrollment tokens,\nEST registrar, broker, telemetry, device identities and updates, update\nrepositories.\n\n")
 		fmt.Fprint(w, "Usage:\n  d2c <command> [flags]\n\nCommands:\n")
 	} else {
 		fmt.Fprintf(w, "Usage:\n  d2c %s <command> [flags]\n\nCommands:\n", group)
@@ -243,7 +255,7 @@ func printCommandList(w io.Writer, cmds []*command, group string) {
 // printHelp prints a command's purpose, usage, flags with defaults,
 // details and example.
 func printHelp(w io.Writer, c *command, fs *flag.FlagSet) {
-	fmt.Fprintf(w, "d2c %s: %s\n\nUsage:\n  d2c %s %s\n", c.path, c.summary, c.path, c.usage)
+	fmt.Fprintf(w, "d2c %s: %s\n\nUsage:\n  %s\n", c.path, c.summary, strings.TrimSpace("d2c "+c.path+" "+c.usage))
 	var flags []*flag.Flag
 	fs.VisitAll(func(f *flag.Flag) { flags = append(flags, f) })
 	if len(flags) > 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -76,7 +77,22 @@ func TestEveryCommandHasHelp(t *testing.T) {
 		if code := run(t.Context(), args, &stdout, &stderr); code != exitOK || stderr.Len() != 0 {
 			t.Errorf("d2c %s --help: exit %d, stderr %q", c.path, code, stderr.String())
 		}
-		for _, want := range []string{c.summary, "Usage:\n  d2c " + c.path, "Flags:", "Example:\n  d2c "} {
+		wants := []string{c.summary, "Usage:\n  d2c " + c.path, "Example:\n  d2c "}
+		fs := flag.NewFlagSet(c.path, flag.ContinueOnError)
+		c.flags(fs)
+		hasFlags := false
+		fs.VisitAll(func(f *flag.Flag) {
+			hasFlags = true
+			// flag.UnquoteUsage would take a `quoted` word for the
+			// value's name.
+			if strings.Contains(f.Usage, "`") {
+				t.Errorf("d2c %s --%s: backquote in the usage %q", c.path, f.Name, f.Usage)
+			}
+		})
+		if hasFlags {
+			wants = append(wants, "Flags:")
+		}
+		for _, want := range wants {
 			if !strings.Contains(stdout.String(), want) {
 				t.Errorf("d2c %s --help lacks %q", c.path, want)
 			}
@@ -108,7 +124,95 @@ func TestHints(t *testing.T) {
 	if h := hintFor(withHint(identity.ErrUntrusted, "specific")); h != "specific" {
 		t.Errorf("command hint overridden: %q", h)
 	}
+	if h := hintFor(withHint(identity.ErrUntrusted, "")); h == "" {
+		t.Error("an empty command hint hides the table's")
+	}
 	if h := hintFor(errors.New("something else")); h != "" {
 		t.Errorf("hint for an unknown error: %q", h)
 	}
+}
+
+// TestExamplesAreValid checks every "d2c ..." line of every command's
+// example: it names a command, and every --flag it gives is one of that
+// command's flags. An example that no longer runs is worse than none.
+func TestExamplesAreValid(t *testing.T) {
+	cmds := commands()
+	byPath := map[string]*command{}
+	for _, c := range cmds {
+		byPath[c.path] = c
+	}
+	for _, c := range cmds {
+		for _, line := range exampleCommands(c.example) {
+			args := shellWords(line)
+			if len(args) == 0 || args[0] != "d2c" {
+				continue
+			}
+			args = args[1:]
+			var target *command
+			for n := min(len(args), 3); n > 0 && target == nil; n-- {
+				target = byPath[strings.Join(args[:n], " ")]
+			}
+			if target == nil {
+				t.Errorf("%s: example %q names no command", c.path, line)
+				continue
+			}
+			fs := flag.NewFlagSet(target.path, flag.ContinueOnError)
+			target.flags(fs)
+			for _, a := range args {
+				name, ok := strings.CutPrefix(a, "--")
+				if !ok {
+					continue
+				}
+				name, _, _ = strings.Cut(name, "=")
+				if fs.Lookup(name) == nil {
+					t.Errorf("%s: example %q gives --%s, which %q does not define", c.path, line, name, target.path)
+				}
+			}
+		}
+	}
+}
+
+// exampleCommands joins an example's continued lines and returns its
+// commands, one per line.
+func exampleCommands(example string) []string {
+	return strings.Split(strings.ReplaceAll(strings.TrimSpace(example), "\\\n", " "), "\n")
+}
+
+// shellWords splits a command line roughly as sh does: quotes group,
+// and the words of a redirection, pipe or list end the command.
+func shellWords(line string) []string {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	var quote rune
+	for _, r := range line {
+		switch {
+		case quote != 0:
+			if r == quote {
+				quote = 0
+			} else {
+				cur.WriteRune(r)
+			}
+		case r == '\'' || r == '"':
+			quote, inWord = r, true
+		case r == ' ' || r == '\t':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	for i, w := range words {
+		if w == ">" || w == "|" || w == "&&" || w == ";" || w == "<" {
+			return words[:i]
+		}
+	}
+	return words
 }

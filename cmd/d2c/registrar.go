@@ -185,28 +185,11 @@ func registrarCertificate(ca *identity.CA, certFile, keyFile string, hosts []str
 		key   crypto.Signer
 	)
 	if certFile != "" {
-		b, err := atomicfile.ReadFile(certFile, limits.PEMFile)
-		if err != nil {
+		var err error
+		if chain, key, err = readKeyPair(certFile, keyFile); err != nil {
 			return tls.Certificate{}, err
 		}
-		if chain, err = identity.ParseCertificatesPEM(b); err != nil {
-			return tls.Certificate{}, fmt.Errorf("%s: %w", certFile, err)
-		}
-		if key, err = identity.ReadKeyFile(keyFile); err != nil {
-			return tls.Certificate{}, err
-		}
-		if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(chain[0].PublicKey) {
-			return tls.Certificate{}, withHint(fmt.Errorf("%w: %s does not match %s", identity.ErrMalformed, keyFile, certFile),
-				"give the key that was written with this certificate")
-		}
-		roots, inter := x509.NewCertPool(), x509.NewCertPool()
-		roots.AddCert(ca.Root())
-		inter.AddCert(ca.Issuing())
-		for _, c := range chain[1:] {
-			inter.AddCert(c)
-		}
-		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		if err := verifyIssued(chain, ca.Root(), ca.Issuing(), x509.ExtKeyUsageServerAuth); err != nil {
 			return tls.Certificate{}, withHint(fmt.Errorf("%w: %s: %v", identity.ErrUntrusted, certFile, err),
 				"devices trust only the fleet root: issue the registrar's certificate with `d2c ca server-cert`, or omit --cert and --key")
 		}
@@ -221,9 +204,51 @@ func registrarCertificate(ca *identity.CA, certFile, keyFile string, hosts []str
 		}
 		chain = []*x509.Certificate{leaf, ca.Issuing()}
 	}
+	return tlsCertificate(chain, key), nil
+}
+
+// readKeyPair reads a certificate chain (leaf first) and its private key,
+// refusing a key that is not the certificate's.
+func readKeyPair(certFile, keyFile string) ([]*x509.Certificate, crypto.Signer, error) {
+	b, err := atomicfile.ReadFile(certFile, limits.PEMFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err := identity.ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certFile, err)
+	}
+	key, err := identity.ReadKeyFile(keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !k.Equal(chain[0].PublicKey) {
+		return nil, nil, withHint(fmt.Errorf("%w: %s does not match %s", identity.ErrMalformed, keyFile, certFile),
+			"give the key that was written with this certificate")
+	}
+	return chain, key, nil
+}
+
+// verifyIssued checks that chain[0] chains to root, through issuing or the
+// rest of chain, for usage.
+func verifyIssued(chain []*x509.Certificate, root, issuing *x509.Certificate, usage x509.ExtKeyUsage) error {
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(root)
+	if issuing != nil {
+		inter.AddCert(issuing)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}})
+	return err
+}
+
+// tlsCertificate assembles a chain and its key for crypto/tls.
+func tlsCertificate(chain []*x509.Certificate, key crypto.Signer) tls.Certificate {
 	tc := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
 	for _, c := range chain {
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
-	return tc, nil
+	return tc
 }

@@ -372,6 +372,7 @@ func TestUpdateHints(t *testing.T) {
 		update.ErrRootVersionSkip, update.ErrExpired, update.ErrUnknownKey, update.ErrThreshold,
 		update.ErrBadSignature, update.ErrSecurityCounter, update.ErrRollback, update.ErrMixAndMatch,
 		update.ErrWrongHardware, update.ErrDigest, update.ErrMalformed, update.ErrTooLarge,
+		update.ErrState, update.ErrLocked, update.ErrBusy, update.ErrNoTrial,
 	} {
 		if hintFor(fmt.Errorf("context: %w", sentinel)) == "" {
 			t.Errorf("no hint for %v", sentinel)
