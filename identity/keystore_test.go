@@ -121,3 +121,37 @@ func TestStoreKeystore(t *testing.T) {
 		t.Fatalf("Current after the token is back: %+v, %v", cur, err)
 	}
 }
+
+// TestStoreDestroy: Destroy erases keys inside the keystore (crypto-erase:
+// the token destroys them), scrubs file keys, and removes the store.
+func TestStoreDestroy(t *testing.T) {
+	f := newFleet(t, nil)
+	for _, hw := range []bool{false, true} {
+		ks := &memKeystore{keys: map[string]crypto.Signer{}}
+		cfg := StoreConfig{Time: f.clock.Now}
+		if hw {
+			cfg.Keys = ks
+		}
+		dir := filepath.Join(t.TempDir(), "device")
+		s, err := OpenStore(dir, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("gone-%v", hw)
+		if _, err := s.Enroll(t.Context(), f.client(), EnrollRequest{DeviceID: id, Auth: EnrollAuth{Token: f.token(id)}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Renew(t.Context(), f.client(), RenewOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Destroy(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("hardware %v: store directory after Destroy: %v", hw, err)
+		}
+		if len(ks.keys) != 0 {
+			t.Fatalf("hardware %v: keys left in the keystore: %v", hw, ks.keys)
+		}
+	}
+}

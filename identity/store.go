@@ -265,10 +265,10 @@ func (s *Store) newKey(ctx context.Context, g int, kt KeyType) (crypto.Signer, e
 }
 
 // removeKey destroys generation g's key and its file.
-func (s *Store) removeKey(g int) error {
+func (s *Store) removeKey(ctx context.Context, g int) error {
 	if s.keys != nil {
 		if label, err := s.readLabel(g); err == nil {
-			if err := s.keys.Delete(context.Background(), label); err != nil {
+			if err := s.keys.Delete(ctx, label); err != nil {
 				return fmt.Errorf("%w: delete key %q: %w", ErrKeystore, label, err)
 			}
 		}
@@ -423,7 +423,7 @@ func (s *Store) verifyIssued(cert *x509.Certificate, key crypto.Signer, id strin
 // discard removes the files of an uncommitted generation.
 func (s *Store) discard(g int) {
 	_ = atomicfile.Remove(s.fsys, s.certPath(g))
-	_ = s.removeKey(g)
+	_ = s.removeKey(context.Background(), g)
 }
 
 // prune removes every generation but keep. Certificates go first so that a
@@ -440,7 +440,7 @@ func (s *Store) prune(keep int) error {
 		if err := atomicfile.Remove(s.fsys, s.certPath(g)); err != nil {
 			return err
 		}
-		if err := s.removeKey(g); err != nil {
+		if err := s.removeKey(context.Background(), g); err != nil {
 			return err
 		}
 	}

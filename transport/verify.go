@@ -54,6 +54,13 @@ func (mc *MemoryCertificates) Add(chain ...*x509.Certificate) {
 	mc.m[id] = next
 }
 
+// Remove forgets every certificate of device.
+func (mc *MemoryCertificates) Remove(device string) {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	delete(mc.m, device)
+}
+
 // DeviceCertificates implements [Certificates].
 func (mc *MemoryCertificates) DeviceCertificates(_ context.Context, device string) ([][]*x509.Certificate, error) {
 	mc.mu.RLock()

@@ -266,3 +266,61 @@ func ReadAll(r io.Reader, max int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// Scrub overwrites a regular file with zeros and fsyncs it, so that its
+// content does not stay in the blocks the file system frees when it is
+// removed. A missing file is not an error. On flash with wear levelling or
+// a copy-on-write file system an old copy may survive on the medium: only
+// encryption at rest or a hardware keystore answers that.
+func Scrub(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("atomicfile: scrub %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("atomicfile: scrub %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil
+	}
+	zero := make([]byte, 64<<10)
+	for left := st.Size(); left > 0; left -= int64(len(zero)) {
+		if _, err := f.Write(zero[:min(left, int64(len(zero)))]); err != nil {
+			return fmt.Errorf("atomicfile: scrub %s: %w", path, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("atomicfile: scrub %s: %w", path, err)
+	}
+	return nil
+}
+
+// ScrubTree scrubs every regular file below dir, then removes dir and
+// fsyncs its parent. It goes on past errors and returns them joined; a
+// missing dir is not an error.
+func ScrubTree(dir string) error {
+	var errs []error
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			return nil
+		}
+		if d.Type().IsRegular() {
+			errs = append(errs, Scrub(p))
+		}
+		return nil
+	})
+	errs = append(errs, err)
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, OS{}.SyncDir(filepath.Dir(dir)))
+	return errors.Join(errs...)
+}
