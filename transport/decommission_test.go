@@ -71,7 +71,9 @@ func TestDecommission(t *testing.T) {
 		CommandKeys: []crypto.PublicKey{f.cmdKey.Public()},
 		OnCommand: func(ctx context.Context, c transport.Command) {
 			if c.Name == transport.DecommissionCommand {
-				go func() { done <- transport.Decommission(context.Background(), dev, store, transport.DecommissionOptions{Notify: true}) }()
+				go func() {
+					done <- transport.Decommission(context.Background(), dev, store, transport.DecommissionOptions{Notify: true})
+				}()
 			}
 		}})
 	if err != nil {
