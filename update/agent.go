@@ -359,6 +359,7 @@ func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
 		// agent before a power cut.
 		r := a.result(ctx, "reverted", p.Version, "the new slot did not confirm; the previous slot boots")
 		*rep = &r
+		a.st.Reverted = &reverted{Version: p.Version, SHA256: p.SHA256}
 		a.st.Phase, a.st.Pending = PhaseIdle, nil
 		a.reboot = booted != p.Prev
 		return a.store.save(a.st)
@@ -395,6 +396,7 @@ func (a *Agent) revertLocked(ctx context.Context, reason string, rep **Result) e
 	}
 	r := a.result(ctx, "reverted", p.Version, reason)
 	*rep = &r
+	a.st.Reverted = &reverted{Version: p.Version, SHA256: p.SHA256}
 	a.st.Phase, a.st.Pending = PhaseIdle, nil
 	a.reboot = true
 	return a.store.save(a.st)
@@ -486,6 +488,12 @@ func (a *Agent) checkLocked(ctx context.Context) (*Offer, error) {
 	}
 	if p := a.st.Pending; p != nil && a.st.Phase >= PhaseInstalled && p.Version == rel.Version {
 		return nil, nil // installed, waiting for the restart or Confirm
+	}
+	if rv := a.st.Reverted; rv != nil && rv.Version == rel.Version && bytes.Equal(rv.SHA256, art.SHA256[:]) {
+		// It booted and failed its health check here: installing it again
+		// would loop. A newer release is offered.
+		a.log.Info("update: release was reverted on this device; waiting for a newer one", "version", rel.Version)
+		return nil, nil
 	}
 	return &Offer{Release: rel, Artifact: art}, nil
 }

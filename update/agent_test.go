@@ -124,6 +124,15 @@ func TestAgentRevertAfterStarts(t *testing.T) {
 	if f := dev.agent.st.Floors.SecurityCounter; f != 0 {
 		t.Fatalf("security-counter floor %d after a revert, want 0", f)
 	}
+	// The reverted release is not installed again (that would loop); a
+	// newer one is.
+	if ok, err := dev.agent.Update(ctx); err != nil || ok {
+		t.Fatalf("Update after the revert: installed %v, %v; want nothing", ok, err)
+	}
+	repo.publish(2, 1, image(2, 5000))
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatalf("Update with a newer release: %v, %v", ok, err)
+	}
 }
 
 // TestAgentRevertAfterTime: a trial that outlasts TrialTimeout reverts at

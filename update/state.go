@@ -69,6 +69,13 @@ type pending struct {
 	Since           int64  `cbor:"10,keyasint"` // trial start, Unix ms of trusted time
 }
 
+// reverted names a release that booted here and failed: the same release
+// (version and artifact digest) is not installed again.
+type reverted struct {
+	Version uint64 `cbor:"1,keyasint"`
+	SHA256  []byte `cbor:"2,keyasint"`
+}
+
 // state is what the agent persists.
 type state struct {
 	Gen       uint64    `cbor:"1,keyasint"` // write generation; the newer copy wins
@@ -78,6 +85,7 @@ type state struct {
 	Phase     Phase     `cbor:"5,keyasint"`
 	Pending   *pending  `cbor:"6,keyasint,omitempty"`
 	Last      *Result   `cbor:"7,keyasint,omitempty"` // outcome of the last update, until reported
+	Reverted  *reverted `cbor:"8,keyasint,omitempty"` // the last release reverted: not offered again
 }
 
 // stateStore keeps the state in two copies, written alternately, each
