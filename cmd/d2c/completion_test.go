@@ -8,10 +8,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // TestCompletion checks the three scripts: each names every command and
-// flag of the table; bash and, where installed, zsh and fish accept their
+// flag of the table; bash, zsh and fish (peers: a missing one fails) accept their
 // syntax; and the bash script completes as it should when run.
 func TestCompletion(t *testing.T) {
 	scripts := map[string]string{}
@@ -36,14 +38,7 @@ func TestCompletion(t *testing.T) {
 		if err := os.WriteFile(path, stdout.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		bin, err := exec.LookPath(sh)
-		if err != nil {
-			if sh == "bash" {
-				t.Fatalf("bash not found: %v", err)
-			}
-			t.Logf("%s not installed: its script's syntax is not checked", sh)
-			continue
-		}
+		bin := testpeer.Require(t, sh) // CI and scripts/test.sh install zsh and fish
 		if out, err := exec.Command(bin, "-n", path).CombinedOutput(); err != nil {
 			t.Errorf("%s -n rejects the script: %v\n%s", sh, err, out)
 		}
@@ -88,7 +83,7 @@ func TestCompletion(t *testing.T) {
 	}
 
 	// zsh, with _describe and _files stubbed: the words offered.
-	if _, err := exec.LookPath("zsh"); err == nil {
+	{
 		path := filepath.Join(t.TempDir(), "_d2c")
 		if err := os.WriteFile(path, []byte(scripts["zsh"]), 0o644); err != nil {
 			t.Fatal(err)
@@ -111,7 +106,7 @@ words=(d2c ca init --dir x); CURRENT=5; _d2c`
 		}
 	}
 	// fish: complete -C runs the completions of a command line.
-	if _, err := exec.LookPath("fish"); err == nil {
+	{
 		path := filepath.Join(t.TempDir(), "d2c.fish")
 		if err := os.WriteFile(path, []byte(scripts["fish"]), 0o644); err != nil {
 			t.Fatal(err)
