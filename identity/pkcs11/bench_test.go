@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // The cost of one device signature (a SHA-256 digest signed with ECDSA
@@ -26,7 +27,7 @@ func BenchmarkSignFile(b *testing.B) {
 }
 
 func BenchmarkSignPKCS11(b *testing.B) {
-	ks := openKeystore(b, testToken)
+	ks := openKeystore(b, testpeer.SoftHSM(b))
 	key, err := ks.Create(b.Context(), "bench-00000001", identity.ECDSAP256)
 	if err != nil {
 		b.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -35,7 +34,8 @@ import (
 // label, replaced (with whatever else was under the label) by a second
 // Create, and destroyed by Delete; a second Delete is not an error.
 func TestCreateOpenDelete(t *testing.T) {
-	ks := openKeystore(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	ks := openKeystore(t, tok)
 	ctx := t.Context()
 	const label = "cod-00000001"
 
@@ -59,7 +59,7 @@ func TestCreateOpenDelete(t *testing.T) {
 
 	// Anything left under the label (here a data object, as a crash or
 	// another tool might leave) is replaced by the next Create.
-	raw := rawSession(t, testToken)
+	raw := rawSession(t, tok)
 	raw.create(t, []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
@@ -101,8 +101,9 @@ func TestCreateOpenDelete(t *testing.T) {
 // labels and a cancelled context are refused before the token is
 // touched.
 func TestCreateRefusals(t *testing.T) {
-	ks := openKeystore(t, testToken)
-	raw := rawSession(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	ks := openKeystore(t, tok)
+	raw := rawSession(t, tok)
 	if _, err := ks.Create(t.Context(), "refused-ed25519", identity.Ed25519); !errors.Is(err, identity.ErrUnsupportedKey) || !strings.Contains(err.Error(), "ECDSA P-256") {
 		t.Fatalf("Ed25519: %v, want ErrUnsupportedKey", err)
 	}
@@ -125,7 +126,8 @@ func TestCreateRefusals(t *testing.T) {
 // verifies, randomized, for SHA-256 and SHA-384 digests; it refuses a
 // digest that does not match its hash, and a message passed without one.
 func TestSign(t *testing.T) {
-	ks := openKeystore(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	ks := openKeystore(t, tok)
 	k, err := ks.Create(t.Context(), "sign-00000001", identity.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -173,14 +175,15 @@ func TestSign(t *testing.T) {
 // with the user PIN: reading CKA_VALUE, wrapping it under a key of the
 // caller's choice, and turning the protecting attributes off.
 func TestKeyNotExportable(t *testing.T) {
-	ks := openKeystore(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	ks := openKeystore(t, tok)
 	const label = "export-00000001"
 	k, err := ks.Create(t.Context(), label, identity.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ks.Delete(context.Background(), label) })
-	raw := rawSession(t, testToken)
+	raw := rawSession(t, tok)
 	priv := raw.privateKey(t, label)
 
 	want := map[uint]bool{
@@ -239,9 +242,10 @@ func TestKeyNotExportable(t *testing.T) {
 // leave the token (made outside this package, extractable and not
 // sensitive) is never used as a device key.
 func TestOpenRefusesExportableKey(t *testing.T) {
-	ks := openKeystore(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	ks := openKeystore(t, tok)
 	const label = "soft-00000001"
-	raw := rawSession(t, testToken)
+	raw := rawSession(t, tok)
 	id := sha256.Sum256([]byte("d2c key id\x00" + label))
 	p256 := []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07} // OID 1.2.840.10045.3.1.7
 	_, _, err := raw.ctx.GenerateKeyPair(raw.sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_EC_KEY_PAIR_GEN, nil)},
@@ -266,18 +270,20 @@ func TestOpenRefusesExportableKey(t *testing.T) {
 // TestOpenErrors: a wrong PIN, a missing token and a closed keystore are
 // errors that never show the PIN.
 func TestOpenErrors(t *testing.T) {
-	cfg := token(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	cfg := config(tok)
 	cfg.PIN = "wrong-pin-31337"
 	_, err := pkcs11.Open(cfg)
 	if err == nil || !strings.Contains(err.Error(), "CKR_PIN_INCORRECT") || strings.Contains(err.Error(), cfg.PIN) {
 		t.Fatalf("wrong PIN: %v", err)
 	}
-	cfg = token(t, "no-such-token")
-	if _, err := pkcs11.Open(cfg); err == nil || strings.Contains(err.Error(), userPIN) {
+	cfg = config(tok)
+	cfg.TokenLabel = "no-such-token"
+	if _, err := pkcs11.Open(cfg); err == nil || strings.Contains(err.Error(), tok.PIN) {
 		t.Fatalf("missing token: %v", err)
 	}
 	// The PIN from a file.
-	cfg = token(t, testToken)
+	cfg = config(tok)
 	cfg.PINFile = filepath.Join(t.TempDir(), "pin")
 	if err := os.WriteFile(cfg.PINFile, []byte(cfg.PIN+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -307,7 +313,8 @@ func TestOpenErrors(t *testing.T) {
 // renews: the old key is destroyed in the token.
 func TestEnrollMutualTLSRenew(t *testing.T) {
 	f := newFleet(t)
-	ks := openKeystore(t, testToken)
+	tok := testpeer.SoftHSM(t)
+	ks := openKeystore(t, tok)
 	dir := filepath.Join(t.TempDir(), "device")
 	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks, KeyLabelPrefix: "enroll"})
 	if err != nil {
@@ -326,7 +333,7 @@ func TestEnrollMutualTLSRenew(t *testing.T) {
 	if err := ks.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ks = openKeystore(t, testToken)
+	ks = openKeystore(t, tok)
 	store, err = identity.OpenStore(dir, identity.StoreConfig{Keys: ks, KeyLabelPrefix: "enroll"})
 	if err != nil {
 		t.Fatal(err)
@@ -349,7 +356,7 @@ func TestEnrollMutualTLSRenew(t *testing.T) {
 	if _, err := ks.Open(t.Context(), "enroll-00000001"); !errors.Is(err, pkcs11.ErrNoKey) {
 		t.Fatalf("old key after renewal: %v, want ErrNoKey", err)
 	}
-	raw := rawSession(t, testToken)
+	raw := rawSession(t, tok)
 	if n := len(raw.find(t, "enroll-00000001")); n != 0 {
 		t.Fatalf("%d objects of the old key remain in the token", n)
 	}
@@ -369,8 +376,8 @@ func TestEnrollMutualTLSRenew(t *testing.T) {
 // never falls back to a key file.
 func TestTokenKilled(t *testing.T) {
 	f := newFleet(t)
-	label, tokenDir := newToken(t)
-	ks, err := pkcs11.Open(token(t, label))
+	tok := testpeer.SoftHSM(t)
+	ks, err := pkcs11.Open(config(tok))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +440,7 @@ func TestTokenKilled(t *testing.T) {
 	noKeyFiles(t, dir)
 
 	// 2. The token's storage deleted under an open keystore.
-	ks = openKeystore(t, label)
+	ks = openKeystore(t, tok)
 	store, err = identity.OpenStore(dir, identity.StoreConfig{Keys: ks})
 	if err != nil {
 		t.Fatal(err)
@@ -442,7 +449,7 @@ func TestTokenKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.RemoveAll(tokenDir); err != nil {
+	if err := os.RemoveAll(tok.Dir); err != nil {
 		t.Fatal(err)
 	}
 	d := sha256.Sum256([]byte("after the token is gone"))
@@ -462,46 +469,10 @@ func TestTokenKilled(t *testing.T) {
 	if err := ks.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pkcs11.Open(token(t, label)); err == nil || !strings.Contains(err.Error(), label) {
+	if _, err := pkcs11.Open(config(tok)); err == nil || !strings.Contains(err.Error(), tok.Label) {
 		t.Fatalf("Open of a deleted token: %v", err)
 	}
 }
-
-// newToken initializes a fresh token in the package's softhsm2 and
-// returns its label and directory. The module must not be loaded at that
-// moment (softhsm2 lists its tokens when initialized): tests close their
-// keystores before they end.
-func newToken(t *testing.T) (label, dir string) {
-	t.Helper()
-	token(t, testToken) // softhsm2 set up
-	util := testpeer.Require(t, "softhsm2-util")
-	label = fmt.Sprintf("d2c-kill-%d", killTokens.Add(1))
-	before, err := os.ReadDir(softhsm.tokenDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(util, "--init-token", "--free", "--label", label, "--so-pin", soPIN, "--pin", userPIN).CombinedOutput()
-	if err != nil {
-		t.Fatalf("softhsm2-util --init-token: %v: %s", err, out)
-	}
-	after, err := os.ReadDir(softhsm.tokenDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	known := map[string]bool{}
-	for _, e := range before {
-		known[e.Name()] = true
-	}
-	for _, e := range after {
-		if !known[e.Name()] {
-			return label, filepath.Join(softhsm.tokenDir, e.Name())
-		}
-	}
-	t.Fatalf("softhsm2-util made no token directory in %s", softhsm.tokenDir)
-	return "", ""
-}
-
-var killTokens atomic.Int64
 
 func noKeyFiles(t *testing.T, dir string) {
 	t.Helper()
@@ -647,9 +618,9 @@ type rawToken struct {
 	sh  p11.SessionHandle
 }
 
-func rawSession(t *testing.T, tokenLabel string) *rawToken {
+func rawSession(t *testing.T, tok testpeer.SoftHSMToken) *rawToken {
 	t.Helper()
-	ctx := p11.New(token(t, tokenLabel).Module)
+	ctx := p11.New(tok.Module)
 	if ctx == nil {
 		t.Fatal("cannot load the PKCS#11 module")
 	}
@@ -665,14 +636,14 @@ func rawSession(t *testing.T, tokenLabel string) *rawToken {
 		t.Fatal(err)
 	}
 	for _, s := range slots {
-		if info, err := ctx.GetTokenInfo(s); err != nil || info.Label != tokenLabel {
+		if info, err := ctx.GetTokenInfo(s); err != nil || info.Label != tok.Label {
 			continue
 		}
 		sh, err := ctx.OpenSession(s, p11.CKF_SERIAL_SESSION|p11.CKF_RW_SESSION)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := ctx.Login(sh, p11.CKU_USER, userPIN); err != nil && !errors.Is(err, p11.Error(p11.CKR_USER_ALREADY_LOGGED_IN)) {
+		if err := ctx.Login(sh, p11.CKU_USER, tok.PIN); err != nil && !errors.Is(err, p11.Error(p11.CKR_USER_ALREADY_LOGGED_IN)) {
 			t.Fatal(err)
 		}
 		r := &rawToken{ctx: ctx, sh: sh}
@@ -683,7 +654,7 @@ func rawSession(t *testing.T, tokenLabel string) *rawToken {
 		return r
 	}
 	ctx.Destroy()
-	t.Fatalf("rawSession: no token %q", tokenLabel)
+	t.Fatalf("rawSession: no token %q", tok.Label)
 	return nil
 }
 

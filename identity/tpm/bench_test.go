@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // The benchmarks compare a signature by a TPM key (here swtpm, a software
@@ -35,7 +36,7 @@ func benchSign(b *testing.B, keys ...crypto.Signer) {
 // BenchmarkSignTPM is one TPM2_Sign with the key kept loaded: the cost of
 // each signature of a device whose key is in the TPM.
 func BenchmarkSignTPM(b *testing.B) {
-	ks := openTest(b, startSwtpm(b))
+	ks := openTest(b, testpeer.SWTPM(b))
 	k, err := ks.Create(b.Context(), "bench", identity.ECDSAP256)
 	if err != nil {
 		b.Fatal(err)
@@ -46,7 +47,7 @@ func BenchmarkSignTPM(b *testing.B) {
 // BenchmarkSignTPMReload alternates two keys, so that each signature also
 // flushes one key and loads the other (TPM2_FlushContext, TPM2_Load).
 func BenchmarkSignTPMReload(b *testing.B) {
-	ks := openTest(b, startSwtpm(b))
+	ks := openTest(b, testpeer.SWTPM(b))
 	k1, err := ks.Create(b.Context(), "bench-1", identity.ECDSAP256)
 	if err != nil {
 		b.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // fleet is a minimal cloud half built from identity's public API: a CA, a
@@ -165,7 +166,7 @@ func keyFiles(t *testing.T, dir string) []string {
 // TPM, and renews, which destroys the old key file.
 func TestEnrollRenewTLS(t *testing.T) {
 	f := newFleet(t)
-	ks := openTest(t, startSwtpm(t))
+	ks := openTest(t, testpeer.SWTPM(t))
 	dir := filepath.Join(t.TempDir(), "device")
 	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks})
 	if err != nil {
@@ -218,7 +219,7 @@ func TestEnrollRenewTLS(t *testing.T) {
 // ErrKeystore, renewal fails, and no software key appears anywhere.
 func TestTPMKilled(t *testing.T) {
 	f := newFleet(t)
-	sw := startSwtpm(t)
+	sw := testpeer.SWTPM(t)
 	ks := openTest(t, sw)
 	dir := filepath.Join(t.TempDir(), "device")
 	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks})

@@ -11,6 +11,8 @@ import (
 	"math/big"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/d2c-iot/d2c/identity"
 )
 
 // key is a TPM key as a crypto.Signer.
@@ -39,14 +41,14 @@ func (k *key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
 	if ks.closed {
-		return nil, ErrClosed
+		return nil, fmt.Errorf("%w: %w", identity.ErrKeystore, ErrClosed)
 	}
 	if ks.epochs[k.label] != k.epoch {
-		return nil, fmt.Errorf("tpm: sign with %q: the key was deleted or replaced", k.label)
+		return nil, fmt.Errorf("%w: tpm: sign with %q: the key was deleted or replaced", identity.ErrKeystore, k.label)
 	}
 	obj, err := ks.loadLocked(k.blob, k.label)
 	if err != nil {
-		return nil, fmt.Errorf("tpm: load key %q: %w", k.label, err)
+		return nil, fmt.Errorf("%w: tpm: load key %q: %w", identity.ErrKeystore, k.label, err)
 	}
 	rsp, err := tpm2.Sign{
 		KeyHandle: obj,
@@ -60,11 +62,11 @@ func (k *key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 	if err != nil {
 		// The next signature loads the key afresh.
 		ks.flushLoadedLocked()
-		return nil, fmt.Errorf("tpm: sign with %q: %w", k.label, err)
+		return nil, fmt.Errorf("%w: tpm: sign with %q: %w", identity.ErrKeystore, k.label, err)
 	}
 	sig, err := rsp.Signature.Signature.ECDSA()
 	if err != nil {
-		return nil, fmt.Errorf("tpm: sign with %q: %w", k.label, err)
+		return nil, fmt.Errorf("%w: tpm: sign with %q: %w", identity.ErrKeystore, k.label, err)
 	}
 	r := new(big.Int).SetBytes(sig.SignatureR.Buffer)
 	s := new(big.Int).SetBytes(sig.SignatureS.Buffer)

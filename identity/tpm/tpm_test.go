@@ -19,13 +19,14 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // TestCreateOpenDelete: a key is created in the TPM and saved as a TSS2
 // key file (0600); opened again it is the same key; deleted, its file is
 // gone and every copy of the signer refuses to sign.
 func TestCreateOpenDelete(t *testing.T) {
-	sw := startSwtpm(t)
+	sw := testpeer.SWTPM(t)
 	ks := openTest(t, sw)
 	ctx := t.Context()
 	k, err := ks.Create(ctx, "dev-00000001", identity.ECDSAP256)
@@ -187,7 +188,7 @@ func mustVerify(t *testing.T, s crypto.Signer) {
 // public key; other hashes and wrong digest lengths are refused; the
 // keystore is safe for concurrent signers.
 func TestSign(t *testing.T) {
-	ks := openTest(t, startSwtpm(t))
+	ks := openTest(t, testpeer.SWTPM(t))
 	k, err := ks.Create(t.Context(), "sign", identity.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
@@ -234,8 +235,8 @@ func TestSign(t *testing.T) {
 // TestKeyBoundToTPM: a key file copied to another TPM cannot be loaded
 // there; the key only exists on the TPM that made it.
 func TestKeyBoundToTPM(t *testing.T) {
-	a := openTest(t, startSwtpm(t))
-	b := openTest(t, startSwtpm(t))
+	a := openTest(t, testpeer.SWTPM(t))
+	b := openTest(t, testpeer.SWTPM(t))
 	if _, err := a.Create(t.Context(), "bound", identity.ECDSAP256); err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +264,7 @@ func TestKeyBoundToTPM(t *testing.T) {
 // TestKeyFileRefusals: a key file that is not what this package writes is
 // refused before it reaches the TPM.
 func TestKeyFileRefusals(t *testing.T) {
-	ks := openTest(t, startSwtpm(t))
+	ks := openTest(t, testpeer.SWTPM(t))
 	if _, err := ks.Create(t.Context(), "good", identity.ECDSAP256); err != nil {
 		t.Fatal(err)
 	}
