@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -52,6 +53,9 @@ type Cloud struct {
 	cfg    CloudConfig
 	cm     *autopaho.ConnectionManager
 	cancel context.CancelFunc
+
+	subscribed     chan struct{} // closed at the first SUBACK
+	subscribedOnce sync.Once
 }
 
 // DialCloud connects a cloud service to the broker in the background.
@@ -81,7 +85,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: cfg.Roots, ServerName: cfg.ServerName,
 		Certificates: []tls.Certificate{cert}}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c := &Cloud{cfg: cfg, cancel: cancel}
+	c := &Cloud{cfg: cfg, cancel: cancel, subscribed: make(chan struct{})}
 	var filters []string
 	if cfg.Verifier != nil {
 		filters = []string{AllTelemetry, AllKeys}
@@ -117,6 +121,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 					log.Warn("cloud subscribe", "err", err)
 					return
 				}
+				defer c.subscribedOnce.Do(func() { close(c.subscribed) })
 				for i, r := range sa.Reasons {
 					if r >= 0x80 {
 						log.Error("broker refused the cloud subscription", "filter", filters[i], "reason", r)
@@ -157,8 +162,23 @@ func (c *Cloud) onPublish(ctx context.Context, p *paho.Publish) {
 	}
 }
 
-// AwaitConnection waits until the service is connected.
-func (c *Cloud) AwaitConnection(ctx context.Context) error { return c.cm.AwaitConnection(ctx) }
+// AwaitConnection waits until the service is connected and, with a
+// Verifier, until the broker has answered its first subscription, so that
+// telemetry published after it returns reaches the service.
+func (c *Cloud) AwaitConnection(ctx context.Context) error {
+	if err := c.cm.AwaitConnection(ctx); err != nil {
+		return err
+	}
+	if c.cfg.Verifier == nil {
+		return nil
+	}
+	select {
+	case <-c.subscribed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // SendCommand publishes a signed command envelope (from
 // [CommandSigner.Sign]) to device at QoS 1 and waits for the PUBACK.
