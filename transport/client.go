@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,16 @@ type ClientConfig struct {
 	RetryMin, RetryMax time.Duration
 	// Logger receives connection and delivery events. Default: none.
 	Logger *slog.Logger
+	// Streams declares streams that carry personal data, with their
+	// purpose: Publish refuses a stream declared Personal with
+	// [ErrNoConsent] unless the user's consent to its purpose is in force
+	// ([Client.GrantConsent]). Streams not listed need no consent. Default:
+	// none.
+	Streams []StreamPolicy
+	// SecurityReportInterval is how often the client reports its security
+	// metrics on [SecurityStream] (only when a counter changed).
+	// Default 5 min; negative: never.
+	SecurityReportInterval time.Duration
 }
 
 // Refusal reports a message or command that was refused for good.
@@ -96,6 +107,10 @@ type Client struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	pubs   sync.WaitGroup // publish goroutines
+	bg     sync.WaitGroup // security reporting
+
+	consent *consentGate
+	sec     securityMetrics
 
 	ident  atomic.Pointer[identity.Identity]
 	sealer atomic.Pointer[Sealer]
@@ -111,6 +126,7 @@ type Client struct {
 	inflightKeys map[uint64]bool // in-flight key deliveries: nothing else goes until they are acked
 
 	sent, acked, refused, retried, connects, connectFailures, cmdRun, cmdRefused atomic.Uint64
+	authFailures, outboxFull                                                     atomic.Uint64
 }
 
 // Dial opens the client's state and starts connecting in the background; it
@@ -142,6 +158,14 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.RetryMax < cfg.RetryMin {
 		cfg.RetryMax = max(2*time.Minute, cfg.RetryMin)
 	}
+	if cfg.SecurityReportInterval == 0 {
+		cfg.SecurityReportInterval = DefaultSecurityReportInterval
+	}
+	policies, err := validateStreamPolicies(cfg.Streams)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Streams = slices.Clone(cfg.Streams)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -180,6 +204,14 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if c.outbox, err = OpenOutbox(ocfg); err != nil {
 		return nil, err
 	}
+	cstore, err := openConsentStore(nil, filepath.Join(cfg.StateDir, "consent.state"))
+	if err != nil {
+		c.outbox.Close()
+		return nil, err
+	}
+	c.consent = newConsentGate(cstore, policies, c.outbox, cfg.Store.Clock().Now, c.log, c.seal)
+	c.consent.reconcile(ctx)
+	c.sec.custom, c.sec.since = map[string]uint64{}, cfg.Store.Clock().Now()
 	c.receiveMax.Store(16)
 
 	pool := x509.NewCertPool()
@@ -251,6 +283,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			err = classifyDialError(err)
 			c.lastConnectErr.Store(&err)
 			if errors.Is(err, ErrCertificateRejected) {
+				c.authFailures.Add(1)
 				c.log.Error("the broker refused the device certificate; backing off", "err", err)
 				return
 			}
@@ -272,6 +305,10 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	}
 	c.cm = cm
 	go c.deliver(runCtx)
+	if cfg.SecurityReportInterval > 0 {
+		c.bg.Add(1)
+		go c.reportSecurity(runCtx, cfg.SecurityReportInterval)
+	}
 	return c, nil
 }
 
@@ -349,6 +386,10 @@ func (c *Client) AwaitConnection(ctx context.Context) error {
 // Publish seals readings of stream into one envelope (one signature for the
 // whole batch) and stores it durably; it returns once the envelope is on
 // disk. Delivery happens in the background.
+//
+// A stream declared Personal in [ClientConfig.Streams] is refused with
+// [ErrNoConsent], nothing stored, unless consent is in force; the
+// reserved "d2c." streams are refused.
 func (c *Client) Publish(ctx context.Context, stream string, readings ...Reading) error {
 	return c.PublishWith(ctx, PublishOptions{Stream: stream}, readings...)
 }
@@ -365,11 +406,38 @@ func (c *Client) PublishWith(ctx context.Context, o PublishOptions, readings ...
 	if err := ValidateStream(o.Stream); err != nil {
 		return err
 	}
+	if isReservedStream(o.Stream) {
+		return fmt.Errorf("transport: stream %q is reserved for the SDK", o.Stream)
+	}
+	// Held from the consent check until the envelope is stored, so that a
+	// withdrawal waits for this Publish and its consent event comes after.
+	release, err := c.consent.hold(o.Stream)
+	if err != nil {
+		return err
+	}
+	defer release()
+	msgs, err := c.seal(o, readings)
+	if err != nil {
+		return err
+	}
+	if _, err := c.outbox.Append(ctx, msgs...); err != nil {
+		if errors.Is(err, ErrOutboxFull) {
+			c.outboxFull.Add(1)
+		}
+		return err
+	}
+	c.signal()
+	return nil
+}
+
+// seal seals readings of o.Stream into the messages to store: the
+// envelope, preceded by a session-key delivery when a new key starts.
+func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
 	s := c.sealer.Load()
 	now := c.cfg.Store.Clock().Now()
 	out, err := s.Seal(Record{Stream: o.Stream, Boot: c.seq.boot, Seq: c.seq.take(1), Time: now, Readings: readings})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var exp time.Time
 	if o.TTL > 0 {
@@ -380,12 +448,42 @@ func (c *Client) PublishWith(ctx context.Context, o PublishOptions, readings ...
 		// The key goes first (top priority), in the same durable append.
 		msgs = append([]Message{{Topic: KeyTopic(s.Device()), Payload: out.KeyDelivery, Priority: 255}}, msgs...)
 	}
-	if _, err := c.outbox.Append(ctx, msgs...); err != nil {
-		return err
-	}
-	c.signal()
-	return nil
+	return msgs, nil
 }
+
+// GrantConsent records the user's consent to purpose for a stream
+// declared Personal in [ClientConfig.Streams]; purpose must be the one
+// declared (what the user was shown). It stores the consent durably,
+// queues the consent event (top priority, sent alone before anything
+// sealed after it), and only then lets Publish take the stream. Granting
+// consent already in force does nothing. On error consent is not in force.
+func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error {
+	return c.consent.grant(ctx, stream, purpose)
+}
+
+// WithdrawConsent withdraws consent for a personal stream, in this order:
+// it stops the stream (Publish refuses it with [ErrNoConsent], the delivery
+// loop starts no PUBLISH of it), records the withdrawal durably, removes
+// the stream's queued, unsent messages from the outbox durably
+// ([Outbox.PurgeStream]), and queues the consent event. When it returns
+// nil, nothing of the stream will be sent by this or a later process.
+//
+// Messages already in flight when it is called (a PUBLISH handed to the
+// broker, no PUBACK yet; at most the broker's Receive Maximum) cannot be
+// recalled and may still arrive. They were sealed before the withdrawal,
+// so their (boot, seq) is below the consent event's, and a cloud service
+// using [ConsentLedger] discards them.
+//
+// On error the stream is stopped in this process in any case; the error
+// says what did not complete, and Dial completes it (purge, event) after a
+// restart. Withdrawing consent not in force still purges.
+func (c *Client) WithdrawConsent(ctx context.Context, stream string) error {
+	return c.consent.withdraw(ctx, stream)
+}
+
+// Consent returns the consent recorded for stream; Granted reports consent
+// in force (granted for the stream's declared purpose, its event queued).
+func (c *Client) Consent(stream string) Consent { return c.consent.consent(stream) }
 
 func (c *Client) signal() {
 	select {
@@ -411,10 +509,12 @@ func (c *Client) deliver(ctx context.Context) {
 			batch = c.outbox.Next(free, c.isInflight)
 		}
 		for i, m := range batch {
-			if i > 0 && isKeyTopic(m.Topic) {
-				break // a key delivery is sent alone, before what it encrypts
+			if i > 0 && isBarrier(m) {
+				// A key delivery is sent alone, before what it encrypts; a
+				// consent event alone, before what is sealed after it.
+				break
 			}
-			key := isKeyTopic(m.Topic)
+			key := isBarrier(m)
 			c.mu.Lock()
 			c.inflight[m.ID] = true
 			if key {
@@ -441,6 +541,10 @@ func isKeyTopic(topic string) bool {
 	p, err := ParseTopic(topic)
 	return err == nil && p.Kind == KindKey
 }
+
+// isBarrier reports a message that goes alone: nothing else is sent until
+// its PUBACK.
+func isBarrier(m Message) bool { return m.Stream == ConsentStream || isKeyTopic(m.Topic) }
 
 func (c *Client) inflightKeyLocked() bool { return len(c.inflightKeys) > 0 }
 
@@ -469,6 +573,9 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		c.mu.Unlock()
 		c.signal()
 	}()
+	if !c.consent.sendable(m.Stream) {
+		return // consent withdrawn since Next returned it: the purge removed it
+	}
 	c.sent.Add(1)
 	ct := ContentType
 	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: m.Topic, Payload: m.Payload,
@@ -485,6 +592,9 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		if err := c.outbox.Ack(m.ID); err != nil {
 			c.log.Error("outbox ack", "err", err)
 		}
+		if m.Stream == SecurityStream {
+			c.securityDelivered(m.ID)
+		}
 	case resp != nil && permanent(resp.ReasonCode):
 		c.refused.Add(1)
 		reason := fmt.Sprintf("PUBACK reason 0x%02x", resp.ReasonCode)
@@ -494,6 +604,9 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		c.log.Error("broker refused message", "topic", m.Topic, "id", m.ID, "reason", reason)
 		if err := c.outbox.Drop(m.ID, reason); err != nil {
 			c.log.Error("outbox drop", "err", err)
+		}
+		if m.Stream == SecurityStream {
+			c.securityDelivered(m.ID)
 		}
 		if c.cfg.OnRefused != nil {
 			c.cfg.OnRefused(Refusal{Topic: m.Topic, MessageID: m.ID, Reason: reason, Err: ErrRefusedByBroker})
@@ -561,6 +674,7 @@ func (c *Client) Stats() ClientStats {
 func (c *Client) Close(ctx context.Context) error {
 	err := c.cm.Disconnect(ctx)
 	c.cancel()
+	c.bg.Wait()
 	<-c.done
 	<-c.cm.Done()
 	c.pubs.Wait() // no Ack after the outbox closes

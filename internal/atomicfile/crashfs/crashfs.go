@@ -70,6 +70,15 @@ func (c *FS) step() error {
 	return nil
 }
 
+// synced records that f's first size bytes are durable. It takes the lock
+// that step holds when a crash truncates files to their durable size.
+func (c *FS) synced(f *file, size int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f.durable = size
+	delete(c.dirty, f)
+}
+
 func (c *FS) markDirty(f *file, dirty bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -188,8 +197,7 @@ func (f *file) Sync() error {
 	if err != nil {
 		return err
 	}
-	f.durable = st.Size()
-	f.c.markDirty(f, false)
+	f.c.synced(f, st.Size())
 	return nil
 }
 

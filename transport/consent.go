@@ -1,0 +1,587 @@
+package transport
+
+// Consent per telemetry stream, device half (ETSI EN 303 645 provisions
+// 5.8 and 5.11, OWASP IoT I6). The cloud half, the consent events and the
+// ledger that applies them, is in consent_ledger.go.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/internal/statefile"
+)
+
+// Streams of the SDK itself. Every stream whose name starts with "d2c." is
+// reserved: [Client.Publish] refuses it and [ClientConfig.Streams] cannot
+// declare it.
+const (
+	// ConsentStream carries the device's consent events, one per record
+	// ([ParseConsentEvent]).
+	ConsentStream = "d2c.consent"
+	// SecurityStream carries the device's security-metrics reports
+	// ([ParseSecurityReport]).
+	SecurityStream = "d2c.security"
+
+	reservedStreamPrefix = "d2c."
+)
+
+// ErrNoConsent is returned by [Client.Publish] for a stream declared
+// Personal in [ClientConfig.Streams] while no consent for its declared
+// purpose is in force. Nothing is stored.
+var ErrNoConsent = errors.New("transport: no consent for this personal stream")
+
+// Bounds of consent state.
+const (
+	// maxPurpose bounds a purpose, in bytes.
+	maxPurpose = 256
+	// maxConsentStreams bounds the streams a ConsentStore records and the
+	// entries of ClientConfig.Streams.
+	maxConsentStreams = 256
+)
+
+// StreamPolicy declares what a telemetry stream is for (see
+// [ClientConfig.Streams]).
+type StreamPolicy struct {
+	// Stream is the stream name ([ValidateStream]); not one of the
+	// reserved "d2c." streams. Required.
+	Stream string
+	// Purpose says what the stream's data is used for, in the words the
+	// user is shown when asked for consent: 1 to 256 bytes of UTF-8
+	// without control characters. Required when Personal.
+	Purpose string
+	// Personal marks a stream that carries personal data: it is sent only
+	// while the user's consent to Purpose is in force
+	// ([Client.GrantConsent]). Default false: the stream (device health,
+	// for example) needs no consent.
+	Personal bool
+}
+
+// Consent is the consent recorded for one stream.
+type Consent struct {
+	Stream  string
+	Purpose string // the purpose consented to (or withdrawn from)
+	// Granted reports consent in force: granted, and its consent event
+	// stored in the outbox. [Client.Consent] also requires Purpose to be
+	// the stream's declared purpose.
+	Granted bool
+	Time    time.Time // when it last changed, by the device's trusted clock
+	// Change is the store's change counter at the last change: it rises
+	// by one at every grant or withdrawal of any stream, and never
+	// decreases.
+	Change uint64
+}
+
+func isReservedStream(stream string) bool { return strings.HasPrefix(stream, reservedStreamPrefix) }
+
+func validatePurpose(p string) error {
+	if p == "" || len(p) > maxPurpose || !utf8.ValidString(p) || strings.ContainsFunc(p, unicode.IsControl) {
+		return fmt.Errorf("transport: purpose %q: want 1 to %d bytes of UTF-8 without control characters", clip(p), maxPurpose)
+	}
+	return nil
+}
+
+// validateStreamPolicies checks ClientConfig.Streams and indexes it.
+func validateStreamPolicies(ps []StreamPolicy) (map[string]StreamPolicy, error) {
+	if len(ps) > maxConsentStreams {
+		return nil, fmt.Errorf("transport: ClientConfig.Streams: %d streams, at most %d", len(ps), maxConsentStreams)
+	}
+	m := make(map[string]StreamPolicy, len(ps))
+	for _, p := range ps {
+		if err := ValidateStream(p.Stream); err != nil {
+			return nil, fmt.Errorf("transport: ClientConfig.Streams: %w", err)
+		}
+		if isReservedStream(p.Stream) {
+			return nil, fmt.Errorf("transport: ClientConfig.Streams: stream %q is reserved", p.Stream)
+		}
+		if _, dup := m[p.Stream]; dup {
+			return nil, fmt.Errorf("transport: ClientConfig.Streams: stream %q declared twice", p.Stream)
+		}
+		if p.Personal || p.Purpose != "" {
+			if err := validatePurpose(p.Purpose); err != nil {
+				return nil, fmt.Errorf("transport: ClientConfig.Streams: stream %q: %w", p.Stream, err)
+			}
+		}
+		m[p.Stream] = p
+	}
+	return m, nil
+}
+
+// ---------------------------------------------------------------------------
+// The store
+
+// ConsentStore is the device's durable record of consent per stream: the
+// file consent.state in the client's state directory, a checksummed CBOR
+// state file replaced atomically at every change, so that a power cut
+// leaves the old or the new record, never a mix. The [Client] owns it and
+// changes it only through [Client.GrantConsent] and
+// [Client.WithdrawConsent]; [OpenConsentStore] reads it, for tools.
+type ConsentStore struct {
+	path  string
+	fs    atomicfile.FS
+	codec *statefile.Codec
+
+	mu sync.Mutex
+	st consentState
+}
+
+// consentState is the stored form, kind "d2c.consent.v1".
+type consentState struct {
+	Change  uint64          `cbor:"1,keyasint"`
+	Streams []consentRecord `cbor:"2,keyasint"` // sorted by stream
+}
+
+type consentRecord struct {
+	Stream  string `cbor:"1,keyasint"`
+	Purpose string `cbor:"2,keyasint"`
+	Granted bool   `cbor:"3,keyasint"`
+	Time    int64  `cbor:"4,keyasint"` // Unix ms
+	Change  uint64 `cbor:"5,keyasint"`
+	// Pending: the consent event of this change is not yet in the
+	// outbox. A grant is in force only once it is.
+	Pending bool `cbor:"6,keyasint"`
+}
+
+func (r consentRecord) public() Consent {
+	return Consent{Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted && !r.Pending,
+		Time: time.UnixMilli(r.Time), Change: r.Change}
+}
+
+const consentStateKind = "d2c.consent.v1"
+
+// OpenConsentStore reads the consent store at path (a client's is
+// "consent.state" in its StateDir). A missing file is an empty store; a
+// corrupt one is an error. The store read is a snapshot: a running client
+// does not update it.
+func OpenConsentStore(path string) (*ConsentStore, error) { return openConsentStore(nil, path) }
+
+func openConsentStore(fsys atomicfile.FS, path string) (*ConsentStore, error) {
+	codec, err := statefile.New(consentStateKind, maxConsentStreams)
+	if err != nil {
+		return nil, err
+	}
+	s := &ConsentStore{path: path, fs: fsys, codec: codec}
+	switch err := codec.Load(path, &s.st); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		// A store that does not read back cannot say which consents were
+		// withdrawn: refuse, as for the boot counter.
+		return nil, fmt.Errorf("transport: consent store: %w", err)
+	}
+	if err := s.st.check(); err != nil {
+		return nil, fmt.Errorf("transport: consent store %s: %w: %v", path, statefile.ErrCorrupt, err)
+	}
+	return s, nil
+}
+
+func (st *consentState) check() error {
+	for i, r := range st.Streams {
+		if err := ValidateStream(r.Stream); err != nil {
+			return err
+		}
+		if i > 0 && st.Streams[i-1].Stream >= r.Stream {
+			return errors.New("streams not sorted or repeated")
+		}
+		if r.Purpose != "" {
+			if err := validatePurpose(r.Purpose); err != nil {
+				return err
+			}
+		}
+		if r.Change == 0 || r.Change > st.Change {
+			return fmt.Errorf("stream %q: change %d outside 1..%d", r.Stream, r.Change, st.Change)
+		}
+	}
+	return nil
+}
+
+// Consent returns the consent recorded for stream, and whether there is
+// one.
+func (s *ConsentStore) Consent(stream string) (Consent, bool) {
+	r, ok := s.get(stream)
+	if !ok {
+		return Consent{Stream: stream}, false
+	}
+	return r.public(), true
+}
+
+// List returns every stream's consent, by stream name.
+func (s *ConsentStore) List() []Consent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Consent, len(s.st.Streams))
+	for i, r := range s.st.Streams {
+		out[i] = r.public()
+	}
+	return out
+}
+
+func (s *ConsentStore) get(stream string) (consentRecord, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i, ok := s.find(stream)
+	if !ok {
+		return consentRecord{}, false
+	}
+	return s.st.Streams[i], true
+}
+
+func (s *ConsentStore) find(stream string) (int, bool) {
+	return slices.BinarySearchFunc(s.st.Streams, stream, func(r consentRecord, t string) int { return strings.Compare(r.Stream, t) })
+}
+
+// put records r as the stream's new state under the next change number
+// and returns it. Memory changes only once the file is durable; the change
+// counter rises even on error, so that a number that may have reached the
+// disk is never given to another change.
+func (s *ConsentStore) put(r consentRecord) (consentRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := consentState{Change: s.st.Change + 1, Streams: slices.Clone(s.st.Streams)}
+	r.Change = next.Change
+	i, ok := s.find(r.Stream)
+	switch {
+	case ok:
+		next.Streams[i] = r
+	case len(next.Streams) >= maxConsentStreams:
+		return r, fmt.Errorf("transport: consent store holds %d streams, the limit", len(next.Streams))
+	default:
+		next.Streams = slices.Insert(next.Streams, i, r)
+	}
+	if err := s.codec.Save(s.fs, s.path, next); err != nil {
+		s.st.Change = next.Change
+		return r, fmt.Errorf("transport: consent store: %w", err)
+	}
+	s.st = next
+	return r, nil
+}
+
+// pending returns the records whose consent event is not yet queued.
+func (s *ConsentStore) pending() []consentRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []consentRecord
+	for _, r := range s.st.Streams {
+		if r.Pending {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// reported clears the pending flag of the given changes, in memory at
+// once and then on disk. A failed write only means the events are sent
+// again after a restart, which the cloud tolerates.
+func (s *ConsentStore) reported(recs []consentRecord) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := consentState{Change: s.st.Change, Streams: slices.Clone(s.st.Streams)}
+	for _, r := range recs {
+		if i, ok := s.find(r.Stream); ok && next.Streams[i].Change == r.Change {
+			next.Streams[i].Pending = false
+		}
+	}
+	s.st = next
+	if err := s.codec.Save(s.fs, s.path, next); err != nil {
+		return fmt.Errorf("transport: consent store: %w", err)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// The gate: consent enforcement in the client
+
+// consentGate enforces consent for a client: Publish checks it, the
+// delivery loop asks it before sending, GrantConsent and WithdrawConsent
+// change it.
+type consentGate struct {
+	// mu is held shared by a Publish of a personal stream from its consent
+	// check until its envelope is stored (so the sequence number it takes
+	// is below that of any later consent event), and exclusively by a
+	// consent change.
+	mu       sync.RWMutex
+	store    *ConsentStore
+	policies map[string]StreamPolicy
+	outbox   *Outbox
+	now      func() time.Time
+	log      *slog.Logger
+	// seal seals one record of an SDK stream into the messages to store
+	// (a session-key delivery first when one is due).
+	seal func(o PublishOptions, readings []Reading) ([]Message, error)
+
+	// stopped holds streams whose withdrawal could not be recorded: closed
+	// in this process whatever the store says (under mu).
+	stopped map[string]bool
+	// open holds the personal streams that may be published and sent now;
+	// read without a lock by the delivery loop, replaced under openMu.
+	open   atomic.Pointer[map[string]bool]
+	openMu sync.Mutex
+}
+
+func newConsentGate(store *ConsentStore, policies map[string]StreamPolicy, outbox *Outbox, now func() time.Time, log *slog.Logger,
+	seal func(PublishOptions, []Reading) ([]Message, error)) *consentGate {
+	g := &consentGate{store: store, policies: policies, outbox: outbox, now: now, log: log, seal: seal, stopped: map[string]bool{}}
+	g.refresh()
+	return g
+}
+
+func (g *consentGate) personal(stream string) bool { return g.policies[stream].Personal }
+
+// inForce reports whether r is consent in force for its stream's policy.
+func (g *consentGate) inForce(r consentRecord) bool {
+	p := g.policies[r.Stream]
+	return p.Personal && r.Granted && !r.Pending && r.Purpose == p.Purpose
+}
+
+// refresh recomputes the open streams from the store.
+func (g *consentGate) refresh() {
+	g.openMu.Lock()
+	defer g.openMu.Unlock()
+	open := map[string]bool{}
+	for s := range g.policies {
+		if r, ok := g.store.get(s); ok && g.inForce(r) && !g.stopped[s] {
+			open[s] = true
+		}
+	}
+	g.open.Store(&open)
+}
+
+// close stops stream at once, before anything is written.
+func (g *consentGate) close(stream string) {
+	g.openMu.Lock()
+	defer g.openMu.Unlock()
+	open := *g.open.Load()
+	if !open[stream] {
+		return
+	}
+	next := make(map[string]bool, len(open))
+	for s := range open {
+		if s != stream {
+			next[s] = true
+		}
+	}
+	g.open.Store(&next)
+}
+
+// sendable reports whether a stored message of stream may go out now: any
+// stream not declared personal, and personal streams with consent in force.
+// For a closed stream it first waits for a consent change under way, so
+// that during a withdrawal the caller does not take the same message from
+// the outbox again and again until the purge removes it.
+func (g *consentGate) sendable(stream string) bool {
+	if !g.personal(stream) || (*g.open.Load())[stream] {
+		return true
+	}
+	g.mu.RLock() // wait for a change under way, then look again
+	defer g.mu.RUnlock()
+	return (*g.open.Load())[stream]
+}
+
+// hold checks consent for a Publish to stream. On success the caller must
+// call release once its envelope is stored (or failed to be).
+func (g *consentGate) hold(stream string) (release func(), err error) {
+	if !g.personal(stream) {
+		return func() {}, nil
+	}
+	g.mu.RLock()
+	if !(*g.open.Load())[stream] {
+		g.mu.RUnlock()
+		return nil, fmt.Errorf("%w: %q", ErrNoConsent, stream)
+	}
+	return g.mu.RUnlock, nil
+}
+
+// consent reports a stream's consent, Granted meaning in force.
+func (g *consentGate) consent(stream string) Consent {
+	r, ok := g.store.get(stream)
+	if !ok {
+		return Consent{Stream: stream}
+	}
+	c := r.public()
+	c.Granted = g.inForce(r) && (*g.open.Load())[stream]
+	return c
+}
+
+// grant records consent to purpose for a personal stream, queues its
+// consent event, and only then opens the stream.
+func (g *consentGate) grant(ctx context.Context, stream, purpose string) error {
+	p, ok := g.policies[stream]
+	if !ok || !p.Personal {
+		return fmt.Errorf("transport: GrantConsent: stream %q is not declared personal in ClientConfig.Streams", clip(stream))
+	}
+	if purpose != p.Purpose {
+		return fmt.Errorf("transport: GrantConsent: purpose %q is not the declared purpose of stream %q", clip(purpose), stream)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	prev, had := g.store.get(stream)
+	if had && g.inForce(prev) {
+		// Already in force (its withdrawal, if one failed, never made it
+		// to the store): no change, no event.
+		delete(g.stopped, stream)
+		g.refresh()
+		return nil
+	}
+	if _, err := g.store.put(consentRecord{Stream: stream, Purpose: purpose, Granted: true, Time: g.now().UnixMilli(), Pending: true}); err != nil {
+		return err
+	}
+	delete(g.stopped, stream)
+	if err := g.flush(ctx); err != nil {
+		// Not in force (its event is not queued): put the previous state
+		// back, so that a restart does not bring the grant into force
+		// behind the caller's back.
+		undo := consentRecord{Stream: stream, Purpose: purpose, Time: g.now().UnixMilli()}
+		if had {
+			undo = prev
+		}
+		if _, uerr := g.store.put(undo); uerr != nil {
+			g.log.Error("consent: undo a grant whose event could not be queued", "stream", stream, "err", uerr)
+		}
+		g.refresh()
+		return fmt.Errorf("transport: GrantConsent %q: consent not granted: %w", stream, err)
+	}
+	g.refresh()
+	return nil
+}
+
+// withdraw stops a personal stream, records the withdrawal, purges the
+// stream's queued messages durably, and queues the consent event, in that
+// order.
+func (g *consentGate) withdraw(ctx context.Context, stream string) error {
+	p, ok := g.policies[stream]
+	if !ok || !p.Personal {
+		return fmt.Errorf("transport: WithdrawConsent: stream %q is not declared personal in ClientConfig.Streams", clip(stream))
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Stop first: from here on the delivery loop starts no PUBLISH of the
+	// stream, even while Publish calls that passed their check finish.
+	g.close(stream)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.close(stream) // again: a grant may have reopened it meanwhile
+	g.stopped[stream] = true
+	cur, had := g.store.get(stream)
+	if !had || cur.Granted || cur.Pending {
+		purpose := p.Purpose
+		if had && cur.Purpose != "" {
+			purpose = cur.Purpose
+		}
+		if _, err := g.store.put(consentRecord{Stream: stream, Purpose: purpose, Time: g.now().UnixMilli(), Pending: true}); err != nil {
+			_, _ = g.outbox.PurgeStream(stream) // gone from this process at least
+			return fmt.Errorf("transport: WithdrawConsent %q: the stream is stopped and its queue purged in this process, but the withdrawal is not recorded: %w", stream, err)
+		}
+	}
+	delete(g.stopped, stream) // recorded: the store keeps it closed
+	if _, err := g.outbox.PurgeStream(stream); err != nil {
+		return fmt.Errorf("transport: WithdrawConsent %q: withdrawal recorded; queued messages removed in this process, durably only after a restart: %w", stream, err)
+	}
+	if err := g.flush(ctx); err != nil {
+		return fmt.Errorf("transport: WithdrawConsent %q: withdrawal in force; its consent event is not queued yet (retried at the next consent change, security-report tick and Dial): %w", stream, err)
+	}
+	return nil
+}
+
+// reconcile runs at Dial, before any Publish: it queues the consent
+// events a crash left pending, then purges the queued messages of every
+// personal stream without consent in force, and of every stream whose
+// consent is recorded as withdrawn (a withdrawal interrupted between its
+// record and its purge).
+func (g *consentGate) reconcile(ctx context.Context) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.flush(ctx); err != nil {
+		g.log.Error("consent: queue pending consent events", "err", err)
+	}
+	g.refresh()
+	purge := map[string]bool{}
+	for s, p := range g.policies {
+		if p.Personal && !(*g.open.Load())[s] {
+			purge[s] = true
+		}
+	}
+	for _, c := range g.store.List() {
+		if !c.Granted {
+			purge[c.Stream] = true
+		}
+	}
+	for _, s := range slices.Sorted(maps.Keys(purge)) {
+		n, err := g.outbox.PurgeStream(s)
+		if err != nil {
+			g.log.Error("consent: purge a stream without consent", "stream", s, "err", err)
+		} else if n > 0 {
+			g.log.Warn("consent: purged queued messages of a stream without consent", "stream", s, "messages", n)
+		}
+	}
+}
+
+// retry queues the consent events a failure left pending (the outbox was
+// full, say); the security-report loop calls it at every tick.
+func (g *consentGate) retry(ctx context.Context) {
+	if len(g.store.pending()) == 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.flush(ctx); err != nil {
+		g.log.Warn("consent: queue pending consent events", "err", err)
+	}
+	g.refresh()
+}
+
+// consentBody is the JSON body of a consent event (docs/protocol.md).
+type consentBody struct {
+	V       int    `json:"v"`
+	Stream  string `json:"stream"`
+	Purpose string `json:"purpose"`
+	Granted bool   `json:"granted"`
+	Change  uint64 `json:"change"`
+	Time    int64  `json:"time"`
+}
+
+// flush queues the consent events of every pending record in one durable
+// append (all or none), one record per event, at top priority, then
+// clears their pending flags. Called with mu held. The append is not
+// cancelled with ctx (it waits for one fsync), so that its outcome is
+// never in doubt.
+func (g *consentGate) flush(ctx context.Context) error {
+	ctx = context.WithoutCancel(ctx)
+	recs := g.store.pending()
+	if len(recs) == 0 {
+		return nil
+	}
+	var msgs []Message
+	for _, r := range recs {
+		body, err := json.Marshal(consentBody{V: 1, Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted, Change: r.Change, Time: r.Time})
+		if err != nil {
+			return err
+		}
+		m, err := g.seal(PublishOptions{Stream: ConsentStream, Priority: 255}, []Reading{{Time: time.UnixMilli(r.Time), Body: body}})
+		if err != nil {
+			return err
+		}
+		msgs = append(msgs, m...)
+	}
+	if _, err := g.outbox.Append(ctx, msgs...); err != nil {
+		return err
+	}
+	if err := g.store.reported(recs); err != nil {
+		g.log.Warn("consent: events queued, but not yet marked so (they may go twice)", "err", err)
+	}
+	return nil
+}

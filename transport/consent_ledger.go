@@ -1,0 +1,248 @@
+package transport
+
+// Consent per telemetry stream, cloud half: consent events and the ledger
+// that applies them to verified records.
+
+import (
+	"bytes"
+	"container/list"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// ConsentEvent is a device's consent change for one stream, as carried on
+// [ConsentStream] (docs/protocol.md, "Reserved streams").
+type ConsentEvent struct {
+	Device  string
+	Stream  string // the stream whose consent changed
+	Purpose string
+	Granted bool      // true: granted; false: withdrawn
+	Change  uint64    // the device's consent change counter, from 1
+	Time    time.Time // when the change happened, by the device's clock
+	// Boot and Seq place the event in the device's message sequence: a
+	// telemetry record of Stream sealed after the change has a higher
+	// (Boot, Seq), one sealed before it a lower.
+	Boot, Seq uint64
+}
+
+// ParseConsentEvent decodes the consent event of a verified record of
+// [ConsentStream] (one reading, a JSON body). The decoding is strict:
+// unknown fields, another version, an invalid stream or purpose are
+// refused with an error wrapping [ErrMalformed].
+func ParseConsentEvent(r Record) (ConsentEvent, error) {
+	if r.Stream != ConsentStream {
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: record of stream %q, want %q", ErrMalformed, clip(r.Stream), ConsentStream)
+	}
+	if len(r.Readings) != 1 {
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: %d readings, want 1", ErrMalformed, len(r.Readings))
+	}
+	var b consentBody
+	if err := decodeStrictJSON(r.Readings[0].Body, &b); err != nil {
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: %v", ErrMalformed, err)
+	}
+	switch {
+	case b.V != 1:
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: version %d, want 1", ErrMalformed, b.V)
+	case ValidateStream(b.Stream) != nil || isReservedStream(b.Stream):
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: stream %q", ErrMalformed, clip(b.Stream))
+	case validatePurpose(b.Purpose) != nil:
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: purpose %q", ErrMalformed, clip(b.Purpose))
+	case b.Change == 0:
+		return ConsentEvent{}, fmt.Errorf("%w: consent event: change 0", ErrMalformed)
+	}
+	return ConsentEvent{Device: r.Device, Stream: b.Stream, Purpose: b.Purpose, Granted: b.Granted, Change: b.Change,
+		Time: time.UnixMilli(b.Time), Boot: r.Boot, Seq: r.Seq}, nil
+}
+
+// decodeStrictJSON decodes one JSON value into v, refusing unknown fields
+// and trailing data. Bodies are bounded by limits.ReadingBody upstream.
+func decodeStrictJSON(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("data after the JSON value")
+	}
+	return nil
+}
+
+// position is a place in a device's message sequence.
+type position struct{ boot, seq uint64 }
+
+func (p position) less(q position) bool {
+	return p.boot < q.boot || p.boot == q.boot && p.seq < q.seq
+}
+
+// DefaultMaxDevices is the default of [ConsentLedger.MaxDevices] and
+// [SecurityMonitor.MaxDevices].
+const DefaultMaxDevices = 100_000
+
+// ConsentLedger applies devices' consent events to their telemetry, for a
+// cloud service that must discard what was sent without consent in force
+// or after its withdrawal. Feed it every verified record of
+// [ConsentStream] with [ConsentLedger.Observe], and ask
+// [ConsentLedger.Allowed] about every other record:
+//
+//	OnRecord: func(ctx context.Context, r transport.Record) {
+//		if r.Stream == transport.ConsentStream {
+//			ev, err := ledger.Observe(r) // and keep ev in the service's own records
+//			...
+//			return
+//		}
+//		if !ledger.Allowed(r) {
+//			return // consent withdrawn: discard
+//		}
+//		...
+//	}
+//
+// Ordering is by the device's (boot, seq) sequence, which the consent
+// events and the telemetry of every stream share, never by clocks: a
+// record is dropped if it was sealed before the stream's latest withdrawal
+// (it was in flight when consent was withdrawn, and the device could not
+// recall it) or after it without a later grant before it. A record sealed
+// after a grant that is in force passes. A stream the ledger has no event
+// for is not governed by it: every record passes (the device refuses to
+// send a personal stream without consent; the ledger is the cloud's
+// second line).
+//
+// The device sends each consent event alone, at top priority, before
+// anything sealed after it, so the event reaches a single cloud consumer
+// first. With several verifier processes (shared subscriptions), route a
+// device's records to one process, as the replay window requires anyway.
+//
+// The ledger lives in memory, bounded by MaxDevices (least recently seen
+// devices forgotten first, which ungoverns their streams): a service keeps
+// the consent events in its own database and replays them into Observe at
+// start. It is safe for concurrent use. Set the fields before first use.
+type ConsentLedger struct {
+	// MaxDevices bounds the devices tracked. Default
+	// DefaultMaxDevices.
+	MaxDevices int
+
+	mu      sync.Mutex
+	devices map[string]*list.Element // of *ledgerDevice
+	lru     list.List                // most recent first
+}
+
+type ledgerDevice struct {
+	id      string
+	streams map[string]*streamConsent
+}
+
+// streamConsent is what the ledger keeps of one stream: the position of
+// its latest withdrawal and of the first grant after it.
+type streamConsent struct {
+	withdrawn, granted       position
+	hasWithdrawn, hasGranted bool
+}
+
+// Observe applies the consent event of a verified record of
+// [ConsentStream] and returns it. Events may arrive out of order: each is
+// placed by its (boot, seq).
+func (l *ConsentLedger) Observe(r Record) (ConsentEvent, error) {
+	ev, err := ParseConsentEvent(r)
+	if err != nil {
+		return ev, err
+	}
+	p := position{ev.Boot, ev.Seq}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.device(r.Device, true)
+	sc := d.streams[ev.Stream]
+	if sc == nil {
+		if len(d.streams) >= maxConsentStreams {
+			return ev, fmt.Errorf("%w: consent event: device %q has events for more than %d streams", ErrMalformed, clip(r.Device), maxConsentStreams)
+		}
+		sc = &streamConsent{}
+		d.streams[ev.Stream] = sc
+	}
+	if ev.Granted {
+		switch {
+		case sc.hasWithdrawn && p.less(sc.withdrawn):
+			// Superseded by a later withdrawal.
+		case !sc.hasGranted || p.less(sc.granted):
+			sc.granted, sc.hasGranted = p, true
+		}
+	} else if !sc.hasWithdrawn || sc.withdrawn.less(p) {
+		sc.withdrawn, sc.hasWithdrawn = p, true
+		if sc.hasGranted && sc.granted.less(p) {
+			sc.hasGranted = false // that grant ended here
+		}
+	}
+	return ev, nil
+}
+
+// Allowed reports whether a verified telemetry record may be kept under
+// the consent events observed for its device and stream (see
+// [ConsentLedger]). Records of the reserved streams always pass.
+func (l *ConsentLedger) Allowed(r Record) bool {
+	if isReservedStream(r.Stream) {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.device(r.Device, false)
+	if d == nil {
+		return true
+	}
+	sc := d.streams[r.Stream]
+	if sc == nil {
+		return true
+	}
+	p := position{r.Boot, r.Seq}
+	if sc.hasWithdrawn && !sc.withdrawn.less(p) {
+		return false // sealed before the latest withdrawal
+	}
+	return sc.hasGranted && sc.granted.less(p)
+}
+
+// Forget drops everything the ledger holds about device (when the device
+// is decommissioned and its records erased, or re-enrolled with a new
+// boot counter).
+func (l *ConsentLedger) Forget(device string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.devices[device]; e != nil {
+		l.lru.Remove(e)
+		delete(l.devices, device)
+	}
+}
+
+// Len returns the number of devices tracked.
+func (l *ConsentLedger) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.devices)
+}
+
+// device returns the entry of id, most recently used from now, creating
+// it (and evicting the least recently used beyond MaxDevices) if create.
+func (l *ConsentLedger) device(id string, create bool) *ledgerDevice {
+	if e := l.devices[id]; e != nil {
+		l.lru.MoveToFront(e)
+		return e.Value.(*ledgerDevice)
+	}
+	if !create {
+		return nil
+	}
+	if l.devices == nil {
+		l.devices = map[string]*list.Element{}
+	}
+	limit := l.MaxDevices
+	if limit <= 0 {
+		limit = DefaultMaxDevices
+	}
+	for len(l.devices) >= limit {
+		old := l.lru.Back()
+		l.lru.Remove(old)
+		delete(l.devices, old.Value.(*ledgerDevice).id)
+	}
+	d := &ledgerDevice{id: id, streams: map[string]*streamConsent{}}
+	l.devices[id] = l.lru.PushFront(d)
+	return d
+}
