@@ -129,6 +129,9 @@ type Status struct {
 	RebootNeeded bool
 	// Last is the last outcome.
 	Last *Result
+	// Reverted is the version of the last release that booted here and
+	// was reverted; Check does not offer that same release again.
+	Reverted uint64
 }
 
 // Agent installs updates: it checks for verified releases, downloads one
@@ -260,6 +263,9 @@ func (a *Agent) statusLocked() Status {
 	if a.st.Last != nil {
 		l := *a.st.Last
 		s.Last = &l
+	}
+	if a.st.Reverted != nil {
+		s.Reverted = a.st.Reverted.Version
 	}
 	return s
 }

@@ -303,6 +303,11 @@ func deviceUpdateCheck(ctx context.Context, s streams, o deviceUpdateOptions) er
 		return withHint(err, deviceUpdateHint(err, st, o))
 	}
 	if offer == nil {
+		if rv := a.Status().Reverted; rv > st.Installed.Version {
+			fmt.Fprintf(s.stdout, "release %d was reverted on this device and is not installed again; release %d runs from slot %s: "+
+				"publish a newer release to update\n", rv, st.Installed.Version, st.Installed.Slot)
+			return nil
+		}
 		fmt.Fprintf(s.stdout, "up to date: release %d runs from slot %s\n", st.Installed.Version, st.Installed.Slot)
 		return nil
 	}

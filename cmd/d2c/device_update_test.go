@@ -115,19 +115,31 @@ func TestDeviceUpdate(t *testing.T) {
 		t.Error("slots/current/image after the rollback is not release 3")
 	}
 
-	// Installed again and never confirmed: every run counts a start, and
-	// the fourth reverts it.
+	// The reverted release is not installed again (it would loop).
 	stdout, _ = d2c(exitOK, check...)
-	match("stdout", stdout, `(?m)^installed release 4 into slot a, on trial$`)
+	match("stdout", stdout, `(?m)^release 4 was reverted on this device and is not installed again; release 3 runs from slot b`)
+
+	// Release 5, installed and never confirmed: every run counts a start,
+	// and the fourth reverts it.
+	image5 := bytes.Repeat([]byte("firmware 5 "), 1000)
+	img5 := filepath.Join(tmp, "fw5.bin")
+	if err := os.WriteFile(img5, image5, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d2cRun(t, "update", "release", "sign", "--repo", repo, "--key", filepath.Join(keys, "release.key"), "--version", "5",
+		"--security-counter", "1", "--hardware-class", "hw", "--image", img5, "--timestamp-key", filepath.Join(keys, "timestamp.key"),
+		"--progress=false")
+	stdout, _ = d2c(exitOK, check...)
+	match("stdout", stdout, `(?m)^installed release 5 into slot a, on trial$`)
 	for i := 1; i <= 3; i++ {
 		_, stderr = d2c(exitError, check...)
-		match("stderr", stderr, `release 4 is on trial in slot a \(start `+strconv.Itoa(i)+` of 3\)`)
+		match("stderr", stderr, `release 5 is on trial in slot a \(start `+strconv.Itoa(i)+` of 3\)`)
 	}
 	_, stderr = d2c(exitError, append(base, "--confirm")...) // a fourth start: too late
-	match("stderr", stderr, `(?m)^d2c: device update: update: no update on trial: release 4 was reverted before it was confirmed$`)
+	match("stderr", stderr, `(?m)^d2c: device update: update: no update on trial: release 5 was reverted before it was confirmed$`)
 	match("stderr", stderr, `(?m)^hint: a release on trial gets 3 starts and 30 minutes`)
 	stdout, _ = d2c(exitOK, append(base, "--status")...)
-	match("status", stdout, `(?m)^last: +reverted release 4 \(from 3\) at .*: not confirmed within 3 starts`)
+	match("status", stdout, `(?m)^last: +reverted release 5 \(from 3\) at .*: not confirmed within 3 starts`)
 	match("status", stdout, `(?m)^next start: slot b$`)
 
 	// Another hardware class: refused, the attack named.

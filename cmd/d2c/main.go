@@ -31,6 +31,8 @@
 //	update timestamp     re-sign a fresh timestamp for the current release
 //	update verify        verify a repository exactly as a device would
 //	update serve         serve a repository over plain HTTP for development
+//	audit verify         check a device's audit log: its hash chain, and the heads it signed
+//	audit show           list the records of a device's audit log
 //	completion bash|zsh|fish  print a shell completion script
 //
 // Run "d2c <command> --help" for a command's flags and an example.
@@ -112,7 +114,7 @@ func commands() []*command {
 		updateTimestampCommand(),
 		updateVerifyCommand(),
 		updateServeCommand(),
-	}, completionCommands()...)
+	}, append(auditCommands(), completionCommands()...)...)
 }
 
 // run is the whole CLI: it parses args (without the program name), runs

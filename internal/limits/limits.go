@@ -131,3 +131,39 @@ const (
 	// outstanding challenges; a new one evicts the device's oldest.
 	AttestationNoncesPerDevice = 4
 )
+
+// audit: the device's tamper-evident audit log (package identity/audit).
+const (
+	// AuditRecord bounds one encoded audit record (framing excluded).
+	// Append refuses a larger record; readers read no more than this.
+	AuditRecord = 4 << 10
+
+	// AuditDetail bounds the detail of one audit record: the bytes of
+	// its keys and values together.
+	AuditDetail = 1 << 10
+
+	// AuditDetailEntries bounds the key-value pairs of one record's detail.
+	AuditDetailEntries = 16
+
+	// AuditSegment is the default size at which the audit log starts a
+	// new segment file.
+	AuditSegment = 256 << 10
+
+	// AuditSegmentMax bounds the configurable segment size.
+	AuditSegmentMax = 16 << 20
+
+	// AuditLogBytes is the default bound on the bytes of all segments of
+	// an audit log; past it, the oldest segments are deleted.
+	AuditLogBytes = 4 << 20
+
+	// AuditLogMax bounds the configurable log size and what a verifier
+	// reads of one log (a directory or an exported stream).
+	AuditLogMax = 64 << 20
+
+	// AuditSegments bounds the segment files of one audit log that a
+	// verifier reads.
+	AuditSegments = 4096
+
+	// AuditHeadToken bounds a signed audit head (a compact JWS) in bytes.
+	AuditHeadToken = 2 << 10
+)
