@@ -22,6 +22,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 )
 
@@ -52,6 +53,10 @@ type ClientConfig struct {
 	// OnRefused is told of every message the broker refused for good (PUBACK
 	// reason >= 0x80 that retrying cannot fix) and every command refused.
 	OnRefused func(Refusal)
+	// Audit, if set, records every refusal (commands, messages refused by
+	// the broker) and every consent change in the device's tamper-evident
+	// audit log.
+	Audit *audit.Log
 	// Outbox bounds the durable queue (Dir is set from StateDir).
 	Outbox OutboxConfig
 	// KeepAlive is the MQTT keep-alive. Default 30 s.
@@ -458,7 +463,11 @@ func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
 // sealed after it), and only then lets Publish take the stream. Granting
 // consent already in force does nothing. On error consent is not in force.
 func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error {
-	return c.consent.grant(ctx, stream, purpose)
+	if err := c.consent.grant(ctx, stream, purpose); err != nil {
+		return err
+	}
+	c.audited(ctx, func(l *audit.Log) error { return l.ConsentChange(ctx, stream, true) })
+	return nil
 }
 
 // WithdrawConsent withdraws consent for a personal stream, in this order:
@@ -478,7 +487,20 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 // says what did not complete, and Dial completes it (purge, event) after a
 // restart. Withdrawing consent not in force still purges.
 func (c *Client) WithdrawConsent(ctx context.Context, stream string) error {
-	return c.consent.withdraw(ctx, stream)
+	err := c.consent.withdraw(ctx, stream)
+	c.audited(ctx, func(l *audit.Log) error { return l.ConsentChange(ctx, stream, false) })
+	return err
+}
+
+// audited runs record against the audit log, if there is one; a failure to
+// record is logged (the log's own durability is its concern).
+func (c *Client) audited(ctx context.Context, record func(*audit.Log) error) {
+	if c.cfg.Audit == nil {
+		return
+	}
+	if err := record(c.cfg.Audit); err != nil && ctx.Err() == nil {
+		c.log.Error("audit log", "err", err)
+	}
 }
 
 // Consent returns the consent recorded for stream; Granted reports consent
@@ -608,6 +630,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		if m.Stream == SecurityStream {
 			c.securityDelivered(m.ID)
 		}
+		c.audited(ctx, func(l *audit.Log) error { return l.MessageRefused(ctx, m.Topic, reason) })
 		if c.cfg.OnRefused != nil {
 			c.cfg.OnRefused(Refusal{Topic: m.Topic, MessageID: m.ID, Reason: reason, Err: ErrRefusedByBroker})
 		}
@@ -652,6 +675,7 @@ func (c *Client) onPublish(ctx context.Context, p *paho.Publish) {
 	if err != nil {
 		c.cmdRefused.Add(1)
 		c.log.Warn("command refused", "err", err)
+		c.audited(ctx, func(l *audit.Log) error { return l.CommandRefused(ctx, clip(p.Topic), err.Error()) })
 		if c.cfg.OnRefused != nil {
 			c.cfg.OnRefused(Refusal{Topic: p.Topic, Reason: "command refused", Err: err})
 		}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update/internal/fetch"
@@ -95,6 +96,9 @@ type AgentConfig struct {
 	Report func(ctx context.Context, r Result)
 	// Logger receives the agent's events; nil discards them.
 	Logger *slog.Logger
+	// Audit, if set, records every outcome (installed, confirmed,
+	// reverted, refused, failed) in the device's tamper-evident audit log.
+	Audit *audit.Log
 
 	fs   atomicfile.FS      // tests: crash injection
 	hook func(point string) // tests: named points of an update
@@ -291,6 +295,11 @@ func (a *Agent) result(ctx context.Context, event string, version uint64, reason
 }
 
 func (a *Agent) report(ctx context.Context, r Result) {
+	if a.cfg.Audit != nil {
+		if err := a.cfg.Audit.UpdateResult(ctx, r.Event, r.Version, r.From, r.Reason); err != nil {
+			a.log.Error("audit log", "err", err)
+		}
+	}
 	if a.cfg.Report != nil {
 		a.cfg.Report(ctx, r)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/transport"
 )
 
@@ -339,5 +341,45 @@ func TestAgentStateCopies(t *testing.T) {
 	_, err = NewAgent(t.Context(), dev.config())
 	if !errors.Is(err, ErrState) {
 		t.Fatalf("NewAgent with both copies corrupt: %v, want ErrState", err)
+	}
+}
+
+// TestAgentAudit: with an audit log, every outcome is recorded, and the
+// log verifies.
+func TestAgentAudit(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "audit")
+	log, err := audit.Open(audit.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, func(c *AgentConfig) { c.Audit = log })
+	repo.publish(2, 1, image(2, 4096))
+	if ok, err := dev.agent.Update(t.Context()); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	dev.restart()
+	if _, err := dev.agent.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.agent.Confirm(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	repo.publish(1, 1, image(1, 4096)) // a rollback attempt: refused, recorded
+	if _, err := dev.agent.Update(t.Context()); !errors.Is(err, ErrRollback) {
+		t.Fatalf("rollback: %v", err)
+	}
+	recs, _, err := audit.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []audit.Kind
+	for _, r := range recs {
+		kinds = append(kinds, r.Kind)
+	}
+	want := []audit.Kind{audit.KindCheckpoint, audit.KindUpdateInstall, audit.KindUpdateConfirm, audit.KindUpdateRefused}
+	if fmt.Sprint(kinds) != fmt.Sprint(want) {
+		t.Fatalf("audit records %v, want %v", kinds, want)
 	}
 }
