@@ -50,7 +50,9 @@ func TestRenewalCrashAtEveryStep(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "crash")
 		crashfs.CopyDir(t, tmpl.Dir(), dir)
 		cfs, _, err := renewWith(dir, i)
-		if !cfs.Crashed() || !errors.Is(err, crashfs.ErrCrash) {
+		// A cut after the commit (while old generations are removed)
+		// leaves the renewal done: Renew reports success.
+		if !cfs.Crashed() || err != nil && !errors.Is(err, crashfs.ErrCrash) {
 			t.Fatalf("crash at %d/%d: did not crash (err %v)", i, total, err)
 		}
 		// Power back: a fresh process opens the store from disk.

@@ -33,11 +33,21 @@ func (s *Store) Destroy(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	keyFailed := false
 	for _, g := range all {
-		if s.keys == nil {
-			errs = append(errs, atomicfile.Scrub(s.keyPath(g)))
+		// removeKey scrubs a key file, or destroys the hardware key and
+		// only then its reference.
+		if err := s.removeKey(ctx, g); err != nil {
+			errs = append(errs, err)
+			keyFailed = true
 		}
-		errs = append(errs, s.removeKey(ctx, g), removeIfExists(s.certPath(g)))
+		errs = append(errs, removeIfExists(s.certPath(g)))
+	}
+	if keyFailed {
+		// Keep the references of the keys the keystore did not destroy,
+		// so that Destroy can be run again: without them nobody could
+		// find those keys any more.
+		return fmt.Errorf("identity: destroy %s: run it again: %w", s.dir, errors.Join(errs...))
 	}
 	// Whatever else the directory holds (anchors, the time floor, the
 	// transport state when it lives inside the store) goes too.

@@ -14,9 +14,10 @@ import (
 // memKeystore is a Keystore in memory, standing in for a token: it counts
 // the live keys and can be made to fail.
 type memKeystore struct {
-	mu   sync.Mutex
-	keys map[string]crypto.Signer
-	fail error
+	mu         sync.Mutex
+	keys       map[string]crypto.Signer
+	fail       error
+	failDelete error
 }
 
 func (m *memKeystore) Create(_ context.Context, label string, kt KeyType) (crypto.Signer, error) {
@@ -49,6 +50,9 @@ func (m *memKeystore) Open(_ context.Context, label string) (crypto.Signer, erro
 func (m *memKeystore) Delete(_ context.Context, label string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.failDelete != nil {
+		return m.failDelete
+	}
 	delete(m.keys, label)
 	return nil
 }
@@ -86,14 +90,12 @@ func TestStoreKeystore(t *testing.T) {
 	if cur, err := s2.Current(); err != nil || cur.Key != id.Key {
 		t.Fatalf("Current: %v", err)
 	}
-	// A store opened without the keystore does not see a hardware key.
-	if _, err := OpenStore(dir, StoreConfig{Time: f.clock.Now}); err != nil {
+	// A store opened without the keystore refuses, rather than look empty
+	// (which would invite an enrollment with a software key).
+	if s3, err := OpenStore(dir, StoreConfig{Time: f.clock.Now}); err != nil {
 		t.Fatal(err)
-	}
-	if s3, _ := OpenStore(dir, StoreConfig{Time: f.clock.Now}); s3 != nil {
-		if _, err := s3.Current(); !errors.Is(err, ErrNoIdentity) {
-			t.Fatalf("file-key store over a keystore store: %v, want ErrNoIdentity", err)
-		}
+	} else if _, err := s3.Current(); !errors.Is(err, ErrKeystore) {
+		t.Fatalf("file-key store over a keystore store: %v, want ErrKeystore", err)
 	}
 	// Renewal: a new hardware key, the old one destroyed.
 	id2, err := s2.Renew(t.Context(), f.client(), RenewOptions{})
@@ -153,5 +155,43 @@ func TestStoreDestroy(t *testing.T) {
 		if len(ks.keys) != 0 {
 			t.Fatalf("hardware %v: keys left in the keystore: %v", hw, ks.keys)
 		}
+	}
+}
+
+// TestStoreKeystoreLabels: stores sharing one token name their keys apart
+// (a random prefix kept in each store), and a keystore that fails to
+// delete keeps the reference for a retry of Destroy.
+func TestStoreKeystoreLabels(t *testing.T) {
+	f := newFleet(t, nil)
+	ks := &memKeystore{keys: map[string]crypto.Signer{}}
+	var stores []*Store
+	for i := range 2 {
+		s, err := OpenStore(filepath.Join(t.TempDir(), "device"), StoreConfig{Time: f.clock.Now, Keys: ks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := fmt.Sprintf("shared-%d", i)
+		if _, err := s.Enroll(t.Context(), f.client(), EnrollRequest{DeviceID: id, Auth: EnrollAuth{Token: f.token(id)}}); err != nil {
+			t.Fatal(err)
+		}
+		stores = append(stores, s)
+	}
+	if len(ks.keys) != 2 {
+		t.Fatalf("two stores on one token hold %d keys: %v", len(ks.keys), ks.keys)
+	}
+	// Destroy with the token failing: the reference stays; then it works.
+	ks.failDelete = errors.New("token busy")
+	if err := stores[0].Destroy(t.Context()); !errors.Is(err, ErrKeystore) {
+		t.Fatalf("Destroy with a failing delete: %v, want ErrKeystore", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(stores[0].Dir(), "key-*.ref")); len(m) != 1 {
+		t.Fatalf("references after a failed Destroy: %v", m)
+	}
+	ks.failDelete = nil
+	if err := stores[0].Destroy(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if len(ks.keys) != 1 {
+		t.Fatalf("after Destroy the token holds %v", ks.keys)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -27,6 +28,7 @@ const (
 	storeTimeFile    = "time.state"
 	keyFilePattern   = "key-%08d.pem"
 	keyRefPattern    = "key-%08d.ref" // label of a key kept in a Keystore
+	storeLabelFile   = "keys.label"   // this store's prefix for key labels
 	certFilePattern  = "cert-%08d.pem"
 )
 
@@ -115,12 +117,15 @@ func openStore(fsys atomicfile.FS, dir string, cfg StoreConfig) (*Store, error) 
 		return nil, err
 	}
 	s := &Store{dir: dir, fsys: fsys, clock: clock, keys: cfg.Keys, label: cfg.KeyLabelPrefix}
-	if s.label == "" {
-		s.label = "d2c-device"
+	if s.keys != nil && s.label == "" {
+		if s.label, err = s.storeLabel(); err != nil {
+			return nil, err
+		}
 	}
 	// Temporary files left by a crash mid-write are never part of state.
 	if tmps, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*")); len(tmps) > 0 {
 		for _, t := range tmps {
+			_ = atomicfile.Scrub(t) // perhaps a key half written
 			_ = os.Remove(t)
 		}
 	}
@@ -170,7 +175,13 @@ func (s *Store) generations() (all []int, complete map[int]bool, err error) {
 	for _, e := range entries {
 		var g int
 		switch n := e.Name(); {
-		case s.keys == nil && scanGen(n, keyFilePattern, &g), s.keys != nil && scanGen(n, keyRefPattern, &g):
+		case s.keys == nil && scanGen(n, keyRefPattern, &g):
+			// Never mistake a hardware-key store for an empty one: that
+			// would invite an enrollment with a software key.
+			return nil, nil, fmt.Errorf("%w: %s holds keys in a hardware keystore (%s): open it with StoreConfig.Keys", ErrKeystore, s.dir, n)
+		case s.keys != nil && scanGen(n, keyFilePattern, &g):
+			return nil, nil, fmt.Errorf("%w: %s holds a software key file (%s), not a hardware key: a keystore store never loads one", ErrKeystore, s.dir, n)
+		case scanGen(n, keyFilePattern, &g), scanGen(n, keyRefPattern, &g):
 			keys[g] = true
 		case scanGen(n, certFilePattern, &g):
 			certs[g] = true
@@ -208,6 +219,33 @@ func (s *Store) keyPath(g int) string {
 		return filepath.Join(s.dir, fmt.Sprintf(keyRefPattern, g))
 	}
 	return filepath.Join(s.dir, fmt.Sprintf(keyFilePattern, g))
+}
+
+// storeLabel returns this store's label prefix for hardware keys, made
+// once at random and kept in the store, so that stores sharing one token
+// never name a key alike.
+func (s *Store) storeLabel() (string, error) {
+	path := filepath.Join(s.dir, storeLabelFile)
+	b, err := atomicfile.ReadFile(path, 64)
+	if err == nil {
+		label := strings.TrimSpace(string(b))
+		if label == "" || strings.ContainsAny(label, "\x00\n/") {
+			return "", fmt.Errorf("%w: %s", ErrMalformed, path)
+		}
+		return label, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("identity: store label: %w", err)
+	}
+	var r [6]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	label := fmt.Sprintf("d2c-%x", r)
+	if err := atomicfile.WriteFile(s.fsys, path, []byte(label+"\n")); err != nil {
+		return "", err
+	}
+	return label, nil
 }
 
 // keyLabel is the label of generation g's key in the Keystore.
@@ -265,13 +303,24 @@ func (s *Store) newKey(ctx context.Context, g int, kt KeyType) (crypto.Signer, e
 }
 
 // removeKey destroys generation g's key and its file.
+//
+// A hardware key is deleted in the keystore first, and its reference file
+// is removed only once that succeeded, so that a failed deletion can be
+// retried; an unreadable reference falls back to the label this store
+// would have given. A key file is scrubbed (overwritten, fsynced) before
+// it is removed: renewals must not leave old certified keys in freed
+// blocks.
 func (s *Store) removeKey(ctx context.Context, g int) error {
 	if s.keys != nil {
-		if label, err := s.readLabel(g); err == nil {
-			if err := s.keys.Delete(ctx, label); err != nil {
-				return fmt.Errorf("%w: delete key %q: %w", ErrKeystore, label, err)
-			}
+		label, err := s.readLabel(g)
+		if err != nil {
+			label = s.keyLabel(g)
 		}
+		if err := s.keys.Delete(ctx, label); err != nil {
+			return fmt.Errorf("%w: delete key %q: %w", ErrKeystore, label, err)
+		}
+	} else if err := atomicfile.Scrub(s.keyPath(g)); err != nil {
+		return err
 	}
 	return atomicfile.Remove(s.fsys, s.keyPath(g))
 }
@@ -381,13 +430,13 @@ func (s *Store) install(ctx context.Context, id string, kt KeyType, issue func(c
 	if err := atomicfile.WriteFile(s.fsys, s.certPath(g), EncodeCertificatesPEM(chain...)); err != nil {
 		return nil, err
 	}
-	// Committed: the new generation is current. Raise the time floor, then
-	// remove older generations (a crash here leaves them for next time).
-	if err := s.clock.Observe(cert.NotBefore); err != nil {
-		return nil, err
-	}
-	newID := &Identity{DeviceID: id, Key: key, Chain: chain, Generation: g}
-	return newID, s.prune(g)
+	// Committed: the new generation is current, whatever happens next, so
+	// the caller gets it without an error. Raising the time floor and
+	// removing older generations are best effort: a failure (or a crash)
+	// leaves them for the next open or renewal, which prune again.
+	_ = s.clock.Observe(cert.NotBefore)
+	_ = s.prune(g)
+	return &Identity{DeviceID: id, Key: key, Chain: chain, Generation: g}, nil
 }
 
 // verifyIssued checks that cert is for key and id and chains to the anchors

@@ -54,7 +54,9 @@ func Decommission(ctx context.Context, c *Client, store *identity.Store, opts De
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	errs = append(errs, c.Close(cctx))
 	cancel()
-	errs = append(errs, atomicfile.ScrubTree(stateDir), store.Destroy(ctx))
+	// Not ctx: it may be the client's own, which Close just cancelled,
+	// and a keystore refuses to delete under a cancelled context.
+	errs = append(errs, atomicfile.ScrubTree(stateDir), store.Destroy(context.WithoutCancel(ctx)))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("transport: decommission: %w", err)
 	}

@@ -171,7 +171,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if k.Keys != nil {
 		ks = k.Keys
 	}
-	store, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{Keys: ks})
+	store, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{Keys: ks, KeyLabelPrefix: "d2c-device"}) // a fixed prefix: this store has the token to itself
 	if err != nil {
 		return err
 	}

@@ -168,7 +168,7 @@ func TestEnrollRenewTLS(t *testing.T) {
 	f := newFleet(t)
 	ks := openTest(t, testpeer.SWTPM(t))
 	dir := filepath.Join(t.TempDir(), "device")
-	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks})
+	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks, KeyLabelPrefix: "d2c-device"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestEnrollRenewTLS(t *testing.T) {
 	}
 
 	// A new process: the store reopens its identity from the TPM.
-	store2, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks})
+	store2, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks, KeyLabelPrefix: "d2c-device"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestTPMKilled(t *testing.T) {
 	sw := testpeer.SWTPM(t)
 	ks := openTest(t, sw)
 	dir := filepath.Join(t.TempDir(), "device")
-	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks})
+	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks, KeyLabelPrefix: "d2c-device"})
 	if err != nil {
 		t.Fatal(err)
 	}
