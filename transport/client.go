@@ -466,7 +466,7 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 	if err := c.consent.grant(ctx, stream, purpose); err != nil {
 		return err
 	}
-	c.audited(ctx, func(l *audit.Log) error { return l.ConsentChange(ctx, stream, true) })
+	c.audited(ctx, func(ctx context.Context, l *audit.Log) error { return l.ConsentChange(ctx, stream, true) })
 	return nil
 }
 
@@ -488,17 +488,22 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 // restart. Withdrawing consent not in force still purges.
 func (c *Client) WithdrawConsent(ctx context.Context, stream string) error {
 	err := c.consent.withdraw(ctx, stream)
-	c.audited(ctx, func(l *audit.Log) error { return l.ConsentChange(ctx, stream, false) })
+	if err == nil || !c.consent.consent(stream).Granted {
+		// Recorded once the stream is stopped, even if the purge or
+		// the event must be completed later.
+		c.audited(ctx, func(ctx context.Context, l *audit.Log) error { return l.ConsentChange(ctx, stream, false) })
+	}
 	return err
 }
 
-// audited runs record against the audit log, if there is one; a failure to
-// record is logged (the log's own durability is its concern).
-func (c *Client) audited(ctx context.Context, record func(*audit.Log) error) {
+// audited runs record against the audit log, if there is one, with a
+// context that the caller's cancellation does not end (the event happened
+// either way); a failure to record is logged.
+func (c *Client) audited(ctx context.Context, record func(context.Context, *audit.Log) error) {
 	if c.cfg.Audit == nil {
 		return
 	}
-	if err := record(c.cfg.Audit); err != nil && ctx.Err() == nil {
+	if err := record(context.WithoutCancel(ctx), c.cfg.Audit); err != nil {
 		c.log.Error("audit log", "err", err)
 	}
 }
@@ -630,7 +635,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		if m.Stream == SecurityStream {
 			c.securityDelivered(m.ID)
 		}
-		c.audited(ctx, func(l *audit.Log) error { return l.MessageRefused(ctx, m.Topic, reason) })
+		c.audited(ctx, func(ctx context.Context, l *audit.Log) error { return l.MessageRefused(ctx, m.Topic, reason) })
 		if c.cfg.OnRefused != nil {
 			c.cfg.OnRefused(Refusal{Topic: m.Topic, MessageID: m.ID, Reason: reason, Err: ErrRefusedByBroker})
 		}
@@ -650,10 +655,12 @@ func (c *Client) publish(ctx context.Context, m Message) {
 func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
 	topic := CommandTopic(c.ident.Load().DeviceID)
 	sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}})
-	if err != nil {
+	if err != nil && sa == nil {
 		c.log.Warn("subscribe to commands", "err", err)
 		return
 	}
+	// paho returns an error with the SUBACK when a reason is >= 0x80: the
+	// broker answered, so AwaitConnection stops waiting either way.
 	defer c.subscribedOnce.Do(func() { close(c.subscribed) })
 	for _, r := range sa.Reasons {
 		if r >= 0x80 {
@@ -675,7 +682,9 @@ func (c *Client) onPublish(ctx context.Context, p *paho.Publish) {
 	if err != nil {
 		c.cmdRefused.Add(1)
 		c.log.Warn("command refused", "err", err)
-		c.audited(ctx, func(l *audit.Log) error { return l.CommandRefused(ctx, clip(p.Topic), err.Error()) })
+		c.audited(ctx, func(ctx context.Context, l *audit.Log) error {
+			return l.CommandRefused(ctx, clip(p.Topic), err.Error())
+		})
 		if c.cfg.OnRefused != nil {
 			c.cfg.OnRefused(Refusal{Topic: p.Topic, Reason: "command refused", Err: err})
 		}

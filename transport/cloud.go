@@ -117,10 +117,12 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 					subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 1})
 				}
 				sa, err := cm.Subscribe(runCtx, &paho.Subscribe{Subscriptions: subs})
-				if err != nil {
+				if err != nil && sa == nil {
 					log.Warn("cloud subscribe", "err", err)
 					return
 				}
+				// With a SUBACK (even one refusing a filter, which paho
+				// also returns as an error) the broker has answered.
 				defer c.subscribedOnce.Do(func() { close(c.subscribed) })
 				for i, r := range sa.Reasons {
 					if r >= 0x80 {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 )
 
@@ -42,6 +43,12 @@ type DecommissionOptions struct {
 //
 // The cloud half is [ForgetDevice]. Decommission goes on past errors, so
 // that as much as possible is erased, and returns them joined.
+//
+// Run it in its own goroutine when a command asks for it, never inside
+// ClientConfig.OnCommand itself: it closes the client, which waits for the
+// command callback to return. With ClientConfig.Audit set, the decommission
+// is recorded first; the audit log itself lives where the application put
+// it and is the application's to keep or erase.
 func Decommission(ctx context.Context, c *Client, store *identity.Store, opts DecommissionOptions) error {
 	var errs []error
 	if opts.Notify {
@@ -50,6 +57,7 @@ func Decommission(ctx context.Context, c *Client, store *identity.Store, opts De
 		}
 		errs = append(errs, c.drainAfter(ctx, opts.Timeout, Reading{Time: store.Clock().Now(), Body: []byte(`{"event":"decommissioned"}`)}))
 	}
+	c.audited(ctx, func(ctx context.Context, l *audit.Log) error { return l.Decommission(ctx, "decommissioned") })
 	stateDir := c.cfg.StateDir
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	errs = append(errs, c.Close(cctx))
@@ -95,7 +103,10 @@ type Revoker interface {
 // verifier drops its replay window, session keys and cached verifications
 // for it. Send the [DecommissionCommand] first, while the device can still
 // receive it. Telemetry already stored by the application is the
-// application's to delete.
+// application's to delete, and so is the device's entry in a
+// [ConsentLedger] or [SecurityMonitor] (their Forget methods). On a failed
+// revocation the registry entry is kept, so that ForgetDevice can run
+// again.
 func ForgetDevice(ctx context.Context, device string, certs *MemoryCertificates, ca Revoker, v *Verifier) error {
 	chains, err := certs.DeviceCertificates(ctx, device)
 	if err != nil {
@@ -109,12 +120,13 @@ func ForgetDevice(ctx context.Context, device string, certs *MemoryCertificates,
 			}
 		}
 	}
+	if err := errors.Join(errs...); err != nil {
+		// Keep the registry entry, so that a retry finds what to revoke.
+		return fmt.Errorf("transport: forget %s: run it again: %w", device, err)
+	}
 	certs.Remove(device)
 	if v != nil {
 		v.Forget(device)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("transport: forget %s: %w", device, err)
 	}
 	return nil
 }

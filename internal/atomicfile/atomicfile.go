@@ -305,6 +305,14 @@ func Scrub(path string) error {
 // missing dir is not an error.
 func ScrubTree(dir string) error {
 	var errs []error
+	// A directory given as a symbolic link (a state directory kept on
+	// another partition) is scrubbed where it really is, then both go.
+	link := ""
+	if real, err := filepath.EvalSymlinks(dir); err == nil && real != dir {
+		if st, err := os.Lstat(dir); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			link, dir = dir, real
+		}
+	}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
@@ -322,5 +330,8 @@ func ScrubTree(dir string) error {
 		errs = append(errs, err)
 	}
 	errs = append(errs, OS{}.SyncDir(filepath.Dir(dir)))
+	if link != "" {
+		errs = append(errs, os.Remove(link), OS{}.SyncDir(filepath.Dir(link)))
+	}
 	return errors.Join(errs...)
 }

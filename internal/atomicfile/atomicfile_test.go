@@ -3,6 +3,7 @@ package atomicfile_test
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,5 +179,30 @@ func TestRemoveTempsKeepsOthers(t *testing.T) {
 	}
 	if strings.Join(names, " ") != ".other.tmp-1 state" {
 		t.Fatalf("left %v", names)
+	}
+}
+
+// TestScrubTreeThroughLink: a directory given as a symbolic link is
+// scrubbed and removed where it really is, and the link goes too.
+func TestScrubTreeThroughLink(t *testing.T) {
+	base := t.TempDir()
+	real := filepath.Join(base, "data", "state")
+	if err := os.MkdirAll(filepath.Join(real, "outbox"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(real, "outbox", "seg.log"), []byte("personal data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(base, "state")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := ScrubTree(link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{real, link} {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s after ScrubTree: %v", p, err)
+		}
 	}
 }
