@@ -197,7 +197,7 @@ func TestScrubTreeThroughLink(t *testing.T) {
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}
-	if err := ScrubTree(link); err != nil {
+	if err := atomicfile.ScrubTree(link); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{real, link} {
