@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 )
@@ -135,11 +137,19 @@ type ledgerDevice struct {
 }
 
 // streamConsent is what the ledger keeps of one stream: the position of
-// its latest withdrawal and of the first grant after it.
+// its latest withdrawal, and the grants after it, ascending. Only the first
+// grant decides; the later ones are kept because a withdrawal that arrives
+// late may fall between them (at most maxGrantsKept: beyond that the
+// latest are dropped, which can only drop records, never pass one).
 type streamConsent struct {
-	withdrawn, granted       position
-	hasWithdrawn, hasGranted bool
+	withdrawn    position
+	hasWithdrawn bool
+	grants       []position
 }
+
+// maxGrantsKept bounds the grants a stream keeps after its latest
+// withdrawal.
+const maxGrantsKept = 16
 
 // Observe applies the consent event of a verified record of
 // [ConsentStream] and returns it. Events may arrive out of order: each is
@@ -162,17 +172,21 @@ func (l *ConsentLedger) Observe(r Record) (ConsentEvent, error) {
 		d.streams[ev.Stream] = sc
 	}
 	if ev.Granted {
-		switch {
-		case sc.hasWithdrawn && p.less(sc.withdrawn):
-			// Superseded by a later withdrawal.
-		case !sc.hasGranted || p.less(sc.granted):
-			sc.granted, sc.hasGranted = p, true
+		if sc.hasWithdrawn && !sc.withdrawn.less(p) {
+			return ev, nil // superseded by a later withdrawal
+		}
+		i := sort.Search(len(sc.grants), func(i int) bool { return !sc.grants[i].less(p) })
+		if i < len(sc.grants) && sc.grants[i] == p {
+			return ev, nil // the same event again
+		}
+		sc.grants = slices.Insert(sc.grants, i, p)
+		if len(sc.grants) > maxGrantsKept {
+			sc.grants = sc.grants[:maxGrantsKept]
 		}
 	} else if !sc.hasWithdrawn || sc.withdrawn.less(p) {
 		sc.withdrawn, sc.hasWithdrawn = p, true
-		if sc.hasGranted && sc.granted.less(p) {
-			sc.hasGranted = false // that grant ended here
-		}
+		// Grants before it ended here.
+		sc.grants = slices.DeleteFunc(sc.grants, func(g position) bool { return !p.less(g) })
 	}
 	return ev, nil
 }
@@ -198,7 +212,7 @@ func (l *ConsentLedger) Allowed(r Record) bool {
 	if sc.hasWithdrawn && !sc.withdrawn.less(p) {
 		return false // sealed before the latest withdrawal
 	}
-	return sc.hasGranted && sc.granted.less(p)
+	return len(sc.grants) > 0 && sc.grants[0].less(p)
 }
 
 // Forget drops everything the ledger holds about device (when the device

@@ -617,6 +617,15 @@ func TestConsentLedger(t *testing.T) {
 	// undo that grant.
 	observe(3, 2, false, 2)
 	allowed(true, tele(3, 5))
+	// Withdraw@(5,10), grant@(5,20), withdraw@(5,30), grant@(5,40),
+	// arriving as 10, 20, 40, 30: the grant at 40 must survive the late
+	// withdrawal at 30.
+	observe(5, 10, false, 4)
+	observe(5, 20, true, 5)
+	observe(5, 40, true, 7)
+	observe(5, 30, false, 6)
+	allowed(true, tele(5, 50))
+	allowed(false, tele(5, 35), tele(5, 25), tele(5, 15))
 	// Other streams, devices and the reserved streams are not affected.
 	allowed(true, Record{Device: "dev-1", Stream: "temp", Boot: 2, Seq: 21}, Record{Device: "dev-2", Stream: "heart", Boot: 2, Seq: 21},
 		Record{Device: "dev-1", Stream: SecurityStream, Boot: 2, Seq: 21})
