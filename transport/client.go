@@ -472,16 +472,19 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 
 // WithdrawConsent withdraws consent for a personal stream, in this order:
 // it stops the stream (Publish refuses it with [ErrNoConsent], the delivery
-// loop starts no PUBLISH of it), records the withdrawal durably, removes
-// the stream's queued, unsent messages from the outbox durably
-// ([Outbox.PurgeStream]), and queues the consent event. When it returns
-// nil, nothing of the stream will be sent by this or a later process.
+// loop starts no PUBLISH of it), waits (within ctx) for the messages of the
+// stream already handed to the connection to be answered, records the
+// withdrawal durably, removes the stream's queued, unsent messages from the
+// outbox durably ([Outbox.PurgeStream]), and queues the consent event.
+// When it returns nil, nothing of the stream will be written by this or a
+// later process, with one exception the protocol imposes: a PUBLISH
+// written before the withdrawal whose connection dropped before its PUBACK
+// is retransmitted by the MQTT session after the reconnect.
 //
-// Messages already in flight when it is called (a PUBLISH handed to the
-// broker, no PUBACK yet; at most the broker's Receive Maximum) cannot be
-// recalled and may still arrive. They were sealed before the withdrawal,
-// so their (boot, seq) is below the consent event's, and a cloud service
-// using [ConsentLedger] discards them.
+// Messages written before the withdrawal (at most the broker's Receive
+// Maximum) cannot be recalled and may still arrive. They were sealed
+// before the withdrawal, so their (boot, seq) is below the consent
+// event's, and a cloud service using [ConsentLedger] discards them.
 //
 // On error the stream is stopped in this process in any case; the error
 // says what did not complete, and Dial completes it (purge, event) after a
@@ -600,9 +603,10 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		c.mu.Unlock()
 		c.signal()
 	}()
-	if !c.consent.sendable(m.Stream) {
+	if !c.consent.beginSend(m.Stream) {
 		return // consent withdrawn since Next returned it: the purge removed it
 	}
+	defer c.consent.endSend(m.Stream)
 	c.sent.Add(1)
 	ct := ContentType
 	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: m.Topic, Payload: m.Payload,

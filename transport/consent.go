@@ -327,6 +327,11 @@ type consentGate struct {
 	// read without a lock by the delivery loop, replaced under openMu.
 	open   atomic.Pointer[map[string]bool]
 	openMu sync.Mutex
+
+	// sending counts, per personal stream, the messages handed to the
+	// MQTT connection and not yet answered; a withdrawal waits for them.
+	sendMu  sync.Mutex
+	sending map[string]int
 }
 
 func newConsentGate(store *ConsentStore, policies map[string]StreamPolicy, outbox *Outbox, now func() time.Time, log *slog.Logger,
@@ -379,6 +384,59 @@ func (g *consentGate) close(stream string) {
 // For a closed stream it first waits for a consent change under way, so
 // that during a withdrawal the caller does not take the same message from
 // the outbox again and again until the purge removes it.
+// beginSend is sendable for a message about to be handed to the MQTT
+// connection: when it returns true, the message counts as being sent until
+// endSend, and a withdrawal of its stream waits for it.
+func (g *consentGate) beginSend(stream string) bool {
+	if !g.personal(stream) {
+		return true
+	}
+	g.sendMu.Lock()
+	defer g.sendMu.Unlock()
+	// Read under sendMu: a withdrawal closes the stream, then takes
+	// sendMu to count what is still being sent.
+	if !(*g.open.Load())[stream] {
+		return false
+	}
+	if g.sending == nil {
+		g.sending = map[string]int{}
+	}
+	g.sending[stream]++
+	return true
+}
+
+// endSend ends what beginSend began.
+func (g *consentGate) endSend(stream string) {
+	if !g.personal(stream) {
+		return
+	}
+	g.sendMu.Lock()
+	defer g.sendMu.Unlock()
+	g.sending[stream]--
+	if g.sending[stream] <= 0 {
+		delete(g.sending, stream)
+	}
+}
+
+// awaitSent waits, within ctx, until no message of stream is being handed
+// to the connection (the stream is closed: no new one starts).
+func (g *consentGate) awaitSent(ctx context.Context, stream string) error {
+	for {
+		g.sendMu.Lock()
+		n := g.sending[stream]
+		g.sendMu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d message(s) of the stream were already handed to the broker connection and may still be sent "+
+				"(their sequence numbers are below the withdrawal's: a ConsentLedger drops them): %w", n, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 func (g *consentGate) sendable(stream string) bool {
 	if !g.personal(stream) || (*g.open.Load())[stream] {
 		return true
@@ -476,6 +534,13 @@ func (g *consentGate) withdraw(ctx context.Context, stream string) error {
 	defer g.mu.Unlock()
 	g.close(stream) // again: a grant may have reopened it meanwhile
 	g.stopped[stream] = true
+	// Messages already handed to the connection (waiting for a Receive
+	// Maximum slot, or written and waiting for PUBACK) finish first, so
+	// that none is written after the withdrawal returns.
+	if err := g.awaitSent(ctx, stream); err != nil {
+		_, _ = g.outbox.PurgeStream(stream)
+		return fmt.Errorf("transport: WithdrawConsent %q: the stream is stopped, but %w", stream, err)
+	}
 	cur, had := g.store.get(stream)
 	if !had || cur.Granted || cur.Pending {
 		purpose := p.Purpose
