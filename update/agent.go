@@ -11,7 +11,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -100,6 +102,13 @@ type AgentConfig struct {
 	// reverted, refused, failed) in the device's tamper-evident audit log.
 	Audit *audit.Log
 
+	// BootID returns an identifier of the current boot of the system. With
+	// a bootloader (slot.UBoot) the agent records it at the switch and
+	// treats the new slot as booted only once it changed; default for
+	// *slot.UBoot: the Linux kernel's boot_id. Directory slots "boot" when
+	// the application starts and need none.
+	BootID func() (string, error)
+
 	fs   atomicfile.FS      // tests: crash injection
 	hook func(point string) // tests: named points of an update
 }
@@ -151,9 +160,12 @@ type Agent struct {
 
 	notify chan struct{}
 
-	mu     sync.Mutex
-	st     *state
-	reboot bool
+	mu      sync.Mutex
+	st      *state
+	reboot  bool
+	closed  bool
+	counted bool   // this process counted its start of a trial
+	offer   *Offer // the release Check verified last
 }
 
 // NewAgent opens (or creates) the agent state in cfg.Dir. A fresh state
@@ -186,6 +198,9 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	}
 	if cfg.RateWindow <= 0 {
 		cfg.RateWindow = time.Minute
+	}
+	if _, ok := cfg.Slots.(*slot.UBoot); ok && cfg.BootID == nil {
+		cfg.BootID = linuxBootID
 	}
 	if cfg.Resolve == nil {
 		if r, ok := cfg.Source.(interface{ Resolve(string) (string, error) }); ok {
@@ -241,11 +256,47 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 func (a *Agent) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.closed = true
 	if a.unlock != nil {
 		a.unlock()
 		a.unlock = nil
 	}
 	return nil
+}
+
+// ErrClosed is returned by an Agent's methods after Close.
+var ErrClosed = errors.New("update: agent closed")
+
+// usable refuses calls after Close (under mu): the directory lock is gone,
+// and another agent may own the state.
+func (a *Agent) usable() error {
+	if a.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// bootedSinceSwitch reports whether the system restarted since the switch
+// to the pending slot: always, with slots whose "boot" is the application
+// starting (directory slots); with a bootloader (AgentConfig.BootID), only
+// once the kernel's boot ID changed, so that an application restarted
+// without a reboot cannot take the old slot's run for the new one's.
+func (a *Agent) bootedSinceSwitch() bool {
+	p := a.st.Pending
+	if a.cfg.BootID == nil || p == nil || p.BootID == "" {
+		return true
+	}
+	id, err := a.cfg.BootID()
+	return err == nil && id != p.BootID
+}
+
+// linuxBootID reads the kernel's random ID of the current boot.
+func linuxBootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("update: boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }
 
 type systemClock struct{}
@@ -312,13 +363,18 @@ func (a *Agent) report(ctx context.Context, r Result) {
 // should restart (call Reboot) before doing anything else.
 func (a *Agent) Start(ctx context.Context) (Status, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	if err := a.usable(); err != nil {
+		a.mu.Unlock()
+		return Status{}, err
+	}
 	var rep *Result
 	err := a.startLocked(ctx, &rep)
+	st := a.statusLocked()
+	a.mu.Unlock()
 	if rep != nil {
-		a.report(ctx, *rep)
+		a.report(ctx, *rep) // outside the lock: a callback may call the agent
 	}
-	return a.statusLocked(), err
+	return st, err
 }
 
 func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
@@ -345,19 +401,25 @@ func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
 	case PhaseInstalled:
 		// A power cut between the verified write and the switch, or
 		// right after the switch: verify again, then switch (again).
-		if next == p.Slot && trial {
-			return a.enterTrial(ctx)
+		if next != p.Slot || !trial {
+			if err := a.verifySlot(ctx, p); err != nil {
+				r := a.result(ctx, "failed", p.Version, err.Error())
+				*rep = &r
+				a.st.Phase, a.st.Pending = PhaseIdle, nil
+				return errors.Join(err, a.store.save(a.st))
+			}
+			if err := s.Switch(ctx, p.Slot, true); err != nil {
+				return fmt.Errorf("update: switch to slot %s: %w", p.Slot, err)
+			}
 		}
-		if err := a.verifySlot(ctx, p); err != nil {
-			r := a.result(ctx, "failed", p.Version, err.Error())
-			*rep = &r
-			a.st.Phase, a.st.Pending = PhaseIdle, nil
-			return errors.Join(err, a.store.save(a.st))
+		if err := a.enterTrial(ctx); err != nil {
+			return err
 		}
-		if err := s.Switch(ctx, p.Slot, true); err != nil {
-			return fmt.Errorf("update: switch to slot %s: %w", p.Slot, err)
+		if booted != p.Slot {
+			return nil // switched: the restart is next
 		}
-		return a.enterTrial(ctx)
+		// The power failed after the switch and the device already
+		// restarted into the new slot: this start counts.
 	case PhaseTrial:
 	default:
 		return fmt.Errorf("%w: unknown phase %d", ErrState, a.st.Phase)
@@ -378,14 +440,24 @@ func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
 		a.st.Phase, a.st.Pending = PhaseIdle, nil
 		a.reboot = booted != p.Prev
 		return a.store.save(a.st)
-	case booted != p.Slot:
-		// Switched, not restarted yet.
+	case booted != p.Slot || !a.bootedSinceSwitch():
+		// Switched, not restarted yet (or, with a bootloader, the
+		// application restarted without a reboot: the old slot runs).
 		a.reboot = true
 		return nil
 	}
+	a.reboot = false
+	if a.counted {
+		return nil // one start per process, however often Start is called
+	}
+	a.counted = true
 	p.Starts++
-	elapsed := a.now().Sub(time.UnixMilli(p.Since))
-	if p.Starts > a.cfg.MaxTrialStarts || elapsed > a.cfg.TrialTimeout || elapsed < -time.Minute {
+	now := a.now()
+	if p.Since == 0 {
+		p.Since = now.UnixMilli() // the trial time runs from the first start
+	}
+	elapsed := max(now.Sub(time.UnixMilli(p.Since)), 0) // a clock set back counts as no time
+	if p.Starts > a.cfg.MaxTrialStarts || elapsed > a.cfg.TrialTimeout {
 		reason := fmt.Sprintf("not confirmed within %d starts (start %d) or %v (%v elapsed)", a.cfg.MaxTrialStarts, p.Starts, a.cfg.TrialTimeout, elapsed.Round(time.Second))
 		return a.revertLocked(ctx, reason, rep)
 	}
@@ -397,7 +469,7 @@ func (a *Agent) enterTrial(ctx context.Context) error {
 	a.at("trial")
 	p := a.st.Pending
 	a.st.Phase = PhaseTrial
-	p.Starts, p.Since = 0, a.now().UnixMilli()
+	p.Starts, p.Since = 0, 0
 	a.reboot = true
 	return a.store.save(a.st)
 }
@@ -424,12 +496,17 @@ func (a *Agent) revertLocked(ctx context.Context, reason string, rep **Result) e
 // ErrExpired, ...), is reported, and leaves the trusted state unchanged.
 func (a *Agent) Check(ctx context.Context) (*Offer, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	if err := a.usable(); err != nil {
+		a.mu.Unlock()
+		return nil, err
+	}
 	o, err := a.checkLocked(ctx)
+	from := a.st.Installed.Version
+	a.mu.Unlock()
 	if err != nil && isAttack(err) {
 		// Reported, not persisted: a refusal leaves the state as it was.
 		a.log.Warn("update refused", "err", err)
-		a.report(ctx, Result{Event: "refused", From: a.st.Installed.Version, Reason: err.Error(), Time: a.now().UnixMilli()})
+		a.report(ctx, Result{Event: "refused", From: from, Reason: err.Error(), Time: a.now().UnixMilli()})
 	}
 	return o, err
 }
@@ -510,7 +587,8 @@ func (a *Agent) checkLocked(ctx context.Context) (*Offer, error) {
 		a.log.Info("update: release was reverted on this device; waiting for a newer one", "version", rel.Version)
 		return nil, nil
 	}
-	return &Offer{Release: rel, Artifact: art}, nil
+	a.offer = &Offer{Release: rel, Artifact: art}
+	return &Offer{Release: rel.clone(), Artifact: art}, nil
 }
 
 // maxRootWalk bounds the root versions walked in one check.
@@ -554,17 +632,38 @@ func (a *Agent) Install(ctx context.Context, o *Offer) error {
 		return errors.New("update: Install needs an offer from Check")
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	if err := a.usable(); err != nil {
+		a.mu.Unlock()
+		return err
+	}
 	var rep *Result
 	err := a.installLocked(ctx, o, &rep)
+	installed := err == nil && a.st.Phase == PhaseTrial
+	a.mu.Unlock()
 	if rep != nil {
 		a.report(ctx, *rep)
+	}
+	if installed && a.cfg.Reboot != nil {
+		if rerr := a.cfg.Reboot(ctx); rerr != nil {
+			// Installed all the same: the restart is still needed.
+			a.log.Error("update installed; the reboot hook failed: restart to boot it", "err", rerr)
+		}
 	}
 	return err
 }
 
 func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error {
 	s := a.cfg.Slots
+	// Only what Check verified installs: an Offer is plain data that a
+	// caller could alter (a higher version or counter would raise the
+	// floors; another digest would install an unsigned image).
+	if v := a.offer; v == nil || v.Artifact != o.Artifact || v.Release.Version != o.Release.Version ||
+		v.Release.SecurityCounter != o.Release.SecurityCounter || v.Release.HardwareClass != o.Release.HardwareClass {
+		return errors.New("update: Install takes the offer of the last Check, unchanged")
+	}
+	if rv := a.st.Reverted; rv != nil && rv.Version == o.Release.Version && bytes.Equal(rv.SHA256, o.Artifact.SHA256[:]) {
+		return fmt.Errorf("%w: release %d was reverted on this device", ErrRollback, o.Release.Version)
+	}
 	digest := o.Artifact.SHA256[:]
 	resume := false
 	switch a.st.Phase {
@@ -581,6 +680,15 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 	booted, err := s.Booted(ctx)
 	if err != nil {
 		return fmt.Errorf("update: booted slot: %w", err)
+	}
+	next, trial, err := s.Next(ctx)
+	if err != nil {
+		return fmt.Errorf("update: next slot: %w", err)
+	}
+	if booted != a.st.Installed.Slot || next != booted || trial {
+		// After a revert the previous slot must boot first: installing
+		// now would write over the wrong slot.
+		return fmt.Errorf("%w: restart first (slot %s runs, %s boots next, the confirmed release is in %s)", ErrBusy, booted, next, a.st.Installed.Slot)
 	}
 	target := slot.Other(booted)
 	url, err := a.cfg.Resolve(o.Artifact.URI)
@@ -637,6 +745,11 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 		return errors.Join(err, a.store.save(a.st))
 	}
 	a.st.Phase = PhaseInstalled
+	if a.cfg.BootID != nil {
+		if a.st.Pending.BootID, err = a.cfg.BootID(); err != nil {
+			return err
+		}
+	}
 	if err := a.store.save(a.st); err != nil {
 		return err
 	}
@@ -646,13 +759,7 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 	}
 	r := a.result(ctx, "installed", o.Release.Version, "")
 	*rep = &r
-	if err := a.enterTrial(ctx); err != nil {
-		return err
-	}
-	if a.cfg.Reboot != nil {
-		return a.cfg.Reboot(ctx)
-	}
-	return nil
+	return a.enterTrial(ctx)
 }
 
 // downloadError wraps the download's refusals in this package's sentinels,
@@ -676,7 +783,8 @@ func transient(ctx context.Context, err error) bool {
 	if ctx.Err() != nil {
 		return true
 	}
-	return !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) && !errors.Is(err, fs.ErrPermission)
+	return !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) && !errors.Is(err, fs.ErrPermission) &&
+		!errors.Is(err, ErrInsecure) && !errors.Is(err, fetch.ErrResponse)
 }
 
 // verifySlot hashes what the slot holds and compares it with the signed
@@ -687,8 +795,9 @@ func (a *Agent) verifySlot(ctx context.Context, p *pending) error {
 		return fmt.Errorf("update: read slot %s: %w", p.Slot, err)
 	}
 	defer r.Close()
+	// Exactly the signed length: a block device reads on past the image.
 	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(r, p.Length+1))
+	n, err := io.Copy(h, io.LimitReader(r, p.Length))
 	if err != nil {
 		return fmt.Errorf("update: read slot %s: %w", p.Slot, err)
 	}
@@ -707,30 +816,40 @@ func (a *Agent) verifySlot(ctx context.Context, p *pending) error {
 // cannot lock the device out of its previous one. Confirm is idempotent.
 func (a *Agent) Confirm(ctx context.Context) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.st.Phase != PhaseTrial {
-		if a.st.Phase == PhaseIdle {
-			return nil // nothing on trial: already confirmed
-		}
-		return fmt.Errorf("%w (%s)", ErrNoTrial, a.st.Phase)
+	var rep *Result
+	err := a.confirmLocked(ctx, &rep)
+	a.mu.Unlock()
+	if rep != nil {
+		a.report(ctx, *rep)
+	}
+	return err
+}
+
+func (a *Agent) confirmLocked(ctx context.Context, rep **Result) error {
+	if err := a.usable(); err != nil {
+		return err
 	}
 	booted, err := a.cfg.Slots.Booted(ctx)
 	if err != nil {
 		return fmt.Errorf("update: booted slot: %w", err)
 	}
-	if booted != a.st.Pending.Slot {
+	if a.st.Phase != PhaseTrial {
+		if a.st.Phase == PhaseIdle && booted == a.st.Installed.Slot {
+			return nil // nothing on trial: already confirmed
+		}
+		if a.st.Phase == PhaseIdle && a.st.Last != nil && a.st.Last.Event == "reverted" {
+			return fmt.Errorf("%w: release %d was reverted before it was confirmed", ErrNoTrial, a.st.Last.Version)
+		}
+		return fmt.Errorf("%w (%s)", ErrNoTrial, a.st.Phase)
+	}
+	if booted != a.st.Pending.Slot || !a.bootedSinceSwitch() {
 		return fmt.Errorf("%w: slot %s runs, the update is in slot %s", ErrNotBooted, booted, a.st.Pending.Slot)
 	}
 	a.at("commit")
 	if err := a.cfg.Slots.Confirm(ctx); err != nil {
 		return fmt.Errorf("update: confirm slot %s: %w", booted, err)
 	}
-	var rep *Result
-	err = a.commitLocked(ctx, &rep)
-	if rep != nil {
-		a.report(ctx, *rep)
-	}
-	return err
+	return a.commitLocked(ctx, rep)
 }
 
 // commitLocked records a confirmed slot and raises the floors.
@@ -752,12 +871,23 @@ func (a *Agent) commitLocked(ctx context.Context, rep **Result) error {
 // to roll back to: the previous release is below the raised floor.
 func (a *Agent) Rollback(ctx context.Context) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	if err := a.usable(); err != nil {
+		a.mu.Unlock()
+		return err
+	}
 	if a.st.Phase != PhaseTrial {
+		a.mu.Unlock()
 		return fmt.Errorf("%w (%s)", ErrNoTrial, a.st.Phase)
 	}
+	booted, err := a.cfg.Slots.Booted(ctx)
+	if err == nil && (booted != a.st.Pending.Slot || !a.bootedSinceSwitch()) {
+		// It never ran: that is an abort, not a verdict on the release.
+		a.mu.Unlock()
+		return a.Abort(ctx)
+	}
 	var rep *Result
-	err := a.revertLocked(ctx, "rolled back by the application", &rep)
+	err = a.revertLocked(ctx, "rolled back by the application", &rep)
+	a.mu.Unlock()
 	if rep != nil {
 		a.report(ctx, *rep)
 	}
@@ -768,52 +898,62 @@ func (a *Agent) Rollback(ctx context.Context) error {
 // installed or switched slot is switched back. On trial, use Rollback.
 func (a *Agent) Abort(ctx context.Context) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	r, err := a.abortLocked(ctx)
+	a.mu.Unlock()
+	if r != nil {
+		a.report(ctx, *r)
+	}
+	return err
+}
+
+func (a *Agent) abortLocked(ctx context.Context) (*Result, error) {
+	if err := a.usable(); err != nil {
+		return nil, err
+	}
 	p := a.st.Pending
 	switch a.st.Phase {
 	case PhaseIdle:
-		return nil
+		return nil, nil
 	case PhaseTrial:
 		booted, err := a.cfg.Slots.Booted(ctx)
 		if err != nil {
-			return fmt.Errorf("update: booted slot: %w", err)
+			return nil, fmt.Errorf("update: booted slot: %w", err)
 		}
-		if booted == p.Slot {
-			return fmt.Errorf("%w: the update runs on trial; use Rollback", ErrBusy)
+		if booted == p.Slot && a.bootedSinceSwitch() {
+			return nil, fmt.Errorf("%w: the update runs on trial; use Rollback", ErrBusy)
 		}
-		if err := a.cfg.Slots.Switch(ctx, p.Prev, false); err != nil {
-			return fmt.Errorf("update: switch back to slot %s: %w", p.Prev, err)
+		if err := a.cfg.Slots.Switch(ctx, a.st.Installed.Slot, false); err != nil {
+			return nil, fmt.Errorf("update: switch back to slot %s: %w", a.st.Installed.Slot, err)
 		}
-		a.reboot = false
+		a.reboot = booted != a.st.Installed.Slot
 	case PhaseInstalled, PhaseDownloading:
 		next, _, err := a.cfg.Slots.Next(ctx)
 		if err != nil {
-			return fmt.Errorf("update: next slot: %w", err)
+			return nil, fmt.Errorf("update: next slot: %w", err)
 		}
 		if next == p.Slot {
-			if err := a.cfg.Slots.Switch(ctx, p.Prev, false); err != nil {
-				return fmt.Errorf("update: switch back to slot %s: %w", p.Prev, err)
+			if err := a.cfg.Slots.Switch(ctx, a.st.Installed.Slot, false); err != nil {
+				return nil, fmt.Errorf("update: switch back to slot %s: %w", a.st.Installed.Slot, err)
 			}
 		}
 		img, err := a.cfg.Slots.Open(ctx, p.Slot)
 		if err != nil {
-			return fmt.Errorf("update: open slot %s: %w", p.Slot, err)
+			return nil, fmt.Errorf("update: open slot %s: %w", p.Slot, err)
 		}
 		err = img.Reset()
 		if cerr := img.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return fmt.Errorf("update: clear slot %s: %w", p.Slot, err)
+			return nil, fmt.Errorf("update: clear slot %s: %w", p.Slot, err)
 		}
 	}
 	r := a.result(ctx, "failed", p.Version, "aborted by the application")
 	a.st.Phase, a.st.Pending = PhaseIdle, nil
 	if err := a.store.save(a.st); err != nil {
-		return err
+		return nil, err
 	}
-	a.report(ctx, r)
-	return nil
+	return &r, nil
 }
 
 // Notify asks a running [Agent.Run] to check now, for example when the

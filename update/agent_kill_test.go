@@ -190,12 +190,21 @@ func TestAgentKilled(t *testing.T) {
 				}
 				dev.restart()
 				dev.mustStartConfirm(img)
-			case "switch", "trial":
+			case "switch":
 				if st.Phase != PhaseTrial || !st.RebootNeeded {
 					t.Fatalf("%+v, want on trial with a restart needed", st)
 				}
 				dev.restart()
 				dev.mustStartConfirm(img)
+			case "trial":
+				// Killed after the switch: the restart is already into
+				// the new slot, and counts as its first start.
+				if st.Phase != PhaseTrial || st.RebootNeeded || st.Starts != 1 {
+					t.Fatalf("%+v, want on trial, start 1", st)
+				}
+				if err := dev.agent.Confirm(t.Context()); err != nil {
+					t.Fatal(err)
+				}
 			case "commit":
 				if st.Phase != PhaseTrial || st.Starts != 2 {
 					t.Fatalf("%+v, want on trial at start 2", st)

@@ -383,3 +383,52 @@ func TestAgentAudit(t *testing.T) {
 		t.Fatalf("audit records %v, want %v", kinds, want)
 	}
 }
+
+// TestAgentReviewFindings: an altered offer is refused; a rollback before
+// the new slot ran is an abort (the release is not marked reverted); Start
+// counts one trial start per process; a closed agent refuses calls.
+func TestAgentReviewFindings(t *testing.T) {
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	ctx := t.Context()
+	repo.publish(1, 1, image(1, 4096))
+	o, err := dev.agent.Check(ctx)
+	if err != nil || o == nil {
+		t.Fatal(o, err)
+	}
+	forged := *o
+	rel := *o.Release
+	rel.SecurityCounter = 1 << 60
+	forged.Release = &rel
+	if err := dev.agent.Install(ctx, &forged); err == nil {
+		t.Fatal("Install accepted an offer whose security counter was raised after Check")
+	}
+	forged = *o
+	forged.Artifact.SHA256[0] ^= 1
+	if err := dev.agent.Install(ctx, &forged); err == nil {
+		t.Fatal("Install accepted an offer whose digest was changed after Check")
+	}
+	if err := dev.agent.Install(ctx, o); err != nil {
+		t.Fatal(err)
+	}
+	// Rolled back before it ran: an abort, offered again later.
+	if err := dev.agent.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := dev.agent.Status(); st.Phase != PhaseIdle || st.Reverted != 0 || st.RebootNeeded {
+		t.Fatalf("after a rollback before the restart: %+v", st)
+	}
+	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
+		t.Fatalf("the aborted release is offered again: %v %v", ok, err)
+	}
+	dev.restart()
+	for range 5 {
+		if st, err := dev.agent.Start(ctx); err != nil || st.Starts != 1 || st.Phase != PhaseTrial {
+			t.Fatalf("Start called again in one process: %+v, %v", st, err)
+		}
+	}
+	dev.agent.Close()
+	if _, err := dev.agent.Start(ctx); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Start after Close: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package update
 import (
 	"bytes"
 	"context"
+	"errors"
 	"maps"
 	"os"
 	"path/filepath"
@@ -16,8 +17,9 @@ import (
 // ubootEnv is a U-Boot environment in memory, for the agent over
 // slot.UBoot; bootloader actions are simulated by the test.
 type ubootEnv struct {
-	mu   sync.Mutex
-	vars map[string]string
+	mu    sync.Mutex
+	vars  map[string]string
+	boots int // the kernel's boot ID, simulated
 }
 
 func (e *ubootEnv) Get(_ context.Context, names ...string) (map[string]string, error) {
@@ -44,6 +46,7 @@ func (e *ubootEnv) Set(_ context.Context, vars map[string]string) error {
 func (e *ubootEnv) boot() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.boots++
 	if e.vars["upgrade_available"] != "1" {
 		return
 	}
@@ -79,6 +82,11 @@ func TestAgentUBootFallback(t *testing.T) {
 		}
 		cfg := dev.config()
 		cfg.Slots = slots
+		cfg.BootID = func() (string, error) {
+			env.mu.Lock()
+			defer env.mu.Unlock()
+			return strconv.Itoa(env.boots), nil
+		}
 		a, err := NewAgent(t.Context(), cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -99,6 +107,27 @@ func TestAgentUBootFallback(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, "part-b"))
 	if err != nil || !bytes.Equal(b, img) {
 		t.Fatalf("partition b does not hold the image (%d bytes, %v)", len(b), err)
+	}
+	// The application restarts without a reboot: slot a still runs
+	// although boot_part names b; nothing counts, Confirm is refused.
+	{
+		slots = &slot.UBoot{Env: env, Devices: map[string]string{"a": filepath.Join(dir, "part-a"), "b": filepath.Join(dir, "part-b")}}
+		dev.agent.Close()
+		cfg := dev.config()
+		cfg.Slots = slots
+		cfg.BootID = func() (string, error) { return strconv.Itoa(env.boots), nil }
+		a, err := NewAgent(t.Context(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev.agent = a
+		st, err := a.Start(ctx)
+		if err != nil || !st.RebootNeeded || st.Starts != 0 {
+			t.Fatalf("restart without a reboot: %+v, %v", st, err)
+		}
+		if err := a.Confirm(ctx); !errors.Is(err, ErrNotBooted) {
+			t.Fatalf("Confirm without a reboot: %v, want ErrNotBooted", err)
+		}
 	}
 	// Three boots of b without Confirm, then U-Boot falls back to a.
 	for i := 1; i <= 4; i++ {

@@ -63,10 +63,11 @@ type pending struct {
 	Length          int64  `cbor:"4,keyasint"`
 	SHA256          []byte `cbor:"5,keyasint"`
 	URI             string `cbor:"6,keyasint"`
-	Slot            string `cbor:"7,keyasint"`  // the slot written and tried
-	Prev            string `cbor:"8,keyasint"`  // the slot to revert to
-	Starts          int    `cbor:"9,keyasint"`  // starts counted on trial
-	Since           int64  `cbor:"10,keyasint"` // trial start, Unix ms of trusted time
+	Slot            string `cbor:"7,keyasint"`            // the slot written and tried
+	Prev            string `cbor:"8,keyasint"`            // the slot to revert to
+	Starts          int    `cbor:"9,keyasint"`            // starts counted on trial
+	Since           int64  `cbor:"10,keyasint"`           // first start on trial, Unix ms of trusted time; 0 before
+	BootID          string `cbor:"11,keyasint,omitempty"` // the boot during which the switch was made
 }
 
 // reverted names a release that booted here and failed: the same release
