@@ -16,8 +16,10 @@ import (
 // store is unusable; the device can only enroll again with a new token.
 //
 // Keys in a [Keystore] are destroyed inside the hardware (PKCS#11
-// C_DestroyObject; for a TPM the key blob is removed, and without it the
-// key cannot be loaded). A key file is first overwritten with zeros and
+// C_DestroyObject); for a TPM the key blob is scrubbed and removed, but
+// the TPM could load a copy recovered from the medium, so a device that
+// changes owner should also have its TPM owner hierarchy cleared
+// (TPM2_Clear), which no software key store can do on its behalf. A key file is first overwritten with zeros and
 // fsynced, then removed: on a plain disk that erases it; on flash with
 // wear levelling or a copy-on-write file system an old copy may survive
 // on the medium, which only full-disk encryption or a hardware keystore

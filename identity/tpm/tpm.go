@@ -275,6 +275,14 @@ func (ks *Keystore) Delete(ctx context.Context, label string) error {
 		ks.flushLoadedLocked()
 	}
 	ks.bumpLocked(label)
+	// The blob is encrypted by this TPM's storage key, which the TPM
+	// derives again at every start: a copy recovered from freed blocks
+	// would load on this TPM. Overwrite it first; on flash that may keep
+	// old copies, clear the owner hierarchy (TPM2_Clear) when the device
+	// leaves its owner.
+	if err := atomicfile.Scrub(path); err != nil {
+		return fmt.Errorf("tpm: delete key %q: %w", label, err)
+	}
 	if err := atomicfile.Remove(nil, path); err != nil {
 		return fmt.Errorf("tpm: delete key %q: %w", label, err)
 	}
