@@ -391,8 +391,15 @@ func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
 	p := a.st.Pending
 	switch a.st.Phase {
 	case PhaseIdle:
-		if next != booted {
-			a.log.Warn("update: the slot booting next is not the running one, with no update pending", "booted", booted, "next", next)
+		if inst := a.st.Installed.Slot; next != inst || trial {
+			// Nothing pending, yet the slots would boot something else
+			// (a bootloader that flipped back to a reverted slot, a
+			// switch done by hand): the confirmed release boots next.
+			a.log.Warn("update: the slots would not boot the confirmed release; switching back", "booted", booted, "next", next, "confirmed", inst)
+			if err := s.Switch(ctx, inst, false); err != nil {
+				return fmt.Errorf("update: switch back to slot %s: %w", inst, err)
+			}
+			a.reboot = booted != inst
 		}
 		return nil
 	case PhaseDownloading:
@@ -439,6 +446,13 @@ func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
 		a.st.Reverted = &reverted{Version: p.Version, SHA256: p.SHA256}
 		a.st.Phase, a.st.Pending = PhaseIdle, nil
 		a.reboot = booted != p.Prev
+		if trial {
+			// The bootloader fell back but left the trial flag set: clear
+			// it, or it would count boots of the good slot and flip back.
+			if err := s.Switch(ctx, p.Prev, false); err != nil {
+				return errors.Join(fmt.Errorf("update: clear the trial of slot %s: %w", p.Prev, err), a.store.save(a.st))
+			}
+		}
 		return a.store.save(a.st)
 	case booted != p.Slot || !a.bootedSinceSwitch():
 		// Switched, not restarted yet (or, with a bootloader, the

@@ -146,6 +146,18 @@ func TestAgentUBootFallback(t *testing.T) {
 	if booted, _ := slots.Booted(ctx); booted != "a" {
 		t.Fatalf("booted %s after the fallback, want a", booted)
 	}
+	// A board whose altbootcmd leaves upgrade_available set would count
+	// boots of the good slot and flip back: the agent clears it.
+	env.mu.Lock()
+	env.vars["upgrade_available"], env.vars["bootcount"] = "1", "0"
+	env.mu.Unlock()
+	open()
+	if _, err := dev.agent.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if env.vars["upgrade_available"] != "0" || env.vars["boot_part"] != "a" {
+		t.Fatalf("environment after Start: %v, want a confirmed, not on trial", env.vars)
+	}
 	// Again, and this time the health check passes.
 	repo.publish(2, 1, image(2, 64<<10))
 	if ok, err := dev.agent.Update(ctx); err != nil || !ok {
