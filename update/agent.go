@@ -389,6 +389,14 @@ func (a *Agent) startLocked(ctx context.Context, rep **Result) error {
 		return fmt.Errorf("update: next slot: %w", err)
 	}
 	p := a.st.Pending
+	if p != nil && p.Aborting {
+		// An Abort was cut short: finish it.
+		r, err := a.abortLocked(ctx)
+		if r != nil {
+			*rep = r
+		}
+		return err
+	}
 	switch a.st.Phase {
 	case PhaseIdle:
 		if inst := a.st.Installed.Slot; next != inst || trial {
@@ -925,6 +933,16 @@ func (a *Agent) abortLocked(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	p := a.st.Pending
+	resumed := p != nil && p.Aborting
+	if a.st.Phase != PhaseIdle && !p.Aborting {
+		// Record the intent first: a power cut in the middle of the
+		// abort must not let Start carry the update on.
+		p.Aborting = true
+		if err := a.store.save(a.st); err != nil {
+			p.Aborting = false
+			return nil, err
+		}
+	}
 	switch a.st.Phase {
 	case PhaseIdle:
 		return nil, nil
@@ -933,8 +951,9 @@ func (a *Agent) abortLocked(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("update: booted slot: %w", err)
 		}
-		if booted == p.Slot && a.bootedSinceSwitch() {
-			return nil, fmt.Errorf("%w: the update runs on trial; use Rollback", ErrBusy)
+		if booted == p.Slot && a.bootedSinceSwitch() && !resumed {
+			p.Aborting = false
+			return nil, errors.Join(fmt.Errorf("%w: the update runs on trial; use Rollback", ErrBusy), a.store.save(a.st))
 		}
 		if err := a.cfg.Slots.Switch(ctx, a.st.Installed.Slot, false); err != nil {
 			return nil, fmt.Errorf("update: switch back to slot %s: %w", a.st.Installed.Slot, err)

@@ -1,6 +1,7 @@
 package update
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"os"
@@ -208,4 +209,88 @@ func (d *agentDevice) checkAfterCrash(t *testing.T, scenario string, i int, dige
 	if st := d.agent.Status(); st.Installed.Version != 2 || booting() != "v2" {
 		fail("after finishing: %+v, booting %s", st, booting())
 	}
+}
+
+// TestAgentAbortPowerFail cuts the power at every file-system operation of
+// an Abort of an installed update (switched, not yet booted): after the
+// restart the update never goes on by itself; the confirmed release boots.
+func TestAgentAbortPowerFail(t *testing.T) {
+	repo := newAgentRepo(t)
+	base := newAgentDevice(t, repo, nil)
+	base.installV(1, 1)
+	v1 := image(1, 4096)
+	repo.publish(2, 2, image(2, 64<<10))
+	base.agent.Close()
+	// One process installs, then aborts (its slots were opened before
+	// the switch: slot a is the one running).
+	run := func(d *agentDevice, fsys atomicfile.FS, abort bool) error {
+		if err := d.openOn(fsys); err != nil {
+			return err
+		}
+		if _, err := d.agent.Update(t.Context()); err != nil {
+			return err
+		}
+		if !abort {
+			return nil
+		}
+		return d.agent.Abort(t.Context())
+	}
+	device := func() *agentDevice {
+		d := &agentDevice{t: t, repo: repo, dir: t.TempDir(), clock: base.clock}
+		copyTree(t, base.dir, d.dir)
+		return d
+	}
+	install := &crashfs.FS{}
+	if err := run(device(), install, false); err != nil {
+		t.Fatal(err)
+	}
+	clean := &crashfs.FS{}
+	if err := run(device(), clean, true); err != nil {
+		t.Fatalf("clean abort: %v", err)
+	}
+	from, ops := install.Ops()+1, clean.Ops()
+	for i := from; i <= ops; i++ {
+		d := device()
+		c := &crashfs.FS{FailAt: i}
+		if err := run(d, c, true); err == nil || !c.Crashed() {
+			t.Fatalf("crash at %d of %d: %v", i, ops, err)
+		}
+		d.agent.Close()
+		d.agent = nil
+		for n := 0; ; n++ {
+			if err := d.openOn(atomicfile.OS{}); err != nil {
+				t.Fatalf("crash at %d: reopen: %v", i, err)
+			}
+			st, err := d.agent.Start(t.Context())
+			if err != nil {
+				t.Fatalf("crash at %d: Start: %v", i, err)
+			}
+			if !st.RebootNeeded {
+				break
+			}
+			if n == 3 {
+				t.Fatalf("crash at %d: still needs a restart", i)
+			}
+		}
+		st := d.agent.Status()
+		if st.Phase == PhaseTrial && st.Installed.Version == 1 {
+			// Cut before the abort was recorded: the abort never
+			// happened, the restart booted the update on trial (floor
+			// unchanged), and the application's rollback ends it.
+			if err := d.agent.Rollback(t.Context()); err != nil {
+				t.Fatalf("crash at %d: rollback: %v", i, err)
+			}
+			if err := d.openOn(atomicfile.OS{}); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			if st, err = d.agent.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(d.running(), v1) || st.Installed.Version != 1 || st.Phase != PhaseIdle {
+			t.Fatalf("crash at %d: %+v, running %q", i, st, d.running()[:10])
+		}
+	}
+	t.Logf("abort: power cut at each of its %d file-system operations; the confirmed release boots after every one", ops-from+1)
 }

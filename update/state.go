@@ -68,6 +68,7 @@ type pending struct {
 	Starts          int    `cbor:"9,keyasint"`            // starts counted on trial
 	Since           int64  `cbor:"10,keyasint"`           // first start on trial, Unix ms of trusted time; 0 before
 	BootID          string `cbor:"11,keyasint,omitempty"` // the boot during which the switch was made
+	Aborting        bool   `cbor:"12,keyasint,omitempty"` // Abort began: a restart finishes it
 }
 
 // reverted names a release that booted here and failed: the same release
