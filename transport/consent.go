@@ -507,6 +507,9 @@ func (g *consentGate) grant(ctx context.Context, stream, purpose string) error {
 			undo = prev
 		}
 		if _, uerr := g.store.put(undo); uerr != nil {
+			// The pending grant stays on disk: keep the stream closed in
+			// this process whatever it says.
+			g.stopped[stream] = true
 			g.log.Error("consent: undo a grant whose event could not be queued", "stream", stream, "err", uerr)
 		}
 		g.refresh()
@@ -570,10 +573,15 @@ func (g *consentGate) withdraw(ctx context.Context, stream string) error {
 func (g *consentGate) reconcile(ctx context.Context) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err := g.flush(ctx); err != nil {
-		g.log.Error("consent: queue pending consent events", "err", err)
-	}
+	// Purge first, then queue the events: a full outbox of a withdrawn
+	// stream's backlog must not keep its withdrawal event out.
 	g.refresh()
+	defer func() {
+		if err := g.flush(ctx); err != nil {
+			g.log.Error("consent: queue pending consent events", "err", err)
+		}
+		g.refresh()
+	}()
 	purge := map[string]bool{}
 	for s, p := range g.policies {
 		if p.Personal && !(*g.open.Load())[s] {
