@@ -466,11 +466,37 @@ func cmdRun(ctx context.Context, c *common) error {
 	if key == nil && c.requireEncryption {
 		return errors.New("--require-encryption needs a decryption key (--cloud-key)")
 	}
-	v, err := transport.NewVerifier(transport.VerifierConfig{Certificates: reg, Policy: policy,
+	// The replay windows survive a restart: saved every 10 s and at the
+	// end, so a restarted service still refuses what it refused before.
+	replayPath := filepath.Join(c.dir, "replay.state")
+	replay, err := transport.LoadReplayWindow(replayPath, 0)
+	if err != nil {
+		return fmt.Errorf("%w (move %s aside only if you accept replays of everything it remembered)", err, replayPath)
+	}
+	v, err := transport.NewVerifier(transport.VerifierConfig{Certificates: reg, Policy: policy, Replay: replay,
 		DecryptionKey: key, RequireEncryption: c.requireEncryption, Logger: c.log})
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err := replay.Save(replayPath); err != nil {
+			c.log.Error("save the replay windows", "err", err)
+		}
+	}()
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := replay.Save(replayPath); err != nil {
+					c.log.Error("save the replay windows", "err", err)
+				}
+			}
+		}
+	}()
 	cert, err := loadServiceCert(c.dir, verifierName)
 	if err != nil {
 		return err
