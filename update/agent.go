@@ -619,7 +619,8 @@ const maxRootWalk = 1024
 func (a *Agent) pick(rel *Release) (Artifact, error) {
 	if a.cfg.Artifact == "" {
 		if len(rel.Artifacts) != 1 {
-			return Artifact{}, fmt.Errorf("%w: release %d has %d artifacts; set AgentConfig.Artifact", ErrMalformed, rel.Version, len(rel.Artifacts))
+			// A configuration matter, not an attack: not reported as one.
+			return Artifact{}, fmt.Errorf("update: release %d has %d artifacts; set AgentConfig.Artifact", rel.Version, len(rel.Artifacts))
 		}
 		return rel.Artifacts[0], nil
 	}
@@ -628,7 +629,7 @@ func (a *Agent) pick(rel *Release) (Artifact, error) {
 			return art, nil
 		}
 	}
-	return Artifact{}, fmt.Errorf("%w: release %d has no artifact %q", ErrMalformed, rel.Version, a.cfg.Artifact)
+	return Artifact{}, fmt.Errorf("update: release %d has no artifact %q (AgentConfig.Artifact)", rel.Version, a.cfg.Artifact)
 }
 
 // Update checks for a newer release and installs it: the common case in one
