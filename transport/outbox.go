@@ -396,34 +396,19 @@ func OpenOutbox(cfg OutboxConfig) (*Outbox, error) {
 	return o, nil
 }
 
-// lockDir takes the outbox lock, waiting at most lockWait for another
+// lockDir takes the outbox lock, waiting at most outboxLockWait for another
 // holder to let go.
 func lockDir(path string) (func(), error) {
-	type result struct {
-		unlock func()
-		err    error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		u, err := atomicfile.Lock(path)
-		ch <- result{u, err}
-	}()
-	t := time.NewTimer(outboxLockWait)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("transport: outbox: %w", r.err)
-		}
-		return r.unlock, nil
-	case <-t.C:
-		go func() { // release the lock if it comes after all
-			if r := <-ch; r.unlock != nil {
-				r.unlock()
-			}
-		}()
+	ctx, cancel := context.WithTimeout(context.Background(), outboxLockWait)
+	defer cancel()
+	unlock, err := atomicfile.LockContext(ctx, path)
+	if errors.Is(err, atomicfile.ErrLocked) {
 		return nil, fmt.Errorf("transport: outbox %s is in use by another process or Outbox", filepath.Dir(path))
 	}
+	if err != nil {
+		return nil, fmt.Errorf("transport: outbox: %w", err)
+	}
+	return unlock, nil
 }
 
 func segName(first uint64) string { return fmt.Sprintf("seg-%016x.log", first) }

@@ -216,7 +216,11 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	if err := atomicfile.MkdirPrivate(cfg.fs, cfg.Dir); err != nil {
 		return nil, fmt.Errorf("update: state directory: %w", err)
 	}
-	unlock, err := atomicfile.Lock(filepath.Join(cfg.Dir, "lock"))
+	// Another agent on this directory: refuse after a short wait, never
+	// block for good.
+	lctx, cancel := context.WithTimeout(ctx, agentLockWait)
+	unlock, err := atomicfile.LockContext(lctx, filepath.Join(cfg.Dir, "lock"))
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrLocked, cfg.Dir, err)
 	}
@@ -263,6 +267,10 @@ func (a *Agent) Close() error {
 	}
 	return nil
 }
+
+// agentLockWait is how long NewAgent waits for another agent to release
+// the state directory.
+var agentLockWait = 3 * time.Second
 
 // ErrClosed is returned by an Agent's methods after Close.
 var ErrClosed = errors.New("update: agent closed")

@@ -432,3 +432,19 @@ func TestAgentReviewFindings(t *testing.T) {
 		t.Fatalf("Start after Close: %v", err)
 	}
 }
+
+// TestAgentLocked: a second agent on the same state directory is refused
+// with ErrLocked instead of waiting for good.
+func TestAgentLocked(t *testing.T) {
+	defer func(d time.Duration) { agentLockWait = d }(agentLockWait)
+	agentLockWait = 100 * time.Millisecond
+	repo := newAgentRepo(t)
+	dev := newAgentDevice(t, repo, nil)
+	start := time.Now()
+	if _, err := NewAgent(t.Context(), dev.config()); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second agent: %v, want ErrLocked", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("refused after %v", d)
+	}
+}

@@ -153,42 +153,25 @@ const repoLockFile = ".lock"
 // release the repository; a variable for tests.
 var repoLockWait = 5 * time.Second
 
-// lockRepo takes the repository's write lock, waiting up to repoLockWait,
-// and returns the function that releases it.
+// lockRepo takes the repository lock (DIR/.lock), waiting at most
+// repoLockWait for another d2c update command to finish.
 func lockRepo(ctx context.Context, dir string) (unlock func(), err error) {
-	type locked struct {
-		unlock func()
-		err    error
-	}
 	if _, err := os.Stat(dir); err != nil {
 		return nil, noRepo(dir, err)
 	}
 	path := filepath.Join(dir, repoLockFile)
-	got := make(chan locked, 1)
-	go func() {
-		u, err := atomicfile.Lock(path)
-		got <- locked{u, err}
-	}()
-	timer := time.NewTimer(repoLockWait)
-	defer timer.Stop()
-	select {
-	case l := <-got:
-		return l.unlock, l.err
-	case <-timer.C:
-		err = withHint(fmt.Errorf("another d2c update command is writing %s; try again", dir),
+	wctx, cancel := context.WithTimeout(ctx, repoLockWait)
+	defer cancel()
+	unlock, err = atomicfile.LockContext(wctx, path)
+	if errors.Is(err, atomicfile.ErrLocked) && ctx.Err() == nil {
+		return nil, withHint(fmt.Errorf("another d2c update command is writing %s; try again", dir),
 			fmt.Sprintf("a release signing or a timestamp job holds %s while it signs and writes: "+
 				"run the command again once it is done (`fuser %s` names the process)", path, path))
-	case <-ctx.Done():
-		err = ctx.Err()
 	}
-	// atomicfile.Lock cannot be abandoned: release the lock at once if it
-	// comes after all.
-	go func() {
-		if l := <-got; l.err == nil {
-			l.unlock()
-		}
-	}()
-	return nil, err
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return unlock, err
 }
 
 // peekedMeta is the part of a metadata payload the signing commands

@@ -135,31 +135,16 @@ func Open(cfg Config) (*Log, error) {
 // lockDir takes the directory lock, waiting at most lockWait for another
 // holder to let go.
 func lockDir(path string) (func(), error) {
-	type result struct {
-		unlock func()
-		err    error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		u, err := atomicfile.Lock(path)
-		ch <- result{u, err}
-	}()
-	t := time.NewTimer(lockWait)
-	defer t.Stop()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("audit: %w", r.err)
-		}
-		return r.unlock, nil
-	case <-t.C:
-		go func() { // release the lock if it comes after all
-			if r := <-ch; r.unlock != nil {
-				r.unlock()
-			}
-		}()
+	ctx, cancel := context.WithTimeout(context.Background(), lockWait)
+	defer cancel()
+	unlock, err := atomicfile.LockContext(ctx, path)
+	if errors.Is(err, atomicfile.ErrLocked) {
 		return nil, fmt.Errorf("audit: log %s is in use by another process or Log", filepath.Dir(path))
 	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	return unlock, nil
 }
 
 func (l *Log) path(name string) string { return filepath.Join(l.cfg.Dir, name) }

@@ -2,12 +2,14 @@ package atomicfile_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
@@ -205,4 +207,25 @@ func TestScrubTreeThroughLink(t *testing.T) {
 			t.Errorf("%s after ScrubTree: %v", p, err)
 		}
 	}
+}
+
+// TestLockContext: a held lock makes LockContext give up when its context
+// ends, with ErrLocked; once released, it is taken.
+func TestLockContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lock")
+	unlock, err := atomicfile.Lock(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := atomicfile.LockContext(ctx, path); !errors.Is(err, atomicfile.ErrLocked) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("LockContext on a held lock: %v", err)
+	}
+	unlock()
+	u, err := atomicfile.LockContext(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u()
 }
