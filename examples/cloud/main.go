@@ -93,6 +93,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/d2c-iot/d2c/examples/internal/flagenv"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 )
@@ -235,7 +236,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	c := &common{stdout: stdout, stderr: stderr}
 	fl := newFlagSet(args[0], c, stderr)
 	sc.flags(fl, c)
-	if err := loadSettings(fl, args[1:], "D2C_CLOUD_", lookupEnv, knownSetting); err != nil {
+	if err := flagenv.Load(fl, args[1:], "D2C_CLOUD_", lookupEnv, knownSetting); err != nil {
 		return err
 	}
 	var level slog.Level

@@ -94,6 +94,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/d2c-iot/d2c/examples/internal/flagenv"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update"
@@ -177,7 +178,7 @@ func parseSettings(args []string, lookupEnv func(string) (string, bool), out io.
 	fl.DurationVar(&s.interval, "interval", 10*time.Second, "time between sensor readings, 1s to 24h")
 	fl.StringVar(&s.stream, "stream", "temperature", "telemetry stream of the sensor readings")
 	fl.StringVar(&s.logLevel, "log-level", "info", "debug, info, warn or error")
-	if err := loadSettings(fl, args, "D2C_", lookupEnv, func(name string) bool { return fl.Lookup(name) != nil }); err != nil {
+	if err := flagenv.Load(fl, args, "D2C_", lookupEnv, func(name string) bool { return fl.Lookup(name) != nil }); err != nil {
 		return nil, err
 	}
 	switch {

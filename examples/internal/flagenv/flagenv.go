@@ -1,4 +1,6 @@
-package main
+// Package flagenv gives the example programs one way to be configured:
+// flags, then environment variables, then a file.
+package flagenv
 
 import (
 	"bufio"
@@ -14,7 +16,7 @@ import (
 // maxConfigFile bounds a configuration file.
 const maxConfigFile = 64 << 10
 
-// loadSettings parses args into fs, then gives every flag the command line
+// Load parses args into fs, then gives every flag the command line
 // left unset its value from the environment, else from the configuration
 // file: flags override the environment, which overrides the file.
 //
@@ -26,7 +28,7 @@ const maxConfigFile = 64 << 10
 // which known reports false, or given twice, is an error, so that a typo
 // cannot silently leave a setting at its default; known names that are not
 // flags of fs (settings of other subcommands) are skipped.
-func loadSettings(fs *flag.FlagSet, args []string, prefix string, lookupEnv func(string) (string, bool), known func(string) bool) error {
+func Load(fs *flag.FlagSet, args []string, prefix string, lookupEnv func(string) (string, bool), known func(string) bool) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -49,7 +51,7 @@ func loadSettings(fs *flag.FlagSet, args []string, prefix string, lookupEnv func
 	file := map[string]string{}
 	if path != "" {
 		var err error
-		if file, err = readSettingsFile(path, known); err != nil {
+		if file, err = readFile(path, known); err != nil {
 			return err
 		}
 	}
@@ -71,8 +73,8 @@ func loadSettings(fs *flag.FlagSet, args []string, prefix string, lookupEnv func
 	return errors.Join(errs...)
 }
 
-// readSettingsFile reads a "name = value" file of known names.
-func readSettingsFile(path string, known func(string) bool) (map[string]string, error) {
+// readFile reads a "name = value" file of known names.
+func readFile(path string, known func(string) bool) (map[string]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
