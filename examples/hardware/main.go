@@ -43,6 +43,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/d2c-iot/d2c/examples/internal/narrate"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 )
@@ -116,19 +117,6 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	return o, nil
 }
 
-// narrator prints numbered steps (Step) and their details (Say).
-type narrator struct {
-	w    io.Writer
-	step int
-}
-
-func (n *narrator) Step(format string, a ...any) {
-	n.step++
-	fmt.Fprintf(n.w, "\n[%d] %s\n", n.step, fmt.Sprintf(format, a...))
-}
-
-func (n *narrator) Say(format string, a ...any) { fmt.Fprintf(n.w, "    "+format+"\n", a...) }
-
 func run(ctx context.Context, args []string, out io.Writer) error {
 	o, err := parseFlags(args, out)
 	if err != nil {
@@ -142,7 +130,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		defer os.RemoveAll(dir)
 	}
-	n := &narrator{w: out}
+	n := narrate.New(out)
 	k, err := openKeys(o, dir)
 	if err != nil {
 		return fmt.Errorf("open the %s keystore: %w", o.keys, err)
@@ -253,7 +241,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // session connects the device with identity id (mutual TLS, the
 // handshake signed by its key), publishes readings one by one and waits
 // for the cloud to verify each, then disconnects.
-func (k *keys) session(ctx context.Context, n *narrator, f *fleet, store *identity.Store, id *identity.Identity, round int) error {
+func (k *keys) session(ctx context.Context, n *narrate.Narrator, f *fleet, store *identity.Store, id *identity.Identity, round int) error {
 	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: f.broker.Addr(), Store: store, RetryMin: 200 * time.Millisecond})
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
@@ -307,7 +295,7 @@ func (k *keys) keyRef(store *identity.Store, g int) (label, file string) {
 }
 
 // narrateKey says where generation g's key is and what the store holds.
-func (k *keys) narrateKey(n *narrator, store *identity.Store, g int) error {
+func (k *keys) narrateKey(n *narrate.Narrator, store *identity.Store, g int) error {
 	label, file := k.keyRef(store, g)
 	files, err := listDir(store.Dir())
 	if err != nil {

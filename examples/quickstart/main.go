@@ -40,6 +40,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/d2c-iot/d2c/examples/internal/narrate"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/devbroker"
@@ -55,19 +56,6 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-// narrator prints numbered steps (Step) and their details (Say).
-type narrator struct {
-	w    io.Writer
-	step int
-}
-
-func (n *narrator) Step(format string, a ...any) {
-	n.step++
-	fmt.Fprintf(n.w, "\n[%d] %s\n", n.step, fmt.Sprintf(format, a...))
-}
-
-func (n *narrator) Say(format string, a ...any) { fmt.Fprintf(n.w, "    "+format+"\n", a...) }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("quickstart", flag.ContinueOnError)
@@ -86,7 +74,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	n := &narrator{w: out}
+	n := narrate.New(out)
 	fmt.Fprintln(out, "d2c quickstart: a device gets its own certified identity, with no shared secret.")
 
 	// 1. The fleet CA.
@@ -206,7 +194,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // telemetry runs the transport part of the loop: an embedded broker with
 // mutual TLS and the generated ACL, a cloud verifier, the device publishing
 // signed and encrypted readings, and a signed command.
-func telemetry(ctx context.Context, n *narrator, ca *identity.CA, store *identity.Store) error {
+func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, store *identity.Store) error {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca.Root())
 	brokerCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueServer(pub, "127.0.0.1") })
@@ -344,7 +332,7 @@ func telemetry(ctx context.Context, n *narrator, ca *identity.CA, store *identit
 // installing it into its other slot, booting it on trial and confirming it,
 // every result reported to the cloud as signed telemetry; then a rollback
 // refused.
-func updates(ctx context.Context, n *narrator, ca *identity.CA, roots *x509.CertPool, store *identity.Store, dev *transport.Client, received <-chan transport.Record) error {
+func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, store *identity.Store, dev *transport.Client, received <-chan transport.Record) error {
 	dir := filepath.Dir(store.Dir())
 	var rootKey, relKey, tsKey crypto.Signer
 	root := &update.Root{Version: 1, Expires: time.Now().Add(365 * 24 * time.Hour)}
@@ -464,7 +452,7 @@ func updates(ctx context.Context, n *narrator, ca *identity.CA, roots *x509.Cert
 }
 
 // cloudEvents prints the next want update results the cloud verified.
-func cloudEvents(n *narrator, received <-chan transport.Record, want int) error {
+func cloudEvents(n *narrate.Narrator, received <-chan transport.Record, want int) error {
 	for range want {
 		select {
 		case r := <-received:

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/d2c-iot/d2c/examples/internal/narrate"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
@@ -38,18 +39,6 @@ func main() {
 		os.Exit(1)
 	}
 }
-
-type narrator struct {
-	w    io.Writer
-	step int
-}
-
-func (n *narrator) Step(format string, a ...any) {
-	n.step++
-	fmt.Fprintf(n.w, "\n[%d] %s\n", n.step, fmt.Sprintf(format, a...))
-}
-
-func (n *narrator) Say(format string, a ...any) { fmt.Fprintf(n.w, "    "+format+"\n", a...) }
 
 // repo is the release server: signed metadata and images over HTTP.
 type repo struct {
@@ -114,7 +103,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	n := &narrator{w: out}
+	n := narrate.New(out)
 
 	n.Step("Release keys: root (offline), release, timestamp (online); root v1 is pinned in the device at manufacture")
 	r := &repo{files: map[string][]byte{}}
@@ -252,7 +241,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 }
 
 // expectRefusal runs an update that must be refused with want.
-func expectRefusal(n *narrator, agent *update.Agent, ctx context.Context, want error) error {
+func expectRefusal(n *narrate.Narrator, agent *update.Agent, ctx context.Context, want error) error {
 	_, err := agent.Update(ctx)
 	if !errors.Is(err, want) {
 		return fmt.Errorf("update: got %v, want %v", err, want)
