@@ -379,17 +379,20 @@ func (g *consentGate) close(stream string) {
 	g.open.Store(&next)
 }
 
-// sendable reports whether a stored message of stream may go out now: any
-// stream not declared personal, and personal streams with consent in force.
-// For a closed stream it first waits for a consent change under way, so
-// that during a withdrawal the caller does not take the same message from
-// the outbox again and again until the purge removes it.
-// beginSend is sendable for a message about to be handed to the MQTT
-// connection: when it returns true, the message counts as being sent until
-// endSend, and a withdrawal of its stream waits for it.
+// beginSend reports whether a stored message of stream may be handed to
+// the MQTT connection now: any stream not declared personal, and personal
+// streams with consent in force. When it returns true for a personal
+// stream, the message counts as being sent until endSend, and a withdrawal
+// of its stream waits for it. For a closed stream it first waits for a
+// consent change under way, so that during a withdrawal the delivery loop
+// does not take the same message from the outbox again and again until the
+// purge removes it.
 func (g *consentGate) beginSend(stream string) bool {
 	if !g.personal(stream) {
 		return true
+	}
+	if !(*g.open.Load())[stream] && !g.openAfterChange(stream) {
+		return false
 	}
 	g.sendMu.Lock()
 	defer g.sendMu.Unlock()
@@ -403,6 +406,14 @@ func (g *consentGate) beginSend(stream string) bool {
 	}
 	g.sending[stream]++
 	return true
+}
+
+// openAfterChange waits for a consent change under way and reports whether
+// stream is open after it.
+func (g *consentGate) openAfterChange(stream string) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return (*g.open.Load())[stream]
 }
 
 // endSend ends what beginSend began.
@@ -435,15 +446,6 @@ func (g *consentGate) awaitSent(ctx context.Context, stream string) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-}
-
-func (g *consentGate) sendable(stream string) bool {
-	if !g.personal(stream) || (*g.open.Load())[stream] {
-		return true
-	}
-	g.mu.RLock() // wait for a change under way, then look again
-	defer g.mu.RUnlock()
-	return (*g.open.Load())[stream]
 }
 
 // hold checks consent for a Publish to stream. On success the caller must

@@ -79,17 +79,14 @@ func (c *FS) synced(f *file, size int64) {
 	delete(c.dirty, f)
 }
 
-func (c *FS) markDirty(f *file, dirty bool) {
+// markDirty records that f holds data written since its last fsync.
+func (c *FS) markDirty(f *file) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.dirty == nil {
 		c.dirty = make(map[*file]bool)
 	}
-	if dirty {
-		c.dirty[f] = true
-	} else {
-		delete(c.dirty, f)
-	}
+	c.dirty[f] = true
 }
 
 // CreateTemp implements [atomicfile.FS].
@@ -175,7 +172,7 @@ func (f *file) Write(p []byte) (int, error) {
 	if err := f.c.step(); err != nil {
 		return 0, err
 	}
-	f.c.markDirty(f, true)
+	f.c.markDirty(f)
 	return f.f.Write(p)
 }
 
