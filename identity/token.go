@@ -64,7 +64,7 @@ func (ti TokenIssuer) Issue(id string) (string, error) {
 	if ti.Key == nil {
 		return "", fmt.Errorf("identity: token issuer has no key")
 	}
-	alg, err := joseAlg(ti.Key.Public())
+	alg, err := JWSAlgorithm(ti.Key.Public())
 	if err != nil {
 		return "", err
 	}
@@ -148,7 +148,7 @@ func (tv TokenVerifier) Verify(token string) (Token, error) {
 	if key == nil {
 		return Token{}, fmt.Errorf("%w: unknown key ID %q", ErrTokenInvalid, truncate(h.KeyID))
 	}
-	if alg, err := joseAlg(key); err != nil || string(alg) != h.Algorithm {
+	if alg, err := JWSAlgorithm(key); err != nil || string(alg) != h.Algorithm {
 		return Token{}, fmt.Errorf("%w: algorithm %q does not match the key", ErrTokenInvalid, truncate(h.Algorithm))
 	}
 	var c jwt.Claims
@@ -186,7 +186,7 @@ func (tv TokenVerifier) Verify(token string) (Token, error) {
 // KeyID returns the RFC 7638 JWK SHA-256 thumbprint of a public key,
 // base64url: the "kid" of tokens it signs.
 func KeyID(pub crypto.PublicKey) (string, error) {
-	if _, err := joseAlg(pub); err != nil {
+	if _, err := JWSAlgorithm(pub); err != nil {
 		return "", err
 	}
 	tp, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
@@ -196,15 +196,22 @@ func KeyID(pub crypto.PublicKey) (string, error) {
 	return base64.RawURLEncoding.EncodeToString(tp), nil
 }
 
-// joseAlg maps a public key to its one JWS algorithm (RFC 7518, RFC 8037).
-func joseAlg(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
+// JWSAlgorithm maps a public key to the one JWS algorithm d2c signs and
+// verifies with it: ES256 for ECDSA P-256 (RFC 7518), EdDSA for Ed25519
+// (RFC 8037). Any other key is refused with [ErrUnsupportedKey]: every
+// d2c signature format (tokens, telemetry, update metadata, attestation,
+// audit heads) uses this one mapping, so no key ever signs with a second
+// algorithm.
+func JWSAlgorithm(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
+		if k != nil && k.Curve == elliptic.P256() {
 			return jose.ES256, nil
 		}
 	case ed25519.PublicKey:
-		return jose.EdDSA, nil
+		if len(k) == ed25519.PublicKeySize {
+			return jose.EdDSA, nil
+		}
 	}
 	return "", fmt.Errorf("%w: %T for JWS", ErrUnsupportedKey, pub)
 }

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"encoding/base64"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 
+	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/cborx"
 	"github.com/d2c-iot/d2c/internal/limits"
 )
@@ -143,25 +143,11 @@ func (c codec) decodeRecord(b []byte) (Record, error) {
 	return r, nil
 }
 
-// signatureAlg maps a public key to its one JWS algorithm (RFC 7518 ES256,
-// RFC 8037 EdDSA). No other key or algorithm is accepted anywhere.
-func signatureAlg(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
-			return jose.ES256, nil
-		}
-	case ed25519.PublicKey:
-		return jose.EdDSA, nil
-	}
-	return "", fmt.Errorf("transport: unsupported key %T", pub)
-}
-
 var allowedSigAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.EdDSA}
 
 // newJWSSigner returns a compact JWS signer with kid and typ headers.
 func newJWSSigner(key crypto.Signer, kid, typ string) (jose.Signer, error) {
-	alg, err := signatureAlg(key.Public())
+	alg, err := identity.JWSAlgorithm(key.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +221,7 @@ func onlyHeaders(compact []byte, names ...string) error {
 // verifyJWS checks the signature with pub, whose algorithm must be the one
 // in the header.
 func verifyJWS(jws *jose.JSONWebSignature, pub crypto.PublicKey) ([]byte, error) {
-	alg, err := signatureAlg(pub)
+	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}

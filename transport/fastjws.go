@@ -15,6 +15,8 @@ import (
 	"math/big"
 
 	"github.com/go-jose/go-jose/v4"
+
+	"github.com/d2c-iot/d2c/identity"
 )
 
 // The one-profile fast path of RFC 7515 compact JWS: a protected header of
@@ -50,7 +52,7 @@ type fastSigner struct {
 }
 
 func newFastSigner(key crypto.Signer, kid, typ string) (*fastSigner, error) {
-	alg, err := signatureAlg(key.Public())
+	alg, err := identity.JWSAlgorithm(key.Public())
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +112,7 @@ var errNotCanonical = errors.New("not the canonical header")
 // errNotCanonical for any other header, so that the caller falls back to
 // the general path.
 func fastVerify(compact []byte, kid, typ string, pub crypto.PublicKey) ([]byte, error) {
-	alg, err := signatureAlg(pub)
+	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}

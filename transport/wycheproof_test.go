@@ -224,7 +224,7 @@ func wpSigningKeys(t *testing.T, raw json.RawMessage) (keys []crypto.PublicKey, 
 			continue
 		}
 		pub := jwk.Public().Key
-		alg, err := signatureAlg(pub)
+		alg, err := identity.JWSAlgorithm(pub)
 		if err != nil {
 			continue // not a key type d2c signs with: verifyJWS would refuse it anyway
 		}
@@ -500,7 +500,7 @@ func wpDERToJWS(der []byte) ([]byte, error) {
 // ES256 verifier (signature exactly 64 bytes, r and s big-endian, ECDSA over
 // SHA-256 of the signing input) and its EdDSA verifier (ed25519.Verify).
 func wpCheckSignature(pub crypto.PublicKey, input, sig []byte) error {
-	alg, err := signatureAlg(pub)
+	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}

@@ -30,17 +30,11 @@ type jwkJSON struct {
 // keyAlg returns the one JWS algorithm a public key signs with: ES256 for
 // ECDSA P-256, EdDSA for Ed25519. Other keys are refused.
 func keyAlg(pub crypto.PublicKey) (string, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k != nil && k.Curve == elliptic.P256() {
-			return algES256, nil
-		}
-	case ed25519.PublicKey:
-		if len(k) == ed25519.PublicKeySize {
-			return algEdDSA, nil
-		}
+	alg, err := identity.JWSAlgorithm(pub)
+	if err != nil {
+		return "", fmt.Errorf("%w: key type %T (want ECDSA P-256 or Ed25519)", ErrAlgorithm, pub)
 	}
-	return "", fmt.Errorf("%w: key type %T (want ECDSA P-256 or Ed25519)", ErrAlgorithm, pub)
+	return string(alg), nil
 }
 
 // keyID returns the key ID of a public key: its RFC 7638 JWK SHA-256

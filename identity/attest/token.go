@@ -3,9 +3,6 @@ package attest
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -101,7 +98,7 @@ func Sign(signer crypto.Signer, deviceID string, ev Evidence, now time.Time) ([]
 		return nil, fmt.Errorf("attest: time %s is not after 1970", now.UTC().Format(time.RFC3339))
 	}
 	pub := signer.Public()
-	alg, err := algFor(pub)
+	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
 		return nil, err
 	}
@@ -130,19 +127,6 @@ func Sign(signer crypto.Signer, deviceID string, ev Evidence, now time.Time) ([]
 		return nil, fmt.Errorf("%w: %d bytes over %d", ErrTooLarge, len(out), limits.AttestationToken)
 	}
 	return []byte(out), nil
-}
-
-// algFor maps a public key to its one JWS algorithm.
-func algFor(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
-			return jose.ES256, nil
-		}
-	case ed25519.PublicKey:
-		return jose.EdDSA, nil
-	}
-	return "", fmt.Errorf("attest: %w: %T", identity.ErrUnsupportedKey, pub)
 }
 
 // wireClaims is the claims set as Sign writes it.

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -80,7 +77,7 @@ func signHead(signer crypto.Signer, h SignedHead) ([]byte, error) {
 		return nil, fmt.Errorf("audit: sign head: %w", err)
 	}
 	pub := signer.Public()
-	alg, err := algFor(pub)
+	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
 		return nil, err
 	}
@@ -109,19 +106,6 @@ func signHead(signer crypto.Signer, h SignedHead) ([]byte, error) {
 		return nil, fmt.Errorf("%w: signed head of %d bytes", ErrTooLarge, len(out))
 	}
 	return []byte(out), nil
-}
-
-// algFor maps a public key to its one JWS algorithm.
-func algFor(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
-			return jose.ES256, nil
-		}
-	case ed25519.PublicKey:
-		return jose.EdDSA, nil
-	}
-	return "", fmt.Errorf("audit: %w: %T", identity.ErrUnsupportedKey, pub)
 }
 
 // VerifyHead checks a signed head against the device certificate cert
@@ -175,7 +159,7 @@ func VerifyHead(token []byte, cert *x509.Certificate) (SignedHead, error) {
 	if identity.ValidateDeviceID(device) != nil || len(cert.URIs) != 1 || cert.URIs[0].String() != identity.DeviceURI(device) {
 		return SignedHead{}, fmt.Errorf("audit: verify head: %w: the certificate names no device", identity.ErrUntrusted)
 	}
-	alg, err := algFor(cert.PublicKey)
+	alg, err := identity.JWSAlgorithm(cert.PublicKey)
 	if err != nil {
 		return SignedHead{}, err
 	}
@@ -305,7 +289,7 @@ func NewHeadReporter(l *Log, cfg HeadReporterConfig) (*HeadReporter, error) {
 	if err := identity.ValidateDeviceID(cfg.DeviceID); err != nil {
 		return nil, fmt.Errorf("audit: head reporter: %w", err)
 	}
-	if _, err := algFor(cfg.Signer.Public()); err != nil {
+	if _, err := identity.JWSAlgorithm(cfg.Signer.Public()); err != nil {
 		return nil, err
 	}
 	if cfg.Stream == "" {

@@ -58,7 +58,7 @@ func newDevices(t testing.TB, kt identity.KeyType, ids ...string) []device {
 // signRaw signs any header typ and payload with key, for forged heads.
 func signRaw(t testing.TB, key crypto.Signer, typ string, kid string, payload []byte) []byte {
 	t.Helper()
-	alg, err := algFor(key.Public())
+	alg, err := identity.JWSAlgorithm(key.Public())
 	if err != nil {
 		t.Fatal(err)
 	}
