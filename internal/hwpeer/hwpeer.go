@@ -18,6 +18,7 @@ package hwpeer
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // debianPackages names the Debian package that installs each tool.
@@ -75,20 +77,49 @@ func freePort() (int, error) {
 	return port, l.Close()
 }
 
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
+// Output collects a process's output; String may read it while the
+// process writes.
+type Output struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+// Write implements io.Writer.
+func (b *Output) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+// String returns what the process wrote so far.
+func (b *Output) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// ErrExited is returned by AwaitAccept when the process ended first.
+var ErrExited = errors.New("exited before accepting connections")
+
+// AwaitAccept waits until a TCP connection to addr succeeds (the probe is
+// closed at once), the process ends (done closed; exitErr says how: an
+// error wrapping ErrExited), or timeout passes.
+func AwaitAccept(addr string, done <-chan struct{}, exitErr func() error, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-done:
+			return fmt.Errorf("%w: %v", ErrExited, exitErr())
+		default:
+		}
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not accepting after %v: %v", addr, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -23,7 +23,7 @@ type SWTPM struct {
 	// Config.Addr). swtpm serves one connection at a time.
 	Addr string
 
-	out  *lockedBuffer
+	out  *Output
 	dir  string
 	mu   sync.Mutex
 	kill func() // kills the process and waits for it; nil once killed
@@ -56,7 +56,7 @@ func StartSWTPM() (s *SWTPM, stop func(), err error) {
 			_ = os.RemoveAll(dir)
 			return nil, nil, err
 		}
-		s := &SWTPM{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: new(lockedBuffer), dir: dir}
+		s := &SWTPM{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: new(Output), dir: dir}
 		args := []string{"socket", "--tpm2",
 			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
 			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", ctrl),
@@ -94,28 +94,14 @@ func (s *SWTPM) start(bin string, args []string) error {
 			<-done
 		})
 	}
-	deadline := time.Now().Add(swtpmStartTimeout)
-	for {
-		select {
-		case <-done:
-			if strings.Contains(s.out.String(), "in use") {
-				return errPortTaken
-			}
-			return fmt.Errorf("exited before accepting connections: %v", waitErr)
-		default:
+	// swtpm serves one connection at a time and goes back to accept when
+	// the probe closes.
+	if err := AwaitAccept(s.Addr, done, func() error { return waitErr }, swtpmStartTimeout); err != nil {
+		if errors.Is(err, ErrExited) && strings.Contains(s.out.String(), "in use") {
+			return errPortTaken
 		}
-		// swtpm serves one connection at a time and goes back to accept
-		// when this probe closes.
-		c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			kill()
-			return fmt.Errorf("%s not accepting after %v: %v", s.Addr, swtpmStartTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		kill()
+		return err
 	}
 	s.mu.Lock()
 	s.kill = kill

@@ -8,7 +8,6 @@
 package testpeer
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/d2c-iot/d2c/internal/hwpeer"
 )
 
 // debianPackages names the Debian package that installs each peer.
@@ -93,7 +94,7 @@ type Broker struct {
 	// ConfigPath is the configuration file the broker runs with.
 	ConfigPath string
 
-	out  *lockedBuffer
+	out  *hwpeer.Output
 	bin  string
 	mu   sync.Mutex
 	stop func(graceful bool) // stops the running process and waits for it; nil when none
@@ -233,7 +234,7 @@ func Mosquitto(t testing.TB, conf string) *Broker {
 		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 			t.Fatalf("testpeer: %v", err)
 		}
-		b := &Broker{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, ConfigPath: path, out: new(lockedBuffer), bin: bin}
+		b := &Broker{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, ConfigPath: path, out: new(hwpeer.Output), bin: bin}
 		err = b.start(t, bin)
 		if err == nil {
 			return b
@@ -278,26 +279,12 @@ func (b *Broker) start(t testing.TB, bin string) error {
 			<-done
 		})
 	}
-	deadline := time.Now().Add(mosquittoStartTimeout)
-	for {
-		select {
-		case <-done:
-			if strings.Contains(b.Output(), "Address already in use") {
-				return errPortTaken
-			}
-			return fmt.Errorf("exited before accepting connections: %v", waitErr)
-		default:
+	if err := hwpeer.AwaitAccept(b.Addr, done, func() error { return waitErr }, mosquittoStartTimeout); err != nil {
+		if errors.Is(err, hwpeer.ErrExited) && strings.Contains(b.Output(), "Address already in use") {
+			return errPortTaken
 		}
-		c, err := net.DialTimeout("tcp", b.Addr, 200*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			stop(false)
-			return fmt.Errorf("listener %s not accepting after %v: %v", b.Addr, mosquittoStartTimeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		stop(false)
+		return fmt.Errorf("listener: %w", err)
 	}
 	// Cleanups run last-in first-out: kill first, then log on failure.
 	t.Cleanup(func() {
@@ -397,23 +384,4 @@ func readVarint(r io.Reader) (int, error) {
 		shift += 7
 	}
 	return 0, errors.New("malformed variable byte integer")
-}
-
-// lockedBuffer collects a process's output; Output may read it while the
-// process writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
