@@ -207,6 +207,11 @@ func TestEndToEndEmbeddedBroker(t *testing.T) {
 		}
 	}
 	col.wait(t, n, 15*time.Second)
+	// The broker may forward the last messages to the cloud before its
+	// PUBACKs reach the device: give those a moment.
+	for deadline := time.Now().Add(5 * time.Second); dev.Stats().Acked < n && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	st := dev.Stats()
 	if st.Acked < n || v.Stats().Accepted != n || v.Stats().KeysDelivered != 1 {
 		t.Fatalf("device %+v verifier %+v", st, v.Stats())
