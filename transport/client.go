@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -96,6 +95,12 @@ type ClientStats struct {
 	QueueDepth                            int
 	Connects, ConnectFailures             uint64
 	CommandsRun, CommandsRefused          uint64
+	// ProtocolErrors counts connections dropped because the broker broke
+	// the protocol ([ErrPacketTooLarge], [ErrBrokerProtocol]).
+	ProtocolErrors uint64
+	// Ignored counts messages from the broker that were not commands for
+	// this device: retained, or on a topic the client never subscribed to.
+	Ignored uint64
 }
 
 // Client is the device half of telemetry: Publish seals readings into a
@@ -120,18 +125,24 @@ type Client struct {
 	ident  atomic.Pointer[identity.Identity]
 	sealer atomic.Pointer[Sealer]
 
+	retry          reconnectBackoff
 	receiveMax     atomic.Int32
 	lastConnectErr atomic.Pointer[error]
 	wake           chan struct{}
 	subscribed     chan struct{} // closed at the first SUBACK for the command topic
 	subscribedOnce sync.Once
 
+	// sealMu is held from taking a sequence number to queueing its
+	// envelope in the outbox, so that outbox IDs rise with (boot, seq)
+	// (the outbox's sending window relies on it).
+	sealMu sync.Mutex
+
 	mu           sync.Mutex
 	inflight     map[uint64]bool
 	inflightKeys map[uint64]bool // in-flight key deliveries: nothing else goes until they are acked
 
 	sent, acked, refused, retried, connects, connectFailures, cmdRun, cmdRefused atomic.Uint64
-	authFailures, outboxFull                                                     atomic.Uint64
+	authFailures, outboxFull, protocolErrors, unexpected                         atomic.Uint64
 }
 
 // Dial opens the client's state and starts connecting in the background; it
@@ -214,10 +225,11 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		c.outbox.Close()
 		return nil, err
 	}
-	c.consent = newConsentGate(cstore, policies, c.outbox, cfg.Store.Clock().Now, c.log, c.seal)
+	c.consent = newConsentGate(cstore, policies, c.outbox, cfg.Store.Clock().Now, c.log, c.store)
 	c.consent.reconcile(ctx)
 	c.sec.custom, c.sec.since = map[string]uint64{}, cfg.Store.Clock().Now()
 	c.receiveMax.Store(16)
+	c.retry.min, c.retry.max = cfg.RetryMin, cfg.RetryMax
 
 	pool := x509.NewCertPool()
 	for _, a := range anchors {
@@ -248,8 +260,9 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
 		CleanStartOnInitialConnection: firstConnect,
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
-		ReconnectBackoff:              c.backoff,
+		ReconnectBackoff:              c.retry.delay,
 		ConnectTimeout:                15 * time.Second,
+		ConnectPacketBuilder:          advertiseMaxPacket,
 		AttemptConnection: func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 			if leaf := c.ident.Load().Certificate(); cfg.Store.Clock().Now().After(leaf.NotAfter) {
 				return nil, fmt.Errorf("%w: %w: renew or enroll again", ErrCertificateRejected, identity.ErrCertExpired)
@@ -264,6 +277,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 			c.connects.Add(1)
+			c.retry.connected()
 			if ack.Properties != nil && ack.Properties.ReceiveMaximum != nil {
 				c.receiveMax.Store(int32(*ack.Properties.ReceiveMaximum))
 			} else {
@@ -299,7 +313,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { c.onPublish(runCtx, pr.Packet); return true, nil },
 			},
-			OnClientError: func(err error) { c.log.Warn("connection error", "err", err) },
+			OnClientError: c.connectionError,
 		},
 	}
 	cm, err := autopaho.NewConnection(runCtx, acfg)
@@ -339,28 +353,25 @@ func (c *Client) Reload() error {
 	return c.useIdentity(id)
 }
 
-// backoff is exponential with full jitter between RetryMin and RetryMax,
-// so a fleet cut off together does not reconnect together.
-func (c *Client) backoff(attempt int) time.Duration {
-	if attempt <= 0 {
-		// The first attempt of a cycle: at once when the client starts, but
-		// spread over RetryMin after a lost connection, when the whole
-		// fleet lost it at the same moment.
-		if c.connects.Load() == 0 {
-			return 0
-		}
-		return time.Duration(rand.Int64N(int64(c.cfg.RetryMin)) + 1)
+// connectionError is told of an established connection failing. A broker
+// breaking the protocol ([ErrPacketTooLarge], [ErrBrokerProtocol]) is
+// logged as an error and counted; the reconnection backs off because the
+// connection was short-lived (reconnectBackoff).
+func (c *Client) connectionError(err error) {
+	if errors.Is(err, ErrPacketTooLarge) || errors.Is(err, ErrBrokerProtocol) {
+		c.protocolErrors.Add(1)
+		c.lastConnectErr.Store(&err)
+		c.log.Error("the broker broke the protocol; dropped the connection", "err", err)
+		return
 	}
-	d := c.cfg.RetryMin << min(attempt-1, 30)
-	if d > c.cfg.RetryMax || d <= 0 {
-		d = c.cfg.RetryMax
-	}
-	return time.Duration(rand.Int64N(int64(d)) + 1)
+	c.log.Warn("connection error", "err", err)
 }
 
 // LastConnectError returns the error of the latest failed connection
-// attempt (nil if none), classified: it wraps [ErrCertificateRejected] when
-// the broker refused the device certificate.
+// attempt, or of the latest connection dropped because the broker broke
+// the protocol (nil if none), classified: it wraps
+// [ErrCertificateRejected] when the broker refused the device certificate,
+// [ErrPacketTooLarge] or [ErrBrokerProtocol] when the broker misbehaved.
 func (c *Client) LastConnectError() error {
 	if p := c.lastConnectErr.Load(); p != nil {
 		return *p
@@ -401,8 +412,13 @@ func (c *Client) Publish(ctx context.Context, stream string, readings ...Reading
 
 // PublishOptions tune one publish.
 type PublishOptions struct {
-	Stream   string
-	Priority uint8         // higher goes first; default 0
+	Stream string
+	// Priority orders delivery, higher first, among the messages the
+	// sending window allows: the 256 oldest sequence numbers still queued
+	// (the cloud's replay window). A message further ahead waits whatever
+	// its priority, since the cloud would refuse the older ones as replays
+	// once it had accepted it. Default 0.
+	Priority uint8
 	TTL      time.Duration // drop instead of sending after this; default: never
 }
 
@@ -421,26 +437,57 @@ func (c *Client) PublishWith(ctx context.Context, o PublishOptions, readings ...
 		return err
 	}
 	defer release()
-	msgs, err := c.seal(o, readings)
-	if err != nil {
-		return err
+	_, err = c.store(ctx, sealRequest{o, readings})
+	return err
+}
+
+// sealRequest is one record to seal: a stream's readings and how to send
+// them.
+type sealRequest struct {
+	opts     PublishOptions
+	readings []Reading
+}
+
+// store seals each request into its envelope and stores them all in one
+// durable append, returning their outbox IDs (key deliveries included).
+// Sequence numbers are taken and the envelopes queued in the outbox under
+// sealMu, so that outbox IDs rise with (boot, seq); the fsync is awaited
+// outside it, so that concurrent calls share it (group commit).
+func (c *Client) store(ctx context.Context, reqs ...sealRequest) ([]uint64, error) {
+	c.sealMu.Lock()
+	var msgs []Message
+	for _, r := range reqs {
+		m, err := c.seal(r.opts, r.readings)
+		if err != nil {
+			c.sealMu.Unlock()
+			return nil, err
+		}
+		msgs = append(msgs, m...)
 	}
-	if _, err := c.outbox.Append(ctx, msgs...); err != nil {
+	a, err := c.outbox.enqueue(msgs)
+	c.sealMu.Unlock()
+	var ids []uint64
+	if err == nil {
+		ids, err = a.wait(ctx)
+	}
+	if err != nil {
 		if errors.Is(err, ErrOutboxFull) {
 			c.outboxFull.Add(1)
 		}
-		return err
+		return nil, err
 	}
 	c.signal()
-	return nil
+	return ids, nil
 }
 
 // seal seals readings of o.Stream into the messages to store: the
 // envelope, preceded by a session-key delivery when a new key starts.
+// Called with sealMu held.
 func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
 	s := c.sealer.Load()
 	now := c.cfg.Store.Clock().Now()
-	out, err := s.Seal(Record{Stream: o.Stream, Boot: c.seq.boot, Seq: c.seq.take(1), Time: now, Readings: readings})
+	seq := c.seq.take(1)
+	out, err := s.Seal(Record{Stream: o.Stream, Boot: c.seq.boot, Seq: seq, Time: now, Readings: readings})
 	if err != nil {
 		return nil, err
 	}
@@ -448,7 +495,8 @@ func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
 	if o.TTL > 0 {
 		exp = now.Add(o.TTL)
 	}
-	msgs := []Message{{Topic: TelemetryTopic(s.Device(), o.Stream), Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream}}
+	msgs := []Message{{Topic: TelemetryTopic(s.Device(), o.Stream), Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream,
+		Boot: c.seq.boot, Seq: seq}}
 	if out.KeyDelivery != nil {
 		// The key goes first (top priority), in the same durable append.
 		msgs = append([]Message{{Topic: KeyTopic(s.Device()), Payload: out.KeyDelivery, Priority: 255}}, msgs...)
@@ -617,7 +665,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		// service heard it (a verifier restarting, a broker restarted
 		// without persistence). Keep it and try again later.
 		c.retried.Add(1)
-		sleepCtx(ctx, c.backoff(2))
+		sleepCtx(ctx, c.retry.after(2))
 	case err == nil && (resp == nil || resp.ReasonCode < 0x80):
 		c.acked.Add(1)
 		if err := c.outbox.Ack(m.ID); err != nil {
@@ -649,7 +697,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		c.retried.Add(1)
 		if resp != nil {
 			c.log.Warn("broker refused message for now", "topic", m.Topic, "reason", resp.ReasonCode)
-			sleepCtx(ctx, c.backoff(1))
+			sleepCtx(ctx, c.retry.after(1))
 		}
 	}
 }
@@ -677,9 +725,14 @@ func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) 
 }
 
 // onPublish handles a message from the broker: a command for this device.
+// Anything else is ignored and counted: a retained message (d2c never
+// publishes one; a broker replaying it is replaying an old message), a
+// message on a topic the client never subscribed to, or any message when
+// the client takes no commands.
 func (c *Client) onPublish(ctx context.Context, p *paho.Publish) {
-	if c.cmds == nil || p.Topic != CommandTopic(c.ident.Load().DeviceID) {
-		c.log.Warn("unexpected message", "topic", clip(p.Topic))
+	if c.cmds == nil || p.Retain || p.Topic != CommandTopic(c.ident.Load().DeviceID) {
+		c.unexpected.Add(1)
+		c.log.Warn("unexpected message ignored", "topic", clip(p.Topic), "retain", p.Retain)
 		return
 	}
 	cmd, err := c.cmds.verify(p.Payload)
@@ -703,7 +756,8 @@ func (c *Client) Stats() ClientStats {
 	st := c.outbox.Stats()
 	return ClientStats{Stored: st.Appended, Sent: c.sent.Load(), Acked: c.acked.Load(), Refused: c.refused.Load(),
 		Retried: c.retried.Load(), QueueDepth: st.Len, Connects: c.connects.Load(), ConnectFailures: c.connectFailures.Load(),
-		CommandsRun: c.cmdRun.Load(), CommandsRefused: c.cmdRefused.Load()}
+		CommandsRun: c.cmdRun.Load(), CommandsRefused: c.cmdRefused.Load(),
+		ProtocolErrors: c.protocolErrors.Load(), Ignored: c.unexpected.Load()}
 }
 
 // Close disconnects and closes the outbox. Messages not yet acknowledged

@@ -54,6 +54,8 @@ type Cloud struct {
 	cm     *autopaho.ConnectionManager
 	cancel context.CancelFunc
 
+	retry reconnectBackoff
+
 	subscribed     chan struct{} // closed at the first SUBACK
 	subscribedOnce sync.Once
 }
@@ -86,6 +88,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 		Certificates: []tls.Certificate{cert}}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c := &Cloud{cfg: cfg, cancel: cancel, subscribed: make(chan struct{})}
+	c.retry.min, c.retry.max = 500*time.Millisecond, 30*time.Second
 	var filters []string
 	if cfg.Verifier != nil {
 		filters = []string{AllTelemetry, AllKeys}
@@ -100,13 +103,15 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 		TlsCfg:                tlsCfg,
 		KeepAlive:             30,
 		SessionExpiryInterval: 3600,
-		ReconnectBackoff:      autopaho.NewExponentialBackoff(500*time.Millisecond, 30*time.Second, time.Second, 2),
+		ReconnectBackoff:      c.retry.delay,
+		ConnectPacketBuilder:  advertiseMaxPacket,
 		AttemptConnection: func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, ac.ConnectTimeout) // autopaho does not bound it
 			defer cancel()
 			return dialTLS(ctx, u.Host, tlsCfg)
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
+			c.retry.connected()
 			log.Info("cloud connected", "broker", cfg.Broker, "session_present", ack.SessionPresent)
 			if len(filters) == 0 {
 				return
@@ -137,6 +142,13 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) { c.onPublish(runCtx, pr.Packet); return true, nil },
 			},
+			OnClientError: func(err error) {
+				if errors.Is(err, ErrPacketTooLarge) || errors.Is(err, ErrBrokerProtocol) {
+					log.Error("the broker broke the protocol; dropped the connection", "err", err)
+					return
+				}
+				log.Warn("cloud connection error", "err", err)
+			},
 		},
 	}
 	cm, err := autopaho.NewConnection(runCtx, acfg)
@@ -148,8 +160,17 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	return c, nil
 }
 
+// onPublish verifies a message from the broker. A retained message is
+// refused before verification: d2c never publishes one, so the broker is
+// replaying an old message to a new subscription.
 func (c *Cloud) onPublish(ctx context.Context, p *paho.Publish) {
 	if c.cfg.Verifier == nil {
+		return
+	}
+	if p.Retain {
+		if c.cfg.OnRefused != nil {
+			c.cfg.OnRefused(p.Topic, fmt.Errorf("%w: a retained message (d2c never publishes one)", ErrReplay))
+		}
 		return
 	}
 	rec, err := c.cfg.Verifier.Verify(ctx, p.Topic, p.Payload)

@@ -316,9 +316,9 @@ type consentGate struct {
 	outbox   *Outbox
 	now      func() time.Time
 	log      *slog.Logger
-	// seal seals one record of an SDK stream into the messages to store
-	// (a session-key delivery first when one is due).
-	seal func(o PublishOptions, readings []Reading) ([]Message, error)
+	// seal seals records of SDK streams and stores them in one durable
+	// append (a session-key delivery first when one is due).
+	seal func(ctx context.Context, reqs ...sealRequest) ([]uint64, error)
 
 	// stopped holds streams whose withdrawal could not be recorded: closed
 	// in this process whatever the store says (under mu).
@@ -335,7 +335,7 @@ type consentGate struct {
 }
 
 func newConsentGate(store *ConsentStore, policies map[string]StreamPolicy, outbox *Outbox, now func() time.Time, log *slog.Logger,
-	seal func(PublishOptions, []Reading) ([]Message, error)) *consentGate {
+	seal func(context.Context, ...sealRequest) ([]uint64, error)) *consentGate {
 	g := &consentGate{store: store, policies: policies, outbox: outbox, now: now, log: log, seal: seal, stopped: map[string]bool{}}
 	g.refresh()
 	return g
@@ -640,19 +640,15 @@ func (g *consentGate) flush(ctx context.Context) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	var msgs []Message
+	var reqs []sealRequest
 	for _, r := range recs {
 		body, err := json.Marshal(consentBody{V: 1, Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted, Change: r.Change, Time: r.Time})
 		if err != nil {
 			return err
 		}
-		m, err := g.seal(PublishOptions{Stream: ConsentStream, Priority: 255}, []Reading{{Time: time.UnixMilli(r.Time), Body: body}})
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, m...)
+		reqs = append(reqs, sealRequest{PublishOptions{Stream: ConsentStream, Priority: 255}, []Reading{{Time: time.UnixMilli(r.Time), Body: body}}})
 	}
-	if _, err := g.outbox.Append(ctx, msgs...); err != nil {
+	if _, err := g.seal(ctx, reqs...); err != nil {
 		return err
 	}
 	if err := g.store.reported(recs); err != nil {

@@ -133,15 +133,35 @@ func (r *consentRig) seal(o PublishOptions, rs []Reading) ([]Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.Seal(Record{Stream: o.Stream, Boot: 1, Seq: r.seq.Add(1), Time: r.fleet.now, Readings: rs})
+	seq := r.seq.Add(1)
+	out, err := s.Seal(Record{Stream: o.Stream, Boot: 1, Seq: seq, Time: r.fleet.now, Readings: rs})
 	if err != nil {
 		return nil, err
 	}
-	return []Message{{Topic: TelemetryTopic("dev-1", o.Stream), Payload: out.Envelope, Priority: o.Priority, Stream: o.Stream}}, nil
+	return []Message{{Topic: TelemetryTopic("dev-1", o.Stream), Payload: out.Envelope, Priority: o.Priority, Stream: o.Stream, Boot: 1, Seq: seq}}, nil
 }
 
 func (r *consentRig) gate(store *ConsentStore, ob *Outbox) *consentGate {
-	return newConsentGate(store, testPolicies, ob, func() time.Time { return r.fleet.now }, slog.New(slog.DiscardHandler), r.seal)
+	var mu sync.Mutex // as the client's sealMu: outbox IDs rise with seq
+	sealAndStore := func(ctx context.Context, reqs ...sealRequest) ([]uint64, error) {
+		mu.Lock()
+		var msgs []Message
+		for _, q := range reqs {
+			m, err := r.seal(q.opts, q.readings)
+			if err != nil {
+				mu.Unlock()
+				return nil, err
+			}
+			msgs = append(msgs, m...)
+		}
+		a, err := ob.enqueue(msgs)
+		mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return a.wait(ctx)
+	}
+	return newConsentGate(store, testPolicies, ob, func() time.Time { return r.fleet.now }, slog.New(slog.DiscardHandler), sealAndStore)
 }
 
 // contents splits an outbox's messages into the bodies of plain messages

@@ -14,8 +14,9 @@
 //
 // with 0 < n <= limits.OutboxRecord. A segment frame's payload is the
 // deterministic CBOR map of one message (msgRecord: ID, topic, payload,
-// priority, expiry in Unix milliseconds, stream, and a "more" flag set on
-// every record of an Append but its last). An acks-log payload is a CBOR map
+// priority, expiry in Unix milliseconds, stream, a "more" flag set on
+// every record of an Append but its last, and the (boot, seq) pair of a
+// sequenced message). An acks-log payload is a CBOR map
 // holding up to ackIDsPerRecord removed IDs. Decoding is strict (cborx).
 //
 // Appending. Append encodes its records under the outbox lock, assigns IDs
@@ -61,6 +62,18 @@
 // intact part (an acks log is rewritten). Payloads are not kept in memory:
 // the index holds about 100 bytes per message, and Next reads each message
 // back from its segment, checking its CRC again.
+//
+// Sending window. A sequenced message carries the (boot, seq) pair sealed
+// in its envelope, and Append requires the pairs to rise with the IDs, so
+// that ID order is sequence order. Next returns a sequenced message only
+// if it belongs to the boot of the oldest sequenced message still stored
+// (the floor) and its seq is less than sendWindow above the floor's: the
+// cloud's replay window (replayWindowSize) refuses a message more than
+// that far below the newest it has accepted, so letting priority, the
+// Receive Maximum or a reconnection send anything further ahead would
+// have the cloud refuse, as a replay, a message the broker acknowledged
+// and the outbox deleted. Priority therefore reorders messages within the
+// window; a message outside it waits however high its priority.
 //
 // Only the committer writes, deletes and renames; the FS interface
 // (atomicfile.FS) carries every such operation so that tests can cut the
@@ -151,7 +164,17 @@ type Message struct {
 	// Stream is the telemetry stream, for [Outbox.PurgeStream]. Empty, or
 	// a valid stream name ([ValidateStream]).
 	Stream string
+	// Boot and Seq are the (boot, seq) pair sealed in the message's record
+	// (Boot at least 1), or both zero for a message outside the device's
+	// sequence (a session-key delivery). Append refuses a sequenced message
+	// whose pair is not above every pair appended before it; [Outbox.Next]
+	// keeps sequenced messages within the cloud's replay window.
+	Boot, Seq uint64
 }
+
+// ErrOutOfSequence is returned by [Outbox.Append] for a sequenced message
+// whose (boot, seq) pair is not above every pair appended before it.
+var ErrOutOfSequence = errors.New("transport: outbox: message out of sequence")
 
 // OutboxStats reports an outbox's content and its counters since open.
 type OutboxStats struct {
@@ -204,6 +227,8 @@ type Outbox struct {
 	pend       *batch // accepting calls and removals
 	inflight   *batch // being committed
 	nextID     uint64
+	lastSeq    seqPair           // highest (boot, seq) appended or found
+	window     uint64            // sendWindow; tests lower it
 	entries    map[uint64]*entry // every message with a copy in a segment, live or removed
 	segs       map[uint64]*segment
 	queues     [256]*queue
@@ -266,9 +291,20 @@ type entry struct {
 	size    int32 // topic + payload bytes
 	expires int64 // Unix ms; 0: never
 	stream  string
+	seq     seqPair
 	prio    uint8
 	removed bool
 	copies  int32 // frames holding this ID (2 after an interrupted relocation)
+}
+
+// seqPair is a message's (boot, seq); boot 0: not sequenced.
+type seqPair struct{ boot, seq uint64 }
+
+func (p seqPair) sequenced() bool { return p.boot != 0 }
+
+// less orders pairs by boot, then seq.
+func (p seqPair) less(q seqPair) bool {
+	return p.boot < q.boot || p.boot == q.boot && p.seq < q.seq
 }
 
 type segment struct {
@@ -298,6 +334,8 @@ type msgRecord struct {
 	Expires  int64  `cbor:"5,keyasint,omitempty"`
 	Stream   string `cbor:"6,keyasint,omitempty"`
 	More     bool   `cbor:"7,keyasint,omitempty"`
+	Boot     uint64 `cbor:"8,keyasint,omitempty"`
+	Seq      uint64 `cbor:"9,keyasint,omitempty"`
 }
 
 // ackRecord is one record of the acks log.
@@ -318,6 +356,9 @@ const (
 	ackCompactSlack = 8192
 	ackRetryDelay   = time.Second
 	maxKeptBuffer   = 1 << 20
+	// sendWindow is how far ahead of the oldest stored sequenced message
+	// Next may go: the cloud's replay window.
+	sendWindow = replayWindowSize
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -381,7 +422,7 @@ func OpenOutbox(cfg OutboxConfig) (*Outbox, error) {
 		kickCh: make(chan struct{}, 1), stopped: make(chan struct{}),
 		busy: true, avail: make(chan struct{}), pend: newBatch(),
 		entries: map[uint64]*entry{}, segs: map[uint64]*segment{}, streams: map[string]string{},
-		nextQuar: 1, ackSlack: ackCompactSlack,
+		nextQuar: 1, ackSlack: ackCompactSlack, window: sendWindow,
 	}
 	if cfg.ackSlack != 0 {
 		o.ackSlack = max(cfg.ackSlack, 0)
@@ -651,7 +692,7 @@ func (o *Outbox) loadSegment(first uint64) (*topEntry, error) {
 					pending = append(pending, &entry{
 						id: rec.ID, seg: s, off: off, n: int32(frameHeader + len(p)),
 						size: int32(len(rec.Topic) + len(rec.Payload)), expires: rec.Expires,
-						stream: o.intern(rec.Stream), prio: rec.Priority,
+						stream: o.intern(rec.Stream), prio: rec.Priority, seq: seqPair{rec.Boot, rec.Seq},
 					})
 					if !rec.More {
 						for _, e := range pending {
@@ -709,6 +750,8 @@ func checkRecord(r *msgRecord) error {
 		return checkTopic(r.Topic)
 	case r.Stream != "" && ValidateStream(r.Stream) != nil:
 		return ValidateStream(r.Stream)
+	case r.Boot == 0 && r.Seq != 0:
+		return fmt.Errorf("seq %d without a boot", r.Seq)
 	}
 	return nil
 }
@@ -733,7 +776,7 @@ func checkTopic(t string) error {
 func (o *Outbox) index(s *segment, e *entry) {
 	if old, ok := o.entries[e.id]; ok {
 		old.seg, old.off, old.n = e.seg, e.off, e.n
-		old.size, old.expires, old.stream, old.prio = e.size, e.expires, e.stream, e.prio
+		old.size, old.expires, old.stream, old.prio, old.seq = e.size, e.expires, e.stream, e.prio, e.seq
 		old.copies++
 		s.recs = append(s.recs, old)
 		return
@@ -741,6 +784,9 @@ func (o *Outbox) index(s *segment, e *entry) {
 	e.copies = 1
 	o.entries[e.id] = e
 	s.recs = append(s.recs, e)
+	if o.lastSeq.less(e.seq) {
+		o.lastSeq = e.seq
+	}
 }
 
 // loadAcks applies the acks log and returns the highest ID in it.
@@ -894,6 +940,41 @@ func (o *Outbox) Append(ctx context.Context, msgs ...Message) ([]uint64, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	a, err := o.enqueue(msgs)
+	if err != nil {
+		return nil, err
+	}
+	return a.wait(ctx)
+}
+
+// appending is an Append whose records are queued for the committer.
+type appending struct {
+	c   *call
+	g   *batch
+	ids []uint64
+}
+
+// wait waits for the commit of a's records.
+func (a *appending) wait(ctx context.Context) ([]uint64, error) {
+	if a == nil {
+		return nil, nil
+	}
+	select {
+	case <-a.g.done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("transport: outbox append (the messages may still be stored): %w", ctx.Err())
+	}
+	if a.c.err != nil {
+		return nil, a.c.err
+	}
+	return a.ids, nil
+}
+
+// enqueue checks msgs, assigns their IDs and queues their records for the
+// committer: the first half of Append. A caller that must keep IDs in the
+// order of something it assigns (the client's sequence numbers) calls it
+// under its own lock and waits for the commit outside.
+func (o *Outbox) enqueue(msgs []Message) (*appending, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -912,6 +993,9 @@ func (o *Outbox) Append(ctx context.Context, msgs ...Message) ([]uint64, error) 
 			return nil, fmt.Errorf("%w: message %d holds %d bytes, limit %d", ErrMessageTooLarge, i, n, limits.OutboxRecord)
 		}
 		size += int64(len(m.Topic) + len(m.Payload))
+		if m.Boot == 0 && m.Seq != 0 {
+			return nil, fmt.Errorf("%w: message %d has seq %d without a boot", ErrOutOfSequence, i, m.Seq)
+		}
 	}
 
 	o.mu.Lock()
@@ -927,12 +1011,24 @@ func (o *Outbox) Append(ctx context.Context, msgs ...Message) ([]uint64, error) 
 		o.mu.Unlock()
 		return nil, fmt.Errorf("%w: %d bytes would exceed MaxBytes %d", ErrOutboxFull, b, o.cfg.MaxBytes)
 	}
+	last := o.lastSeq
+	for i := range msgs {
+		p := seqPair{msgs[i].Boot, msgs[i].Seq}
+		if !p.sequenced() {
+			continue
+		}
+		if !last.less(p) {
+			o.mu.Unlock()
+			return nil, fmt.Errorf("%w: message %d is (boot %d, seq %d), not above (boot %d, seq %d)", ErrOutOfSequence, i, p.boot, p.seq, last.boot, last.seq)
+		}
+		last = p
+	}
 	c := &call{entries: make([]*entry, len(msgs))}
 	ids := make([]uint64, len(msgs))
 	for i := range msgs {
 		m := &msgs[i]
 		rec := msgRecord{ID: o.nextID + uint64(i), Topic: m.Topic, Payload: m.Payload, Priority: m.Priority,
-			Expires: expiresMilli(m.Expires), Stream: m.Stream, More: i < len(msgs)-1}
+			Expires: expiresMilli(m.Expires), Stream: m.Stream, More: i < len(msgs)-1, Boot: m.Boot, Seq: m.Seq}
 		p, err := o.modes.Enc.Marshal(rec)
 		if err == nil && len(p) > limits.OutboxRecord {
 			err = fmt.Errorf("%w: message %d is a %d-byte record, limit %d", ErrMessageTooLarge, i, len(p), limits.OutboxRecord)
@@ -942,27 +1038,20 @@ func (o *Outbox) Append(ctx context.Context, msgs ...Message) ([]uint64, error) 
 			return nil, fmt.Errorf("transport: outbox: encode message %d: %w", i, err)
 		}
 		c.entries[i] = &entry{id: rec.ID, off: int64(len(c.buf)), n: int32(frameHeader + len(p)),
-			size: int32(len(m.Topic) + len(m.Payload)), expires: rec.Expires, stream: o.intern(m.Stream), prio: m.Priority}
+			size: int32(len(m.Topic) + len(m.Payload)), expires: rec.Expires, stream: o.intern(m.Stream), prio: m.Priority,
+			seq: seqPair{m.Boot, m.Seq}}
 		c.buf = appendFrame(c.buf, p)
 		ids[i] = rec.ID
 	}
 	o.nextID += uint64(len(msgs))
+	o.lastSeq = last
 	o.resCount += len(msgs)
 	o.resBytes += size
 	g := o.pend
 	g.calls = append(g.calls, c)
 	o.mu.Unlock()
 	o.kick()
-
-	select {
-	case <-g.done:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("transport: outbox append (the messages may still be stored): %w", ctx.Err())
-	}
-	if c.err != nil {
-		return nil, c.err
-	}
-	return ids, nil
+	return &appending{c: c, g: g, ids: ids}, nil
 }
 
 func (o *Outbox) kick() {
@@ -974,10 +1063,13 @@ func (o *Outbox) kick() {
 
 // Next returns up to max deliverable messages: highest priority first, by
 // ID within a priority, skipping those for which exclude (which may be nil)
-// reports true, typically those in flight. Expired messages met on the way
-// are removed and counted. exclude runs with the outbox locked and must not
-// call it. Next reads each message from disk; one that no longer reads back
-// intact is removed and counted as quarantined.
+// reports true, typically those in flight. A sequenced message is
+// deliverable only within the sending window: of the boot of the oldest
+// sequenced message stored, and less than 256 (the cloud's replay window)
+// above its seq. Expired messages met on the way are removed and counted.
+// exclude runs with the outbox locked and must not call it. Next reads
+// each message from disk; one that no longer reads back intact is removed
+// and counted as quarantined.
 func (o *Outbox) Next(max int, exclude func(id uint64) bool) []Message {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -985,6 +1077,7 @@ func (o *Outbox) Next(max int, exclude func(id uint64) bool) []Message {
 		return nil
 	}
 	now := o.cfg.Now().UnixMilli()
+	floor := o.floorLocked()
 	var out []Message
 	removed := false
 	for p := len(o.queues) - 1; p >= 0 && len(out) < max; p-- {
@@ -997,6 +1090,11 @@ func (o *Outbox) Next(max int, exclude func(id uint64) bool) []Message {
 			e := q.items[i]
 			if e.removed {
 				continue
+			}
+			if e.seq.sequenced() && (e.seq.boot != floor.boot || e.seq.seq >= floor.seq+o.window) {
+				// Outside the window, and so is every later message
+				// of the queue (IDs rise with the pairs).
+				break
 			}
 			if e.expires != 0 && e.expires <= now {
 				o.removeLocked(e)
@@ -1027,6 +1125,30 @@ func (o *Outbox) Next(max int, exclude func(id uint64) bool) []Message {
 		o.kick()
 	}
 	return out
+}
+
+// floorLocked returns the (boot, seq) of the oldest sequenced message
+// stored: the one with the lowest ID, since pairs rise with IDs.
+func (o *Outbox) floorLocked() seqPair {
+	var floor *entry
+	for _, q := range o.queues {
+		if q == nil {
+			continue
+		}
+		for _, e := range q.items[q.head:] {
+			if floor != nil && e.id > floor.id {
+				break
+			}
+			if !e.removed && e.seq.sequenced() {
+				floor = e
+				break
+			}
+		}
+	}
+	if floor == nil {
+		return seqPair{}
+	}
+	return floor.seq
 }
 
 func (o *Outbox) trimAll() {
@@ -1076,7 +1198,7 @@ func (o *Outbox) readLocked(e *entry) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	m := Message{ID: rec.ID, Topic: rec.Topic, Payload: rec.Payload, Priority: rec.Priority, Stream: rec.Stream}
+	m := Message{ID: rec.ID, Topic: rec.Topic, Payload: rec.Payload, Priority: rec.Priority, Stream: rec.Stream, Boot: rec.Boot, Seq: rec.Seq}
 	if rec.Expires != 0 {
 		m.Expires = time.UnixMilli(rec.Expires)
 	}

@@ -100,7 +100,7 @@ func obBodies(msgs []Message) []string {
 
 func obSame(a, b Message) bool {
 	return a.ID == b.ID && a.Topic == b.Topic && bytes.Equal(a.Payload, b.Payload) &&
-		a.Priority == b.Priority && a.Expires.Equal(b.Expires) && a.Stream == b.Stream
+		a.Priority == b.Priority && a.Expires.Equal(b.Expires) && a.Stream == b.Stream && a.Boot == b.Boot && a.Seq == b.Seq
 }
 
 func obIDs(msgs []Message) []uint64 {

@@ -8,7 +8,6 @@ package transport
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"sync"
@@ -238,18 +237,10 @@ func (c *Client) queueSecurityReport(ctx context.Context, interval time.Duration
 	if err != nil {
 		return err
 	}
-	msgs, err := c.seal(PublishOptions{Stream: SecurityStream}, []Reading{{Time: now, Body: body}})
+	ids, err := c.store(ctx, sealRequest{PublishOptions{Stream: SecurityStream}, []Reading{{Time: now, Body: body}}})
 	if err != nil {
 		return err
 	}
-	ids, err := c.outbox.Append(ctx, msgs...)
-	if err != nil {
-		if errors.Is(err, ErrOutboxFull) {
-			c.outboxFull.Add(1)
-		}
-		return err
-	}
-	c.signal()
 	s.last, s.since = totals, now
 	s.pending, s.pendingAt = ids[len(ids)-1], now
 	return nil

@@ -51,6 +51,14 @@ const (
 
 	// ReadingBody bounds one reading's application body.
 	ReadingBody = 64 << 10
+
+	// MQTTPacket bounds every MQTT packet a d2c client (device or cloud
+	// service) reads from a broker, fixed header included: an envelope
+	// (Envelope) plus 64 KiB for its topic and properties. It is
+	// advertised as the Maximum Packet Size in CONNECT (MQTT v5 section
+	// 3.1.2.11.4); a broker that sends a larger packet breaks the protocol
+	// and is disconnected before anything of that size is allocated.
+	MQTTPacket = Envelope + 64<<10
 )
 
 // outbox: the device's durable telemetry queue (transport.Outbox).
