@@ -644,8 +644,9 @@ func TestWycheproofVerifierES256(t *testing.T) {
 // case (tcId 374) on d2c's own envelopes: the last character of a base64url
 // segment whose length is 2 or 3 modulo 4 carries bits that are not part of
 // the content; flipping one gives other bytes that go-jose alone would still
-// verify. d2c decodes segments strictly and refuses it, so one signed record
-// has exactly one envelope.
+// verify. d2c decodes segments strictly and refuses it. (A signed record can
+// still have two envelopes, through the (r, n-s) form of its ECDSA
+// signature: nothing keys on envelope bytes; see TestMalleatedSignature.)
 func TestWycheproofBase64Bits(t *testing.T) {
 	f := newTestFleet(t)
 	f.device("dev-a", identity.ECDSAP256)
