@@ -1071,6 +1071,12 @@ func (o *Outbox) kick() {
 // each message from disk; one that no longer reads back intact is removed
 // and counted as quarantined.
 func (o *Outbox) Next(max int, exclude func(id uint64) bool) []Message {
+	return o.next(max, exclude, true)
+}
+
+// next is Next, keeping to the sending window if windowed (tests read
+// everything stored without it).
+func (o *Outbox) next(max int, exclude func(id uint64) bool, windowed bool) []Message {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed || max <= 0 {
@@ -1091,7 +1097,7 @@ func (o *Outbox) Next(max int, exclude func(id uint64) bool) []Message {
 			if e.removed {
 				continue
 			}
-			if e.seq.sequenced() && (e.seq.boot != floor.boot || e.seq.seq >= floor.seq+o.window) {
+			if windowed && e.seq.sequenced() && (e.seq.boot != floor.boot || e.seq.seq >= floor.seq+o.window) {
 				// Outside the window, and so is every later message
 				// of the queue (IDs rise with the pairs).
 				break
