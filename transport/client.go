@@ -262,7 +262,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		SessionExpiryInterval:         uint32(cfg.SessionExpiry / time.Second),
 		ReconnectBackoff:              c.retry.delay,
 		ConnectTimeout:                15 * time.Second,
-		ConnectPacketBuilder:          advertiseMaxPacket,
+		ConnectPacketBuilder:          advertiseBounds(deviceReceiveMaximum),
 		AttemptConnection: func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 			if leaf := c.ident.Load().Certificate(); cfg.Store.Clock().Now().After(leaf.NotAfter) {
 				return nil, fmt.Errorf("%w: %w: renew or enroll again", ErrCertificateRejected, identity.ErrCertExpired)

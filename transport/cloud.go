@@ -54,7 +54,10 @@ type Cloud struct {
 	cm     *autopaho.ConnectionManager
 	cancel context.CancelFunc
 
-	retry reconnectBackoff
+	retry  reconnectBackoff
+	in     chan paho.PublishReceived // received, waiting for verification
+	budget chan struct{}             // a token per cloudBudgetUnit of payload received and not yet acknowledged
+	done   chan struct{}             // closed when the verification loop ends
 
 	subscribed     chan struct{} // closed at the first SUBACK
 	subscribedOnce sync.Once
@@ -87,7 +90,8 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: cfg.Roots, ServerName: cfg.ServerName,
 		Certificates: []tls.Certificate{cert}}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c := &Cloud{cfg: cfg, cancel: cancel, subscribed: make(chan struct{})}
+	c := &Cloud{cfg: cfg, cancel: cancel, subscribed: make(chan struct{}), in: make(chan paho.PublishReceived, cloudReceiveMaximum),
+		budget: make(chan struct{}, cloudBudget/cloudBudgetUnit), done: make(chan struct{})}
 	c.retry.min, c.retry.max = 500*time.Millisecond, 30*time.Second
 	var filters []string
 	if cfg.Verifier != nil {
@@ -104,7 +108,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 		KeepAlive:             30,
 		SessionExpiryInterval: 3600,
 		ReconnectBackoff:      c.retry.delay,
-		ConnectPacketBuilder:  advertiseMaxPacket,
+		ConnectPacketBuilder:  advertiseBounds(cloudReceiveMaximum),
 		AttemptConnection: func(ctx context.Context, ac autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, ac.ConnectTimeout) // autopaho does not bound it
 			defer cancel()
@@ -139,8 +143,26 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 		OnConnectError: func(err error) { log.Warn("cloud connect failed", "err", classifyDialError(err)) },
 		ClientConfig: paho.ClientConfig{
 			ClientID: cfg.ClientID,
+			// Messages are acknowledged once verified and accepted (a
+			// shared replay state commits them first), never before: a
+			// verifier killed in between gets them again from the broker.
+			EnableManualAcknowledgment: true,
+			SendAcksInterval:           5 * time.Millisecond,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-				func(pr paho.PublishReceived) (bool, error) { c.onPublish(runCtx, pr.Packet); return true, nil },
+				func(pr paho.PublishReceived) (bool, error) {
+					// Wait for room in the byte budget: a broker that
+					// ignores the Receive Maximum (or floods QoS 0) is
+					// slowed down to the verifier's pace, its bytes held
+					// in the socket, not in memory.
+					if !c.take(runCtx, len(pr.Packet.Payload)) {
+						return true, nil
+					}
+					select {
+					case c.in <- pr:
+					case <-runCtx.Done():
+					}
+					return true, nil
+				},
 			},
 			OnClientError: func(err error) {
 				if errors.Is(err, ErrPacketTooLarge) || errors.Is(err, ErrBrokerProtocol) {
@@ -157,32 +179,132 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
 	c.cm = cm
+	go c.verifyLoop(runCtx, log)
 	return c, nil
 }
 
-// onPublish verifies a message from the broker. A retained message is
-// refused before verification: d2c never publishes one, so the broker is
-// replaying an old message to a new subscription.
-func (c *Cloud) onPublish(ctx context.Context, p *paho.Publish) {
-	if c.cfg.Verifier == nil {
-		return
-	}
-	if p.Retain {
-		if c.cfg.OnRefused != nil {
-			c.cfg.OnRefused(p.Topic, fmt.Errorf("%w: a retained message (d2c never publishes one)", ErrReplay))
+// cloudReceiveMaximum is how many unacknowledged messages the cloud takes
+// from the broker at once (advertised in CONNECT): the most one
+// verification batch holds. paho queues that many inbound packets, so it
+// also bounds the memory a broker can fill (32 of at most
+// limits.MQTTPacket).
+const cloudReceiveMaximum = 32
+
+// cloudBudget bounds the payload bytes received and not yet verified and
+// acknowledged (including QoS 0, which the Receive Maximum does not
+// bound), counted in units of cloudBudgetUnit (a message takes at least
+// one).
+const (
+	cloudBudget     = 2 << 20
+	cloudBudgetUnit = 16 << 10
+)
+
+// units is how many budget units a payload of n bytes takes.
+func units(n int) int { return 1 + n/cloudBudgetUnit }
+
+// take reserves the budget of an n-byte payload, reporting false if ctx
+// ended first.
+func (c *Cloud) take(ctx context.Context, n int) bool {
+	for range units(n) {
+		select {
+		case c.budget <- struct{}{}:
+		case <-ctx.Done():
+			return false
 		}
-		return
 	}
-	rec, err := c.cfg.Verifier.Verify(ctx, p.Topic, p.Payload)
-	switch {
-	case errors.Is(err, ErrDuplicate):
-	case err != nil:
-		if c.cfg.OnRefused != nil {
-			c.cfg.OnRefused(p.Topic, err)
+	return true
+}
+
+// give returns the budget of an n-byte payload.
+func (c *Cloud) give(n int) {
+	for range units(n) {
+		<-c.budget
+	}
+}
+
+// verifyLoop verifies received messages in batches: it takes what has
+// arrived (up to cloudReceiveMaximum), verifies it with one
+// [Verifier.VerifyBatch] (one transaction with a shared replay state),
+// hands the fresh records to OnRecord, and only then acknowledges them.
+// When the replay state is unavailable it retries with backoff, holding
+// the acknowledgements, so nothing the broker delivered is lost.
+func (c *Cloud) verifyLoop(ctx context.Context, log *slog.Logger) {
+	defer close(c.done)
+	for {
+		var batch []paho.PublishReceived
+		select {
+		case pr := <-c.in:
+			batch = append(batch, pr)
+		case <-ctx.Done():
+			return
 		}
-	case rec.Device != "" && c.cfg.OnRecord != nil:
-		c.cfg.OnRecord(ctx, rec)
+	fill:
+		for len(batch) < cloudReceiveMaximum {
+			select {
+			case pr := <-c.in:
+				batch = append(batch, pr)
+			default:
+				break fill
+			}
+		}
+		if !c.handle(ctx, log, batch) {
+			return // ctx ended: unacknowledged, the broker sends them again
+		}
+		for _, pr := range batch {
+			if pr.Packet.QoS > 0 {
+				if err := pr.Client.Ack(pr.Packet); err != nil {
+					log.Debug("ack after the connection dropped; the broker sends the message again", "err", err)
+				}
+			}
+			c.give(len(pr.Packet.Payload))
+		}
 	}
+}
+
+// handle verifies one batch until every message is decided, reporting
+// false if ctx ended first.
+func (c *Cloud) handle(ctx context.Context, log *slog.Logger, batch []paho.PublishReceived) bool {
+	var msgs []Inbound
+	for _, pr := range batch {
+		p := pr.Packet
+		if c.cfg.Verifier == nil {
+			continue
+		}
+		if p.Retain {
+			// d2c never publishes a retained message: the broker is
+			// replaying an old one to a new subscription.
+			if c.cfg.OnRefused != nil {
+				c.cfg.OnRefused(p.Topic, fmt.Errorf("%w: a retained message (d2c never publishes one)", ErrReplay))
+			}
+			continue
+		}
+		msgs = append(msgs, Inbound{Topic: p.Topic, Payload: p.Payload})
+	}
+	for attempt := 1; len(msgs) > 0; attempt++ {
+		recs, errs := c.cfg.Verifier.VerifyBatch(ctx, msgs)
+		var again []Inbound
+		for i, err := range errs {
+			switch {
+			case errors.Is(err, ErrReplayState):
+				again = append(again, msgs[i])
+			case errors.Is(err, ErrDuplicate):
+			case err != nil:
+				if c.cfg.OnRefused != nil {
+					c.cfg.OnRefused(msgs[i].Topic, err)
+				}
+			case recs[i].Device != "" && c.cfg.OnRecord != nil:
+				c.cfg.OnRecord(ctx, recs[i])
+			}
+		}
+		if msgs = again; len(msgs) > 0 {
+			log.Error("replay state unavailable; messages held unacknowledged", "messages", len(msgs), "attempt", attempt)
+			sleepCtx(ctx, c.retry.after(attempt))
+			if ctx.Err() != nil {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // AwaitConnection waits until the service is connected and, with a
@@ -222,5 +344,6 @@ func (c *Cloud) Close(ctx context.Context) error {
 	err := c.cm.Disconnect(ctx)
 	c.cancel()
 	<-c.cm.Done()
+	<-c.done
 	return err
 }

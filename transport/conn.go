@@ -273,14 +273,27 @@ func (b *reconnectBackoff) after(attempt int) time.Duration {
 // jitter returns a random duration in (0, d].
 func jitter(d time.Duration) time.Duration { return time.Duration(rand.Int64N(int64(d)) + 1) }
 
-// advertiseMaxPacket is autopaho's ConnectPacketBuilder: it tells the
-// broker the largest packet the client reads (MQTT v5 section
-// 3.1.2.11.4), so that a conforming broker never sends one larger.
-func advertiseMaxPacket(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
-	if cp.Properties == nil {
-		cp.Properties = &paho.ConnectProperties{}
+// deviceReceiveMaximum is the Receive Maximum a device advertises: how
+// many QoS 1 commands the broker may have in flight to it. paho queues
+// inbound PUBLISH packets in a channel as deep as the Receive Maximum the
+// client advertised (65,535 when CONNECT names none), so this also bounds
+// the memory a flooding broker can fill: 16 packets of at most
+// limits.MQTTPacket.
+const deviceReceiveMaximum = 16
+
+// advertiseBounds returns autopaho's ConnectPacketBuilder for a client
+// that takes receiveMax messages at once: it tells the broker the largest
+// packet the client reads (MQTT v5 section 3.1.2.11.4), so that a
+// conforming broker never sends one larger, and the Receive Maximum
+// (section 3.1.2.11.3).
+func advertiseBounds(receiveMax uint16) func(*paho.Connect, *url.URL) (*paho.Connect, error) {
+	return func(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+		if cp.Properties == nil {
+			cp.Properties = &paho.ConnectProperties{}
+		}
+		size := uint32(limits.MQTTPacket)
+		cp.Properties.MaximumPacketSize = &size
+		cp.Properties.ReceiveMaximum = &receiveMax
+		return cp, nil
 	}
-	size := uint32(limits.MQTTPacket)
-	cp.Properties.MaximumPacketSize = &size
-	return cp, nil
 }

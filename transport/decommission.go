@@ -126,7 +126,9 @@ func ForgetDevice(ctx context.Context, device string, certs *MemoryCertificates,
 	}
 	certs.Remove(device)
 	if v != nil {
-		v.Forget(device)
+		if err := v.Forget(ctx, device); err != nil {
+			return fmt.Errorf("transport: forget %s: %w", device, err)
+		}
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 
@@ -68,34 +69,42 @@ func TestSealVerifyRoundTrip(t *testing.T) {
 }
 
 // TestSessionKeyRotation: a new key is delivered after RotateAfter
-// envelopes, and envelopes under the previous key still open.
+// envelopes; envelopes under the kept keys still open; a replayed old
+// delivery is refused and evicts nothing.
 func TestSessionKeyRotation(t *testing.T) {
 	f := newTestFleet(t)
 	f.device("dev-r", identity.ECDSAP256)
 	v := f.verifier(nil)
 	s := f.sealer("dev-r", &Encryption{CloudKey: &f.cloud.PublicKey, RotateAfter: 2})
-	var deliveries int
+	var deliveries [][]byte
 	var held [][]byte
-	for seq := range uint64(6) {
+	for seq := range uint64(2 * (keptKeyDeliveries + 1)) {
+		f.now = f.now.Add(time.Second)
 		out, err := s.Seal(Record{Stream: "s", Boot: 1, Seq: seq, Time: f.now, Readings: reading("x")})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if out.KeyDelivery != nil {
-			deliveries++
+			deliveries = append(deliveries, out.KeyDelivery)
 			if _, err := v.Verify(t.Context(), KeyTopic("dev-r"), out.KeyDelivery); err != nil {
 				t.Fatal(err)
 			}
 		}
 		held = append(held, out.Envelope)
 	}
-	if deliveries != 3 {
-		t.Fatalf("%d key deliveries for 6 envelopes rotating every 2, want 3", deliveries)
+	if len(deliveries) != keptKeyDeliveries+1 {
+		t.Fatalf("%d key deliveries for %d envelopes rotating every 2, want %d", len(deliveries), len(held), keptKeyDeliveries+1)
 	}
-	// Envelopes of the previous key still open; those of the key before it
-	// do not (the cloud keeps two keys per device).
+	// The first delivery, replayed, is older than every key kept.
+	if _, err := v.Verify(t.Context(), KeyTopic("dev-r"), deliveries[0]); !errors.Is(err, ErrReplay) {
+		t.Fatalf("replayed first delivery: %v, want ErrReplay", err)
+	}
+	// A verifier sharing the kept deliveries (as verifier processes share
+	// a store), with nothing cached, opens the envelopes of every kept key
+	// from its delivery, and not those of the first key, no longer kept.
+	other := f.verifier(func(c *VerifierConfig) { c.SessionKeys = v.cfg.SessionKeys })
 	for i, env := range held {
-		_, err := v.Verify(t.Context(), TelemetryTopic("dev-r", "s"), env)
+		_, err := other.Verify(t.Context(), TelemetryTopic("dev-r", "s"), env)
 		if i < 2 && !errors.Is(err, ErrDecrypt) || i >= 2 && err != nil {
 			t.Fatalf("envelope %d: %v", i, err)
 		}

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -127,7 +129,10 @@ type fzFleet struct {
 	p256, ed crypto.Signer
 	cloud    *ecdsa.PrivateKey
 	v        *Verifier
-	session  []sessionKey // the verifier's session keys of fzDevice after fzKeyDelivery
+	session  []KeyDelivery     // the verifier's kept deliveries of fzDevice after fzKeyDelivery
+	keys     map[string][]byte // and its cache of opened session keys
+	keyID    string            // the fixed session key's ID
+	key      []byte            // and the key
 }
 
 func newFzFleet(tb testing.TB) *fzFleet {
@@ -163,19 +168,25 @@ func newFzFleet(tb testing.TB) *fzFleet {
 	if _, err := f.v.Verify(tb.Context(), KeyTopic(fzDevice), []byte(fzKeyDelivery)); err != nil {
 		tb.Fatalf("the fixed key delivery no longer verifies: %v", err)
 	}
-	f.session = slices.Clone(f.v.sessions[fzDevice])
-	if len(f.session) != 1 {
+	f.session = slices.Clone(f.v.memKeys.m[fzDevice])
+	f.keys = maps.Clone(f.v.keyCache)
+	if len(f.session) != 1 || len(f.keys) != 1 {
 		tb.Fatalf("%d session keys after the fixed delivery", len(f.session))
 	}
+	f.keyID = f.session[0].KeyID
+	f.key = f.keys[fzDevice+"\x00"+f.keyID]
 	return f
 }
 
 // reset forgets what the previous input left: replay state and session
 // keys, then restores the fixed session key.
 func (f *fzFleet) reset() {
-	f.v.Forget(fzDevice)
+	f.v.Forget(context.Background(), fzDevice)
+	f.v.memKeys.mu.Lock()
+	f.v.memKeys.m[fzDevice] = slices.Clone(f.session)
+	f.v.memKeys.mu.Unlock()
 	f.v.mu.Lock()
-	f.v.sessions[fzDevice] = slices.Clone(f.session)
+	maps.Copy(f.v.keyCache, f.keys)
 	f.v.mu.Unlock()
 }
 
@@ -189,14 +200,13 @@ func (f *fzFleet) sealer(tb testing.TB, key crypto.Signer, enc *Encryption) *Sea
 		tb.Fatal(err)
 	}
 	if enc != nil && enc.Mode == SessionKey {
-		sk := f.session[0]
-		sess, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.DIRECT, Key: sk.key, KeyID: sk.id},
+		sess, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.DIRECT, Key: f.key, KeyID: f.keyID},
 			(&jose.EncrypterOptions{}).WithContentType(TelemetryType))
 		if err != nil {
 			tb.Fatal(err)
 		}
 		s.mu.Lock()
-		s.session, s.sessionID, s.sessUses, s.sessStart = sess, sk.id, 0, fzTime
+		s.session, s.sessionID, s.sessUses, s.sessStart = sess, f.keyID, 0, fzTime
 		s.mu.Unlock()
 	}
 	return s
@@ -411,23 +421,26 @@ func FuzzKeyDelivery(f *testing.F) {
 	}
 	topic := KeyTopic(fzDevice)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fl.v.Forget(fzDevice) // no session key
+		fl.v.Forget(context.Background(), fzDevice) // no session key
 		rec, err := fl.v.Verify(t.Context(), topic, b)
+		fl.v.memKeys.mu.Lock()
+		kept := slices.Clone(fl.v.memKeys.m[fzDevice])
+		fl.v.memKeys.mu.Unlock()
 		fl.v.mu.Lock()
-		got := slices.Clone(fl.v.sessions[fzDevice])
+		cached := maps.Clone(fl.v.keyCache)
 		fl.v.mu.Unlock()
 		if err != nil {
 			fzErrIs(t, err, fzVerifyErrors...)
-			if len(got) != 0 {
-				t.Fatalf("refused delivery stored %d session keys", len(got))
+			if len(kept) != 0 || len(cached) != 0 {
+				t.Fatalf("refused delivery kept %d deliveries, cached %d keys", len(kept), len(cached))
 			}
 			return
 		}
 		if rec.Device != "" {
 			t.Fatalf("a key delivery returned a record %+v", rec)
 		}
-		if len(got) != 1 || got[0].id != fl.session[0].id || !bytes.Equal(got[0].key, fl.session[0].key) {
-			t.Fatalf("accepted a delivery whose key is not the fixed one: %d keys", len(got))
+		if len(kept) != 1 || kept[0].KeyID != fl.keyID || len(cached) != 1 || !bytes.Equal(cached[fzDevice+"\x00"+fl.keyID], fl.key) {
+			t.Fatalf("accepted a delivery whose key is not the fixed one: %d kept, %d cached", len(kept), len(cached))
 		}
 	})
 }
@@ -679,7 +692,7 @@ func TestFuzzSeedsGenuine(t *testing.T) {
 			case "FuzzVerifyTelemetry":
 				_, err = fl.v.Verify(t.Context(), TelemetryTopic(fzDevice, fzStream), b)
 			case "FuzzKeyDelivery":
-				fl.v.Forget(fzDevice)
+				fl.v.Forget(context.Background(), fzDevice)
 				_, err = fl.v.Verify(t.Context(), KeyTopic(fzDevice), b)
 			case "FuzzCommand":
 				_, err = cv.verify(b)

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -14,6 +15,25 @@ const replayWindowSize = 256
 // number of devices; a new device is refused rather than old state
 // forgotten (forgetting would let replays through).
 var ErrReplayStateFull = errors.New("transport: replay state full")
+
+// ReplayState decides which verified telemetry records are fresh. It is
+// the verifier's memory: a process-local [ReplayWindow] by default, or a
+// database shared by every verifier (github.com/d2c-iot/d2c/cloud/store),
+// so that any number of verifier processes accept each (device, boot,
+// seq) exactly once and refuse a replay whichever process receives it.
+type ReplayState interface {
+	// Accept classifies recs in order by their (device, boot, seq) and
+	// records the fresh ones, all in one durable step (a store also keeps
+	// the fresh records for the application in the same transaction). It
+	// returns one verdict per record: nil for a fresh one, an error
+	// wrapping [ErrDuplicate] or [ErrReplay] otherwise. An error means
+	// nothing was recorded.
+	Accept(ctx context.Context, recs []Record) ([]error, error)
+	// Forget removes a device's state (decommissioning).
+	Forget(ctx context.Context, device string) error
+}
+
+var _ ReplayState = (*ReplayWindow)(nil)
 
 // ReplayWindow classifies each device's (boot, seq) pairs as fresh,
 // duplicate or replay, in the manner of the IPsec anti-replay window
@@ -119,11 +139,23 @@ func (win *window) shift(n uint64) {
 	}
 }
 
+// Accept implements [ReplayState] in memory: Check for each record (a
+// device over the window's capacity gets [ErrReplayStateFull] as its
+// verdict).
+func (w *ReplayWindow) Accept(_ context.Context, recs []Record) ([]error, error) {
+	out := make([]error, len(recs))
+	for i, r := range recs {
+		out[i] = w.Check(r.Device, r.Boot, r.Seq)
+	}
+	return out, nil
+}
+
 // Forget removes a device's state (decommissioning).
-func (w *ReplayWindow) Forget(device string) {
+func (w *ReplayWindow) Forget(_ context.Context, device string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.devices, device)
+	return nil
 }
 
 // Len returns the number of devices tracked.

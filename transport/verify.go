@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,8 +86,15 @@ type VerifierConfig struct {
 	DecryptionKey *ecdsa.PrivateKey
 	// RequireEncryption refuses envelopes that are only signed.
 	RequireEncryption bool
-	// Replay classifies (boot, seq). Default: a new in-memory window.
-	Replay *ReplayWindow
+	// Replay decides which records are fresh, exactly once. Default: a new
+	// in-memory [ReplayWindow] of this process. Verifiers that share a
+	// broker subscription must share it (github.com/d2c-iot/d2c/cloud/store).
+	Replay ReplayState
+	// SessionKeys keeps accepted session-key deliveries. Default: in
+	// memory, in this process. Verifiers that share a subscription must
+	// share it, or a verifier that did not receive a device's delivery
+	// cannot open its envelopes (github.com/d2c-iot/d2c/cloud/store).
+	SessionKeys SessionKeys
 	// Time returns the current time. Default time.Now.
 	Time func() time.Time
 	// Logger receives one event per refused envelope. Default: none.
@@ -108,17 +116,18 @@ type Verifier struct {
 	codec codec
 	log   *slog.Logger
 
+	memKeys *memoryKeys // the default SessionKeys, or nil
+
 	mu       sync.Mutex
 	verified map[string]verifiedCert // registered leaf DER -> chain verified recently
-	sessions map[string][]sessionKey // device -> its two newest session keys, oldest first
+	keyCache map[string][]byte       // device + "\x00" + key ID -> session key opened from its delivery
 
 	accepted, duplicates, replays, refused, keys atomic.Uint64
 }
 
-type sessionKey struct {
-	id  string
-	key []byte
-}
+// keyCacheMax bounds the session keys held in memory (about 100 bytes
+// each); past it the cache is emptied and refilled from SessionKeys.
+const keyCacheMax = 1 << 17
 
 // verifiedCacheMax bounds the certificate-verification cache (about 1 KiB
 // an entry).
@@ -151,7 +160,12 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Verifier{cfg: cfg, codec: c, log: log, verified: map[string]verifiedCert{}, sessions: map[string][]sessionKey{}}, nil
+	v := &Verifier{cfg: cfg, codec: c, log: log, verified: map[string]verifiedCert{}, keyCache: map[string][]byte{}}
+	if v.cfg.SessionKeys == nil {
+		v.memKeys = newMemoryKeys()
+		v.cfg.SessionKeys = v.memKeys
+	}
+	return v, nil
 }
 
 // Stats returns the counters.
@@ -166,12 +180,69 @@ func (v *Verifier) Stats() VerifierStats {
 // [ErrDuplicate]: drop them silently. Every other error is a refusal to
 // report.
 func (v *Verifier) Verify(ctx context.Context, topic string, payload []byte) (Record, error) {
-	rec, err := v.verify(ctx, topic, payload)
+	recs, errs := v.VerifyBatch(ctx, []Inbound{{Topic: topic, Payload: payload}})
+	return recs[0], errs[0]
+}
+
+// Inbound is one message received from the broker.
+type Inbound struct {
+	Topic   string
+	Payload []byte
+}
+
+// VerifyBatch verifies msgs as [Verifier.Verify] does, in order, and
+// decides the freshness of all their records in one call to
+// [ReplayState.Accept] (one transaction with a shared store). It returns
+// a record and an error per message. If the replay state fails (its
+// database unreachable), every telemetry message's error wraps
+// [ErrReplayState] and nothing of them was accepted: retry later.
+func (v *Verifier) VerifyBatch(ctx context.Context, msgs []Inbound) ([]Record, []error) {
+	recs := make([]Record, len(msgs))
+	errs := make([]error, len(msgs))
+	var idx []int
+	var fresh []Record
+	for i, m := range msgs {
+		rec, err := v.open(ctx, m.Topic, m.Payload)
+		if err != nil || rec.Device == "" {
+			errs[i] = err
+			continue
+		}
+		idx = append(idx, i)
+		fresh = append(fresh, rec)
+	}
+	if len(fresh) > 0 {
+		verdicts, err := v.cfg.Replay.Accept(ctx, fresh)
+		for j, i := range idx {
+			switch {
+			case err != nil:
+				errs[i] = fmt.Errorf("%w: %w", ErrReplayState, err)
+			case verdicts[j] != nil:
+				errs[i] = verdicts[j]
+			default:
+				recs[i] = fresh[j]
+			}
+		}
+	}
+	for i, m := range msgs {
+		v.count(m.Topic, recs[i], errs[i])
+	}
+	return recs, errs
+}
+
+// ErrReplayState: the replay state could not decide (a shared store
+// unreachable); the message was neither accepted nor refused and may be
+// verified again.
+var ErrReplayState = errors.New("transport: replay state unavailable")
+
+// count counts and logs one outcome.
+func (v *Verifier) count(topic string, rec Record, err error) {
 	switch {
 	case err == nil:
 		if rec.Device != "" {
 			v.accepted.Add(1)
 		}
+	case errors.Is(err, ErrReplayState):
+		v.log.Error("replay state unavailable", "topic", clip(topic), "err", err)
 	case errors.Is(err, ErrDuplicate):
 		v.duplicates.Add(1)
 	case errors.Is(err, ErrReplay):
@@ -181,10 +252,12 @@ func (v *Verifier) Verify(ctx context.Context, topic string, payload []byte) (Re
 		v.refused.Add(1)
 		v.log.Warn("envelope refused", "topic", clip(topic), "err", err)
 	}
-	return rec, err
 }
 
-func (v *Verifier) verify(ctx context.Context, topic string, payload []byte) (Record, error) {
+// open checks a message's cryptography and content, everything but
+// freshness: it returns the record of a telemetry envelope, or keeps the
+// key of a session-key delivery and returns a zero Record.
+func (v *Verifier) open(ctx context.Context, topic string, payload []byte) (Record, error) {
 	t, err := ParseTopic(topic)
 	if err != nil {
 		return Record{}, err
@@ -194,7 +267,7 @@ func (v *Verifier) verify(ctx context.Context, topic string, payload []byte) (Re
 	}
 	switch t.Kind {
 	case KindTelemetry:
-		inner, err := v.unwrap(t.Device, payload, TelemetryType)
+		inner, err := v.unwrap(ctx, t.Device, payload, TelemetryType)
 		if err != nil {
 			return Record{}, err
 		}
@@ -212,9 +285,6 @@ func (v *Verifier) verify(ctx context.Context, topic string, payload []byte) (Re
 		if rec.Stream != t.Stream {
 			return Record{}, fmt.Errorf("%w: record stream %q on topic stream %q", ErrMalformed, clip(rec.Stream), t.Stream)
 		}
-		if err := v.cfg.Replay.Check(rec.Device, rec.Boot, rec.Seq); err != nil {
-			return Record{}, err
-		}
 		return rec, nil
 	case KindKey:
 		return Record{}, v.acceptKey(ctx, t.Device, payload)
@@ -228,7 +298,7 @@ func isJWE(b []byte) bool { return bytes.Count(b, []byte(".")) == 4 }
 // unwrap decrypts an encrypted envelope (session key or ECDH-ES) and
 // returns the inner JWS; a plain JWS passes through unless encryption is
 // required.
-func (v *Verifier) unwrap(device string, payload []byte, cty string) ([]byte, error) {
+func (v *Verifier) unwrap(ctx context.Context, device string, payload []byte, cty string) ([]byte, error) {
 	if !isJWE(payload) {
 		if v.cfg.RequireEncryption {
 			return nil, fmt.Errorf("%w: plaintext envelope where encryption is required", ErrDecrypt)
@@ -253,16 +323,11 @@ func (v *Verifier) unwrap(device string, payload []byte, cty string) ([]byte, er
 		if cty != TelemetryType {
 			return nil, fmt.Errorf("%w: key deliveries must use ECDH-ES+A256KW", ErrDecrypt)
 		}
-		v.mu.Lock()
-		for _, sk := range v.sessions[device] {
-			if sk.id == h.KeyID {
-				key = sk.key
-			}
+		k, err := v.sessionKey(ctx, device, h.KeyID)
+		if err != nil {
+			return nil, err
 		}
-		v.mu.Unlock()
-		if key == nil {
-			return nil, fmt.Errorf("%w: unknown session key %q for %s", ErrDecrypt, clip(h.KeyID), device)
-		}
+		key = k
 	default:
 		key = v.cfg.DecryptionKey
 	}
@@ -363,57 +428,111 @@ func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 	return nil
 }
 
-// acceptKey decrypts and verifies a session-key delivery and stores the key
-// (the two newest per device).
-func (v *Verifier) acceptKey(ctx context.Context, device string, payload []byte) error {
+// openKeyDelivery decrypts and verifies a session-key delivery of device.
+func (v *Verifier) openKeyDelivery(ctx context.Context, device string, payload []byte) (keyDelivery, error) {
 	if !isJWE(payload) {
-		return fmt.Errorf("%w: key delivery must be encrypted", ErrMalformed)
+		return keyDelivery{}, fmt.Errorf("%w: key delivery must be encrypted", ErrMalformed)
 	}
-	inner, err := v.unwrap(device, payload, KeyDeliveryType)
+	inner, err := v.unwrap(ctx, device, payload, KeyDeliveryType)
 	if err != nil {
-		return err
+		return keyDelivery{}, err
 	}
 	body, err := v.checkSigned(ctx, device, inner, KeyDeliveryType)
 	if err != nil {
-		return err
+		return keyDelivery{}, err
 	}
 	var kd keyDelivery
 	if err := v.codec.m.Dec.Unmarshal(body, &kd); err != nil {
-		return fmt.Errorf("%w: key delivery: %v", ErrMalformed, err)
+		return keyDelivery{}, fmt.Errorf("%w: key delivery: %v", ErrMalformed, err)
 	}
 	if kd.Device != device {
-		return fmt.Errorf("%w: key delivery names %q", ErrWrongDevice, clip(kd.Device))
+		return keyDelivery{}, fmt.Errorf("%w: key delivery names %q", ErrWrongDevice, clip(kd.Device))
 	}
 	if len(kd.Key) != 32 || kd.KeyID == "" || len(kd.KeyID) > 64 {
-		return fmt.Errorf("%w: key delivery key or ID malformed", ErrMalformed)
+		return keyDelivery{}, fmt.Errorf("%w: key delivery key or ID malformed", ErrMalformed)
 	}
+	return kd, nil
+}
+
+// acceptKey verifies a session-key delivery and keeps it (as received) in
+// SessionKeys, so that every verifier sharing them can open the device's
+// envelopes.
+func (v *Verifier) acceptKey(ctx context.Context, device string, payload []byte) error {
+	kd, err := v.openKeyDelivery(ctx, device, payload)
+	if err != nil {
+		return err
+	}
+	if err := v.cfg.SessionKeys.PutKeyDelivery(ctx, KeyDelivery{Device: device, KeyID: kd.KeyID, Boot: kd.Boot,
+		Created: time.UnixMilli(kd.Created), Envelope: payload}); err != nil {
+		return err
+	}
+	if v.cacheKey(device, kd.KeyID, kd.Key) {
+		v.keys.Add(1)
+	}
+	return nil
+}
+
+// sessionKey returns device's session key keyID: from the cache, else
+// opened again from its delivery in SessionKeys (decrypted and its
+// signature verified: the store is not trusted to hold a genuine one).
+func (v *Verifier) sessionKey(ctx context.Context, device, keyID string) ([]byte, error) {
+	v.mu.Lock()
+	k, ok := v.keyCache[device+"\x00"+keyID]
+	v.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	env, err := v.cfg.SessionKeys.KeyDelivery(ctx, device, keyID)
+	if errors.Is(err, ErrUnknownSessionKey) {
+		return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: session key %q: %w", ErrReplayState, clip(keyID), err)
+	}
+	kd, err := v.openKeyDelivery(ctx, device, env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the kept delivery of session key %q: %w", ErrDecrypt, clip(keyID), err)
+	}
+	if kd.KeyID != keyID {
+		return nil, fmt.Errorf("%w: the kept delivery of session key %q holds key %q", ErrDecrypt, clip(keyID), clip(kd.KeyID))
+	}
+	v.cacheKey(device, keyID, kd.Key)
+	return kd.Key, nil
+}
+
+// cacheKey keeps a session key in memory, reporting whether it was new.
+func (v *Verifier) cacheKey(device, keyID string, key []byte) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	ks := v.sessions[device]
-	for _, sk := range ks {
-		if sk.id == kd.KeyID {
-			return nil // a redelivery
-		}
+	id := device + "\x00" + keyID
+	if _, ok := v.keyCache[id]; ok {
+		return false
 	}
-	// The previous key stays usable for envelopes still in flight.
-	if len(ks) == 2 {
-		ks = ks[1:]
+	if len(v.keyCache) >= keyCacheMax {
+		clear(v.keyCache) // a cache: bounded, refilled from SessionKeys
 	}
-	v.sessions[device] = append(ks, sessionKey{id: kd.KeyID, key: kd.Key})
-	v.keys.Add(1)
-	return nil
+	v.keyCache[id] = key
+	return true
 }
 
 // Forget removes everything the verifier holds about device: replay state,
 // session keys, cached certificate verification.
-func (v *Verifier) Forget(device string) {
-	v.cfg.Replay.Forget(device)
+func (v *Verifier) Forget(ctx context.Context, device string) error {
+	err := v.cfg.Replay.Forget(ctx, device)
+	if v.memKeys != nil {
+		v.memKeys.forget(device)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	delete(v.sessions, device)
+	for k := range v.keyCache {
+		if strings.HasPrefix(k, device+"\x00") {
+			delete(v.keyCache, k)
+		}
+	}
 	for k, c := range v.verified {
 		if c.device == device {
 			delete(v.verified, k)
 		}
 	}
+	return err
 }

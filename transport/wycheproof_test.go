@@ -627,7 +627,7 @@ func TestWycheproofVerifierES256(t *testing.T) {
 			}
 			sig := compact[strings.LastIndexByte(compact, '.')+1:]
 			env := append(slices.Clone(prefix), sig...)
-			v.Forget(device)
+			v.Forget(t.Context(), device)
 			_, err := v.Verify(t.Context(), topic, env)
 			if err == nil {
 				t.Errorf("tcId %d (%s): the vector's signature accepted on a d2c envelope", tc.TcID, tc.Comment)

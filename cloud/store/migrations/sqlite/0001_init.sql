@@ -1,0 +1,110 @@
+-- d2c cloud store, schema version 1 (SQLite; STRICT tables). Never edit a released
+-- migration: add the next one. Times are Unix milliseconds.
+
+-- Every device the fleet has enrolled.
+CREATE TABLE devices (
+	id           TEXT PRIMARY KEY,
+	created_ms   INTEGER NOT NULL,
+	forgotten_ms INTEGER
+) STRICT;
+
+-- Every certificate the registrar issued. A renewal supersedes the
+-- certificate that authenticated it; a revocation revokes.
+CREATE TABLE certificates (
+	serial        TEXT PRIMARY KEY,            -- lowercase hex, no leading zeros
+	device        TEXT NOT NULL REFERENCES devices (id),
+	issued_ms     INTEGER NOT NULL,
+	not_before_ms INTEGER NOT NULL,
+	not_after_ms  INTEGER NOT NULL,
+	der           BLOB NOT NULL,              -- the certificate
+	chain         BLOB NOT NULL,              -- its issuing chain, DER certificates one after the other
+	status        TEXT NOT NULL DEFAULT 'valid' CHECK (status IN ('valid', 'superseded', 'revoked')),
+	superseded_by TEXT REFERENCES certificates (serial),
+	revoked_ms    INTEGER,
+	reason        INTEGER                      -- RFC 5280 5.3.1 CRLReason
+) STRICT;
+CREATE INDEX certificates_by_device ON certificates (device, issued_ms);
+
+-- Enrollment tokens already used (single use), kept until they expire.
+CREATE TABLE used_tokens (
+	jti        TEXT PRIMARY KEY,
+	device     TEXT NOT NULL,
+	expires_ms INTEGER NOT NULL,
+	used_ms    INTEGER NOT NULL
+) STRICT;
+
+-- The CRL numbers issued (RFC 5280 5.2.3): strictly increasing.
+CREATE TABLE crls (
+	number         INTEGER PRIMARY KEY,
+	this_update_ms INTEGER NOT NULL,
+	next_update_ms INTEGER NOT NULL
+) STRICT;
+
+-- Replay windows: per device and boot, the highest seq accepted and a
+-- 256-bit bitmap of the seqs below it (bit i: top-i seen).
+CREATE TABLE replay (
+	device TEXT NOT NULL,
+	boot   INTEGER NOT NULL,
+	top    INTEGER NOT NULL,
+	bits   BLOB NOT NULL,
+	PRIMARY KEY (device, boot)
+) STRICT;
+
+-- Session-key deliveries as received: still encrypted to the cloud key.
+CREATE TABLE session_keys (
+	device      TEXT NOT NULL,
+	key_id      TEXT NOT NULL,
+	boot        INTEGER NOT NULL,
+	created_ms  INTEGER NOT NULL,
+	delivery    BLOB NOT NULL,
+	received_ms INTEGER NOT NULL,
+	PRIMARY KEY (device, key_id)
+) STRICT;
+CREATE INDEX session_keys_by_order ON session_keys (device, boot, created_ms);
+
+-- Commands sent, by their signed ID.
+CREATE TABLE commands (
+	device   TEXT NOT NULL,
+	id       INTEGER NOT NULL,
+	name     TEXT NOT NULL,
+	sent_ms  INTEGER NOT NULL,
+	envelope BLOB NOT NULL,
+	PRIMARY KEY (device, id)
+) STRICT;
+
+-- The consent ledger: the latest consent event per device and stream.
+CREATE TABLE consent (
+	device  TEXT NOT NULL,
+	stream  TEXT NOT NULL,
+	purpose TEXT NOT NULL,
+	granted INTEGER NOT NULL,
+	change  INTEGER NOT NULL,
+	boot    INTEGER NOT NULL,
+	seq     INTEGER NOT NULL,
+	time_ms INTEGER NOT NULL,
+	PRIMARY KEY (device, stream)
+) STRICT;
+
+-- Attestation nonces: single use, bound to a device.
+CREATE TABLE attestation_nonces (
+	nonce      TEXT PRIMARY KEY,
+	device     TEXT NOT NULL,
+	expires_ms INTEGER NOT NULL,
+	used_ms    INTEGER
+) STRICT;
+
+-- Verified telemetry records accepted for the application (the durable
+-- sink): inserted in the same transaction that marks their (device, boot,
+-- seq) seen, so a record is accepted exactly once and never lost by a
+-- verifier that dies after accepting it.
+CREATE TABLE records (
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	device      TEXT NOT NULL,
+	stream      TEXT NOT NULL,
+	boot        INTEGER NOT NULL,
+	seq         INTEGER NOT NULL,
+	time_ms     INTEGER NOT NULL,
+	received_ms INTEGER NOT NULL,
+	readings    BLOB NOT NULL,               -- deterministic CBOR array of [time_ms, body]
+	UNIQUE (device, boot, seq)
+) STRICT;
