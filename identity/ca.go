@@ -526,10 +526,36 @@ func (ca *CA) CRL() ([]byte, error) {
 	return der, nil
 }
 
-// RevocationList is a verified CRL, for cloud halves that do not hold the
-// CA: it answers CheckRevoked from the CRL's entries.
+// SignCRL signs a certificate revocation list (RFC 5280 section 5, DER)
+// numbered number, listing entries, valid from now (less the clock skew
+// allowance) for CAConfig.CRLValidity. It keeps no state: the caller (the
+// fleet's store, which holds the revocations) numbers CRLs in strictly
+// increasing order.
+func (ca *CA) SignCRL(number uint64, entries []x509.RevocationListEntry) ([]byte, error) {
+	if number == 0 {
+		return nil, errors.New("identity: CRL number 0 (numbers start at 1)")
+	}
+	now := ca.cfg.Time()
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number:                    new(big.Int).SetUint64(number),
+		ThisUpdate:                now.Add(-clockSkew),
+		NextUpdate:                now.Add(ca.cfg.CRLValidity),
+		RevokedCertificateEntries: entries,
+	}, ca.issuing, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("identity: sign CRL: %w", err)
+	}
+	return der, nil
+}
+
+// RevocationList is a verified CRL: it answers CheckRevoked from the CRL's
+// entries, whatever its age. Consumers that keep a CRL over time use
+// [CRLCache], which refuses an older CRL and fails closed when the CRL
+// goes stale.
 type RevocationList struct {
 	serials map[string]bool
+	number  *big.Int
+	this    time.Time
 	next    time.Time
 }
 
@@ -545,7 +571,8 @@ func ParseCRL(data []byte, issuer *x509.Certificate) (*RevocationList, error) {
 	if err := crl.CheckSignatureFrom(issuer); err != nil {
 		return nil, fmt.Errorf("%w: CRL signature: %v", ErrUntrusted, err)
 	}
-	rl := &RevocationList{serials: make(map[string]bool, len(crl.RevokedCertificateEntries)), next: crl.NextUpdate}
+	rl := &RevocationList{serials: make(map[string]bool, len(crl.RevokedCertificateEntries)),
+		number: crlNumber(crl), this: crl.ThisUpdate, next: crl.NextUpdate}
 	for _, e := range crl.RevokedCertificateEntries {
 		rl.serials[string(e.SerialNumber.Bytes())] = true
 	}
@@ -554,6 +581,18 @@ func ParseCRL(data []byte, issuer *x509.Certificate) (*RevocationList, error) {
 
 // NextUpdate is when the CRL says a newer one will be available.
 func (rl *RevocationList) NextUpdate() time.Time { return rl.next }
+
+// ThisUpdate is when the CRL was issued.
+func (rl *RevocationList) ThisUpdate() time.Time { return rl.this }
+
+// Number is the CRL number (RFC 5280 5.2.3), or nil if the CRL has none.
+// A consumer accepts only increasing numbers ([CRLCache]).
+func (rl *RevocationList) Number() *big.Int {
+	if rl.number == nil {
+		return nil
+	}
+	return new(big.Int).Set(rl.number)
+}
 
 // CheckRevoked returns an error wrapping [ErrRevoked] if cert is listed.
 func (rl *RevocationList) CheckRevoked(cert *x509.Certificate) error {

@@ -9,12 +9,14 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -85,6 +87,20 @@ func (f *fleet) post(path, contentType string, body []byte, user, pass string, c
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header.Get(errorCodeHeader), string(b)
+}
+
+// mustCSR signs tmpl with a new key and returns the DER request.
+func mustCSR(t *testing.T, tmpl *x509.CertificateRequest) []byte {
+	t.Helper()
+	k, err := GenerateKey(ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
 
 func csrBody(t *testing.T, id string) []byte {
@@ -288,6 +304,48 @@ func TestRenewalRefusals(t *testing.T) {
 		}
 		if f.registrarState() != before {
 			t.Error("state changed")
+		}
+	})
+	// RFC 7030 4.2.2: the renewal request's subject and subjectAltName
+	// must be identical to the certificate's. A request with only CN=id
+	// (the CA issues O=<fleet>, CN=id) or with another SAN is refused.
+	for name, der := range map[string][]byte{
+		"renewal CSR with another subject": mustCSR(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "dev-a"}, URIs: idA.Certificate().URIs}),
+		"renewal CSR without the SAN":      mustCSR(t, &x509.CertificateRequest{RawSubject: idA.Certificate().RawSubject}),
+		"renewal CSR with another SAN": mustCSR(t, &x509.CertificateRequest{RawSubject: idA.Certificate().RawSubject,
+			URIs: []*url.URL{{Scheme: "urn", Opaque: "d2c:device:dev-a"}, {Scheme: "urn", Opaque: "d2c:device:dev-a2"}}}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			cert := idA.TLSCertificate()
+			before := f.registrarState()
+			status, code, _ := f.post(ESTSimpleReenroll, mediaPKCS10, base64Body(der), "", "", &cert)
+			if status != 403 || code != "not-authorized" {
+				t.Fatalf("got %d %q, want 403 not-authorized", status, code)
+			}
+			if f.registrarState() != before {
+				t.Error("state changed")
+			}
+		})
+	}
+	t.Run("renewal CSR identical in subject and SAN", func(t *testing.T) {
+		k, err := GenerateKey(ECDSAP256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := NewRenewalCSR(k, idA.Certificate())
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := ParseCSR(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkRenewalCSR(csr, idA.Certificate()); err != nil {
+			t.Fatal(err)
+		}
+		cert := idA.TLSCertificate()
+		if status, code, _ := f.post(ESTSimpleReenroll, mediaPKCS10, base64Body(der), "", "", &cert); status != 200 {
+			t.Fatalf("got %d %q, want 200", status, code)
 		}
 	})
 	t.Run("no client certificate", func(t *testing.T) {

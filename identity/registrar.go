@@ -39,8 +39,15 @@ type RegistrarConfig struct {
 	TokenKeys []crypto.PublicKey
 	// TokenIssuer is the required "iss" claim. Default "d2c".
 	TokenIssuer string
-	// UsedTokens enforces single use of tokens. Required when TokenKeys is
-	// set; see [OpenUsedTokens].
+	// Registry records every certificate issued, consumes tokens and
+	// decides renewals and revocation ([Registry]; cloud/store). When set,
+	// UsedTokens is not used. Recommended: without it the registrar keeps
+	// no record of what it issued, any unrevoked certificate of a device
+	// may renew, and revocation comes from the CA's own list.
+	Registry Registry
+	// UsedTokens enforces single use of tokens when there is no Registry.
+	// Required when TokenKeys is set and Registry is not; see
+	// [OpenUsedTokens].
 	UsedTokens UsedTokens
 	// IDevIDRoots are the manufacturers' roots for IDevID client
 	// certificates (IEEE 802.1AR). IDevID enrollment is disabled when nil.
@@ -78,8 +85,8 @@ func NewRegistrar(cfg RegistrarConfig) (*Registrar, error) {
 	if cfg.CA == nil {
 		return nil, errors.New("identity: registrar needs a CA")
 	}
-	if len(cfg.TokenKeys) > 0 && cfg.UsedTokens == nil {
-		return nil, errors.New("identity: registrar with token keys needs a UsedTokens store (single use)")
+	if len(cfg.TokenKeys) > 0 && cfg.UsedTokens == nil && cfg.Registry == nil {
+		return nil, errors.New("identity: registrar with token keys needs a Registry or a UsedTokens store (single use)")
 	}
 	if cfg.IDevIDDeviceID == nil {
 		cfg.IDevIDDeviceID = defaultIDevIDDeviceID
@@ -188,12 +195,13 @@ func (r *Registrar) enroll(w http.ResponseWriter, req *http.Request, renew bool)
 	}
 	var (
 		id      string
-		consume func() error
+		tok     *Token
+		current *x509.Certificate
 	)
 	if renew {
-		id, herr = r.authCurrentCert(req, csr)
+		id, current, herr = r.authCurrentCert(req, csr)
 	} else {
-		id, consume, herr = r.authEnroll(w, req)
+		id, tok, herr = r.authEnroll(w, req)
 	}
 	if herr != nil {
 		return nil, id, herr
@@ -206,14 +214,14 @@ func (r *Registrar) enroll(w http.ResponseWriter, req *http.Request, renew bool)
 	} else if !containsKeyType(r.cfg.CA.cfg.AllowedKeys, kt) {
 		return nil, id, refuse(http.StatusBadRequest, fmt.Errorf("%w: %v not allowed by CA policy", ErrUnsupportedKey, kt))
 	}
-	if consume != nil {
-		if err := consume(); err != nil {
-			if errors.Is(err, ErrTokenReused) {
-				w.Header().Set("WWW-Authenticate", estRealm)
-				return nil, id, refuse(http.StatusUnauthorized, err)
-			}
-			r.log.Error("est: record used token", "err", err)
-			return nil, id, refuse(http.StatusServiceUnavailable, errors.New("cannot record token use; try again later"))
+	if current != nil && r.cfg.Registry != nil {
+		if err := r.cfg.Registry.CanRenew(req.Context(), current); err != nil {
+			return nil, id, r.registryRefusal(err)
+		}
+	}
+	if tok != nil && r.cfg.Registry == nil {
+		if err := r.cfg.UsedTokens.Consume(req.Context(), tok.ID, tok.Expiry); err != nil {
+			return nil, id, r.tokenRefusal(w, err)
 		}
 	}
 	cert, err := r.cfg.CA.IssueDevice(csr, id)
@@ -221,12 +229,52 @@ func (r *Registrar) enroll(w http.ResponseWriter, req *http.Request, renew bool)
 		r.log.Error("est: issue certificate", "device", id, "err", err)
 		return nil, id, refuse(http.StatusInternalServerError, errors.New("internal error"))
 	}
+	if r.cfg.Registry != nil {
+		// Recorded, and the token consumed, in one transaction before the
+		// certificate is sent: a refusal here leaves no trace, and the
+		// certificate signed for it is never sent.
+		chain := append([]*x509.Certificate{cert}, r.cfg.CA.Chain()...)
+		switch {
+		case current != nil:
+			err = r.cfg.Registry.Renewed(req.Context(), current, chain)
+		case tok != nil:
+			err = r.cfg.Registry.Enrolled(req.Context(), id, tok.ID, tok.Expiry, chain)
+		default:
+			err = r.cfg.Registry.Enrolled(req.Context(), id, "", time.Time{}, chain)
+		}
+		if err != nil {
+			if errors.Is(err, ErrTokenReused) {
+				return nil, id, r.tokenRefusal(w, err)
+			}
+			return nil, id, r.registryRefusal(err)
+		}
+	}
 	// RFC 7030 section 4.2.3: the response holds the issued certificate.
 	b, err := EncodeCertsOnly(cert)
 	if err != nil {
 		return nil, id, refuse(http.StatusInternalServerError, errors.New("internal error"))
 	}
 	return b, id, nil
+}
+
+// tokenRefusal answers a token that could not be consumed.
+func (r *Registrar) tokenRefusal(w http.ResponseWriter, err error) *httpError {
+	if errors.Is(err, ErrTokenReused) {
+		w.Header().Set("WWW-Authenticate", estRealm)
+		return refuse(http.StatusUnauthorized, err)
+	}
+	r.log.Error("est: record used token", "err", err)
+	return refuse(http.StatusServiceUnavailable, errors.New("cannot record token use; try again later"))
+}
+
+// registryRefusal answers a renewal the registry refused, or a registry
+// failure.
+func (r *Registrar) registryRefusal(err error) *httpError {
+	if errors.Is(err, ErrRevoked) || errors.Is(err, ErrSuperseded) {
+		return refuse(http.StatusUnauthorized, err)
+	}
+	r.log.Error("est: registry", "err", err)
+	return refuse(http.StatusServiceUnavailable, errors.New("cannot record the certificate; try again later"))
 }
 
 // readCSR reads a base64 PKCS#10 body (RFC 7030 section 4.2.1) of bounded
@@ -256,10 +304,10 @@ func readCSR(w http.ResponseWriter, req *http.Request) (*x509.CertificateRequest
 }
 
 // authEnroll authenticates a first enrollment by IDevID certificate or by
-// token, returning the authorized device ID and, for a token, the function
-// that consumes it.
-func (r *Registrar) authEnroll(w http.ResponseWriter, req *http.Request) (string, func() error, *httpError) {
-	unauthorized := func(err error) (string, func() error, *httpError) {
+// token, returning the authorized device ID and the verified token, if
+// one was used (consumed once everything else has been checked).
+func (r *Registrar) authEnroll(w http.ResponseWriter, req *http.Request) (string, *Token, *httpError) {
+	unauthorized := func(err error) (string, *Token, *httpError) {
 		w.Header().Set("WWW-Authenticate", estRealm)
 		return "", nil, refuse(http.StatusUnauthorized, err)
 	}
@@ -301,20 +349,25 @@ func (r *Registrar) authEnroll(w http.ResponseWriter, req *http.Request) (string
 	if user != tok.DeviceID {
 		return unauthorized(fmt.Errorf("%w: token is for device %q, presented by %q", ErrNotAuthorized, tok.DeviceID, truncate(user)))
 	}
-	return tok.DeviceID, func() error { return r.cfg.UsedTokens.Consume(req.Context(), tok.ID, tok.Expiry) }, nil
+	return tok.DeviceID, &tok, nil
 }
 
 // authCurrentCert authenticates a renewal by the device's current
 // certificate (RFC 7030 section 3.3.2) and checks that the CSR keeps its
-// subject (section 4.2.2).
-func (r *Registrar) authCurrentCert(req *http.Request, csr *x509.CertificateRequest) (string, *httpError) {
+// subject and subjectAltName (section 4.2.2). It returns the device ID and
+// the certificate.
+func (r *Registrar) authCurrentCert(req *http.Request, csr *x509.CertificateRequest) (string, *x509.Certificate, *httpError) {
 	certs := req.TLS.PeerCertificates
 	if len(certs) == 0 {
-		return "", refuse(http.StatusUnauthorized, fmt.Errorf("%w: renewal requires the current certificate as TLS client certificate", ErrNotAuthorized))
+		return "", nil, refuse(http.StatusUnauthorized, fmt.Errorf("%w: renewal requires the current certificate as TLS client certificate", ErrNotAuthorized))
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(r.cfg.CA.Root())
-	policy := DeviceCertPolicy{Roots: roots, Revocations: r.cfg.CA}
+	var revocations RevocationChecker = r.cfg.CA
+	if r.cfg.Registry != nil {
+		revocations = r.cfg.Registry
+	}
+	policy := DeviceCertPolicy{Roots: roots, Revocations: revocations}
 	chain := append([]*x509.Certificate{certs[0], r.cfg.CA.Issuing()}, certs[1:]...)
 	now := r.cfg.CA.Now()
 	id, err := policy.Verify(chain, now)
@@ -322,12 +375,12 @@ func (r *Registrar) authCurrentCert(req *http.Request, csr *x509.CertificateRequ
 		id, err = policy.Verify(chain, certs[0].NotAfter.Add(-time.Second))
 	}
 	if err != nil {
-		return "", refuse(http.StatusUnauthorized, err)
+		return "", nil, refuse(http.StatusUnauthorized, err)
 	}
-	if csr.Subject.CommonName != certs[0].Subject.CommonName {
-		return id, refuse(http.StatusForbidden, fmt.Errorf("%w: renewal must keep the subject %q", ErrNotAuthorized, id))
+	if err := checkRenewalCSR(csr, certs[0]); err != nil {
+		return id, nil, refuse(http.StatusForbidden, err)
 	}
-	return id, nil
+	return id, certs[0], nil
 }
 
 func defaultIDevIDDeviceID(c *x509.Certificate) (string, error) {
@@ -361,6 +414,7 @@ var errorCodes = []struct {
 	{"token-reused", ErrTokenReused},
 	{"token-expired", ErrTokenExpired},
 	{"token-invalid", ErrTokenInvalid},
+	{"superseded", ErrSuperseded},
 	{"revoked", ErrRevoked},
 	{"cert-expired", ErrCertExpired},
 	{"untrusted", ErrUntrusted},

@@ -393,9 +393,11 @@ func (s *Store) nextGeneration() (int, error) {
 }
 
 // install runs the common tail of enrollment and renewal: it generates the
-// key of a new generation, lets issue obtain a certificate for its CSR,
-// verifies the certificate, then commits and removes older generations.
-func (s *Store) install(ctx context.Context, id string, kt KeyType, issue func(ctx context.Context, csr []byte) (*x509.Certificate, error)) (*Identity, error) {
+// key of a new generation, makes its CSR with makeCSR, lets issue obtain a
+// certificate for it, verifies the certificate, then commits and removes
+// older generations.
+func (s *Store) install(ctx context.Context, id string, kt KeyType, makeCSR func(crypto.Signer) ([]byte, error),
+	issue func(ctx context.Context, csr []byte) (*x509.Certificate, error)) (*Identity, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	anchors, err := s.Anchors()
@@ -413,8 +415,9 @@ func (s *Store) install(ctx context.Context, id string, kt KeyType, issue func(c
 		s.discard(g)
 		return nil, err
 	}
-	csr, err := NewCSR(key, id)
+	csr, err := makeCSR(key)
 	if err != nil {
+		s.discard(g)
 		return nil, err
 	}
 	cert, err := issue(ctx, csr)
@@ -535,7 +538,8 @@ func (s *Store) Enroll(ctx context.Context, client ESTClient, req EnrollRequest)
 	if auth.DeviceID == "" {
 		auth.DeviceID = req.DeviceID
 	}
-	id, err := s.install(ctx, req.DeviceID, req.KeyType, func(ctx context.Context, csr []byte) (*x509.Certificate, error) {
+	enrollment := func(key crypto.Signer) ([]byte, error) { return NewCSR(key, req.DeviceID) }
+	id, err := s.install(ctx, req.DeviceID, req.KeyType, enrollment, func(ctx context.Context, csr []byte) (*x509.Certificate, error) {
 		return client.Enroll(ctx, csr, auth)
 	})
 	if err != nil {
@@ -573,7 +577,10 @@ func (s *Store) Renew(ctx context.Context, client ESTClient, opts RenewOptions) 
 	}
 	client.Anchors = anchors
 	client.Time = s.clock.Now
-	id, err := s.install(ctx, cur.DeviceID, opts.KeyType, func(ctx context.Context, csr []byte) (*x509.Certificate, error) {
+	// RFC 7030 4.2.2: the request keeps the subject and subjectAltName
+	// of the certificate it renews.
+	renewal := func(key crypto.Signer) ([]byte, error) { return NewRenewalCSR(key, cur.Certificate()) }
+	id, err := s.install(ctx, cur.DeviceID, opts.KeyType, renewal, func(ctx context.Context, csr []byte) (*x509.Certificate, error) {
 		return client.Reenroll(ctx, csr, cur.TLSCertificate())
 	})
 	if err != nil {

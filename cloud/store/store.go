@@ -76,6 +76,8 @@ type Store struct {
 	modes cborx.Modes
 	now   func() time.Time
 	log   *slog.Logger
+
+	revCache revCache
 }
 
 // dialect is what differs between the backends.

@@ -20,10 +20,12 @@ CREATE TABLE certificates (
 	chain         BYTEA NOT NULL,              -- its issuing chain, DER certificates one after the other
 	status        TEXT NOT NULL DEFAULT 'valid' CHECK (status IN ('valid', 'superseded', 'revoked')),
 	superseded_by TEXT REFERENCES certificates (serial),
+	renewed_from  TEXT REFERENCES certificates (serial), -- the certificate whose renewal issued this one
 	revoked_ms    BIGINT,
 	reason        INTEGER                      -- RFC 5280 5.3.1 CRLReason
 );
 CREATE INDEX certificates_by_device ON certificates (device, issued_ms);
+CREATE INDEX certificates_revoked ON certificates (status, not_after_ms);
 
 -- Enrollment tokens already used (single use), kept until they expire.
 CREATE TABLE used_tokens (
@@ -32,6 +34,7 @@ CREATE TABLE used_tokens (
 	expires_ms BIGINT NOT NULL,
 	used_ms    BIGINT NOT NULL
 );
+CREATE INDEX used_tokens_by_expiry ON used_tokens (expires_ms);
 
 -- The CRL numbers issued (RFC 5280 5.2.3): strictly increasing.
 CREATE TABLE crls (

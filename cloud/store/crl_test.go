@@ -1,0 +1,114 @@
+package store
+
+import (
+	"crypto/x509"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/d2c-iot/d2c/identity"
+)
+
+// TestCRLFromStore: CRLs are generated from the registry with strictly
+// increasing numbers, also when replicas issue them at once; they list
+// the revoked certificates; a consumer refuses an older CRL than the one
+// in force and fails closed once it is past its nextUpdate.
+func TestCRLFromStore(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		f := newRegFleet(t, url)
+		a, b := current(t, f.enroll("crl-a")), current(t, f.enroll("crl-b"))
+		if err := f.store.Revoke(t.Context(), a.SerialNumber, ReasonKeyCompromise); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.store.Revoke(t.Context(), a.SerialNumber, ReasonKeyCompromise); err != nil {
+			t.Fatalf("revoking twice: %v", err)
+		}
+		first, err := f.store.CRL(t.Context(), f.ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Replicas issuing CRLs at once never share a number.
+		replica := openStore(t, url)
+		var mu sync.Mutex
+		var numbers []uint64
+		var wg sync.WaitGroup
+		for i := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s := f.store
+				if i%2 == 1 {
+					s = replica
+				}
+				der, err := s.CRL(t.Context(), f.ca)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				crl, err := x509.ParseRevocationList(der)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				numbers = append(numbers, crl.Number.Uint64())
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		slices.Sort(numbers)
+		if want := []uint64{2, 3, 4, 5, 6, 7}; !slices.Equal(numbers, want) {
+			t.Fatalf("concurrent CRL numbers %v, want %v", numbers, want)
+		}
+		latest, err := f.store.CRL(t.Context(), f.ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		cache := identity.NewCRLCache(f.ca.Issuing(), func() time.Time { return f.now })
+		if err := cache.CheckRevoked(b); !errors.Is(err, identity.ErrCRLStale) {
+			t.Fatalf("before any CRL: %v, want to fail closed with ErrCRLStale", err)
+		}
+		if err := cache.Update(latest); err != nil {
+			t.Fatal(err)
+		}
+		if err := cache.CheckRevoked(a); !errors.Is(err, identity.ErrRevoked) {
+			t.Fatalf("revoked certificate: %v, want ErrRevoked", err)
+		}
+		if err := cache.CheckRevoked(b); err != nil {
+			t.Fatalf("valid certificate: %v", err)
+		}
+		// An older CRL (before a's revocation would be listed or not, it
+		// is older) is refused and changes nothing.
+		if err := cache.Update(first); !errors.Is(err, identity.ErrCRLRollback) {
+			t.Fatalf("older CRL: %v, want ErrCRLRollback", err)
+		}
+		if err := cache.Update(latest); !errors.Is(err, identity.ErrCRLRollback) {
+			t.Fatalf("the same CRL again: %v, want ErrCRLRollback", err)
+		}
+		if err := cache.CheckRevoked(a); !errors.Is(err, identity.ErrRevoked) {
+			t.Fatalf("after a refused rollback: %v, want ErrRevoked", err)
+		}
+		// Past nextUpdate, with no fresh CRL: everything is refused.
+		f.now = f.now.Add(8 * 24 * time.Hour)
+		if err := cache.CheckRevoked(b); !errors.Is(err, identity.ErrCRLStale) || !errors.Is(err, identity.ErrRevoked) {
+			t.Fatalf("stale CRL: %v, want ErrRevoked and ErrCRLStale", err)
+		}
+		st := cache.Stats()
+		if st.RollbacksRefused != 2 || st.StaleRefusals != 2 || st.Number != 8 {
+			t.Fatalf("stats %+v, want 2 rollbacks, 2 stale refusals, CRL 8 in force", st)
+		}
+		fresh, err := f.store.CRL(t.Context(), f.ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cache.Update(fresh); err != nil {
+			t.Fatal(err)
+		}
+		if err := cache.CheckRevoked(b); err != nil {
+			t.Fatalf("after a fresh CRL: %v", err)
+		}
+	})
+}
