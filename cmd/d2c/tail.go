@@ -197,13 +197,15 @@ func tailTrust(s streams, caDir, rootsFile, crlFile string) (*x509.CertPool, []*
 	}
 	var errs []error
 	for _, issuer := range certs {
-		rl, err := identity.ParseCRL(crl, issuer)
+		// A CRL past its nextUpdate is refused: revocation would be
+		// unknown, and the consumer fails closed (identity.CRLCache).
+		cache := identity.NewCRLCache(issuer, nil)
+		err := cache.Update(crl)
 		if err == nil {
-			if time.Now().After(rl.NextUpdate()) {
-				fmt.Fprintf(s.stderr, "warning: %s is past its next update (%s): write a fresh one with `d2c ca crl`\n",
-					crlFile, rl.NextUpdate().UTC().Format(time.RFC3339))
-			}
-			return pool, certs, rl, nil
+			return pool, certs, cache, nil
+		}
+		if errors.Is(err, identity.ErrCRLStale) {
+			return nil, nil, nil, withHint(fmt.Errorf("%s: %w", crlFile, err), "write a fresh one with `d2c ca crl --dir CA_DIR --out FILE`")
 		}
 		errs = append(errs, err)
 	}

@@ -804,21 +804,22 @@ func (r *registry) refreshLocked() error {
 }
 
 // crlFile is a CRL file, reread when it changes: a
-// identity.RevocationChecker.
+// identity.RevocationChecker through an identity.CRLCache, which refuses
+// an older CRL than the one in force and fails closed once the CRL is
+// past its nextUpdate.
 type crlFile struct {
-	path   string
-	issuer *x509.Certificate
-	log    *slog.Logger
+	path  string
+	cache *identity.CRLCache
+	log   *slog.Logger
 
 	mu        sync.Mutex
 	mod       time.Time
 	size      int64
 	nextCheck time.Time
-	rl        *identity.RevocationList
 }
 
 func openCRL(path string, issuer *x509.Certificate, log *slog.Logger) (*crlFile, error) {
-	c := &crlFile{path: path, issuer: issuer, log: log}
+	c := &crlFile{path: path, cache: identity.NewCRLCache(issuer, nil), log: log}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c, c.reloadLocked()
@@ -833,20 +834,16 @@ func (c *crlFile) reloadLocked() error {
 	if err != nil {
 		return err
 	}
-	rl, err := identity.ParseCRL(b, c.issuer)
-	if err != nil {
-		return fmt.Errorf("%s: %w", c.path, err)
+	c.mod, c.size = fi.ModTime(), fi.Size()
+	if err := c.cache.Update(b); err != nil {
+		return fmt.Errorf("%s: %w (run d2c ca crl)", c.path, err)
 	}
-	if next := rl.NextUpdate(); time.Now().After(next) {
-		c.log.Warn("the CRL is past its next update: run d2c ca crl", "file", c.path, "next_update", next)
-	}
-	c.rl, c.mod, c.size = rl, fi.ModTime(), fi.Size()
 	return nil
 }
 
 // CheckRevoked implements identity.RevocationChecker. The file is checked
-// for changes at most once a second; a CRL that no longer reads keeps the
-// last good one in force.
+// for changes at most once a second; a CRL that no longer reads, or an
+// older one, keeps the last good one in force, until it goes stale.
 func (c *crlFile) CheckRevoked(cert *x509.Certificate) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -858,7 +855,7 @@ func (c *crlFile) CheckRevoked(cert *x509.Certificate) error {
 			}
 		}
 	}
-	return c.rl.CheckRevoked(cert)
+	return c.cache.CheckRevoked(cert)
 }
 
 // writeFileAtomic writes data to path through a temporary file, fsynced
