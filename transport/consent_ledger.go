@@ -159,25 +159,31 @@ func (l *ConsentLedger) Observe(r Record) (ConsentEvent, error) {
 	if err != nil {
 		return ev, err
 	}
+	return ev, l.ObserveEvent(ev)
+}
+
+// ObserveEvent applies a consent event already parsed (replayed from a
+// store at start, for example).
+func (l *ConsentLedger) ObserveEvent(ev ConsentEvent) error {
 	p := position{ev.Boot, ev.Seq}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := l.device(r.Device, true)
+	d := l.device(ev.Device, true)
 	sc := d.streams[ev.Stream]
 	if sc == nil {
 		if len(d.streams) >= maxConsentStreams {
-			return ev, fmt.Errorf("%w: consent event: device %q has events for more than %d streams", ErrMalformed, clip(r.Device), maxConsentStreams)
+			return fmt.Errorf("%w: consent event: device %q has events for more than %d streams", ErrMalformed, clip(ev.Device), maxConsentStreams)
 		}
 		sc = &streamConsent{}
 		d.streams[ev.Stream] = sc
 	}
 	if ev.Granted {
 		if sc.hasWithdrawn && !sc.withdrawn.less(p) {
-			return ev, nil // superseded by a later withdrawal
+			return nil // superseded by a later withdrawal
 		}
 		i := sort.Search(len(sc.grants), func(i int) bool { return !sc.grants[i].less(p) })
 		if i < len(sc.grants) && sc.grants[i] == p {
-			return ev, nil // the same event again
+			return nil // the same event again
 		}
 		sc.grants = slices.Insert(sc.grants, i, p)
 		if len(sc.grants) > maxGrantsKept {
@@ -188,7 +194,7 @@ func (l *ConsentLedger) Observe(r Record) (ConsentEvent, error) {
 		// Grants before it ended here.
 		sc.grants = slices.DeleteFunc(sc.grants, func(g position) bool { return !p.less(g) })
 	}
-	return ev, nil
+	return nil
 }
 
 // Allowed reports whether a verified telemetry record may be kept under

@@ -95,6 +95,10 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 		if err != nil {
 			return err
 		}
+		ledger, err := s.loadConsent(ctx, tx, devices)
+		if err != nil {
+			return err
+		}
 		now := s.now().UnixMilli()
 		ins, err := tx.PrepareContext(ctx, s.q(`INSERT INTO records (device, stream, boot, seq, time_ms, received_ms, readings)
 			VALUES (?, ?, ?, ?, ?, ?, ?)`))
@@ -104,7 +108,13 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 		defer ins.Close()
 		var fresh []int
 		for i, r := range recs {
-			if verdicts[i] = classify(wins, r.Device, r.Boot, r.Seq); verdicts[i] == nil {
+			if verdicts[i] = classify(wins, r.Device, r.Boot, r.Seq); verdicts[i] != nil {
+				continue
+			}
+			if verdicts[i], err = s.applyConsent(ctx, tx, ledger, r); err != nil {
+				return err
+			}
+			if verdicts[i] == nil {
 				fresh = append(fresh, i)
 			}
 		}
@@ -127,6 +137,29 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 		return nil, err
 	}
 	return verdicts, nil
+}
+
+// applyConsent keeps the consent event a fresh record of the consent
+// stream carries, and refuses (with [transport.ErrNoConsent]) a fresh
+// record that the consent events of its device and stream do not allow: it
+// was sealed before a withdrawal, or after it with no grant since
+// ([transport.ConsentLedger]). The record stays seen in the replay window.
+// It returns the record's verdict, and an error if the database failed.
+func (s *Store) applyConsent(ctx context.Context, tx *sql.Tx, ledger *transport.ConsentLedger, r transport.Record) (verdict, err error) {
+	if r.Stream == transport.ConsentStream {
+		ev, err := transport.ParseConsentEvent(r)
+		if err != nil {
+			return err, nil
+		}
+		if err := ledger.ObserveEvent(ev); err != nil {
+			return err, nil
+		}
+		return nil, s.keepConsent(ctx, tx, ev)
+	}
+	if !ledger.Allowed(r) {
+		return fmt.Errorf("%w: %s stream %q boot %d seq %d: consent withdrawn when it was sealed", transport.ErrNoConsent, r.Device, r.Stream, r.Boot, r.Seq), nil
+	}
+	return nil, nil
 }
 
 // readingRow is one reading as the records table stores it.

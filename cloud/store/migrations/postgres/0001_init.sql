@@ -65,36 +65,41 @@ CREATE TABLE session_keys (
 );
 CREATE INDEX session_keys_by_order ON session_keys (device, boot, created_ms);
 
--- Commands sent, by their signed ID.
+-- Command IDs reserved, per device: each above every earlier one (the
+-- device refuses an ID not above the last it ran).
 CREATE TABLE commands (
-	device   TEXT NOT NULL,
-	id       BIGINT NOT NULL,
-	name     TEXT NOT NULL,
-	sent_ms  BIGINT NOT NULL,
-	envelope BYTEA NOT NULL,
+	device      TEXT NOT NULL,
+	id          BIGINT NOT NULL,
+	name        TEXT NOT NULL,
+	reserved_ms BIGINT NOT NULL,
 	PRIMARY KEY (device, id)
 );
 
--- The consent ledger: the latest consent event per device and stream.
+-- The consent ledger: every consent event accepted (a record of the
+-- reserved stream d2c.consent), placed by its (boot, seq) in the device's
+-- sequence. Kept as the ledger needs them: for each stream, the latest
+-- withdrawal and the grants after it.
 CREATE TABLE consent (
 	device  TEXT NOT NULL,
 	stream  TEXT NOT NULL,
-	purpose TEXT NOT NULL,
-	granted BOOLEAN NOT NULL,
-	change  BIGINT NOT NULL,
 	boot    BIGINT NOT NULL,
 	seq     BIGINT NOT NULL,
+	granted BOOLEAN NOT NULL,
+	purpose TEXT NOT NULL,
+	change  BIGINT NOT NULL,
 	time_ms BIGINT NOT NULL,
-	PRIMARY KEY (device, stream)
+	PRIMARY KEY (device, stream, boot, seq)
 );
 
--- Attestation nonces: single use, bound to a device.
+-- Attestation nonces: single use, bound to a device; consumed = deleted.
 CREATE TABLE attestation_nonces (
 	nonce      TEXT PRIMARY KEY,
 	device     TEXT NOT NULL,
-	expires_ms BIGINT NOT NULL,
-	used_ms    BIGINT
+	issued_ms  BIGINT NOT NULL,
+	expires_ms BIGINT NOT NULL
 );
+CREATE INDEX attestation_nonces_by_device ON attestation_nonces (device, issued_ms);
+CREATE INDEX attestation_nonces_by_expiry ON attestation_nonces (expires_ms);
 
 -- Verified telemetry records accepted for the application (the durable
 -- sink): inserted in the same transaction that marks their (device, boot,
