@@ -34,13 +34,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
-	_ "modernc.org/sqlite"             // registers "sqlite"
 
 	"github.com/d2c-iot/d2c/internal/cborx"
 	"github.com/d2c-iot/d2c/internal/limits"
@@ -146,6 +146,9 @@ func parseURL(u string) (dialect, string, string, error) {
 		return postgres, "pgx", u, nil
 	case strings.Contains(u, "://"):
 		return dialect{}, "", "", fmt.Errorf("%w: %q: the scheme is not postgres:// (or sqlite:PATH for a file)", ErrBadURL, redact(u))
+	}
+	if !sqliteBuilt {
+		return dialect{}, "", "", fmt.Errorf("%w: SQLite is not built for %s/%s; use a postgres:// URL", ErrBadURL, runtime.GOOS, runtime.GOARCH)
 	}
 	path := strings.TrimPrefix(u, "sqlite:")
 	if path == "" || strings.ContainsAny(path, "?#") {

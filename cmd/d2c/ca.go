@@ -10,10 +10,12 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/limits"
@@ -240,28 +242,44 @@ func caRevokeCommand() *command {
 	return &command{
 		path:    "ca revoke",
 		summary: "revoke a certificate issued by the fleet CA",
-		usage:   "--dir DIR --cert FILE [--reason unspecified|keyCompromise|superseded|cessationOfOperation]",
+		usage:   "(--dir DIR --cert FILE | --db URL (--serial HEX | --device ID | --cert FILE)) [--reason unspecified|keyCompromise|superseded|cessationOfOperation]",
 		details: `
 Adds the certificate in FILE (the first one, if FILE holds a chain) to the
 CA's revocation list. A running registrar refuses its renewal at once; brokers
 learn of it from the next CRL: run "d2c ca crl" afterwards and reload them.
 Revoking a certificate twice is not an error.
 
+With --db (the fleet's cloud store, which a registrar run with --db records
+every certificate in), revoke by --serial (hexadecimal, as "device show" and
+the registry print it), or every unexpired certificate of a --device at
+once, with no need for the certificate itself; publish with
+"d2c ca crl --db URL".
+
 Get a device's certificate with "d2c device show --cert-out FILE" on the
 device, or keep the one written by "device enroll --cert-out".`,
 		example: `d2c ca revoke --dir /srv/d2c/ca --cert sensor-0042.pem --reason keyCompromise
+d2c ca revoke --db sqlite:/srv/d2c/fleet.db --device sensor-0042 --reason keyCompromise
 d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "fleet CA directory (required)")
-			certFile := fl.String("cert", "", "PEM file holding the certificate to revoke (required)")
+			dir := fl.String("dir", "", "fleet CA directory (without --db)")
+			certFile := fl.String("cert", "", "PEM file holding the certificate to revoke")
+			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://...")
+			serialHex := fl.String("serial", "", "serial number to revoke, hexadecimal (with --db)")
+			device := fl.String("device", "", "device whose every unexpired certificate to revoke (with --db)")
 			reason := fl.String("reason", "unspecified", "RFC 5280 reason: unspecified, keyCompromise, superseded or cessationOfOperation")
 			return func(ctx context.Context, s streams) error {
-				if *dir == "" || *certFile == "" {
-					return usageErrorf("--dir and --cert are required")
-				}
 				code, ok := parseReason(*reason)
 				if !ok {
 					return usageErrorf("--reason %q: want unspecified, keyCompromise, superseded or cessationOfOperation", *reason)
+				}
+				if *db != "" {
+					return revokeInStore(ctx, s, *db, *certFile, *serialHex, *device, code, *reason)
+				}
+				if *serialHex != "" || *device != "" {
+					return usageErrorf("--serial and --device need --db (the registry of issued certificates)")
+				}
+				if *dir == "" || *certFile == "" {
+					return usageErrorf("--dir and --cert are required (or --db with --serial, --device or --cert)")
 				}
 				b, err := atomicfile.ReadFile(*certFile, limits.PEMFile)
 				if err != nil {
@@ -290,21 +308,81 @@ d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 	}
 }
 
+// revokeInStore revokes in the fleet's cloud store by certificate file,
+// serial or device.
+func revokeInStore(ctx context.Context, s streams, db, certFile, serialHex, device string, code int, reason string) error {
+	given := 0
+	for _, v := range []string{certFile, serialHex, device} {
+		if v != "" {
+			given++
+		}
+	}
+	if given != 1 {
+		return usageErrorf("with --db, give one of --cert, --serial or --device")
+	}
+	st, err := openStore(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	switch {
+	case device != "":
+		n, err := st.RevokeDevice(ctx, device, code)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return withHint(fmt.Errorf("device %q has no unexpired, unrevoked certificate in the registry", device),
+				"check the device ID; its certificates are recorded only by a registrar run with --db")
+		}
+		fmt.Fprintf(s.stdout, "revoked %d certificate(s) of %s, reason %s\n", n, device, reason)
+	default:
+		serial := new(big.Int)
+		if certFile != "" {
+			b, err := atomicfile.ReadFile(certFile, limits.PEMFile)
+			if err != nil {
+				return err
+			}
+			certs, err := identity.ParseCertificatesPEM(b)
+			if err != nil {
+				return fmt.Errorf("%s: %w", certFile, err)
+			}
+			serial = certs[0].SerialNumber
+		} else if _, ok := serial.SetString(strings.TrimPrefix(strings.ToLower(serialHex), "0x"), 16); !ok {
+			return usageErrorf("--serial %q: want a hexadecimal serial number", serialHex)
+		}
+		if err := st.Revoke(ctx, serial, code); err != nil {
+			if errors.Is(err, store.ErrUnknownCertificate) {
+				return withHint(err, "the registry holds only certificates issued by a registrar run with --db: check --serial and --db")
+			}
+			return err
+		}
+		fmt.Fprintf(s.stdout, "revoked serial %x, reason %s\n", serial, reason)
+	}
+	fmt.Fprintf(s.stderr, "publish it to brokers: d2c ca crl --dir CA_DIR --db %s --out FILE\n", db)
+	return nil
+}
+
 func caCRLCommand() *command {
 	return &command{
 		path:    "ca crl",
 		summary: "write a fresh certificate revocation list (PEM)",
-		usage:   "--dir DIR --out FILE",
+		usage:   "--dir DIR [--db URL] --out FILE",
 		details: `
 Signs a new CRL (RFC 5280) listing every revoked certificate, with a CRL
 number one higher than the last, and writes it PEM-encoded ("X509 CRL")
 to FILE atomically, mode 0600 (give the broker's user read access). mosquitto
 reads it as its crlfile. A CRL is valid for 7 days: run this at least daily,
-for example from cron, and after every revocation.`,
+for example from cron, and after every revocation.
+
+With --db, the CRL lists the revocations recorded in the fleet's cloud
+store (made with "ca revoke --db"), numbered above every CRL the store
+issued, also by other processes.`,
 		example: `d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			dir := fl.String("dir", "", "fleet CA directory (required)")
 			out := fl.String("out", "", "file to write the CRL to, PEM (required)")
+			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://... (its revocations)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *out == "" {
 					return usageErrorf("--dir and --out are required")
@@ -313,8 +391,18 @@ for example from cron, and after every revocation.`,
 				if err != nil {
 					return err
 				}
-				der, err := ca.CRL()
-				if err != nil {
+				var der []byte
+				if *db != "" {
+					st, err := openStore(ctx, *db)
+					if err != nil {
+						return err
+					}
+					defer st.Close()
+					der, err = st.CRL(ctx, ca)
+					if err != nil {
+						return err
+					}
+				} else if der, err = ca.CRL(); err != nil {
 					return err
 				}
 				crl, err := x509.ParseRevocationList(der)

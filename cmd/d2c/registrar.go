@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/limits"
@@ -36,7 +38,7 @@ func registrarServeCommand() *command {
 	return &command{
 		path:    "registrar serve",
 		summary: "serve the EST registrar over TLS 1.3",
-		usage: "--ca DIR --state DIR [--listen ADDR] [--cert FILE --key FILE | --host HOST...] " +
+		usage: "--ca DIR --state DIR [--db URL] [--listen ADDR] [--cert FILE --key FILE | --host HOST...] " +
 			"[--url-file FILE] [--renew-expired-within DURATION]",
 		details: `
 Serves the RFC 7030 EST endpoints (cacerts, simpleenroll, simplereenroll)
@@ -44,6 +46,13 @@ with the fleet CA in --ca: devices enroll with a token from "d2c token issue"
 and renew with their current certificate. Tokens are checked with the public
 key in CA_DIR/token.pub and recorded as used in STATE/used-tokens.state, so
 that each works once, across restarts too.
+
+With --db (the fleet's cloud store: sqlite:PATH, or a postgres:// URL
+shared by several registrars), the registrar records every certificate it
+issues in the transaction that consumes its token, lets only a device's
+newest certificate renew (a renewal supersedes the certificate that
+authenticated it), and takes revocations from the store: revoke with
+"d2c ca revoke --db URL" and publish CRLs with "d2c ca crl --db URL".
 
 Without --cert and --key, the registrar issues itself a server certificate
 from the fleet CA, kept in memory only, for the --host names (default: the
@@ -61,6 +70,7 @@ SIGTERM.`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			caDir := fl.String("ca", "", "fleet CA directory (required)")
 			stateDir := fl.String("state", "", "directory for the registrar's state: used tokens (required)")
+			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://... (default: none; used tokens in --state)")
 			listen := fl.String("listen", "127.0.0.1:8443", "TCP address to listen on, host:port")
 			certFile := fl.String("cert", "", "server certificate chain, PEM (default: issue one from the CA)")
 			keyFile := fl.String("key", "", "server private key, PKCS#8 PEM, mode 0600 (with --cert)")
@@ -89,7 +99,7 @@ SIGTERM.`,
 				return serveRegistrar(ctx, s, registrarOptions{
 					caDir: *caDir, stateDir: *stateDir, listen: *listen, listenHost: listenHost,
 					certFile: *certFile, keyFile: *keyFile, hosts: hosts, urlFile: *urlFile,
-					renewExpiredWithin: *renewExpired,
+					renewExpiredWithin: *renewExpired, db: *db,
 				})
 			}
 		},
@@ -104,6 +114,7 @@ type registrarOptions struct {
 	hosts              []string
 	urlFile            string
 	renewExpiredWithin time.Duration
+	db                 string
 }
 
 // serveRegistrar runs the registrar until ctx is done, then shuts it down
@@ -121,17 +132,23 @@ func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
 	if err := atomicfile.MkdirPrivate(nil, o.stateDir); err != nil {
 		return err
 	}
-	used, err := identity.OpenUsedTokens(filepath.Join(o.stateDir, usedTokensFile), nil)
-	if err != nil {
-		return err
-	}
-	reg, err := identity.NewRegistrar(identity.RegistrarConfig{
+	rc := identity.RegistrarConfig{
 		CA:                 ca,
 		TokenKeys:          []crypto.PublicKey{tokenKey},
-		UsedTokens:         used,
 		RenewExpiredWithin: o.renewExpiredWithin,
 		Logger:             log,
-	})
+	}
+	if o.db != "" {
+		st, err := openStore(ctx, o.db)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		rc.Registry = st
+	} else if rc.UsedTokens, err = identity.OpenUsedTokens(filepath.Join(o.stateDir, usedTokensFile), nil); err != nil {
+		return err
+	}
+	reg, err := identity.NewRegistrar(rc)
 	if err != nil {
 		return err
 	}
@@ -251,4 +268,16 @@ func tlsCertificate(chain []*x509.Certificate, key crypto.Signer) tls.Certificat
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
 	return tc
+}
+
+// openStore opens the fleet's cloud store named by a --db URL.
+func openStore(ctx context.Context, url string) (*store.Store, error) {
+	st, err := store.Open(ctx, store.Config{URL: url})
+	if err != nil {
+		if errors.Is(err, store.ErrBadURL) {
+			return nil, withHint(err, "give --db sqlite:/path/to/fleet.db, or a postgres://user@host/db URL")
+		}
+		return nil, err
+	}
+	return st, nil
 }
