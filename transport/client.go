@@ -126,6 +126,7 @@ type Client struct {
 	sealer atomic.Pointer[Sealer]
 
 	retry          reconnectBackoff
+	conn           atomic.Pointer[connScope] // ends when the current connection goes down
 	receiveMax     atomic.Int32
 	lastConnectErr atomic.Pointer[error]
 	wake           chan struct{}
@@ -254,6 +255,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c.cancel = cancel
+	c.conn.Store(newConnScope(runCtx))
 	acfg := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{brokerURL},
 		TlsCfg:                        tlsCfg,
@@ -297,10 +299,22 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			}
 			c.signal()
 		},
+		OnConnectionDown: func() bool {
+			// Publishes awaiting a PUBACK on the lost connection give up
+			// now instead of at paho's packet timeout: their messages stay
+			// stored and go again on the next connection.
+			c.conn.Swap(newConnScope(runCtx)).cancel()
+			return true
+		},
 		OnConnectError: func(err error) {
 			c.connectFailures.Add(1)
 			err = classifyDialError(err)
 			c.lastConnectErr.Store(&err)
+			if errors.Is(err, ErrPacketTooLarge) || errors.Is(err, ErrBrokerProtocol) {
+				c.protocolErrors.Add(1)
+				c.log.Error("the broker broke the protocol; backing off", "err", err)
+				return
+			}
 			if errors.Is(err, ErrCertificateRejected) {
 				c.authFailures.Add(1)
 				c.log.Error("the broker refused the device certificate; backing off", "err", err)
@@ -600,7 +614,7 @@ func (c *Client) deliver(ctx context.Context) {
 			}
 			c.mu.Unlock()
 			c.pubs.Add(1)
-			go c.publish(ctx, m)
+			go c.publish(c.conn.Load().ctx, m)
 			if key {
 				break
 			}
@@ -693,13 +707,27 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		}
 	default:
 		// Not delivered (connection down, timeout, transient refusal): it
-		// stays in the outbox and goes again.
+		// stays in the outbox and goes again, after a pause while still
+		// marked in flight, so that a connection failing at once does not
+		// become a loop of sends.
 		c.retried.Add(1)
 		if resp != nil {
 			c.log.Warn("broker refused message for now", "topic", m.Topic, "reason", resp.ReasonCode)
-			sleepCtx(ctx, c.retry.after(1))
 		}
+		sleepCtx(ctx, c.retry.after(1))
 	}
+}
+
+// connScope is the life of one connection: its context ends when the
+// connection goes down.
+type connScope struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func newConnScope(parent context.Context) *connScope {
+	ctx, cancel := context.WithCancel(parent)
+	return &connScope{ctx, cancel}
 }
 
 // subscribe (re)subscribes to the command topic, when the broker has no

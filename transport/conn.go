@@ -3,8 +3,10 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -35,6 +37,8 @@ type packetConn struct {
 
 	in      inboundBound // touched only by the reader (paho reads from one goroutine)
 	readErr error        // a violation found; every later Read returns it
+	first   bool         // the first packet (the CONNACK) has been read and checked
+	pending []byte       // the rest of the first packet, to hand out
 }
 
 func newPacketConn(c net.Conn, maxPacket int) *packetConn {
@@ -50,6 +54,23 @@ func newPacketConn(c net.Conn, maxPacket int) *packetConn {
 func (c *packetConn) Read(p []byte) (int, error) {
 	if c.readErr != nil {
 		return 0, c.readErr
+	}
+	if !c.first {
+		// The broker's first packet is read whole and checked before
+		// paho sees it: paho takes a CONNACK with repeated or forbidden
+		// properties (the last wins) or a Receive Maximum of 0.
+		c.first = true
+		pkt, err := readFirstPacket(c.Conn, c.in.max)
+		if err != nil {
+			c.readErr = err
+			return 0, err
+		}
+		c.pending = pkt
+	}
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
 	}
 	n, err := c.Conn.Read(p)
 	ok, verr := c.in.scan(p[:n])
@@ -73,6 +94,143 @@ var ErrPacketTooLarge = errors.New("transport: broker sent a packet over the cli
 // ErrBrokerProtocol: the broker sent bytes that are not an MQTT v5 packet
 // header (a reserved packet type or a malformed remaining length).
 var ErrBrokerProtocol = errors.New("transport: broker broke the MQTT protocol")
+
+// readFirstPacket reads the broker's first packet, bounded by max bytes
+// before anything is allocated, and checks it: a CONNACK whose flags and
+// properties are as MQTT v5 section 3.2 allows, or a DISCONNECT.
+func readFirstPacket(r io.Reader, max int) ([]byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:1]); err != nil {
+		return nil, err
+	}
+	n, value, mult := 1, 0, 1
+	for {
+		if n == 5 {
+			return nil, fmt.Errorf("%w: remaining length longer than 4 bytes", ErrBrokerProtocol)
+		}
+		if _, err := io.ReadFull(r, hdr[n:n+1]); err != nil {
+			return nil, err
+		}
+		value += int(hdr[n]&0x7f) * mult
+		mult <<= 7
+		n++
+		if hdr[n-1]&0x80 == 0 {
+			break
+		}
+	}
+	if size := n + value; size > max {
+		return nil, fmt.Errorf("%w: a %d-byte packet, limit %d", ErrPacketTooLarge, size, max)
+	}
+	pkt := make([]byte, n+value)
+	copy(pkt, hdr[:n])
+	if _, err := io.ReadFull(r, pkt[n:]); err != nil {
+		return nil, err
+	}
+	switch hdr[0] {
+	case 0x20:
+		if err := checkConnack(pkt[n:]); err != nil {
+			return nil, fmt.Errorf("%w: CONNACK: %w", ErrBrokerProtocol, err)
+		}
+	case 0xe0: // DISCONNECT: paho reports the broker's reason
+	default:
+		return nil, fmt.Errorf("%w: the first packet has type %d and flags %#x, not a CONNACK", ErrBrokerProtocol, hdr[0]>>4, hdr[0]&0x0f)
+	}
+	return pkt, nil
+}
+
+// connackProperties are the properties a CONNACK may carry (MQTT v5
+// section 3.2.2.3) and the size of each value: 1, 2 or 4 bytes, or 's'
+// for a UTF-8 string or binary data, 'p' for a string pair.
+var connackProperties = map[byte]byte{
+	0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x12: 's', 0x22: 2, 0x1f: 's',
+	0x26: 'p', 0x28: 1, 0x29: 1, 0x2a: 1, 0x13: 2, 0x1a: 's', 0x1c: 's', 0x15: 's', 0x16: 's',
+}
+
+// checkConnack checks a CONNACK's variable header: acknowledge flags with
+// only the session-present bit, a reason code, and properties each allowed
+// in a CONNACK, each at most once (the user property excepted), with
+// values in range, exactly filling the property length.
+func checkConnack(b []byte) error {
+	if len(b) < 2 {
+		return errors.New("shorter than its variable header")
+	}
+	if b[0]&^1 != 0 {
+		return fmt.Errorf("reserved acknowledge flags %#x", b[0])
+	}
+	if len(b) == 2 {
+		return nil // no property length: MQTT 3.1.1 style, paho decides
+	}
+	b = b[2:]
+	plen, used, err := readVBI(b)
+	if err != nil {
+		return err
+	}
+	b = b[used:]
+	if plen != len(b) {
+		return fmt.Errorf("property length %d, %d bytes follow", plen, len(b))
+	}
+	seen := map[byte]bool{}
+	for len(b) > 0 {
+		id := b[0]
+		b = b[1:]
+		size, ok := connackProperties[id]
+		if !ok {
+			return fmt.Errorf("property %#x not allowed in a CONNACK", id)
+		}
+		if seen[id] && id != 0x26 {
+			return fmt.Errorf("property %#x repeated", id)
+		}
+		seen[id] = true
+		n := int(size)
+		if size == 's' || size == 'p' {
+			strings := 1 // a string, or binary data: a 2-byte length, then the bytes
+			if size == 'p' {
+				strings = 2 // a string pair
+			}
+			n = 0
+			for range strings {
+				if len(b) < n+2 {
+					return fmt.Errorf("property %#x truncated", id)
+				}
+				n += 2 + int(binary.BigEndian.Uint16(b[n:]))
+			}
+		}
+		if len(b) < n {
+			return fmt.Errorf("property %#x truncated", id)
+		}
+		v := b[:n]
+		switch id {
+		case 0x21:
+			if binary.BigEndian.Uint16(v) == 0 {
+				return errors.New("a Receive Maximum of 0")
+			}
+		case 0x27:
+			if binary.BigEndian.Uint32(v) == 0 {
+				return errors.New("a Maximum Packet Size of 0")
+			}
+		case 0x24, 0x25, 0x28, 0x29, 0x2a:
+			if v[0] > 1 {
+				return fmt.Errorf("property %#x is %d, want 0 or 1", id, v[0])
+			}
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// readVBI reads an MQTT variable byte integer from b, returning its value
+// and how many bytes it took.
+func readVBI(b []byte) (int, int, error) {
+	value, mult := 0, 1
+	for i := 0; i < 4 && i < len(b); i++ {
+		value += int(b[i]&0x7f) * mult
+		mult <<= 7
+		if b[i]&0x80 == 0 {
+			return value, i + 1, nil
+		}
+	}
+	return 0, 0, errors.New("malformed variable byte integer")
+}
 
 // inboundBound follows the packet boundaries of an MQTT byte stream
 // (fixed header: a type byte, then the remaining length as a variable
@@ -256,9 +414,12 @@ func (b *reconnectBackoff) delay(attempt int) time.Duration {
 			b.strikes.Store(0)
 			return jitter(b.min)
 		}
-		attempt = int(b.strikes.Add(1))
+		return b.after(int(b.strikes.Add(1)))
 	}
-	return b.after(attempt)
+	// Failed attempts after short-lived connections continue from the
+	// strikes, so a broker alternating a brief connection with a refused
+	// one still meets a growing backoff.
+	return b.after(attempt + int(b.strikes.Load()))
 }
 
 // after returns the wait after attempt failures in a row.

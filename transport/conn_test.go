@@ -32,6 +32,7 @@ func TestInboundBound(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newPacketConn(&chunkConn{data: tc.in, chunk: tc.chunk}, 1024)
+			c.first = true // past the CONNACK (TestFirstPacket)
 			got, err := io.ReadAll(c)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("read error %v, want %v", err, tc.want)
@@ -60,6 +61,7 @@ func TestInboundBound(t *testing.T) {
 	}
 	for _, chunk := range []int{1, 2, 3, 7, 64, 0} {
 		c := newPacketConn(&chunkConn{data: stream, chunk: chunk}, 1100)
+		c.first = true
 		for i := range 5 {
 			if _, err := packets.ReadPacket(c); err != nil {
 				t.Fatalf("chunk %d, packet %d: %v", chunk, i, err)
@@ -105,4 +107,47 @@ func (c *chunkConn) Read(p []byte) (int, error) {
 	n = copy(p, c.data[:min(n, len(c.data))])
 	c.data = c.data[n:]
 	return n, nil
+}
+
+// TestFirstPacket: the broker's first packet must be a CONNACK that MQTT v5
+// allows (or a DISCONNECT); repeated, forbidden or out-of-range CONNACK
+// properties end the connection with ErrBrokerProtocol before paho reads
+// them, and an oversized first packet is never allocated.
+func TestFirstPacket(t *testing.T) {
+	connack := func(props ...byte) []byte {
+		body := append([]byte{0x00, 0x00}, vbi(len(props))...)
+		body = append(body, props...)
+		return append(append([]byte{0x20}, vbi(len(body))...), body...)
+	}
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"plain CONNACK", connack(), nil},
+		{"CONNACK with properties", connack(0x21, 0x00, 0x14, 0x24, 0x01, 0x26, 0x00, 0x01, 'k', 0x00, 0x01, 'v', 0x26, 0x00, 0x01, 'k', 0x00, 0x01, 'w'), nil},
+		{"DISCONNECT", []byte{0xe0, 0x01, 0x87}, nil},
+		{"repeated Receive Maximum", connack(0x21, 0x00, 0x14, 0x21, 0x00, 0x15), ErrBrokerProtocol},
+		{"Receive Maximum 0", connack(0x21, 0x00, 0x00), ErrBrokerProtocol},
+		{"Topic Alias property (a PUBLISH property)", connack(0x23, 0x00, 0x01), ErrBrokerProtocol},
+		{"Maximum QoS 2", connack(0x24, 0x02), ErrBrokerProtocol},
+		{"truncated string", connack(0x1f, 0x00, 0x09, 'x'), ErrBrokerProtocol},
+		{"reserved acknowledge flag", []byte{0x20, 0x03, 0x02, 0x00, 0x00}, ErrBrokerProtocol},
+		{"a PUBLISH first", []byte{0x30, 0x03, 0x00, 0x01, 'x'}, ErrBrokerProtocol},
+		{"256 MiB first packet", []byte{0x20, 0xff, 0xff, 0xff, 0x7f}, ErrPacketTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newPacketConn(&chunkConn{data: tc.in, chunk: 1}, 1024)
+			got, err := io.ReadAll(c)
+			if tc.want == nil {
+				if err != nil || !bytes.Equal(got, tc.in) {
+					t.Fatalf("read % x, %v; want the packet itself", got, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) || len(got) != 0 {
+				t.Fatalf("read % x, %v; want nothing and %v", got, err, tc.want)
+			}
+		})
+	}
 }
