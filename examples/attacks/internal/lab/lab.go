@@ -6,14 +6,17 @@
 // tokens, an embedded MQTT v5 broker with mutual TLS and the d2c ACL
 // (transport/devbroker), a cloud verifier ([Fleet.StartCloud]), a command
 // sender, and devices that enroll and connect ([Fleet.Enroll],
-// [Fleet.Connect]). The update bench ([NewRepo], [NewUpdateDevice]) has a
-// signed release repository and a device with A/B slots and an update agent.
+// [Fleet.Connect]); a second registrar can record into the fleet's
+// registry ([Fleet.StartRegistryRegistrar]). The update bench ([NewRepo],
+// [NewUpdateDevice]) has a signed release repository and a device with A/B
+// slots and an update agent.
 //
 // The attacker's tools are a raw MQTT client ([DialMQTT]), an insider with
 // broker-level rights ([Fleet.Insider]: it reads and writes every d2c topic,
 // which is what a compromised broker can do), a certificate from a CA of the
-// attacker's own ([SelfMadeCertificate]), and helpers that look inside JOSE
-// envelopes ([Peek], [EditPayload]).
+// attacker's own ([SelfMadeCertificate]), a copy of a device's identity
+// store with its keys ([Fleet.CopyStore]), and helpers that look inside
+// JOSE envelopes ([Peek], [EditPayload]).
 //
 // The [Narrator] prints what happens as "attacker:", "d2c:" and "why:"
 // lines, so that a run reads as a short story.
