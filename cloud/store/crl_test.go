@@ -110,5 +110,43 @@ func TestCRLFromStore(t *testing.T) {
 		if err := cache.CheckRevoked(b); err != nil {
 			t.Fatalf("after a fresh CRL: %v", err)
 		}
+
+		// A certificate superseded by a renewal is listed (reason
+		// superseded) once the lost-answer window has passed, so a kept
+		// copy of an old key cannot connect to a broker.
+		devB := f.enroll("crl-c")
+		old := current(t, devB)
+		if _, err := f.renew(devB); err != nil {
+			t.Fatal(err)
+		}
+		listed := func() map[string]int {
+			der, err := f.store.CRL(t.Context(), f.ca)
+			if err != nil {
+				t.Fatal(err)
+			}
+			crl, err := x509.ParseRevocationList(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := map[string]int{}
+			for _, e := range crl.RevokedCertificateEntries {
+				m[e.SerialNumber.Text(16)] = e.ReasonCode
+			}
+			return m
+		}
+		if _, ok := listed()[serial(old)]; ok {
+			t.Fatal("a certificate superseded a moment ago is already listed")
+		}
+		f.now = f.now.Add(renewalRetryWindow + time.Minute)
+		got := listed()
+		if reason, ok := got[serial(old)]; !ok || reason != ReasonSuperseded {
+			t.Fatalf("the superseded certificate: listed %v, reason %d; want reason superseded (4)", ok, reason)
+		}
+		if _, ok := got[serial(current(t, devB))]; ok {
+			t.Fatal("the renewed certificate is listed")
+		}
+		if reason := got[serial(a)]; reason != ReasonKeyCompromise {
+			t.Fatalf("the revoked certificate's reason %d, want keyCompromise", reason)
+		}
 	})
 }

@@ -34,6 +34,7 @@ const (
 const (
 	ReasonUnspecified          = 0
 	ReasonKeyCompromise        = 1
+	ReasonSuperseded           = 4
 	ReasonCessationOfOperation = 5
 )
 
@@ -208,8 +209,8 @@ func (s *Store) insertCert(ctx context.Context, tx *sql.Tx, device string, chain
 }
 
 func (s *Store) supersede(ctx context.Context, tx *sql.Tx, old, by string) error {
-	if _, err := tx.ExecContext(ctx, s.q("UPDATE certificates SET status = ?, superseded_by = ? WHERE serial = ? AND status <> ?"),
-		statusSuperseded, by, old, statusRevoked); err != nil {
+	if _, err := tx.ExecContext(ctx, s.q("UPDATE certificates SET status = ?, superseded_by = ?, superseded_ms = ? WHERE serial = ? AND status <> ?"),
+		statusSuperseded, by, s.now().UnixMilli(), old, statusRevoked); err != nil {
 		return fmt.Errorf("store: supersede certificate: %w", err)
 	}
 	s.revCache.forget(old)
@@ -392,9 +393,15 @@ type CRLSigner interface {
 }
 
 // CRL signs a new CRL with signer listing every revoked, unexpired
-// certificate, numbered one above every CRL the store issued before
+// certificate, and every certificate superseded by a renewal or a later
+// enrollment more than an hour ago (reason superseded, RFC 5280 5.3.1:
+// past the window in which a device that lost its renewal answer may
+// still use it), numbered one above every CRL the store issued before
 // (RFC 5280 5.2.3), in one transaction: two replicas never issue the same
-// number, and a number is never reused.
+// number, and a number is never reused. A broker loading it refuses a
+// copy of an old key as it refuses a revoked one; the verifier still
+// accepts what an old key signed before the renewal (envelopes queued on
+// the device).
 func (s *Store) CRL(ctx context.Context, signer CRLSigner) ([]byte, error) {
 	var der []byte
 	err := s.tx(ctx, func(tx *sql.Tx) error {
@@ -410,8 +417,10 @@ func (s *Store) CRL(ctx context.Context, signer CRLSigner) ([]byte, error) {
 		}
 		number := uint64(last.Int64) + 1
 		now := s.now()
-		rows, err := tx.QueryContext(ctx, s.q("SELECT serial, revoked_ms, reason FROM certificates WHERE status = ? AND not_after_ms > ? ORDER BY serial"),
-			statusRevoked, now.UnixMilli())
+		rows, err := tx.QueryContext(ctx, s.q(`SELECT serial, revoked_ms, reason FROM certificates WHERE status = ? AND not_after_ms > ?
+			UNION ALL SELECT serial, superseded_ms, ? FROM certificates WHERE status = ? AND not_after_ms > ? AND superseded_ms <= ?
+			ORDER BY serial`),
+			statusRevoked, now.UnixMilli(), ReasonSuperseded, statusSuperseded, now.UnixMilli(), now.Add(-renewalRetryWindow).UnixMilli())
 		if err != nil {
 			return fmt.Errorf("store: CRL entries: %w", err)
 		}

@@ -20,6 +20,7 @@ CREATE TABLE certificates (
 	chain         BYTEA NOT NULL,              -- its issuing chain, DER certificates one after the other
 	status        TEXT NOT NULL DEFAULT 'valid' CHECK (status IN ('valid', 'superseded', 'revoked')),
 	superseded_by TEXT REFERENCES certificates (serial),
+	superseded_ms BIGINT,
 	renewed_from  TEXT REFERENCES certificates (serial), -- the certificate whose renewal issued this one
 	revoked_ms    BIGINT,
 	reason        INTEGER                      -- RFC 5280 5.3.1 CRLReason
