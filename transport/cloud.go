@@ -183,6 +183,33 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	return c, nil
 }
 
+// parkedSweepInterval is how often a cloud service verifies the envelopes
+// parked until their session key arrived ([EnvelopeParking]), besides
+// after each key delivery it accepts.
+const parkedSweepInterval = time.Second
+
+// verifyParked verifies parked envelopes whose key has arrived, handing
+// their records to OnRecord.
+func (c *Cloud) verifyParked(ctx context.Context, log *slog.Logger) {
+	if c.cfg.Verifier == nil {
+		return
+	}
+	for {
+		recs, err := c.cfg.Verifier.VerifyParked(ctx, cloudReceiveMaximum)
+		if err != nil {
+			log.Error("parked envelopes", "err", err)
+		}
+		for _, r := range recs {
+			if c.cfg.OnRecord != nil {
+				c.cfg.OnRecord(ctx, r)
+			}
+		}
+		if err != nil || len(recs) < cloudReceiveMaximum {
+			return
+		}
+	}
+}
+
 // cloudReceiveMaximum is how many unacknowledged messages the cloud takes
 // from the broker at once (advertised in CONNECT): the most one
 // verification batch holds. paho queues that many inbound packets, so it
@@ -230,11 +257,16 @@ func (c *Cloud) give(n int) {
 // the acknowledgements, so nothing the broker delivered is lost.
 func (c *Cloud) verifyLoop(ctx context.Context, log *slog.Logger) {
 	defer close(c.done)
+	sweep := time.NewTicker(parkedSweepInterval)
+	defer sweep.Stop()
 	for {
 		var batch []paho.PublishReceived
 		select {
 		case pr := <-c.in:
 			batch = append(batch, pr)
+		case <-sweep.C:
+			c.verifyParked(ctx, log)
+			continue
 		case <-ctx.Done():
 			return
 		}
@@ -247,8 +279,16 @@ func (c *Cloud) verifyLoop(ctx context.Context, log *slog.Logger) {
 				break fill
 			}
 		}
+		keys := false
+		for _, pr := range batch {
+			keys = keys || isKeyTopic(pr.Packet.Topic)
+		}
 		if !c.handle(ctx, log, batch) {
 			return // ctx ended: unacknowledged, the broker sends them again
+		}
+		if keys {
+			// Envelopes that other verifiers parked waiting for these keys.
+			c.verifyParked(ctx, log)
 		}
 		for _, pr := range batch {
 			if pr.Packet.QoS > 0 {
@@ -287,7 +327,7 @@ func (c *Cloud) handle(ctx context.Context, log *slog.Logger, batch []paho.Publi
 			switch {
 			case errors.Is(err, ErrReplayState):
 				again = append(again, msgs[i])
-			case errors.Is(err, ErrDuplicate):
+			case errors.Is(err, ErrDuplicate), errors.Is(err, ErrParked):
 			case err != nil:
 				if c.cfg.OnRefused != nil {
 					c.cfg.OnRefused(msgs[i].Topic, err)

@@ -29,6 +29,16 @@ type Certificates interface {
 	DeviceCertificates(ctx context.Context, device string) ([][]*x509.Certificate, error)
 }
 
+// CachedCertificates is a [Certificates] that answers from a cache (a
+// database-backed registry, cloud/store): before refusing an envelope that
+// none of the cached certificates verifies, the verifier asks
+// FreshDeviceCertificates, which reads past the cache, so that a device's
+// first envelopes after a renewal are not refused.
+type CachedCertificates interface {
+	Certificates
+	FreshDeviceCertificates(ctx context.Context, device string) ([][]*x509.Certificate, error)
+}
+
 // MemoryCertificates is a [Certificates] held in memory, keeping the two
 // newest chains of each device.
 type MemoryCertificates struct {
@@ -104,6 +114,9 @@ type VerifierConfig struct {
 // VerifierStats counts envelopes by outcome.
 type VerifierStats struct {
 	Accepted, Duplicates, Replays, Refused, KeysDelivered uint64
+	// Parked counts envelopes parked until their session key arrives
+	// ([EnvelopeParking]).
+	Parked uint64
 }
 
 // Verifier is the cloud half of telemetry: it decrypts (when encrypted),
@@ -122,7 +135,7 @@ type Verifier struct {
 	verified map[string]verifiedCert // registered leaf DER -> chain verified recently
 	keyCache map[string][]byte       // device + "\x00" + key ID -> session key opened from its delivery
 
-	accepted, duplicates, replays, refused, keys atomic.Uint64
+	accepted, duplicates, replays, refused, keys, parked atomic.Uint64
 }
 
 // keyCacheMax bounds the session keys held in memory (about 100 bytes
@@ -171,7 +184,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 // Stats returns the counters.
 func (v *Verifier) Stats() VerifierStats {
 	return VerifierStats{Accepted: v.accepted.Load(), Duplicates: v.duplicates.Load(), Replays: v.replays.Load(),
-		Refused: v.refused.Load(), KeysDelivered: v.keys.Load()}
+		Refused: v.refused.Load(), KeysDelivered: v.keys.Load(), Parked: v.parked.Load()}
 }
 
 // Verify checks one message received on topic. For telemetry it returns the
@@ -196,13 +209,24 @@ type Inbound struct {
 // a record and an error per message. If the replay state fails (its
 // database unreachable), every telemetry message's error wraps
 // [ErrReplayState] and nothing of them was accepted: retry later.
+//
+// With a [SessionKeys] that parks envelopes ([EnvelopeParking]), an
+// envelope whose session key no verifier has received yet (its delivery
+// is on its way to another verifier sharing the subscription) is parked,
+// with an error wrapping [ErrParked]; it is verified again by whichever
+// verifier accepts its key ([Verifier.VerifyParked]).
 func (v *Verifier) VerifyBatch(ctx context.Context, msgs []Inbound) ([]Record, []error) {
 	recs := make([]Record, len(msgs))
 	errs := make([]error, len(msgs))
 	var idx []int
 	var fresh []Record
+	parking, _ := v.cfg.SessionKeys.(EnvelopeParking)
 	for i, m := range msgs {
 		rec, err := v.open(ctx, m.Topic, m.Payload)
+		var uk *unknownKeyError
+		if parking != nil && errors.As(err, &uk) {
+			err = v.park(ctx, parking, uk, m)
+		}
 		if err != nil || rec.Device == "" {
 			errs[i] = err
 			continue
@@ -229,6 +253,93 @@ func (v *Verifier) VerifyBatch(ctx context.Context, msgs []Inbound) ([]Record, [
 	return recs, errs
 }
 
+// ErrParked: an envelope sealed under a session key whose delivery no
+// verifier has received yet was parked in the shared [SessionKeys] until
+// it arrives; it is neither accepted nor refused yet.
+var ErrParked = errors.New("transport: envelope parked until its session key arrives")
+
+// EnvelopeParking is a [SessionKeys] that keeps, bounded per device, the
+// envelopes that name a session key it does not hold yet, so that
+// verifiers sharing a subscription lose none of them when a device's key
+// delivery reaches one verifier and its first envelopes another
+// (cloud/store implements it).
+type EnvelopeParking interface {
+	SessionKeys
+	// Park keeps an envelope of device sealed under keyID. A full parking
+	// (per device) gives an error: the envelope is refused.
+	Park(ctx context.Context, device, keyID string, m Inbound) error
+	// Parked returns up to max envelopes parked under keys whose delivery
+	// is now kept, with the IDs to pass to Unpark once they are decided.
+	Parked(ctx context.Context, max int) ([]ParkedEnvelope, error)
+	// Unpark forgets envelopes decided.
+	Unpark(ctx context.Context, ids []int64) error
+}
+
+// ParkedEnvelope is an envelope parked until its session key arrived.
+type ParkedEnvelope struct {
+	ID int64
+	Inbound
+}
+
+// unknownKeyError: an envelope names a session key not kept (yet).
+type unknownKeyError struct {
+	device, keyID string
+	err           error
+}
+
+func (e *unknownKeyError) Error() string { return e.err.Error() }
+func (e *unknownKeyError) Unwrap() error { return e.err }
+
+// park parks m: its verdict is ErrParked, or the refusal for the unknown
+// key if it cannot be parked.
+func (v *Verifier) park(ctx context.Context, p EnvelopeParking, uk *unknownKeyError, m Inbound) error {
+	if err := p.Park(ctx, uk.device, uk.keyID, m); err != nil {
+		v.log.Warn("envelope with an unknown session key not parked", "device", uk.device, "err", err)
+		return uk
+	}
+	return fmt.Errorf("%w: %s key %q", ErrParked, uk.device, clip(uk.keyID))
+}
+
+// VerifyParked verifies, in one batch, up to max envelopes parked in
+// SessionKeys whose session key is now kept (by this or another
+// verifier), and forgets them once decided: it returns their records
+// accepted now. Call it periodically and after accepting key deliveries
+// ([Cloud] does); with a SessionKeys that parks nothing it does nothing.
+func (v *Verifier) VerifyParked(ctx context.Context, max int) ([]Record, error) {
+	p, ok := v.cfg.SessionKeys.(EnvelopeParking)
+	if !ok {
+		return nil, nil
+	}
+	parked, err := p.Parked(ctx, max)
+	if err != nil || len(parked) == 0 {
+		return nil, err
+	}
+	msgs := make([]Inbound, len(parked))
+	for i, e := range parked {
+		msgs[i] = e.Inbound
+	}
+	recs, errs := v.VerifyBatch(ctx, msgs)
+	var out []Record
+	var done []int64
+	for i, err := range errs {
+		switch {
+		case errors.Is(err, ErrReplayState):
+			continue // undecided: parked still
+		case errors.Is(err, ErrParked):
+			// Parked again (its key went): the old copy goes.
+		case err == nil && recs[i].Device != "":
+			out = append(out, recs[i])
+		}
+		done = append(done, parked[i].ID)
+	}
+	if err := p.Unpark(ctx, done); err != nil {
+		// Decided but not forgotten: verified again later, then a
+		// duplicate.
+		return out, err
+	}
+	return out, nil
+}
+
 // ErrReplayState: the replay state could not decide (a shared store
 // unreachable); the message was neither accepted nor refused and may be
 // verified again.
@@ -243,6 +354,8 @@ func (v *Verifier) count(topic string, rec Record, err error) {
 		}
 	case errors.Is(err, ErrReplayState):
 		v.log.Error("replay state unavailable", "topic", clip(topic), "err", err)
+	case errors.Is(err, ErrParked):
+		v.parked.Add(1)
 	case errors.Is(err, ErrDuplicate):
 		v.duplicates.Add(1)
 	case errors.Is(err, ErrReplay):
@@ -343,7 +456,17 @@ func (v *Verifier) unwrap(ctx context.Context, device string, payload []byte, ct
 // d2c's canonical form takes the fast path; any other goes through go-jose
 // with every check of parseJWS.
 func (v *Verifier) checkSigned(ctx context.Context, device string, b []byte, typ string) ([]byte, error) {
-	chains, err := v.cfg.Certificates.DeviceCertificates(ctx, device)
+	payload, err := v.checkSignedWith(ctx, device, b, typ, v.cfg.Certificates.DeviceCertificates)
+	if cc, ok := v.cfg.Certificates.(CachedCertificates); ok && (errors.Is(err, ErrBadSignature) || errors.Is(err, ErrUnknownDevice)) {
+		return v.checkSignedWith(ctx, device, b, typ, cc.FreshDeviceCertificates)
+	}
+	return payload, err
+}
+
+// checkSignedWith is checkSigned with the certificates from lookup.
+func (v *Verifier) checkSignedWith(ctx context.Context, device string, b []byte, typ string,
+	lookup func(context.Context, string) ([][]*x509.Certificate, error)) ([]byte, error) {
+	chains, err := lookup(ctx, device)
 	if err != nil {
 		if _, _, perr := parseJWS(b, typ); perr != nil {
 			return nil, perr // a malformed envelope is malformed for unknown devices too
@@ -484,7 +607,7 @@ func (v *Verifier) sessionKey(ctx context.Context, device, keyID string) ([]byte
 	}
 	env, err := v.cfg.SessionKeys.KeyDelivery(ctx, device, keyID)
 	if errors.Is(err, ErrUnknownSessionKey) {
-		return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
+		return nil, &unknownKeyError{device: device, keyID: keyID, err: fmt.Errorf("%w: %w", ErrDecrypt, err)}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: session key %q: %w", ErrReplayState, clip(keyID), err)

@@ -374,7 +374,7 @@ func (s *Store) ForgetDevice(ctx context.Context, device string) error {
 		return err
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		for _, table := range []string{"replay", "session_keys", "consent", "attestation_nonces"} {
+		for _, table := range []string{"replay", "session_keys", "parked", "consent", "attestation_nonces"} {
 			if _, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE device = ?"), device); err != nil {
 				return fmt.Errorf("store: forget %s: %w", device, err)
 			}

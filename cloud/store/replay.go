@@ -278,10 +278,10 @@ func (s *Store) saveWindows(ctx context.Context, tx *sql.Tx, devices []string, w
 }
 
 // Forget implements [transport.ReplayState]: it deletes device's replay
-// windows and session-key deliveries.
+// windows, session-key deliveries and parked envelopes.
 func (s *Store) Forget(ctx context.Context, device string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		for _, table := range []string{"replay", "session_keys"} {
+		for _, table := range []string{"replay", "session_keys", "parked"} {
 			if _, err := tx.ExecContext(ctx, s.q("DELETE FROM "+table+" WHERE device = ?"), device); err != nil {
 				return fmt.Errorf("store: forget %s: %w", device, err)
 			}

@@ -19,6 +19,12 @@ import (
 var cluster *pgpeer.Cluster
 
 func TestMain(m *testing.M) {
+	// A test that starts this binary again as a verifier, registrar or
+	// writer process (fleet_test.go) says so in the environment: play that
+	// role, and nothing else.
+	if role := os.Getenv(roleEnv); role != "" {
+		os.Exit(runRole(role))
+	}
 	c, stop, err := pgpeer.Start()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "store tests need PostgreSQL: %v\n", err)

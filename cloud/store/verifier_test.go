@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,6 +152,59 @@ func TestVerifiersShareTheStore(t *testing.T) {
 		// so it accepted its share of the early envelopes too.
 		if want := len(envs) - firstKept + (firstKept+1)/2; records != want {
 			t.Fatalf("%d records, want %d", records, want)
+		}
+	})
+}
+
+// TestParkedUntilKeyArrives: an envelope reaching verifier b before its
+// session key's delivery reached verifier a is parked, not refused; once a
+// keeps the delivery, b (or any verifier) accepts the envelope from the
+// parking, once, and nothing stays parked. Parking is bounded per device.
+func TestParkedUntilKeyArrives(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		f := newVerifierFleet(t)
+		a, b := f.verifier(t, openStore(t, url)), f.verifier(t, openStore(t, url))
+		sealer, err := transport.NewSealer("dev-s", f.key.Key, &transport.Encryption{CloudKey: &f.cloud.PublicKey}, func() time.Time { return f.now })
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := sealer.Seal(transport.Record{Stream: "temp", Boot: 1, Seq: 1, Time: f.now, Readings: []transport.Reading{{Time: f.now, Body: []byte("first")}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		topic := transport.TelemetryTopic("dev-s", "temp")
+		if _, err := b.Verify(t.Context(), topic, out.Envelope); !errors.Is(err, transport.ErrParked) {
+			t.Fatalf("envelope before its key: %v, want ErrParked", err)
+		}
+		if recs, err := b.VerifyParked(t.Context(), 10); err != nil || len(recs) != 0 {
+			t.Fatalf("parked envelopes verified before the key arrived: %d, %v", len(recs), err)
+		}
+		if _, err := a.Verify(t.Context(), transport.KeyTopic("dev-s"), out.KeyDelivery); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := b.VerifyParked(t.Context(), 10)
+		if err != nil || len(recs) != 1 || string(recs[0].Readings[0].Body) != "first" {
+			t.Fatalf("after the key arrived: %d records, %v", len(recs), err)
+		}
+		if recs, err := a.VerifyParked(t.Context(), 10); err != nil || len(recs) != 0 {
+			t.Fatalf("verified twice from the parking: %d, %v", len(recs), err)
+		}
+		s := openStore(t, url)
+		var parked int
+		if err := s.db.QueryRow("SELECT COUNT(*) FROM parked").Scan(&parked); err != nil || parked != 0 {
+			t.Fatalf("%d envelopes still parked (%v)", parked, err)
+		}
+		// A device (or whoever forges under its name) naming keys that
+		// never come fills its parking, then is refused.
+		junk := []byte(strings.Replace(string(out.Envelope), ".", "X.", 1))
+		var refused error
+		for range parkedPerDevice + 1 {
+			if err := s.Park(t.Context(), "dev-j", "never", transport.Inbound{Topic: topic, Payload: junk}); err != nil {
+				refused = err
+			}
+		}
+		if !errors.Is(refused, ErrParkingFull) {
+			t.Fatalf("parking past the bound: %v, want ErrParkingFull", refused)
 		}
 	})
 }

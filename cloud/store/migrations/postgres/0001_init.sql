@@ -66,6 +66,20 @@ CREATE TABLE session_keys (
 );
 CREATE INDEX session_keys_by_order ON session_keys (device, boot, created_ms);
 
+-- Envelopes parked until their session key arrives: a device's key
+-- delivery and its first envelopes may reach different verifiers of a
+-- shared subscription. Bounded per device; verified again once the
+-- delivery is kept, then deleted.
+CREATE TABLE parked (
+	id          BIGSERIAL PRIMARY KEY,
+	device      TEXT NOT NULL,
+	key_id      TEXT NOT NULL,
+	topic       TEXT NOT NULL,
+	payload     BYTEA NOT NULL,
+	received_ms BIGINT NOT NULL
+);
+CREATE INDEX parked_by_key ON parked (device, key_id);
+
 -- Command IDs reserved, per device: each above every earlier one (the
 -- device refuses an ID not above the last it ran).
 CREATE TABLE commands (
