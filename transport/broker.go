@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/limits"
 )
 
 // Broker policy. The broker is the first line of defence, never the last:
@@ -35,15 +37,45 @@ import (
 // (transport/mochihook for mochi-mqtt).
 
 // DefaultMaxPacketSize is the largest MQTT packet, in bytes, a generated
-// broker configuration accepts from a client when none is given: well above
-// the largest message a d2c client sends (an outbox record holds at most
-// 256 KiB of topic and payload), far below MQTT's 256 MiB. A broker limit
-// below a client's message would disconnect that client on every retry.
-const DefaultMaxPacketSize = 1 << 20
+// broker configuration (and the embedded broker, transport/devbroker)
+// accepts from a client when none is given, and the largest it may be set
+// to: the largest packet a d2c client reads (limits.MQTTPacket, 320 KiB),
+// less 1 KiB for the properties a broker adds when it forwards a message
+// (message expiry, subscription identifiers). So every message the broker
+// accepts can be delivered to every d2c reader. A larger limit would let
+// one device publish messages that no d2c reader accepts: mosquitto 2.0.11
+// drops each one without giving back its slot in the reader's Receive
+// Maximum, so after that many of them the reader (the verifier) receives
+// nothing more; mochi keeps each one for a day, counted against its
+// bounds. It is still above the largest message a d2c client sends (an
+// outbox record holds at most 256 KiB of topic and payload): a broker
+// limit below a client's message would disconnect that client on every
+// retry.
+const DefaultMaxPacketSize = limits.MQTTPacket - 1<<10
 
-// mqttMaxPacketSize is the largest packet MQTT can express (a remaining
-// length of 268,435,455 bytes).
-const mqttMaxPacketSize = 268_435_455
+// Defaults of the queue and memory bounds of [MosquittoConfig]. They are
+// sized for a fleet of about 8,000 devices that each send one envelope a
+// minute (about 130 messages and 55 KB a second, at 417 bytes for a signed
+// 150-byte reading): a verifier away for up to an hour, as long as the
+// broker keeps its session (transport.DialCloud asks for 3600 s), gets its
+// whole backlog. A larger fleet, a higher rate or a longer outage to ride
+// out needs larger values: MaxQueuedBytes = bytes per second of the fleet
+// times the outage, MaxQueuedMessages likewise, and MemoryLimit at least
+// twice MaxQueuedBytes per cloud service that keeps a session.
+const (
+	// DefaultMaxQueuedMessages bounds the QoS 1 messages queued for one
+	// client: 480,000 messages is an hour of the fleet above.
+	DefaultMaxQueuedMessages = 500_000
+	// DefaultMaxQueuedBytes bounds the payload bytes queued for one
+	// client: an hour of the fleet above is about 200 MB.
+	DefaultMaxQueuedBytes = 256 << 20
+	// DefaultMemoryLimit bounds the memory the broker allocates, all
+	// clients together: four times DefaultMaxQueuedBytes, so that one full
+	// queue, its payload and mosquitto's bookkeeping, stays well inside it
+	// (mosquitto 2.0.11 measured: about 400 bytes a queued message besides
+	// its payload, so 500,000 envelopes of 417 bytes take about 400 MB).
+	DefaultMemoryLimit = 1 << 30
+)
 
 // mqttMaxTopicLen is the longest topic or topic filter MQTT can carry (a UTF-8
 // string with a 16-bit length).
@@ -165,9 +197,34 @@ type MosquittoConfig struct {
 	// received. Default: no persistence.
 	PersistenceDir string
 	// MaxPacketSize bounds the MQTT packets the broker accepts from
-	// clients, in bytes; larger ones disconnect the client. Default
-	// [DefaultMaxPacketSize].
+	// clients, in bytes; larger ones disconnect the client. 1024 to
+	// [DefaultMaxPacketSize], which is the default.
 	MaxPacketSize int
+	// MaxQueuedMessages and MaxQueuedBytes bound what the broker holds for
+	// one client that is away or reads slowly (a verifier restarting, a
+	// device offline with its session): QoS 1 messages, and their payload
+	// bytes. Past either bound mosquitto drops further messages for that
+	// client, after it has acknowledged them to their publishers: they are
+	// lost to that client (mosquitto logs "Outgoing messages are being
+	// dropped" and counts them in $SYS/broker/publish/messages/dropped).
+	// Size them for the longest outage of a cloud service to ride out.
+	// Defaults [DefaultMaxQueuedMessages] and [DefaultMaxQueuedBytes]
+	// (about an hour of 8,000 devices sending one envelope a minute).
+	MaxQueuedMessages int
+	MaxQueuedBytes    int
+	// MemoryLimit bounds the memory mosquitto allocates, in bytes, all
+	// clients together (TLS buffers, allocated by OpenSSL, come on top:
+	// some tens of KiB a connection). A publish the broker has no memory
+	// left to store disconnects its publisher before PUBACK, so the
+	// message stays in the device's outbox and is sent again: reaching it
+	// loses nothing, but stalls the fleet until a queue drains. It is a
+	// last resort, not the queue bound (at it mosquitto may also fail to
+	// allocate the packets that would drain a queue): it must be at least
+	// twice MaxQueuedBytes, so that one client's full queue never reaches
+	// it, and below the machine's free memory, so that the kernel never
+	// kills the broker with every queued message. Default
+	// [DefaultMemoryLimit].
+	MemoryLimit int64
 }
 
 // Validate checks that the required fields are set and that every value
@@ -204,10 +261,47 @@ func (c MosquittoConfig) Validate() error {
 			return fmt.Errorf("transport: mosquitto %s %q: %v", f.name, clip(f.path), err)
 		}
 	}
-	if c.MaxPacketSize != 0 && (c.MaxPacketSize < 1024 || c.MaxPacketSize > mqttMaxPacketSize) {
-		return fmt.Errorf("transport: mosquitto MaxPacketSize %d: want 1024 to %d bytes, or 0 for the default", c.MaxPacketSize, mqttMaxPacketSize)
+	if c.MaxPacketSize != 0 && (c.MaxPacketSize < 1024 || c.MaxPacketSize > DefaultMaxPacketSize) {
+		return fmt.Errorf("transport: mosquitto MaxPacketSize %d: want 1024 to %d bytes (what d2c clients read, less what a broker adds), or 0 for the default", c.MaxPacketSize, DefaultMaxPacketSize)
+	}
+	if c.MaxQueuedMessages < 0 || c.MaxQueuedMessages > math.MaxInt32 {
+		return fmt.Errorf("transport: mosquitto MaxQueuedMessages %d: want 1 to %d, or 0 for the default", c.MaxQueuedMessages, math.MaxInt32)
+	}
+	l := c.limits()
+	// mosquitto reads max_queued_bytes and max_inflight_bytes as C ints.
+	if c.MaxQueuedBytes < 0 || c.MaxQueuedBytes > math.MaxInt32 || c.MaxQueuedBytes != 0 && c.MaxQueuedBytes < l.maxPacket {
+		return fmt.Errorf("transport: mosquitto MaxQueuedBytes %d: want MaxPacketSize (%d) to %d bytes, or 0 for the default", c.MaxQueuedBytes, l.maxPacket, math.MaxInt32)
+	}
+	if c.MemoryLimit < 0 || c.MemoryLimit != 0 && c.MemoryLimit < 2*int64(l.queuedBytes) {
+		return fmt.Errorf("transport: mosquitto MemoryLimit %d: want at least twice MaxQueuedBytes (%d bytes), or 0 for the default", c.MemoryLimit, 2*int64(l.queuedBytes))
+	}
+	if c.MemoryLimit == 0 && l.memory < 2*int64(l.queuedBytes) {
+		return fmt.Errorf("transport: mosquitto MaxQueuedBytes %d needs a MemoryLimit of at least %d bytes (the default is %d)", l.queuedBytes, 2*int64(l.queuedBytes), DefaultMemoryLimit)
 	}
 	return validateServices(c.Services)
+}
+
+// mosquittoLimits are the bounds a configuration writes, defaults applied.
+type mosquittoLimits struct {
+	maxPacket, queuedMessages, queuedBytes int
+	memory                                 int64
+}
+
+func (c MosquittoConfig) limits() mosquittoLimits {
+	l := mosquittoLimits{c.MaxPacketSize, c.MaxQueuedMessages, c.MaxQueuedBytes, c.MemoryLimit}
+	if l.maxPacket == 0 {
+		l.maxPacket = DefaultMaxPacketSize
+	}
+	if l.queuedMessages == 0 {
+		l.queuedMessages = DefaultMaxQueuedMessages
+	}
+	if l.queuedBytes == 0 {
+		l.queuedBytes = DefaultMaxQueuedBytes
+	}
+	if l.memory == 0 {
+		l.memory = DefaultMemoryLimit
+	}
+	return l
 }
 
 // checkConfPath accepts an absolute path that fits on a configuration line
@@ -231,10 +325,7 @@ func (c MosquittoConfig) Conf() (string, error) {
 		return "", err
 	}
 	host, port, _ := net.SplitHostPort(c.Listen)
-	maxPacket := c.MaxPacketSize
-	if maxPacket == 0 {
-		maxPacket = DefaultMaxPacketSize
-	}
+	l := c.limits()
 	var b strings.Builder
 	line := func(comment, directive string) {
 		if comment != "" {
@@ -251,19 +342,57 @@ func (c MosquittoConfig) Conf() (string, error) {
 	line("Security options are global, set once for the single listener below.", "per_listener_settings false")
 	line("No anonymous clients: every client presents a fleet certificate.", "allow_anonymous false")
 	line("Devices confined to their own topics, services to their listed rights.", "acl_file "+c.ACLFile)
-	line("Refuse MQTT packets larger than this many bytes.", "max_packet_size "+strconv.Itoa(maxPacket))
 	line("Send each packet without waiting to coalesce (Nagle): a mutual-TLS connect\n"+
 		"takes about 4.5 ms with it, 43 ms without.", "set_tcp_nodelay true")
-	line("Queue up to this many QoS 1 messages for a client that lags or is away (a\n"+
-		"verifier): past mosquitto's default of 1000 it drops them silently after it\n"+
-		"has already acknowledged them to the devices. (0, \"no limit\", makes\n"+
-		"mosquitto 2.0.11 drop clients instead of answering PUBACK 0x87.)", "max_queued_messages 1000000")
+	b.WriteString("\n# Limits. One device, or one slow or absent reader, must not be able to make\n" +
+		"# the broker grow without bound: every other device would stop being served.\n#\n")
+	line("d2c never publishes retained messages. A retained message is kept until\n"+
+		"replaced and sent to every new subscriber: one device could fill the broker's\n"+
+		"memory with them in its own subtree (80 of 900 KiB took it from 10 to 83 MB)\n"+
+		"and have them replayed to every verifier that connects. A retained PUBLISH\n"+
+		"ends the connection (DISCONNECT 0x9A, retain not supported); a CONNECT with\n"+
+		"a retained will is refused (CONNACK 0x9A).", "retain_available false")
+	line("Refuse MQTT packets larger than this many bytes (DISCONNECT 0x95). At most\n"+
+		"what d2c clients read (320 KiB, the Maximum Packet Size in their CONNECT),\n"+
+		"less 1 KiB for the properties the broker adds when it forwards: a message no\n"+
+		"reader could take would be dropped without giving back its slot in the\n"+
+		"reader's Receive Maximum, and enough of them would silence the verifier. Above\n"+
+		"the largest message a d2c client sends (256 KiB of topic and payload).", "max_packet_size "+strconv.Itoa(l.maxPacket))
+	line("Queue at most this many QoS 1 messages, and this many payload bytes, for one\n"+
+		"client that is away or reads slowly (a verifier restarting, a device offline\n"+
+		"with its session). The defaults hold about an hour of 8,000 devices sending\n"+
+		"one 417-byte envelope a minute (480,000 messages, 200 MB): a verifier away\n"+
+		"for up to its session expiry (1 h) gets its whole backlog. The count also\n"+
+		"bounds mosquitto's bookkeeping (about 400 bytes a message) for tiny messages.\n"+
+		"The trade-off: past either bound mosquitto drops further messages for that\n"+
+		"client after it has acknowledged them to the devices, which then forget them.\n"+
+		"They are lost to that client: it logs \"Outgoing messages are being dropped\"\n"+
+		"and counts them in $SYS/broker/publish/messages/dropped. Size both for the\n"+
+		"fleet's rate times the longest outage to ride out, and memory_limit with them.", "max_queued_messages "+strconv.Itoa(l.queuedMessages))
+	line("", "max_queued_bytes "+strconv.Itoa(l.queuedBytes))
+	line("Messages in flight to one client (sent, not yet acknowledged; at most 20, the\n"+
+		"max_inflight_messages default) hold at most this many payload bytes beyond\n"+
+		"max_queued_bytes: one largest packet, so one message always fits and a client\n"+
+		"holds at most max_queued_bytes plus this.", "max_inflight_bytes "+strconv.Itoa(l.maxPacket))
+	line("All the memory mosquitto allocates, all clients together (OpenSSL's TLS\n"+
+		"buffers come on top, some tens of KiB a connection). At this bound a publish\n"+
+		"the broker cannot store disconnects its publisher before PUBACK: the message\n"+
+		"stays in the device's outbox and is sent again later, so nothing is lost, but\n"+
+		"publishers stall until memory is freed. A last resort, not the queue bound:\n"+
+		"at it mosquitto may also fail to allocate the packets that would drain a\n"+
+		"queue. So at least twice max_queued_bytes, that one client's full queue never\n"+
+		"reaches it; and below the machine's free memory, so that the kernel never\n"+
+		"kills the broker and every message it holds.", "memory_limit "+strconv.FormatInt(l.memory, 10))
 	if c.PersistenceDir != "" {
 		line("Keep sessions and queued messages across broker restarts.", "persistence true")
 		line("", "persistence_location "+strings.TrimSuffix(c.PersistenceDir, "/")+"/")
 	}
 	b.WriteString("\n")
 	line("The only listener: MQTT over TLS. There is no plaintext listener.\nEvery option from here on configures it.", "listener "+port+" "+host)
+	line("d2c publishes and subscribes at QoS 1 only. QoS 2 would make the broker hold\n"+
+		"each incoming message until its publisher's PUBREL, which a device could\n"+
+		"withhold. A QoS 2 PUBLISH ends the connection; a QoS 2 subscription is\n"+
+		"granted at QoS 1.", "max_qos 1")
 	line("TLS 1.3 only.", "tls_version tlsv1.3")
 	line("Roots (and issuing CA) client certificates must chain to.", "cafile "+c.CAFile)
 	line("The broker's certificate chain and key.", "certfile "+c.CertFile)

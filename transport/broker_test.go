@@ -277,6 +277,11 @@ func TestBrokerMosquittoConfig(t *testing.T) {
 		"use_identity_as_username true", "use_username_as_clientid true", "tls_version tlsv1.3",
 		"allow_anonymous false", "set_tcp_nodelay true", "acl_file /etc/d2c/acl",
 		fmt.Sprintf("max_packet_size %d", transport.DefaultMaxPacketSize),
+		"retain_available false", "max_qos 1",
+		fmt.Sprintf("max_queued_messages %d", transport.DefaultMaxQueuedMessages),
+		fmt.Sprintf("max_queued_bytes %d", transport.DefaultMaxQueuedBytes),
+		fmt.Sprintf("max_inflight_bytes %d", transport.DefaultMaxPacketSize),
+		fmt.Sprintf("memory_limit %d", transport.DefaultMemoryLimit),
 	} {
 		if !contains(directives, want) {
 			t.Errorf("Conf lacks %q:\n%s", want, conf)
@@ -288,13 +293,35 @@ func TestBrokerMosquittoConfig(t *testing.T) {
 			t.Errorf("Conf has %q", d)
 		}
 	}
+	// Every limit is explained: a comment line precedes each directive
+	// (a directive continuing a group follows one that does).
+	lines := strings.Split(conf, "\n")
+	for i, line := range lines {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		switch f[0] {
+		case "retain_available", "max_packet_size", "max_queued_messages", "max_inflight_bytes", "memory_limit", "max_qos":
+			if i == 0 || !strings.HasPrefix(lines[i-1], "# ") {
+				t.Errorf("%q has no comment", line)
+			}
+		}
+	}
+	// The listener option max_qos follows the listener line; the global
+	// limits precede it.
+	if l, q, m := strings.Index(conf, "\nlistener "), strings.Index(conf, "\nmax_qos "), strings.Index(conf, "\nmemory_limit "); !(m < l && l < q) {
+		t.Errorf("memory_limit at %d, listener at %d, max_qos at %d: want the global limit before the listener, max_qos after", m, l, q)
+	}
 	withCRL := valid
 	withCRL.CRLFile, withCRL.PersistenceDir, withCRL.MaxPacketSize, withCRL.Listen = "/etc/d2c/crl.pem", "/var/lib/d2c", 4096, "[::1]:8883"
+	withCRL.MaxQueuedMessages, withCRL.MaxQueuedBytes, withCRL.MemoryLimit = 1000, 1<<20, 4<<20
 	conf, err = withCRL.Conf()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"\ncrlfile /etc/d2c/crl.pem\n", "\npersistence true\n", "\npersistence_location /var/lib/d2c/\n", "\nmax_packet_size 4096\n", "\nlistener 8883 ::1\n"} {
+	for _, want := range []string{"\ncrlfile /etc/d2c/crl.pem\n", "\npersistence true\n", "\npersistence_location /var/lib/d2c/\n", "\nmax_packet_size 4096\n", "\nlistener 8883 ::1\n",
+		"\nmax_queued_messages 1000\n", "\nmax_queued_bytes 1048576\n", "\nmax_inflight_bytes 4096\n", "\nmemory_limit 4194304\n"} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("Conf lacks %q:\n%s", want, conf)
 		}
@@ -343,6 +370,20 @@ func TestBrokerMosquittoConfig(t *testing.T) {
 		"packet size small":    func(c *transport.MosquittoConfig) { c.MaxPacketSize = 10 },
 		"packet size negative": func(c *transport.MosquittoConfig) { c.MaxPacketSize = -1 },
 		"packet size huge":     func(c *transport.MosquittoConfig) { c.MaxPacketSize = 1 << 30 },
+		"packet size over what clients read": func(c *transport.MosquittoConfig) {
+			c.MaxPacketSize = transport.DefaultMaxPacketSize + 1
+		},
+		"queued messages < 0": func(c *transport.MosquittoConfig) { c.MaxQueuedMessages = -1 },
+		"queued bytes < 0":    func(c *transport.MosquittoConfig) { c.MaxQueuedBytes = -1 },
+		"queued bytes < packet": func(c *transport.MosquittoConfig) {
+			c.MaxQueuedBytes = transport.DefaultMaxPacketSize - 1
+		},
+		"queued bytes over int": func(c *transport.MosquittoConfig) { c.MaxQueuedBytes, c.MemoryLimit = 1<<31, 1<<33 },
+		"memory < 0":            func(c *transport.MosquittoConfig) { c.MemoryLimit = -1 },
+		"memory < 2x queue":     func(c *transport.MosquittoConfig) { c.MemoryLimit = 2*transport.DefaultMaxQueuedBytes - 1 },
+		"queue over default memory": func(c *transport.MosquittoConfig) {
+			c.MaxQueuedBytes = transport.DefaultMemoryLimit/2 + 1
+		},
 		"duplicate service": func(c *transport.MosquittoConfig) {
 			c.Services = []transport.ServiceRights{{Name: "v"}, {Name: "v"}}
 		},

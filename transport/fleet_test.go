@@ -73,9 +73,9 @@ func TestFleetSimulation(t *testing.T) {
 		t.Fatalf("this process may open %d files, the fleet simulation needs about %d: raise the hard limit (ulimit -Hn, LimitNOFILE=) and run again", lim, need)
 	}
 	f := newE2EFleet(t)
-	// The generated configuration queues up to 1,000,000 messages for a
-	// lagging verifier (mosquitto's default of 1000 dropped hundreds per
-	// run after acknowledging them). Persistence saves the verifier's
+	// The generated configuration queues up to 500,000 messages (256 MiB)
+	// for a lagging verifier (mosquitto's default of 1000 dropped hundreds
+	// per run after acknowledging them). Persistence saves the verifier's
 	// session and its queue across the orderly restart below.
 	broker := f.startMosquittoWith(mosquittoOptions{Listener: []string{"max_connections -1"}, Persistence: true})
 	if lim, err := testpeer.FileLimit(broker.PID()); err != nil {

@@ -269,7 +269,8 @@ func TestBrokerConfigMosquitto(t *testing.T) {
 	d2cRun(t, "ca", "crl", "--dir", f.ca, "--out", crl)
 	out := filepath.Join(f.dir, "mosquitto")
 	stdout := d2cRun(t, "broker", "config", "--ca", f.ca, "--listen", "127.0.0.1:1883", "--cert", crt, "--key", key,
-		"--crl", crl, "--service", "tail", "--service", "commander:write=d2c/v1/dev/+/down/cmd", "--out", out)
+		"--crl", crl, "--service", "tail", "--service", "commander:write=d2c/v1/dev/+/down/cmd", "--out", out,
+		"--max-queued-bytes", "67108864", "--memory-limit", "268435456")
 	for _, want := range []string{"run:       mosquitto -c " + filepath.Join(out, brokerConfFile),
 		"service:   svc:commander: write d2c/v1/dev/+/down/cmd"} {
 		if !strings.Contains(stdout, want) {
@@ -288,6 +289,11 @@ func TestBrokerConfigMosquitto(t *testing.T) {
 	conf, err := os.ReadFile(filepath.Join(out, brokerConfFile))
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, want := range []string{"\nretain_available false\n", "\nmax_queued_bytes 67108864\n", "\nmemory_limit 268435456\n"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("mosquitto.conf lacks %q", want)
+		}
 	}
 	// testpeer picks the port.
 	text := strings.Replace(string(conf), "\nlistener 1883 127.0.0.1\n", "\nlistener {{port}} 127.0.0.1\n", 1)

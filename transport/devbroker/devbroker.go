@@ -7,6 +7,27 @@
 // Production fleets run a real broker (mosquitto with
 // transport.MosquittoConfig, or a clustered one) behind the same policy.
 //
+// # Limits
+//
+// One device must not be able to make the broker grow without bound, nor a
+// reader that is slow or away. The broker refuses retained messages (d2c
+// never publishes them; a retained PUBLISH ends the connection with
+// DISCONNECT 0x9A), offers QoS 1 at most (d2c uses nothing else; a QoS 2
+// PUBLISH is taken as QoS 1, so nothing waits in the broker for a PUBREL),
+// accepts packets of at most [Config.MaxPacketSize] bytes, holds at most
+// [Config.MaxQueuedMessages] QoS 1 messages for one client, and at most
+// [Config.MaxHeldBytes] bytes of them for all clients together. The first
+// bound drops further messages for that one client after their publishers
+// got PUBACK, as mosquitto's max_queued_messages does; the second refuses
+// every publish with PUBACK 0x97 (quota exceeded) until readers catch up,
+// which d2c clients retry later with the message kept in their outbox. A
+// message held for longer than a day is dropped. A client's Receive Maximum
+// is not enforced: mochi 2.7.9 mishandles the messages it holds back for it
+// (it sends them without keeping them for redelivery, and stops sending
+// after about twice the Receive Maximum), so the broker may send a client up
+// to MaxQueuedMessages messages unacknowledged, and a client that reads
+// slowly slows the broker's writes to it instead.
+//
 //	b, err := devbroker.Start(ctx, devbroker.Config{
 //		Certificate: serverCert, // from identity.CA.IssueServer
 //		ClientRoots: roots,      // the fleet root
@@ -24,8 +45,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -44,6 +67,25 @@ const DefaultAddr = "127.0.0.1:0"
 // connectTimeout bounds the TLS handshake and the wait for the client's
 // CONNECT; afterwards the client's keep alive applies.
 const connectTimeout = 10 * time.Second
+
+// Defaults of [Config]'s limits, sized for development fleets of some
+// hundreds of devices.
+const (
+	// DefaultMaxQueuedMessages is the default of Config.MaxQueuedMessages:
+	// mochi's own default.
+	DefaultMaxQueuedMessages = 8192
+	// DefaultMaxHeldBytes is the default of Config.MaxHeldBytes: 64 MiB,
+	// about 150,000 signed envelopes of one reading.
+	DefaultMaxHeldBytes = 64 << 20
+)
+
+// messageExpiry is how long the broker holds a message for a client, in
+// seconds, whatever expiry its publisher asked for.
+const messageExpiry = 24 * 60 * 60
+
+// heldRecountInterval is how old the count of the bytes held for clients
+// may be before a publish counts them again.
+const heldRecountInterval = 10 * time.Millisecond
 
 // Config configures [Start]. Certificate and ClientRoots are required; the
 // zero value of every other field is its documented default.
@@ -71,8 +113,25 @@ type Config struct {
 	// discarded.
 	Logger *slog.Logger
 	// MaxPacketSize bounds the MQTT packets accepted from clients, in
-	// bytes. Default transport.DefaultMaxPacketSize.
+	// bytes; a larger one ends the connection (DISCONNECT 0x95). 1024 to
+	// transport.DefaultMaxPacketSize, which is the default: every message
+	// the broker accepts can then be delivered to every d2c reader.
 	MaxPacketSize int
+	// MaxQueuedMessages bounds the QoS 1 messages the broker holds for one
+	// client: sent and not yet acknowledged, or queued while the client
+	// is away with its session. Past it, further messages for that client
+	// are dropped, after their publishers got PUBACK: size it for the
+	// longest outage of a reader to ride out. 1 to 65535; default
+	// [DefaultMaxQueuedMessages].
+	MaxQueuedMessages int
+	// MaxHeldBytes bounds the topic and payload bytes of the QoS 1
+	// messages the broker holds for all clients together. Past it, every
+	// publish is refused with PUBACK 0x97 (quota exceeded), a QoS 0 one is
+	// dropped: d2c clients keep the message and send it again later, so
+	// nothing is lost, but publishers wait until a reader catches up. The
+	// count is at most 10 ms old, and what was accepted since is added to
+	// it. Default [DefaultMaxHeldBytes].
+	MaxHeldBytes int64
 }
 
 // Broker is a running development broker.
@@ -102,8 +161,22 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 	if maxPacket == 0 {
 		maxPacket = transport.DefaultMaxPacketSize
 	}
-	if maxPacket < 1024 {
-		return nil, fmt.Errorf("devbroker: MaxPacketSize %d: want at least 1024 bytes", maxPacket)
+	if maxPacket < 1024 || maxPacket > transport.DefaultMaxPacketSize {
+		return nil, fmt.Errorf("devbroker: MaxPacketSize %d: want 1024 to %d bytes (what d2c clients read, less what a broker adds)", maxPacket, transport.DefaultMaxPacketSize)
+	}
+	maxQueued := cfg.MaxQueuedMessages
+	if maxQueued == 0 {
+		maxQueued = DefaultMaxQueuedMessages
+	}
+	if maxQueued < 1 || maxQueued > math.MaxUint16 {
+		return nil, fmt.Errorf("devbroker: MaxQueuedMessages %d: want 1 to %d, or 0 for the default", maxQueued, math.MaxUint16)
+	}
+	maxHeld := cfg.MaxHeldBytes
+	if maxHeld == 0 {
+		maxHeld = DefaultMaxHeldBytes
+	}
+	if maxHeld < int64(maxPacket) {
+		return nil, fmt.Errorf("devbroker: MaxHeldBytes %d: want at least MaxPacketSize (%d), or 0 for the default", maxHeld, maxPacket)
 	}
 	hook, err := mochihook.New(mochihook.Config{Services: cfg.Services, Revocation: cfg.Revocation})
 	if err != nil {
@@ -136,11 +209,25 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 	// mochi checks a publish's ACL before it resolves a topic alias: no
 	// aliases, so that every publish names its topic.
 	caps.TopicAliasMaximum = 0
+	// No retained messages (mochihook also disconnects a client that
+	// sends one), and no QoS 2, whose incoming messages wait in the broker
+	// for the publisher's PUBREL.
+	caps.RetainAvailable = 0
+	caps.MaximumQos = 1
+	// The QoS 1 messages held for one client, and the packets waiting to
+	// be written to it: room for every held message, so that none is
+	// dropped for want of a write slot, plus the acknowledgements.
+	caps.MaximumInflight = uint16(maxQueued)
+	caps.MaximumClientWritesPending = int32(maxQueued) + 1024
+	caps.MaximumMessageExpiryInterval = messageExpiry
 	srv := mqtt.New(&mqtt.Options{Capabilities: caps, Logger: cfg.Logger})
 	l := &listener{ln: ln, tls: tlsConf, conns: make(map[net.Conn]struct{})}
-	if err := srv.AddHook(hook, nil); err != nil {
-		_ = ln.Close()
-		return nil, fmt.Errorf("devbroker: %w", err)
+	held := &heldGuard{srv: srv, limit: maxHeld}
+	for _, h := range []mqtt.Hook{hook, held, &noSendQuota{}} {
+		if err := srv.AddHook(h, nil); err != nil {
+			_ = ln.Close()
+			return nil, fmt.Errorf("devbroker: %w", err)
+		}
 	}
 	if err := srv.AddListener(l); err != nil {
 		_ = ln.Close()
@@ -305,3 +392,89 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 }
 
 var _ listeners.Listener = (*listener)(nil)
+
+// heldGuard is a mochi hook that refuses publishes while the QoS 1
+// messages the broker holds for its clients (in flight or queued, in their
+// sessions' inflight stores) exceed limit bytes of topic and payload. A
+// publish counts them again when the last count is older than
+// heldRecountInterval; each publish accepted in between is added to the
+// count.
+type heldGuard struct {
+	mqtt.HookBase
+	srv     *mqtt.Server
+	limit   int64
+	held    atomic.Int64
+	counted atomic.Int64 // when held was last counted, in Unix nanoseconds
+}
+
+func (g *heldGuard) ID() string { return "d2c-held-bytes" }
+
+func (g *heldGuard) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+// OnPublish accepts pk while the bytes held are below the limit. Past it,
+// it answers a QoS 1 publish of an MQTT v5 client with PUBACK 0x97 (quota
+// exceeded), and drops the message.
+func (g *heldGuard) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	now := time.Now().UnixNano()
+	if last := g.counted.Load(); now-last > int64(heldRecountInterval) && g.counted.CompareAndSwap(last, now) {
+		g.recount()
+	}
+	if g.held.Load() < g.limit {
+		if pk.FixedHeader.Qos > 0 {
+			g.held.Add(heldSize(pk))
+		}
+		return pk, nil
+	}
+	if pk.FixedHeader.Qos > 0 && cl.Properties.ProtocolVersion == 5 && !cl.Net.Inline {
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Puback},
+			PacketID:    pk.PacketID,
+			ReasonCode:  packets.ErrQuotaExceeded.Code,
+			Properties:  packets.Properties{ReasonString: "broker holds too many messages for slow or absent readers"},
+		})
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+func heldSize(pk packets.Packet) int64 { return int64(len(pk.TopicName) + len(pk.Payload)) }
+
+// recount sums the publishes held in every client's inflight store.
+func (g *heldGuard) recount() {
+	var n int64
+	for _, cl := range g.srv.Clients.GetAll() {
+		for _, pk := range cl.State.Inflight.GetAll(false) {
+			if pk.FixedHeader.Type == packets.Publish {
+				n += heldSize(pk)
+			}
+		}
+	}
+	g.held.Store(n)
+}
+
+// noSendQuota is a mochi hook that lets the broker send a client its
+// messages without holding any back for the client's Receive Maximum
+// (MQTT v5 section 3.3.4), as mochi already does for a client that
+// announces none. mochi 2.7.9 mishandles the messages it holds back: it
+// sends each one later without keeping it for redelivery, after a
+// reconnection sends some twice, never gives back the slot of a PUBACK for
+// one (so after that many of them the client receives nothing more: a
+// burst of twice the 32 a d2c verifier announces silenced it), and takes a
+// read lock twice to pick the next one, which deadlocks the broker when a
+// publish waits for the same lock. A client that reads slowly slows the
+// broker's writes to it instead (TCP), and what the broker holds for it
+// stays bounded by MaxQueuedMessages and MaxHeldBytes.
+type noSendQuota struct {
+	mqtt.HookBase
+}
+
+func (h *noSendQuota) ID() string { return "d2c-no-send-quota" }
+
+func (h *noSendQuota) Provides(b byte) bool { return b == mqtt.OnConnect }
+
+// OnConnect clears the Receive Maximum mochi read from the CONNECT, before
+// the session is set up from it.
+func (h *noSendQuota) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	cl.Properties.Props.ReceiveMaximum = 0
+	cl.State.Inflight.ResetSendQuota(0)
+	return nil
+}

@@ -96,6 +96,11 @@ func TestDevBrokerConfig(t *testing.T) {
 		"bad service":       func(c *devbroker.Config) { c.Services = []transport.ServiceRights{{Name: "svc:x"}} },
 		"duplicate service": func(c *devbroker.Config) { c.Services = []transport.ServiceRights{{Name: "x"}, {Name: "x"}} },
 		"tiny packets":      func(c *devbroker.Config) { c.MaxPacketSize = 10 },
+		"huge packets":      func(c *devbroker.Config) { c.MaxPacketSize = transport.DefaultMaxPacketSize + 1 },
+		"queued < 0":        func(c *devbroker.Config) { c.MaxQueuedMessages = -1 },
+		"queued > 65535":    func(c *devbroker.Config) { c.MaxQueuedMessages = 65536 },
+		"held < 0":          func(c *devbroker.Config) { c.MaxHeldBytes = -1 },
+		"held < packet":     func(c *devbroker.Config) { c.MaxPacketSize, c.MaxHeldBytes = 4096, 4095 },
 		"bad address":       func(c *devbroker.Config) { c.Addr = "256.0.0.1:0" },
 	} {
 		cfg := f.config()
@@ -256,6 +261,193 @@ func TestDevBrokerLimits(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Close took %v with a silent client", d)
 	}
+}
+
+// TestDevBrokerHeldBytes checks MaxHeldBytes: while a reader is away with
+// its session, the broker holds what it missed; once that reaches the
+// bound, publishes are refused with PUBACK 0x97 (quota exceeded), and
+// accepted again when the reader has taken them.
+func TestDevBrokerHeldBytes(t *testing.T) {
+	f := newFleet(t)
+	archiveCert := testpki.Service(t, f.ca, "archive")
+	cfg := f.config()
+	cfg.Services = []transport.ServiceRights{{Name: "archive", Read: []string{transport.AllUp}}}
+	cfg.MaxPacketSize, cfg.MaxHeldBytes = 16<<10, 64<<10
+	b, err := devbroker.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	// The archive subscribes with a session of 600 s, and goes away.
+	archiveConnect := func(clean bool) *tls.Conn {
+		t.Helper()
+		c, err := f.dialAs(t, b.Addr(), archiveCert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expiry := uint32(600)
+		cp := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: "svc:archive", CleanStart: clean, KeepAlive: 30,
+			Properties: &packets.Properties{SessionExpiryInterval: &expiry}}
+		if _, err := cp.WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+		if pkt, err := packets.ReadPacket(c); err != nil || pkt.Content.(*packets.Connack).ReasonCode != 0 {
+			t.Fatalf("archive CONNACK: %v %v", pkt, err)
+		}
+		return c
+	}
+	a := archiveConnect(true)
+	sub := &packets.Subscribe{PacketID: 1, Subscriptions: []packets.SubOptions{{Topic: transport.AllUp, QoS: 1}}, Properties: &packets.Properties{}}
+	if _, err := sub.WriteTo(a); err != nil {
+		t.Fatal(err)
+	}
+	if pkt, err := packets.ReadPacket(a); err != nil || pkt.Content.(*packets.Suback).Reasons[0] != 1 {
+		t.Fatalf("archive SUBACK: %v %v", pkt, err)
+	}
+	if _, err := (&packets.Disconnect{Properties: &packets.Properties{}}).WriteTo(a); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+
+	// dev-a publishes 8 KiB messages: 8 fit in 64 KiB, the 9th is refused.
+	c := f.connect(t, b.Addr())
+	topic := transport.TelemetryTopic("dev-a", "t")
+	publish := func(id uint16) byte {
+		t.Helper()
+		pub := &packets.Publish{Topic: topic, QoS: 1, PacketID: id, Payload: bytes.Repeat([]byte("x"), 8<<10), Properties: &packets.Properties{}}
+		if _, err := pub.WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+		pkt, err := packets.ReadPacket(c)
+		if err != nil {
+			t.Fatalf("publish %d: %v", id, err)
+		}
+		ack, ok := pkt.Content.(*packets.Puback)
+		if !ok || ack.PacketID != id {
+			t.Fatalf("publish %d answered %v", id, pkt)
+		}
+		return ack.ReasonCode
+	}
+	var codes []byte
+	for id := uint16(1); id <= 10; id++ {
+		codes = append(codes, publish(id))
+	}
+	if want := []byte{0, 0, 0, 0, 0, 0, 0, 0, 0x97, 0x97}; !bytes.Equal(codes, want) {
+		t.Errorf("PUBACK reasons % x, want % x", codes, want)
+	}
+
+	// The archive comes back and takes what was held for it.
+	a = archiveConnect(false)
+	for n := 0; n < 8; n++ {
+		pkt, err := packets.ReadPacket(a)
+		if err != nil {
+			t.Fatalf("archive: %v after %d messages", err, n)
+		}
+		p, ok := pkt.Content.(*packets.Publish)
+		if !ok {
+			t.Fatalf("archive got %v", pkt)
+		}
+		if _, err := (&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}}).WriteTo(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // let the broker count again
+	if got := publish(11); got != 0 {
+		t.Errorf("after the archive caught up: PUBACK %#x, want 0", got)
+	}
+}
+
+// TestDevBrokerReceiveMaximum checks that a client announcing a small
+// Receive Maximum gets every message of a burst much larger than it (mochi
+// 2.7.9 alone stops sending after about twice the Receive Maximum).
+func TestDevBrokerReceiveMaximum(t *testing.T) {
+	f := newFleet(t)
+	commander := testpki.Service(t, f.ca, "commander")
+	cfg := f.config()
+	cfg.Services = []transport.ServiceRights{{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}}}
+	b, err := devbroker.Start(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	// dev-a announces a Receive Maximum of 4 and subscribes to its
+	// commands.
+	d, err := f.dial(t, b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	receiveMax := uint16(4)
+	cp := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: "dev-a", CleanStart: true, KeepAlive: 30,
+		Properties: &packets.Properties{ReceiveMaximum: &receiveMax}}
+	if _, err := cp.WriteTo(d); err != nil {
+		t.Fatal(err)
+	}
+	if pkt, err := packets.ReadPacket(d); err != nil || pkt.Content.(*packets.Connack).ReasonCode != 0 {
+		t.Fatalf("CONNACK: %v %v", pkt, err)
+	}
+	sub := &packets.Subscribe{PacketID: 1, Subscriptions: []packets.SubOptions{{Topic: transport.CommandTopic("dev-a"), QoS: 1}}, Properties: &packets.Properties{}}
+	if _, err := sub.WriteTo(d); err != nil {
+		t.Fatal(err)
+	}
+	if pkt, err := packets.ReadPacket(d); err != nil || pkt.Content.(*packets.Suback).Reasons[0] != 1 {
+		t.Fatalf("SUBACK: %v %v", pkt, err)
+	}
+
+	// The commander sends 50 commands at once.
+	c, err := f.dialAs(t, b.Addr(), commander)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason, err := testpeer.MQTTConnect(c, "commander"); err != nil || reason != 0 {
+		t.Fatalf("commander CONNACK %#x, %v", reason, err)
+	}
+	const n = 50
+	for i := 1; i <= n; i++ {
+		pub := &packets.Publish{Topic: transport.CommandTopic("dev-a"), QoS: 1, PacketID: uint16(i), Payload: fmt.Appendf(nil, "%d", i), Properties: &packets.Properties{}}
+		if _, err := pub.WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		for i := 0; i < n; i++ {
+			if _, err := packets.ReadPacket(c); err != nil {
+				return
+			}
+		}
+	}()
+
+	got := map[string]bool{}
+	for len(got) < n {
+		pkt, err := packets.ReadPacket(d)
+		if err != nil {
+			t.Fatalf("dev-a received %d of %d commands: %v", len(got), n, err)
+		}
+		p, ok := pkt.Content.(*packets.Publish)
+		if !ok {
+			t.Fatalf("dev-a got %v", pkt)
+		}
+		got[string(p.Payload)] = true
+		if _, err := (&packets.Puback{PacketID: p.PacketID, Properties: &packets.Properties{}}).WriteTo(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// dialAs opens a TLS connection with cert.
+func (f *fleet) dialAs(t *testing.T, addr string, cert tls.Certificate) (*tls.Conn, error) {
+	t.Helper()
+	d := tls.Dialer{Config: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: f.roots, Certificates: []tls.Certificate{cert}}}
+	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(testTimeout))
+	return c.(*tls.Conn), nil
 }
 
 func isReset(err error) bool { return err != nil && strings.Contains(err.Error(), "reset") }

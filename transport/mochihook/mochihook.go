@@ -20,7 +20,19 @@
 //
 // A will message is part of the CONNECT packet and mochi publishes it
 // without an ACL check, so the hook refuses a connection whose will topic
-// the client could not publish on.
+// the client could not publish on, or whose will is marked retained.
+//
+// # Retained messages
+//
+// d2c never publishes retained messages, and a retained message is kept by
+// the broker and sent to every new subscriber: one device could fill the
+// broker's memory with them and have them replayed to every verifier. The
+// hook refuses every retained PUBLISH by ending the connection with
+// DISCONNECT reason 0x9A (retain not supported), as mosquitto does with
+// retain_available false (MQTT v5 section 3.3.1.3); an MQTT 3.1.1 client is
+// disconnected without a reason. Set the server's
+// Capabilities.RetainAvailable to 0 as well, so that CONNACK tells clients,
+// mochi stores nothing, and a retained will is refused (CONNACK 0x9A).
 //
 // # Authorization
 //
@@ -96,10 +108,10 @@ func New(cfg Config) (*Hook, error) {
 // ID names the hook in mochi's log.
 func (h *Hook) ID() string { return "d2c-certificate-acl" }
 
-// Provides reports the events the hook handles: OnConnectAuthenticate and
-// OnACLCheck.
+// Provides reports the events the hook handles: OnConnectAuthenticate,
+// OnACLCheck and OnPublish.
 func (h *Hook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck || b == mqtt.OnPublish
 }
 
 // OnConnectAuthenticate accepts the client if its verified TLS client
@@ -144,6 +156,9 @@ func (h *Hook) authenticate(cl *mqtt.Client, pk packets.Packet) (string, error) 
 	}
 	if pk.Connect.WillFlag && !transport.Authorize(name, pk.Connect.WillTopic, transport.AccessWrite, h.services) {
 		return "", fmt.Errorf("%s: will topic %q not authorized", name, clip(pk.Connect.WillTopic))
+	}
+	if pk.Connect.WillFlag && pk.Connect.WillRetain {
+		return "", fmt.Errorf("%s: retained will on %q", name, clip(pk.Connect.WillTopic))
 	}
 	return name, nil
 }
@@ -209,6 +224,30 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		access = transport.AccessWrite
 	}
 	return transport.Authorize(name, topic, access, h.services)
+}
+
+// OnPublish refuses a retained PUBLISH: it ends the client's connection
+// with DISCONNECT reason 0x9A (retain not supported) and drops the
+// message, which is neither retained nor delivered. Other publishes pass
+// unchanged.
+func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !pk.FixedHeader.Retain {
+		return pk, nil
+	}
+	if h.Log != nil {
+		h.Log.Warn("d2c: retained publish refused, client disconnected", "client", cl.ID, "topic", clip(pk.TopicName), "bytes", len(pk.Payload))
+	}
+	if !cl.Net.Inline {
+		if cl.Properties.ProtocolVersion == 5 {
+			_ = cl.WritePacket(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+				ReasonCode:  packets.ErrRetainNotSupported.Code,
+				Properties:  packets.Properties{ReasonString: packets.ErrRetainNotSupported.Reason},
+			})
+		}
+		cl.Stop(packets.ErrRetainNotSupported)
+	}
+	return pk, packets.ErrRejectPacket
 }
 
 // clip shortens client-supplied text before it goes into a log.

@@ -156,7 +156,7 @@ func newHook(t *testing.T, cfg mochihook.Config) *mochihook.Hook {
 
 func TestMochiHookNew(t *testing.T) {
 	h := newHook(t, mochihook.Config{Services: services})
-	if h.ID() == "" || !h.Provides(mqtt.OnConnectAuthenticate) || !h.Provides(mqtt.OnACLCheck) || h.Provides(mqtt.OnPublish) {
+	if h.ID() == "" || !h.Provides(mqtt.OnConnectAuthenticate) || !h.Provides(mqtt.OnACLCheck) || !h.Provides(mqtt.OnPublish) || h.Provides(mqtt.OnSubscribe) {
 		t.Errorf("ID %q, Provides wrong", h.ID())
 	}
 	for _, bad := range [][]transport.ServiceRights{
@@ -344,6 +344,46 @@ func TestMochiHookACL(t *testing.T) {
 	cl.Properties.Username = []byte("dev-b")
 	if h.OnACLCheck(cl, transport.TelemetryTopic("dev-b", "t"), true) || !h.OnACLCheck(cl, transport.TelemetryTopic("dev-a", "t"), true) {
 		t.Error("OnACLCheck follows the username field")
+	}
+}
+
+// TestMochiHookRetained checks that a retained PUBLISH ends the
+// connection (the rogue device suite in transport checks the DISCONNECT
+// 0x9A on the wire), and that a retained will refuses the client.
+func TestMochiHookRetained(t *testing.T) {
+	p := newPKI(t)
+	devA := p.device(t, "dev-a")
+	h := newHook(t, mochihook.Config{Services: services})
+	pk := connectPacket("dev-a")
+	cl := newClient(t, p.serverConn(t, tls.RequireAndVerifyClientCert, &devA), pk)
+	if !h.OnConnectAuthenticate(cl, pk) {
+		t.Fatal("refused")
+	}
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: transport.TelemetryTopic("dev-a", "t"), Payload: []byte("x"), PacketID: 1}
+	if got, err := h.OnPublish(cl, pub); err != nil || got.TopicName != pub.TopicName {
+		t.Fatalf("plain publish: %v", err)
+	}
+	if cl.StopCause() != nil {
+		t.Fatalf("plain publish stopped the client: %v", cl.StopCause())
+	}
+	pub.FixedHeader.Retain = true
+	if _, err := h.OnPublish(cl, pub); !errors.Is(err, packets.ErrRejectPacket) {
+		t.Errorf("retained publish: %v, want ErrRejectPacket", err)
+	}
+	if !errors.Is(cl.StopCause(), packets.ErrRetainNotSupported) {
+		t.Errorf("after a retained publish the client stopped with %v, want %v", cl.StopCause(), packets.ErrRetainNotSupported)
+	}
+
+	will := connectPacket("dev-a")
+	will.Connect.WillFlag, will.Connect.WillTopic, will.Connect.WillPayload = true, transport.TelemetryTopic("dev-a", "will"), []byte("gone")
+	cl = newClient(t, p.serverConn(t, tls.RequireAndVerifyClientCert, &devA), will)
+	if !h.OnConnectAuthenticate(cl, will) {
+		t.Fatal("will on its own topic refused")
+	}
+	will.Connect.WillRetain = true
+	cl = newClient(t, p.serverConn(t, tls.RequireAndVerifyClientCert, &devA), will)
+	if h.OnConnectAuthenticate(cl, will) {
+		t.Error("retained will accepted")
 	}
 }
 

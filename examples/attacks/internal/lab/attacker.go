@@ -110,6 +110,56 @@ func CheckTLS(ctx context.Context, addr string, cfg *tls.Config) error {
 	return err
 }
 
+// RawPublish is the attacker's lowest-level tool: it opens a connection to
+// addr with tlsCfg, sends CONNECT as clientID and then p exactly as given
+// (retained, oversized, any QoS: nothing is checked against what the
+// broker announced, which a paho client would do), and reports what the
+// broker answered: "PUBACK reason 0x00", "DISCONNECT reason 0x9a", or
+// "connection closed" when it just hung up. It returns an error only if the
+// connection or the CONNECT failed.
+func RawPublish(ctx context.Context, addr string, tlsCfg *tls.Config, clientID string, p *packets.Publish) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	d := tls.Dialer{Config: tlsCfg}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
+	}
+	cp := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: clientID, CleanStart: true, KeepAlive: 30,
+		Properties: &packets.Properties{}}
+	if _, err := cp.WriteTo(conn); err != nil {
+		return "", err
+	}
+	pkt, err := packets.ReadPacket(conn)
+	if err != nil {
+		return "", fmt.Errorf("CONNACK: %w", err)
+	}
+	if ack, ok := pkt.Content.(*packets.Connack); !ok || ack.ReasonCode != 0 {
+		return "", fmt.Errorf("CONNECT refused: %v", pkt)
+	}
+	if p.Properties == nil {
+		p.Properties = &packets.Properties{}
+	}
+	// The broker may hang up before the whole packet is written: what it
+	// answered is read below either way.
+	_, _ = p.WriteTo(conn)
+	pkt, err = packets.ReadPacket(conn)
+	if err != nil {
+		return "connection closed", nil
+	}
+	switch c := pkt.Content.(type) {
+	case *packets.Puback:
+		return fmt.Sprintf("PUBACK reason 0x%02x", c.ReasonCode), nil
+	case *packets.Disconnect:
+		return fmt.Sprintf("DISCONNECT reason 0x%02x", c.ReasonCode), nil
+	}
+	return pkt.PacketType(), nil
+}
+
 // Insider connects the insider: a client with broker-level rights over
 // every d2c topic (service "insider"), standing for a compromised broker.
 // Connect it once per fleet: like every MQTT identity, it has one session.

@@ -332,7 +332,12 @@ func (f *Fleet) StartCloud(ctx context.Context, requireEncryption bool) (*Cloud,
 				}
 				return
 			}
-			c.refusals <- Refusal{Topic: topic, Err: err}
+			// The verifier must never wait for the lab: past 64 refusals
+			// nobody has read, the lab keeps only the count.
+			select {
+			case c.refusals <- Refusal{Topic: topic, Err: err}:
+			default:
+			}
 		}})
 	if err != nil {
 		return nil, err
