@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,8 +36,16 @@ type CloudConfig struct {
 	Verifier *Verifier
 	// Group, if set, subscribes through the MQTT v5 shared subscription
 	// $share/<Group>/..., so that several verifier processes split the
-	// fleet's messages between them. Replay state is per process: route a
-	// device to one process, or share the state (see docs/protocol.md).
+	// fleet's messages between them; they must then share their replay
+	// state and session keys (VerifierConfig.Replay and SessionKeys: a
+	// cloud/store database).
+	//
+	// The name must be unguessable, at least 16 characters (say 128
+	// random bits in base64url): a broker such as mosquitto 2.0 grants any
+	// client's SUBSCRIBE and checks its read rights only when delivering,
+	// so a device that knows the name can join the group, and the share
+	// of messages the broker hands it is dropped after the publisher's
+	// PUBACK: lost. Treat it as a secret of the cloud's configuration.
 	Group string
 	// OnRecord receives each verified, fresh telemetry record.
 	OnRecord func(ctx context.Context, r Record)
@@ -46,6 +55,13 @@ type CloudConfig struct {
 	// Logger receives connection events. Default: none.
 	Logger *slog.Logger
 }
+
+// ErrInsecureGroup is returned by [DialCloud] for a shared-subscription
+// group name a device could guess (see [CloudConfig].Group).
+var ErrInsecureGroup = errors.New("transport: insecure shared-subscription group")
+
+// minGroupLen is the shortest shared-subscription group name accepted.
+const minGroupLen = 16
 
 // Cloud is a cloud service's connection to the broker: it receives and
 // verifies telemetry, and sends signed commands.
@@ -81,6 +97,10 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	}
 	if cfg.ClientID == "" {
 		cfg.ClientID = leaf.Subject.CommonName
+	}
+	if cfg.Group != "" && (len(cfg.Group) < minGroupLen || strings.ContainsAny(cfg.Group, "/+#\x00")) {
+		return nil, fmt.Errorf("%w: shared-subscription group %q: want an unguessable name of at least %d characters without / + # (a device that guesses it can make the broker drop a share of the fleet's messages)",
+			ErrInsecureGroup, clip(cfg.Group), minGroupLen)
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -78,7 +78,7 @@ func verifierReplica(ctx context.Context, s *Store, broker string, roots *x509.C
 	if err != nil {
 		return nil, nil, err
 	}
-	c, err := transport.DialCloud(ctx, transport.CloudConfig{Broker: broker, Certificate: cert, Roots: roots, Verifier: v, Group: "verifiers",
+	c, err := transport.DialCloud(ctx, transport.CloudConfig{Broker: broker, Certificate: cert, Roots: roots, Verifier: v, Group: "verifiers-Qm9yZWQ1c2VjcmV0",
 		OnRecord:  func(_ context.Context, r transport.Record) { onRecord(r) },
 		OnRefused: onRefused})
 	if err != nil {
