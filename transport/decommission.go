@@ -96,6 +96,17 @@ type Revoker interface {
 	Revoke(cert *x509.Certificate, reason int) error
 }
 
+// CertificateRegistry is a [Certificates] whose entries can be removed:
+// what [ForgetDevice] clears ([MemoryCertificates]). The fleet's cloud
+// store does the whole of ForgetDevice in its own transactions
+// (cloud/store's Store.ForgetDevice).
+type CertificateRegistry interface {
+	Certificates
+	Remove(device string)
+}
+
+var _ CertificateRegistry = (*MemoryCertificates)(nil)
+
 // ForgetDevice is the cloud half of a decommission or forget request:
 // every certificate registered for device is revoked (reason cessation of
 // operation, RFC 5280 5.3.1), so brokers (through the CRL) and the
@@ -107,7 +118,7 @@ type Revoker interface {
 // [ConsentLedger] or [SecurityMonitor] (their Forget methods). On a failed
 // revocation the registry entry is kept, so that ForgetDevice can run
 // again.
-func ForgetDevice(ctx context.Context, device string, certs *MemoryCertificates, ca Revoker, v *Verifier) error {
+func ForgetDevice(ctx context.Context, device string, certs CertificateRegistry, ca Revoker, v *Verifier) error {
 	chains, err := certs.DeviceCertificates(ctx, device)
 	if err != nil {
 		return err
