@@ -70,6 +70,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/bench/internal/benchutil"
+	"github.com/d2c-iot/d2c/bench/internal/fstype"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 )
@@ -572,7 +573,7 @@ func (f *fleet) outbox(w io.Writer) error {
 	memBase := "/dev/shm"
 	memNote := "tmpfs at /dev/shm"
 	if fi, err := os.Stat(memBase); err != nil || !fi.IsDir() {
-		memBase, memNote = f.dir, "no /dev/shm: same directory as the disk case, "+fsType(f.dir)
+		memBase, memNote = f.dir, "no /dev/shm: same directory as the disk case, "+fstype.Of(f.dir)
 	}
 	memDir, err := os.MkdirTemp(memBase, "d2c-bench-outbox-")
 	if err != nil {
@@ -590,8 +591,8 @@ func (f *fleet) outbox(w io.Writer) error {
 		msgs      int
 	}
 	cases := []outboxCase{
-		{fmt.Sprintf("fsync per message (1 appender, %s)", fsType(f.dir)), filepath.Join(diskDir, "serial"), 1, 400},
-		{fmt.Sprintf("group commit (64 appenders, %s)", fsType(f.dir)), filepath.Join(diskDir, "group"), 64, 20000},
+		{fmt.Sprintf("fsync per message (1 appender, %s)", fstype.Of(f.dir)), filepath.Join(diskDir, "serial"), 1, 400},
+		{fmt.Sprintf("group commit (64 appenders, %s)", fstype.Of(f.dir)), filepath.Join(diskDir, "group"), 64, 20000},
 		{"group commit (64 appenders, memory)", filepath.Join(memDir, "group"), 64, 20000},
 	}
 	var serialRate float64
@@ -606,7 +607,7 @@ func (f *fleet) outbox(w io.Writer) error {
 		fmt.Fprintf(w, rowFmt, c.name, strconv.Itoa(c.msgs), fmt.Sprintf("%.0f", rate), fmt.Sprintf("%.1f", 1e6/rate),
 			fmt.Sprintf("%.1fx", rate/serialRate))
 	}
-	fmt.Fprintf(w, "\ndisk: %s (%s); memory: %s (%s)\n", f.dir, fsType(f.dir), memDir, memNote)
+	fmt.Fprintf(w, "\ndisk: %s (%s); memory: %s (%s)\n", f.dir, fstype.Of(f.dir), memDir, memNote)
 	return nil
 }
 

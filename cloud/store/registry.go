@@ -15,8 +15,8 @@ import (
 )
 
 var (
-	_ identity.Registry      = (*Store)(nil)
-	_ transport.Certificates = (*Store)(nil)
+	_ identity.Registry            = (*Store)(nil)
+	_ transport.CachedCertificates = (*Store)(nil)
 )
 
 // ErrUnknownCertificate: the certificate is not in the registry (it was
@@ -66,6 +66,7 @@ func (s *Store) Enrolled(ctx context.Context, device, tokenID string, tokenExpir
 		return errors.New("store: enrolled: no certificate")
 	}
 	now := s.now().UnixMilli()
+	defer s.certCache.forget(device)
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		if tokenID != "" {
 			var one int
@@ -123,6 +124,7 @@ func (s *Store) Renewed(ctx context.Context, prev *x509.Certificate, chain []*x5
 		return errors.New("store: renewed: no certificate")
 	}
 	now := s.now().UnixMilli()
+	defer s.certCache.forget(prev.Subject.CommonName)
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		replaced, err := s.renewable(ctx, tx, prev)
 		if err != nil {
@@ -217,11 +219,29 @@ func (s *Store) supersede(ctx context.Context, tx *sql.Tx, old, by string) error
 	return nil
 }
 
-// DeviceCertificates implements [transport.Certificates]: the chains of
-// device's unrevoked, unexpired certificates, newest first (at most 8):
-// the valid one, and the superseded ones, which still verify the
-// envelopes they signed before the renewal.
+// DeviceCertificates implements [transport.CachedCertificates]: the
+// chains of device's unrevoked, unexpired certificates, newest first (at
+// most 8): the valid one, and the superseded ones, which still verify the
+// envelopes they signed before the renewal. Each process remembers a
+// device's chains for 5 seconds, so that the verifier's lookup for every
+// envelope does not query the database and parse the certificates again;
+// a registry change made in this process takes effect at once, one made
+// in another within 5 seconds (the verifier checks revocation apart, as
+// [Store.CheckRevoked] says, and asks [Store.FreshDeviceCertificates]
+// before refusing an envelope that no cached certificate verifies, so a
+// renewal or enrollment elsewhere is seen at once).
 func (s *Store) DeviceCertificates(ctx context.Context, device string) ([][]*x509.Certificate, error) {
+	if chains, ok := s.certCache.get(device, time.Now()); ok {
+		return chains, nil
+	}
+	return s.FreshDeviceCertificates(ctx, device)
+}
+
+// FreshDeviceCertificates implements [transport.CachedCertificates]: it
+// reads device's chains from the database, past the cache, and caches
+// them.
+func (s *Store) FreshDeviceCertificates(ctx context.Context, device string) ([][]*x509.Certificate, error) {
+	now, gen := time.Now(), s.certCache.generation()
 	rows, err := s.db.QueryContext(ctx, s.q(`SELECT der, chain FROM certificates WHERE device = ? AND status <> ? AND not_after_ms > ?
 		ORDER BY status = ? DESC, issued_ms DESC LIMIT 8`), device, statusRevoked, s.now().UnixMilli(), statusValid)
 	if err != nil {
@@ -246,7 +266,68 @@ func (s *Store) DeviceCertificates(ctx context.Context, device string) ([][]*x50
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%w: %q", transport.ErrUnknownDevice, device)
 	}
+	s.certCache.put(device, out, now.Add(certCacheTTL), gen)
 	return out, nil
+}
+
+// certCacheTTL is how long one process serves a device's registered
+// chains from memory.
+const certCacheTTL = 5 * time.Second
+
+// certCache remembers devices' registered chains for certCacheTTL.
+// Lookups that find nothing are not remembered: a device enrolled in
+// another process is found at its first envelope. Every registry write of
+// this process forgets what it changed and moves the generation on, so
+// that a lookup that read the database before the write does not cache
+// what it read.
+type certCache struct {
+	mu  sync.Mutex
+	m   map[string]certEntry
+	gen uint64
+}
+
+type certEntry struct {
+	chains [][]*x509.Certificate
+	until  time.Time
+}
+
+func (c *certCache) get(device string, now time.Time) ([][]*x509.Certificate, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[device]
+	return e.chains, ok && now.Before(e.until)
+}
+
+func (c *certCache) generation() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+// put caches chains read from the database at generation gen, unless a
+// write has been made since.
+func (c *certCache) put(device string, chains [][]*x509.Certificate, until time.Time, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	if c.m == nil || len(c.m) >= 1<<16 {
+		c.m = map[string]certEntry{} // a cache: bounded, refilled on demand
+	}
+	c.m[device] = certEntry{chains, until}
+}
+
+// forget drops device's chains; with no device, every device's.
+func (c *certCache) forget(device string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	if device == "" {
+		clear(c.m)
+		return
+	}
+	delete(c.m, device)
 }
 
 // revocationCacheTTL is how long a certificate's revocation status is
@@ -336,6 +417,7 @@ func (s *Store) Revoke(ctx context.Context, serialNumber *big.Int, reason int) e
 		return nil
 	})
 	s.revCache.forget(sn)
+	s.certCache.forget("") // the serial's device is not known here; revocations are rare
 	return err
 }
 
@@ -344,6 +426,7 @@ func (s *Store) Revoke(ctx context.Context, serialNumber *big.Int, reason int) e
 // renew) and returns how many it revoked.
 func (s *Store) RevokeDevice(ctx context.Context, device string, reason int) (int, error) {
 	var n int64
+	defer s.certCache.forget(device)
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		rows, err := s.deviceCerts(ctx, tx, device)
 		if err != nil {

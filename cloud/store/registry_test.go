@@ -14,6 +14,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
+	"github.com/d2c-iot/d2c/transport"
 )
 
 // regFleet is a fleet CA and a registrar recording into a store, served
@@ -260,6 +261,76 @@ func TestEnrollmentRecordedWithToken(t *testing.T) {
 		}
 		if n != 2 {
 			t.Fatalf("%d certificates recorded, want 2", n)
+		}
+	})
+}
+
+// TestDeviceCertificatesCache: a process serves a device's chains from
+// its cache, yet a registry change it makes itself (renewal, revocation)
+// takes effect there at once; another process's cache serves what it read
+// until FreshDeviceCertificates (which the verifier calls before refusing
+// a signature) reads past it.
+func TestDeviceCertificatesCache(t *testing.T) {
+	backends(t, func(t *testing.T, url string) {
+		f := newRegFleet(t, url)
+		other := openStore(t, url) // another verifier process
+		dev := f.enroll("cached-1")
+		first := current(t, dev)
+		leaves := func(s *Store, fresh bool) []*x509.Certificate {
+			t.Helper()
+			get := s.DeviceCertificates
+			if fresh {
+				get = s.FreshDeviceCertificates
+			}
+			chains, err := get(t.Context(), "cached-1")
+			if errors.Is(err, transport.ErrUnknownDevice) {
+				return nil
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []*x509.Certificate
+			for _, c := range chains {
+				out = append(out, c[0])
+			}
+			return out
+		}
+		for _, s := range []*Store{f.store, other} {
+			if got := leaves(s, false); len(got) != 1 || !got[0].Equal(first) {
+				t.Fatalf("after enrollment: %d chains, want the one certificate", len(got))
+			}
+		}
+		f.now = f.now.Add(2 * time.Hour)
+		if _, err := f.renew(dev); err != nil {
+			t.Fatal(err)
+		}
+		renewed := current(t, dev)
+		if got := leaves(f.store, false); len(got) != 2 || !got[0].Equal(renewed) {
+			t.Fatalf("renewed in this process: %d chains, want the new one first, then the superseded", len(got))
+		}
+		if got := leaves(other, false); len(got) != 1 || !got[0].Equal(first) {
+			t.Fatalf("renewed in another process: %d chains at once, want the cached one (for up to %v)", len(got), certCacheTTL)
+		}
+		if got := leaves(other, true); len(got) != 2 || !got[0].Equal(renewed) {
+			t.Fatalf("FreshDeviceCertificates: %d chains, want the new one first", len(got))
+		}
+		if got := leaves(other, false); len(got) != 2 {
+			t.Fatalf("after FreshDeviceCertificates: %d chains cached, want 2", len(got))
+		}
+		if _, err := f.store.RevokeDevice(t.Context(), "cached-1", ReasonKeyCompromise); err != nil {
+			t.Fatal(err)
+		}
+		if got := leaves(f.store, false); got != nil {
+			t.Fatalf("revoked in this process: %d chains served, want none", len(got))
+		}
+		if got := leaves(other, true); got != nil {
+			t.Fatalf("revoked, read past the cache: %d chains served, want none", len(got))
+		}
+		// What the other process may still serve from its cache, the
+		// verifier's revocation check refuses (it has not asked about this
+		// certificate before, so it reads the database).
+		if err := other.CheckRevoked(renewed); !errors.Is(err, identity.ErrRevoked) {
+			t.Fatalf("CheckRevoked in the other process: %v, want ErrRevoked", err)
 		}
 	})
 }

@@ -99,13 +99,6 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 		if err != nil {
 			return err
 		}
-		now := s.now().UnixMilli()
-		ins, err := tx.PrepareContext(ctx, s.q(`INSERT INTO records (device, stream, boot, seq, time_ms, received_ms, readings)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`))
-		if err != nil {
-			return fmt.Errorf("store: accept: %w", err)
-		}
-		defer ins.Close()
 		var fresh []int
 		for i, r := range recs {
 			if verdicts[i] = classify(wins, r.Device, r.Boot, r.Seq); verdicts[i] != nil {
@@ -125,11 +118,16 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 			x, y := recs[a], recs[b]
 			return cmp.Or(cmp.Compare(x.Device, y.Device), cmp.Compare(x.Boot, y.Boot), cmp.Compare(x.Seq, y.Seq))
 		})
-		for _, i := range fresh {
-			r := recs[i]
-			if _, err := ins.ExecContext(ctx, r.Device, r.Stream, int64(r.Boot), int64(r.Seq), r.Time.UnixMilli(), now, bodies[i]); err != nil {
-				return fmt.Errorf("store: insert record: %w", err)
-			}
+		// Many rows per statement: one round trip to PostgreSQL for the
+		// batch's records, not one per record.
+		now := s.now().UnixMilli()
+		err = s.insertRows(ctx, tx, "INSERT INTO records (device, stream, boot, seq, time_ms, received_ms, readings) VALUES ", "", 7, len(fresh),
+			func(args []any, k int) []any {
+				r := recs[fresh[k]]
+				return append(args, r.Device, r.Stream, int64(r.Boot), int64(r.Seq), r.Time.UnixMilli(), now, bodies[fresh[k]])
+			})
+		if err != nil {
+			return fmt.Errorf("store: insert records: %w", err)
 		}
 		return s.saveWindows(ctx, tx, devices, wins)
 	})
@@ -250,8 +248,18 @@ func classify(wins map[string][]*window, device string, boot, seq uint64) error 
 }
 
 // saveWindows writes the windows changed, in device order, and deletes
-// those of boots older than the kept ones.
+// those of boots older than the kept ones. New windows are inserted (two
+// replicas inserting the same one: the second fails with a unique
+// violation and its transaction is run again, reading the first's);
+// changed ones, whose rows loadWindows locked, are rewritten by one
+// INSERT ... ON CONFLICT DO UPDATE, an UPDATE of many rows in one
+// statement.
 func (s *Store) saveWindows(ctx context.Context, tx *sql.Tx, devices []string, wins map[string][]*window) error {
+	type row struct {
+		dev string
+		w   *window
+	}
+	var inserts, updates []row
 	for _, dev := range devices {
 		ws := wins[dev]
 		if len(ws) > 0 && ws[len(ws)-1].fresh {
@@ -260,18 +268,58 @@ func (s *Store) saveWindows(ctx context.Context, tx *sql.Tx, devices []string, w
 			}
 		}
 		for _, w := range ws {
-			if !w.dirty {
-				continue
+			switch {
+			case !w.dirty:
+			case w.fresh:
+				inserts = append(inserts, row{dev, w})
+			default:
+				updates = append(updates, row{dev, w})
 			}
-			var err error
-			if w.fresh {
-				_, err = tx.ExecContext(ctx, s.q("INSERT INTO replay (device, boot, top, bits) VALUES (?, ?, ?, ?)"), dev, int64(w.boot), int64(w.top), w.bits[:])
-			} else {
-				_, err = tx.ExecContext(ctx, s.q("UPDATE replay SET top = ?, bits = ? WHERE device = ? AND boot = ?"), int64(w.top), w.bits[:], dev, int64(w.boot))
+		}
+	}
+	for _, c := range []struct {
+		rows     []row
+		conflict string
+	}{
+		{inserts, ""},
+		{updates, " ON CONFLICT (device, boot) DO UPDATE SET top = excluded.top, bits = excluded.bits"},
+	} {
+		err := s.insertRows(ctx, tx, "INSERT INTO replay (device, boot, top, bits) VALUES ", c.conflict, 4, len(c.rows), func(args []any, k int) []any {
+			r := c.rows[k]
+			return append(args, r.dev, int64(r.w.boot), int64(r.w.top), r.w.bits[:])
+		})
+		if err != nil {
+			return fmt.Errorf("store: save replay windows: %w", err)
+		}
+	}
+	return nil
+}
+
+// rowsPerStatement bounds the rows of one multi-row INSERT: 256 rows of 7
+// columns stay far below SQLite's 32,766 and PostgreSQL's 65,535 bound
+// parameters.
+const rowsPerStatement = 256
+
+// insertRows runs insert (which ends with "VALUES ") for n rows of cols
+// columns, up to rowsPerStatement rows a statement, suffix after the
+// rows; add appends the k-th row's values to args.
+func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, insert, suffix string, cols, n int, add func(args []any, k int) []any) error {
+	for start := 0; start < n; start += rowsPerStatement {
+		end := min(start+rowsPerStatement, n)
+		var b strings.Builder
+		b.WriteString(insert)
+		tuple := "(?" + strings.Repeat(", ?", cols-1) + ")"
+		args := make([]any, 0, (end-start)*cols)
+		for k := start; k < end; k++ {
+			if k > start {
+				b.WriteString(", ")
 			}
-			if err != nil {
-				return fmt.Errorf("store: save replay window: %w", err)
-			}
+			b.WriteString(tuple)
+			args = add(args, k)
+		}
+		b.WriteString(suffix)
+		if _, err := tx.ExecContext(ctx, s.q(b.String()), args...); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -77,7 +77,8 @@ type Store struct {
 	now   func() time.Time
 	log   *slog.Logger
 
-	revCache revCache
+	revCache  revCache
+	certCache certCache
 }
 
 // dialect is what differs between the backends.

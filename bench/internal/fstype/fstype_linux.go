@@ -1,17 +1,20 @@
-package main
+// Package fstype names the file system holding a directory, for the
+// machine facts the bench programs print beside their figures (an fsync's
+// cost depends on it).
+package fstype
 
 import (
 	"fmt"
 	"syscall"
 )
 
-// fsType names the file system that holds dir.
-func fsType(dir string) string {
+// Of names the file system that holds dir.
+func Of(dir string) string {
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		return "unknown file system"
 	}
-	switch st.Type {
+	switch uint32(st.Type) { // int32 on some 32-bit GOARCHes
 	case 0xef53:
 		return "ext2/3/4"
 	case 0x01021994:
