@@ -269,100 +269,156 @@ func (c *Cloud) give(n int) {
 	}
 }
 
-// verifyLoop verifies received messages in batches: it takes what has
-// arrived (up to cloudReceiveMaximum), verifies it with one
-// [Verifier.VerifyBatch] (one transaction with a shared replay state),
-// hands the fresh records to OnRecord, and only then acknowledges them.
-// When the replay state is unavailable it retries with backoff, holding
-// the acknowledgements, so nothing the broker delivered is lost.
+// verifyLoop verifies received messages in batches, in two stages that
+// overlap: one goroutine takes what has arrived (up to
+// cloudReceiveMaximum in flight) and checks its cryptography (keys kept,
+// envelopes parked), while the other decides the freshness of the batch
+// before in one [ReplayState.Accept] (one transaction with a shared
+// store), hands the fresh records to OnRecord, and only then acknowledges
+// the batch, in the order it arrived. When the replay state is
+// unavailable it retries with backoff, holding the acknowledgements, so
+// nothing the broker delivered is lost.
 func (c *Cloud) verifyLoop(ctx context.Context, log *slog.Logger) {
 	defer close(c.done)
+	opened := make(chan *cloudBatch) // unbuffered: one batch opens while one commits
+	go func() {
+		defer close(opened)
+		for {
+			b := c.collect(ctx)
+			if b == nil {
+				return
+			}
+			c.open(ctx, b)
+			select {
+			case opened <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	sweep := time.NewTicker(parkedSweepInterval)
 	defer sweep.Stop()
 	for {
-		var batch []paho.PublishReceived
 		select {
-		case pr := <-c.in:
-			batch = append(batch, pr)
+		case b, ok := <-opened:
+			if !ok {
+				return
+			}
+			if !c.decide(ctx, log, b) {
+				for range opened { // let the opener end
+				}
+				return // ctx ended: unacknowledged, the broker sends them again
+			}
 		case <-sweep.C:
 			c.verifyParked(ctx, log)
-			continue
 		case <-ctx.Done():
+			for range opened {
+			}
 			return
-		}
-	fill:
-		for len(batch) < cloudReceiveMaximum {
-			select {
-			case pr := <-c.in:
-				batch = append(batch, pr)
-			default:
-				break fill
-			}
-		}
-		keys := false
-		for _, pr := range batch {
-			keys = keys || isKeyTopic(pr.Packet.Topic)
-		}
-		if !c.handle(ctx, log, batch) {
-			return // ctx ended: unacknowledged, the broker sends them again
-		}
-		if keys {
-			// Envelopes that other verifiers parked waiting for these keys.
-			c.verifyParked(ctx, log)
-		}
-		for _, pr := range batch {
-			if pr.Packet.QoS > 0 {
-				if err := pr.Client.Ack(pr.Packet); err != nil {
-					log.Debug("ack after the connection dropped; the broker sends the message again", "err", err)
-				}
-			}
-			c.give(len(pr.Packet.Payload))
 		}
 	}
 }
 
-// handle verifies one batch until every message is decided, reporting
-// false if ctx ended first.
-func (c *Cloud) handle(ctx context.Context, log *slog.Logger, batch []paho.PublishReceived) bool {
+// cloudBatch is what one verification batch received and what became of
+// it.
+type cloudBatch struct {
+	received []paho.PublishReceived
+	keys     bool          // it holds key deliveries
+	verified []int         // indexes into received of what the verifier checks
+	opened   *openedBatch  // their first stage's results
+	refused  map[int]error // refused before verification (retained)
+}
+
+// collect waits for a message and takes what else has arrived, up to
+// cloudReceiveMaximum; nil when ctx ends.
+func (c *Cloud) collect(ctx context.Context) *cloudBatch {
+	b := &cloudBatch{}
+	select {
+	case pr := <-c.in:
+		b.received = append(b.received, pr)
+	case <-ctx.Done():
+		return nil
+	}
+	for len(b.received) < cloudReceiveMaximum {
+		select {
+		case pr := <-c.in:
+			b.received = append(b.received, pr)
+		default:
+			return b
+		}
+	}
+	return b
+}
+
+// open runs the first stage: a retained message is refused (d2c never
+// publishes one: the broker is replaying an old one to a new
+// subscription); the rest have their cryptography checked.
+func (c *Cloud) open(ctx context.Context, b *cloudBatch) {
+	if c.cfg.Verifier == nil {
+		return
+	}
 	var msgs []Inbound
-	for _, pr := range batch {
+	for i, pr := range b.received {
 		p := pr.Packet
-		if c.cfg.Verifier == nil {
-			continue
-		}
+		b.keys = b.keys || isKeyTopic(p.Topic)
 		if p.Retain {
-			// d2c never publishes a retained message: the broker is
-			// replaying an old one to a new subscription.
-			if c.cfg.OnRefused != nil {
-				c.cfg.OnRefused(p.Topic, fmt.Errorf("%w: a retained message (d2c never publishes one)", ErrReplay))
+			if b.refused == nil {
+				b.refused = map[int]error{}
 			}
+			b.refused[i] = fmt.Errorf("%w: a retained message (d2c never publishes one)", ErrReplay)
 			continue
 		}
+		b.verified = append(b.verified, i)
 		msgs = append(msgs, Inbound{Topic: p.Topic, Payload: p.Payload})
 	}
-	for attempt := 1; len(msgs) > 0; attempt++ {
-		recs, errs := c.cfg.Verifier.VerifyBatch(ctx, msgs)
-		var again []Inbound
-		for i, err := range errs {
-			switch {
-			case errors.Is(err, ErrReplayState):
-				again = append(again, msgs[i])
-			case errors.Is(err, ErrDuplicate), errors.Is(err, ErrParked):
-			case err != nil:
-				if c.cfg.OnRefused != nil {
-					c.cfg.OnRefused(msgs[i].Topic, err)
-				}
-			case recs[i].Device != "" && c.cfg.OnRecord != nil:
-				c.cfg.OnRecord(ctx, recs[i])
+	b.opened = c.cfg.Verifier.openBatch(ctx, msgs)
+}
+
+// decide runs the second stage until every message is decided, then
+// reports each outcome, acknowledges the batch and returns its budget;
+// false if ctx ended first.
+func (c *Cloud) decide(ctx context.Context, log *slog.Logger, b *cloudBatch) bool {
+	if o := b.opened; o != nil {
+		for attempt := 1; ; attempt++ {
+			c.cfg.Verifier.acceptBatch(ctx, o)
+			if len(o.pending) == 0 {
+				break
 			}
-		}
-		if msgs = again; len(msgs) > 0 {
-			log.Error("replay state unavailable; messages held unacknowledged", "messages", len(msgs), "attempt", attempt)
+			log.Error("replay state unavailable; messages held unacknowledged", "messages", len(o.pending), "attempt", attempt)
 			sleepCtx(ctx, c.retry.after(attempt))
 			if ctx.Err() != nil {
 				return false
 			}
 		}
+		for j := range b.verified {
+			err := o.errs[j]
+			switch {
+			case errors.Is(err, ErrDuplicate), errors.Is(err, ErrParked):
+			case err != nil:
+				if c.cfg.OnRefused != nil {
+					c.cfg.OnRefused(o.msgs[j].Topic, err)
+				}
+			case o.recs[j].Device != "" && c.cfg.OnRecord != nil:
+				c.cfg.OnRecord(ctx, o.recs[j])
+			}
+		}
+	}
+	for i, err := range b.refused {
+		if c.cfg.OnRefused != nil {
+			c.cfg.OnRefused(b.received[i].Packet.Topic, err)
+		}
+	}
+	if b.keys {
+		// Envelopes that other verifiers parked waiting for these keys.
+		c.verifyParked(ctx, log)
+	}
+	for _, pr := range b.received {
+		if pr.Packet.QoS > 0 {
+			if err := pr.Client.Ack(pr.Packet); err != nil {
+				log.Debug("ack after the connection dropped; the broker sends the message again", "err", err)
+			}
+		}
+		c.give(len(pr.Packet.Payload))
 	}
 	return true
 }

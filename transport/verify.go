@@ -216,10 +216,26 @@ type Inbound struct {
 // with an error wrapping [ErrParked]; it is verified again by whichever
 // verifier accepts its key ([Verifier.VerifyParked]).
 func (v *Verifier) VerifyBatch(ctx context.Context, msgs []Inbound) ([]Record, []error) {
-	recs := make([]Record, len(msgs))
-	errs := make([]error, len(msgs))
-	var idx []int
-	var fresh []Record
+	b := v.openBatch(ctx, msgs)
+	v.acceptBatch(ctx, b)
+	return b.recs, b.errs
+}
+
+// openedBatch is a batch whose cryptography has been checked: the first
+// of VerifyBatch's two stages, which a cloud service overlaps with the
+// second stage (the replay state's transaction) of the batch before.
+type openedBatch struct {
+	msgs    []Inbound
+	recs    []Record
+	errs    []error
+	pending []int    // messages whose freshness is still to decide
+	fresh   []Record // their records
+}
+
+// openBatch opens every message (decryption, signature, content; keys
+// kept, envelopes parked), leaving freshness to acceptBatch.
+func (v *Verifier) openBatch(ctx context.Context, msgs []Inbound) *openedBatch {
+	b := &openedBatch{msgs: msgs, recs: make([]Record, len(msgs)), errs: make([]error, len(msgs))}
 	parking, _ := v.cfg.SessionKeys.(EnvelopeParking)
 	for i, m := range msgs {
 		rec, err := v.open(ctx, m.Topic, m.Payload)
@@ -228,29 +244,39 @@ func (v *Verifier) VerifyBatch(ctx context.Context, msgs []Inbound) ([]Record, [
 			err = v.park(ctx, parking, uk, m)
 		}
 		if err != nil || rec.Device == "" {
-			errs[i] = err
+			b.errs[i] = err
+			v.count(m.Topic, rec, err)
 			continue
 		}
-		idx = append(idx, i)
-		fresh = append(fresh, rec)
+		b.pending = append(b.pending, i)
+		b.fresh = append(b.fresh, rec)
 	}
-	if len(fresh) > 0 {
-		verdicts, err := v.cfg.Replay.Accept(ctx, fresh)
-		for j, i := range idx {
-			switch {
-			case err != nil:
-				errs[i] = fmt.Errorf("%w: %w", ErrReplayState, err)
-			case verdicts[j] != nil:
-				errs[i] = verdicts[j]
-			default:
-				recs[i] = fresh[j]
-			}
+	return b
+}
+
+// acceptBatch decides the freshness of the batch's pending records in one
+// call to ReplayState.Accept. If the replay state fails, they stay
+// pending, their errors wrapping ErrReplayState: call it again.
+func (v *Verifier) acceptBatch(ctx context.Context, b *openedBatch) {
+	if len(b.pending) == 0 {
+		return
+	}
+	verdicts, err := v.cfg.Replay.Accept(ctx, b.fresh)
+	if err != nil {
+		for _, i := range b.pending {
+			b.errs[i] = fmt.Errorf("%w: %w", ErrReplayState, err)
+			v.count(b.msgs[i].Topic, Record{}, b.errs[i])
 		}
+		return
 	}
-	for i, m := range msgs {
-		v.count(m.Topic, recs[i], errs[i])
+	for j, i := range b.pending {
+		b.errs[i] = verdicts[j]
+		if verdicts[j] == nil {
+			b.recs[i] = b.fresh[j]
+		}
+		v.count(b.msgs[i].Topic, b.recs[i], b.errs[i])
 	}
-	return recs, errs
+	b.pending, b.fresh = nil, nil
 }
 
 // ErrParked: an envelope sealed under a session key whose delivery no

@@ -537,13 +537,13 @@ func run(ctx context.Context, w io.Writer, cfg config) error {
 		batch, inflight int
 		part            map[mode]int
 	}{
-		{"SQLite store", "sqlite:" + sqlitePath, batchSize, 1, every},
-		{"PostgreSQL store", "postgres", batchSize, 1, every},
+		{"SQLite, as DialCloud", "sqlite:" + filepath.Join(f.dir, "pipelined.db"), batchSize / 2, 2, every},
+		{"PostgreSQL, as DialCloud", "postgres", batchSize / 2, 2, every},
+		{"SQLite, one batch at a time", "sqlite:" + sqlitePath, batchSize, 1, every},
+		{"PostgreSQL, one batch at a time", "postgres", batchSize, 1, every},
 		{"PostgreSQL store, 1 per tx", "postgres", 1, 1, map[mode]int{signed: 8, session: 8}},
 		{"SQLite on tmpfs, no fsync", "sqlite:" + filepath.Join(shm, "store.db"), batchSize, 1, noFsync},
 		{"PostgreSQL, no WAL flush", "postgres-async", batchSize, 1, map[mode]int{signed: 1}},
-		{"SQLite store, pipelined", "sqlite:" + filepath.Join(f.dir, "pipelined.db"), batchSize, 2, every},
-		{"PostgreSQL store, pipelined", "postgres", batchSize, 2, every},
 	} {
 		if b.part == nil {
 			continue
@@ -683,7 +683,7 @@ func run(ctx context.Context, w io.Writer, cfg config) error {
 
 	fmt.Fprintf(w, "\nOne verifier; VerifyBatch of %d messages (DialCloud's batch) unless the row says otherwise; the %d devices take turns,\n"+
 		"so a batch holds %d devices' envelopes. Fastest of %d runs.\n", batchSize, cfg.devices, min(batchSize, cfg.devices), cfg.count)
-	const rowFmt = "%-27s %6s %7s %10s %6s | %7s %7s %7s | %7s %6s %5s\n"
+	const rowFmt = "%-32s %6s %7s %10s %6s | %7s %7s %7s | %7s %6s %5s\n"
 	for si, set := range sets {
 		fmt.Fprintf(w, "\n%s\n\n", set.mode.name)
 		fmt.Fprintf(w, rowFmt, "verifier", "msgs", "msgs/s", "readings/s", "vs mem", "µs/msg", "Accept", "certs", "self", "pg", "cores")
@@ -708,9 +708,9 @@ func run(ctx context.Context, w io.Writer, cfg config) error {
 		"chains and revocation status). CPU µs per message: self = this process (verifier, SQLite, pgx); pg = the PostgreSQL\n"+
 		"server (postmaster, backends, WAL writer). cores = busy CPU time of the whole machine / wall time.\n"+
 		"The no-fsync and no-WAL-flush rows are not durable (a power cut loses accepted records and rolls replay windows back):\n"+
-		"they show what the flush at each commit costs. The pipelined rows are not what DialCloud does: two batches in flight,\n"+
-		"one's signatures checked while the other's transaction commits (never two batches outside Accept at once; their\n"+
-		"Accept column adds up both); they show what overlapping the commit with the next batch's cryptography would buy.\n")
+		"they show what the flush at each commit costs. The \"as DialCloud\" rows do what DialCloud does: its Receive Maximum\n"+
+		"(32) split over two batches in flight, one's signatures checked while the other's transaction commits (their Accept\n"+
+		"column adds up both). The \"one batch at a time\" rows verify and commit 32 in turn, overlapping nothing.\n")
 	fmt.Fprintf(w, "\nload average at end: %s; total run time %.1f s\n", loadAverage(), time.Since(start).Seconds())
 	return nil
 }
