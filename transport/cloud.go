@@ -167,7 +167,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 			// shared replay state commits them first), never before: a
 			// verifier killed in between gets them again from the broker.
 			EnableManualAcknowledgment: true,
-			SendAcksInterval:           5 * time.Millisecond,
+			SendAcksInterval:           ackInterval,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 				func(pr paho.PublishReceived) (bool, error) {
 					// Wait for room in the byte budget: a broker that
@@ -229,6 +229,14 @@ func (c *Cloud) verifyParked(ctx context.Context, log *slog.Logger) {
 		}
 	}
 }
+
+// ackInterval is how often paho sends the acknowledgements of verified
+// messages; closeDrain bounds how long Close waits for the batches under
+// way.
+const (
+	ackInterval = 5 * time.Millisecond
+	closeDrain  = 2 * time.Second
+)
 
 // cloudReceiveMaximum is how many unacknowledged messages the cloud takes
 // from the broker at once (advertised in CONNECT): the most one
@@ -455,8 +463,17 @@ func (c *Cloud) SendCommand(ctx context.Context, device string, envelope []byte)
 	return nil
 }
 
-// Close disconnects.
+// Close waits (up to 2 s, within ctx) for the messages received to be
+// decided and acknowledged, then disconnects.
 func (c *Cloud) Close(ctx context.Context) error {
+	// Let the batches under way be decided and their acknowledgements go
+	// out (paho sends them every few milliseconds), so that the broker
+	// does not deliver them again to the next session (where they would
+	// only be duplicates).
+	for deadline := time.Now().Add(closeDrain); len(c.budget) > 0 && time.Now().Before(deadline) && ctx.Err() == nil; {
+		time.Sleep(time.Millisecond)
+	}
+	sleepCtx(ctx, 4*ackInterval)
 	err := c.cm.Disconnect(ctx)
 	c.cancel()
 	<-c.cm.Done()
