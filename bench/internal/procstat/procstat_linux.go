@@ -1,4 +1,7 @@
-package main
+// Package procstat reads the CPU time of processes and of the machine
+// from /proc, for the bench programs' "CPU per message" columns. Off
+// Linux every figure is 0 (and the load average "unknown").
+package procstat
 
 import (
 	"bytes"
@@ -12,18 +15,8 @@ import (
 // Linux architecture Go supports.
 const clockTicks = 100
 
-// cpuSample is the CPU time used so far by this process (SQLite runs in
-// it), by the PostgreSQL server (the postmaster and its backends, those
-// that exited included) and by the whole machine (all cores, busy time
-// only), in seconds.
-type cpuSample struct{ self, postgres, machine float64 }
-
-func sampleCPU(postmaster int) cpuSample {
-	return cpuSample{self: procCPU("self", false), postgres: treeCPU(postmaster), machine: machineBusy()}
-}
-
-// procStat returns the fields of /proc/<pid>/stat after the command name.
-func procStat(pid string) []string {
+// fields returns the fields of /proc/<pid>/stat after the command name.
+func fields(pid string) []string {
 	b, err := os.ReadFile("/proc/" + pid + "/stat")
 	if err != nil {
 		return nil
@@ -37,18 +30,19 @@ func procStat(pid string) []string {
 	return strings.Fields(string(b[i+1:]))
 }
 
-// procCPU reads utime + stime of /proc/<pid>/stat, and with children the
-// CPU time of the children it has reaped (cutime + cstime).
-func procCPU(pid string, children bool) float64 {
-	f := procStat(pid)
+// Process returns the CPU time, in seconds, that process pid ("self" for
+// this one) has used (utime + stime), and with children also that of the
+// children it has reaped (cutime + cstime).
+func Process(pid string, children bool) float64 {
+	f := fields(pid)
 	if len(f) < 15 {
 		return 0
 	}
-	var sum float64
 	last := 12
 	if children {
 		last = 14
 	}
+	var sum float64
 	for _, v := range f[11 : last+1] {
 		n, _ := strconv.ParseFloat(v, 64)
 		sum += n
@@ -56,33 +50,37 @@ func procCPU(pid string, children bool) float64 {
 	return sum / clockTicks
 }
 
-// treeCPU is the CPU time of process pid, of its live children and of
-// those it has reaped: a PostgreSQL server, whose backends are the
-// postmaster's children.
-func treeCPU(pid int) float64 {
+// Tree returns the CPU time, in seconds, of process pid, of its live
+// children and of those it has reaped (a PostgreSQL server, whose
+// backends are the postmaster's children). 0 for pid <= 0.
+func Tree(pid int) float64 {
 	if pid <= 0 {
 		return 0
 	}
-	sum := procCPU(strconv.Itoa(pid), true)
+	sum := Process(strconv.Itoa(pid), true)
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	ppid := strconv.Itoa(pid)
 	for _, d := range dirs {
 		child := filepath.Base(d)
-		if f := procStat(child); len(f) > 1 && f[1] == ppid {
-			sum += procCPU(child, false)
+		if f := fields(child); len(f) > 1 && f[1] == ppid {
+			sum += Process(child, false)
 		}
 	}
 	return sum
 }
 
-// machineBusy reads the busy time of all cores from /proc/stat.
-func machineBusy() float64 {
+// MachineBusy returns the busy time of all cores, in seconds, from
+// /proc/stat (idle and iowait left out).
+func MachineBusy() float64 {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return 0
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
+	if len(f) < 2 {
+		return 0
+	}
 	var busy float64
 	for i, v := range f[1:] {
 		if i == 3 || i == 4 { // idle, iowait
@@ -94,8 +92,8 @@ func machineBusy() float64 {
 	return busy / clockTicks
 }
 
-// loadAverage returns the 1-, 5- and 15-minute load averages.
-func loadAverage() string {
+// LoadAverage returns the 1-, 5- and 15-minute load averages.
+func LoadAverage() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "unknown"
