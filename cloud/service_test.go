@@ -1,0 +1,196 @@
+package cloud_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/d2c-iot/d2c/cloud"
+	"github.com/d2c-iot/d2c/cloud/store"
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpki"
+	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/devbroker"
+)
+
+// TestServiceAllRoles runs the registrar, verifier and CRL roles in one
+// service on an SQLite store with the embedded broker: a device enrolls
+// through the service, publishes encrypted readings, and every one is
+// counted as verified; the CRL is written; health, readiness and metrics
+// answer; cancelling the context stops the service cleanly.
+func TestServiceAllRoles(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := identity.InitCA(filepath.Join(dir, "ca"), identity.CAConfig{Fleet: "service test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenKey, err := identity.ReadKeyFile(filepath.Join(dir, "ca", identity.CATokenKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Root())
+	serverCert := testpki.Server(t, ca, "127.0.0.1")
+	broker, err := devbroker.Start(t.Context(), devbroker.Config{Certificate: serverCert, ClientRoots: roots,
+		Services: []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	st, err := store.Open(t.Context(), store.Config{URL: "sqlite:" + filepath.Join(dir, "fleet.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	cloudKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ready := make(chan cloud.Addrs, 1)
+	ran := make(chan error, 1)
+	crlFile := filepath.Join(dir, "crl.pem")
+	go func() {
+		ran <- cloud.Run(ctx, cloud.Config{
+			Store: st, CA: ca,
+			Registrar: &cloud.RegistrarRole{Listen: "127.0.0.1:0", Certificate: serverCert, TokenKeys: []crypto.PublicKey{tokenKey.Public()}},
+			Verifier: &cloud.VerifierRole{Broker: broker.Addr(), Certificate: testpki.Service(t, ca, "verifier"), Roots: roots,
+				DecryptionKey: cloudKey},
+			CRL:   &cloud.CRLRole{Out: crlFile},
+			Ops:   "127.0.0.1:0",
+			Ready: func(a cloud.Addrs) { ready <- a },
+		})
+	}()
+	var addrs cloud.Addrs
+	select {
+	case addrs = <-ready:
+	case err := <-ran:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the service did not become ready")
+	}
+
+	// A device enrolls through the service's registrar and publishes.
+	devStore, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := identity.TokenIssuer{Key: tokenKey}.Issue("meter-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := sha256.Sum256(ca.Root().Raw)
+	est := identity.ESTClient{URL: "https://" + addrs.Registrar.String(), BootstrapFingerprint: fp[:]}
+	if _, err := devStore.Enroll(ctx, est, identity.EnrollRequest{DeviceID: "meter-1", Auth: identity.EnrollAuth{Token: tok}}); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: broker.Addr(), Store: devStore,
+		Encryption: &transport.Encryption{CloudKey: &cloudKey.PublicKey}, RetryMin: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close(context.Background())
+	const n = 20
+	for i := range n {
+		if err := dev.Publish(ctx, "power", transport.Reading{Time: time.Now(), Body: fmt.Appendf(nil, "%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ops := "http://" + addrs.Ops.String()
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(ops + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	metric := func(body, name string) string {
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, body := get("/metrics")
+		if metric(body, "d2c_readings_verified_total") == fmt.Sprint(n) {
+			if got := metric(body, "d2c_enrollments_total"); got != "1" {
+				t.Errorf("d2c_enrollments_total %q, want 1", got)
+			}
+			if got := metric(body, "d2c_session_keys_total"); got != "1" {
+				t.Errorf("d2c_session_keys_total %q, want 1", got)
+			}
+			if got := metric(body, "d2c_crl_number"); got != "1" {
+				t.Errorf("d2c_crl_number %q, want 1", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readings verified: %q of %d\n%s", metric(body, "d2c_readings_verified_total"), n, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := get(path); code != http.StatusOK {
+			t.Errorf("GET %s: %d %s", path, code, body)
+		}
+	}
+	b, err := os.ReadFile(crlFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := identity.NewCRLCache(ca.Issuing(), nil)
+	if err := cache.Update(b); err != nil {
+		t.Fatalf("the CRL the service wrote: %v", err)
+	}
+
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the service did not stop")
+	}
+}
+
+// TestServiceConfigRefused: a service with no store, no role, or a
+// registrar without the CA is refused before anything starts.
+func TestServiceConfigRefused(t *testing.T) {
+	st, err := store.Open(t.Context(), store.Config{URL: "sqlite:" + filepath.Join(t.TempDir(), "fleet.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for name, cfg := range map[string]cloud.Config{
+		"no store":             {CRL: &cloud.CRLRole{Out: "x"}},
+		"no role":              {Store: st},
+		"registrar, no CA":     {Store: st, Registrar: &cloud.RegistrarRole{}},
+		"CRL publisher, no CA": {Store: st, CRL: &cloud.CRLRole{Out: "x"}},
+	} {
+		if err := cloud.Run(t.Context(), cfg); err == nil {
+			t.Errorf("%s: Run succeeded", name)
+		}
+	}
+}
