@@ -100,6 +100,7 @@ func commands() []*command {
 		caCRLCommand(),
 		tokenIssueCommand(),
 		registrarServeCommand(),
+		cloudServeCommand(),
 		brokerConfigCommand(),
 		devBrokerCommand(),
 		tailCommand(),
