@@ -8,14 +8,11 @@ package transport_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -952,42 +949,7 @@ func scenarioFleet(t *testing.T) *brokerFleet {
 // that MosquittoConfig generates.
 func TestBrokerMosquitto(t *testing.T) {
 	f := scenarioFleet(t)
-	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	keyPEM, err := identity.MarshalPrivateKey(f.server.PrivateKey.(crypto.Signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	crl, err := f.ca.CRL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc := transport.MosquittoConfig{
-		// testpeer substitutes a free port for {{port}}.
-		Listen:   "127.0.0.1:1883",
-		CAFile:   write("ca.pem", identity.EncodeCertificatesPEM(f.ca.Root(), f.ca.Issuing())),
-		CertFile: write("server.pem", identity.EncodeCertificatesPEM(f.server.Leaf, f.ca.Issuing())),
-		KeyFile:  write("server.key", keyPEM),
-		CRLFile:  write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
-		ACLFile:  filepath.Join(dir, "acl"),
-		Services: testServices,
-	}
-	conf, err := mc.Conf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	acl, err := mc.ACL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	write("acl", []byte(acl))
-	conf = strings.Replace(conf, "\nlistener 1883 127.0.0.1\n", "\nlistener {{port}} 127.0.0.1\n", 1)
+	conf := mosquittoConf(t, f.ca, f.server, testServices, transport.MosquittoConfig{})
 	broker := testpeer.Mosquitto(t, conf)
 	// mosquitto opens exactly the configured listener: a listener option
 	// before the listener line would open a default one on port 1883 of

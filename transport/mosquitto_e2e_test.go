@@ -3,6 +3,7 @@ package transport_test
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -38,53 +39,65 @@ type mosquittoOptions struct {
 // startMosquittoWith is startMosquitto with extra configuration lines.
 func (f *e2eFleet) startMosquittoWith(o mosquittoOptions) *testpeer.Broker {
 	f.t.Helper()
-	dir := f.t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			f.t.Fatal(err)
-		}
-		return p
-	}
-	srv := serverCert(f.t, f.ca)
-	keyPEM, _ := identity.MarshalPrivateKey(srv.PrivateKey.(crypto.Signer))
-	crl, err := f.ca.CRL()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	mc := transport.MosquittoConfig{
-		Listen:   "127.0.0.1:1883", // replaced by a free port below
-		CAFile:   write("ca.pem", identity.EncodeCertificatesPEM(f.ca.Root(), f.ca.Issuing())),
-		CertFile: write("server.pem", append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate[0]}), identity.EncodeCertificatesPEM(f.ca.Issuing())...)),
-		KeyFile:  write("server.key", keyPEM),
-		CRLFile:  write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
-		ACLFile:  filepath.Join(dir, "acl"),
-		Services: services,
-	}
+	var mc transport.MosquittoConfig
 	if o.Persistence {
-		mc.PersistenceDir = filepath.Join(dir, "persist")
+		mc.PersistenceDir = filepath.Join(f.t.TempDir(), "persist")
 		if err := os.Mkdir(mc.PersistenceDir, 0o700); err != nil {
 			f.t.Fatal(err)
 		}
 	}
-	conf, err := mc.Conf()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	acl, err := mc.ACL()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	write("acl", []byte(acl))
-	listener := "\nlistener {{port}} 127.0.0.1\n"
+	conf := mosquittoConf(f.t, f.ca, serverCert(f.t, f.ca), services, mc)
 	if len(o.Global) > 0 {
-		listener = "\n# added by the test\n" + strings.Join(o.Global, "\n") + "\n" + listener
+		conf = strings.Replace(conf, "\nlistener {{port}} 127.0.0.1\n",
+			"\n# added by the test\n"+strings.Join(o.Global, "\n")+"\n\nlistener {{port}} 127.0.0.1\n", 1)
 	}
-	conf = strings.Replace(conf, "\nlistener 1883 127.0.0.1\n", listener, 1)
 	if len(o.Listener) > 0 {
 		conf += "# added by the test\n" + strings.Join(o.Listener, "\n") + "\n"
 	}
 	return testpeer.Mosquitto(f.t, conf)
+}
+
+// mosquittoConf writes the files of a mosquitto serving ca's fleet with
+// server's certificate (its chain with the issuing CA, its key, the CA's
+// CRL, the ACL for services) into a temporary directory, fills them into
+// mc, and returns the configuration mc generates, its listener on
+// testpeer's free-port placeholder.
+func mosquittoConf(t *testing.T, ca *identity.CA, server tls.Certificate, services []transport.ServiceRights, mc transport.MosquittoConfig) string {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	keyPEM, err := identity.MarshalPrivateKey(server.PrivateKey.(crypto.Signer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := ca.CRL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc.Listen = "127.0.0.1:1883" // replaced by testpeer's free port below
+	mc.CAFile = write("ca.pem", identity.EncodeCertificatesPEM(ca.Root(), ca.Issuing()))
+	mc.CertFile = write("server.pem", append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: server.Certificate[0]}),
+		identity.EncodeCertificatesPEM(ca.Issuing())...))
+	mc.KeyFile = write("server.key", keyPEM)
+	mc.CRLFile = write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl}))
+	mc.ACLFile = filepath.Join(dir, "acl")
+	mc.Services = services
+	conf, err := mc.Conf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	acl, err := mc.ACL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("acl", []byte(acl))
+	return strings.Replace(conf, "\nlistener 1883 127.0.0.1\n", "\nlistener {{port}} 127.0.0.1\n", 1)
 }
 
 // TestEndToEndMosquittoBrokerRestart publishes through a real mosquitto,

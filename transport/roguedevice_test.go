@@ -15,15 +15,12 @@ package transport_test
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/tls"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/metrics"
 	"slices"
@@ -37,7 +34,6 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/limits"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/transport"
@@ -194,40 +190,7 @@ func TestRogueDeviceDevMochi(t *testing.T) {
 // (its files filled in here) generates for the fleet f and services.
 func startMosquittoFor(t *testing.T, f *brokerFleet, services []transport.ServiceRights, mc transport.MosquittoConfig) *testpeer.Broker {
 	t.Helper()
-	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	keyPEM, err := identity.MarshalPrivateKey(f.server.PrivateKey.(crypto.Signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	crl, err := f.ca.CRL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc.Listen = "127.0.0.1:1883" // testpeer substitutes a free port
-	mc.CAFile = write("ca.pem", identity.EncodeCertificatesPEM(f.ca.Root(), f.ca.Issuing()))
-	mc.CertFile = write("server.pem", identity.EncodeCertificatesPEM(f.server.Leaf, f.ca.Issuing()))
-	mc.KeyFile = write("server.key", keyPEM)
-	mc.CRLFile = write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl}))
-	mc.ACLFile = filepath.Join(dir, "acl")
-	mc.Services = services
-	conf, err := mc.Conf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	acl, err := mc.ACL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	write("acl", []byte(acl))
-	conf = strings.Replace(conf, "\nlistener 1883 127.0.0.1\n", "\nlistener {{port}} 127.0.0.1\n", 1)
-	return testpeer.Mosquitto(t, conf)
+	return testpeer.Mosquitto(t, mosquittoConf(t, f.ca, f.server, services, mc))
 }
 
 func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
