@@ -170,7 +170,14 @@ func (c *collector) wait(t *testing.T, n int, within time.Duration) {
 
 func (f *e2eFleet) cloud(col *collector, v *transport.Verifier, name string) *transport.Cloud {
 	f.t.Helper()
-	c, err := transport.DialCloud(f.t.Context(), transport.CloudConfig{Broker: f.broker.Addr(), Certificate: f.serviceCert(name),
+	return f.cloudAt(f.broker.Addr(), col, v, name)
+}
+
+// cloudAt connects the cloud service name to the broker at addr, with the
+// verifier v reporting to col, and waits for its subscription.
+func (f *e2eFleet) cloudAt(addr string, col *collector, v *transport.Verifier, name string) *transport.Cloud {
+	f.t.Helper()
+	c, err := transport.DialCloud(f.t.Context(), transport.CloudConfig{Broker: addr, Certificate: f.serviceCert(name),
 		Roots: f.roots, Verifier: v, OnRecord: col.onRecord, OnRefused: col.onRefused})
 	if err != nil {
 		f.t.Fatal(err)

@@ -21,17 +21,7 @@ func TestPriorityBacklogReachesCloud(t *testing.T) {
 	store := f.enroll("sensor-p")
 	col := newCollector()
 	v := f.verifier()
-	cloud, err := transport.DialCloud(t.Context(), transport.CloudConfig{Broker: broker.Addr, Certificate: f.serviceCert("verifier"),
-		Roots: f.roots, Verifier: v, OnRecord: col.onRecord, OnRefused: col.onRefused})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cloud.Close(context.Background())
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if err := cloud.AwaitConnection(ctx); err != nil {
-		t.Fatal(err)
-	}
+	f.cloudAt(broker.Addr, col, v, "verifier")
 	broker.Kill() // the device starts offline
 
 	dev, err := transport.Dial(t.Context(), transport.ClientConfig{Broker: broker.Addr, Store: store,
