@@ -1,7 +1,8 @@
 // Package cloud runs the cloud half of d2c as one service on the fleet's
 // cloud store (cloud/store): the EST registrar, the telemetry verifier
-// (joined to a shared subscription), and CRL publication for the broker,
-// with health endpoints and Prometheus metrics. Each role runs when its
+// (joined to a shared subscription), the command API for the application,
+// and CRL publication for the broker, with health endpoints and Prometheus
+// metrics. Each role runs when its
 // configuration is given, so one binary runs them together on one machine
 // or apart on many, all sharing one PostgreSQL store.
 //
@@ -48,6 +49,10 @@ type Config struct {
 	// Verifier, if set, verifies the fleet's telemetry into the store's
 	// records table.
 	Verifier *VerifierRole
+	// Commands, if set, serves the command API. It needs Verifier (it
+	// publishes on its connection) and CA (its clients' certificates
+	// chain to the fleet root).
+	Commands *CommandRole
 	// CRL, if set, writes the fleet's CRL for the broker periodically.
 	CRL *CRLRole
 	// Ops is the address of the operations endpoint: /healthz, /readyz and
@@ -111,7 +116,7 @@ type CRLRole struct {
 
 // Addrs are the addresses the service listens on.
 type Addrs struct {
-	Registrar, Ops net.Addr
+	Registrar, Commands, Ops net.Addr
 }
 
 // Run runs the configured roles until ctx ends, then shuts them down
@@ -123,8 +128,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Registrar == nil && cfg.Verifier == nil && cfg.CRL == nil {
 		return errors.New("cloud: no role configured (Registrar, Verifier, CRL)")
 	}
-	if (cfg.Registrar != nil || cfg.CRL != nil) && cfg.CA == nil {
-		return errors.New("cloud: the registrar and CRL roles need Config.CA")
+	if (cfg.Registrar != nil || cfg.CRL != nil || cfg.Commands != nil) && cfg.CA == nil {
+		return errors.New("cloud: the registrar, command and CRL roles need Config.CA")
+	}
+	if cfg.Commands != nil && cfg.Verifier == nil {
+		return errors.New("cloud: the command role needs the verifier role (it publishes on its connection)")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -176,6 +184,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		s.cloud.Store(c)
 		start("verifier", func(ctx context.Context) error {
 			<-ctx.Done()
 			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -192,6 +201,17 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		s.verifierUp.Store(true)
 	}
+	if r := cfg.Commands; r != nil {
+		srv, ln, err := s.commandServer(r, s.cloud.Load)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		addrs.Commands = ln.Addr()
+		start("commands", func(ctx context.Context) error { return serve(ctx, srv, ln, true) })
+	}
+	start("fleet gauges", func(ctx context.Context) error { s.fleetGauges(ctx); return nil })
 	if c := cfg.CRL; c != nil {
 		if err := s.publishCRL(ctx, c); err != nil {
 			cancel()
@@ -211,7 +231,8 @@ func Run(ctx context.Context, cfg Config) error {
 		srv := &http.Server{Handler: s.opsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 		start("ops", func(ctx context.Context) error { return serve(ctx, srv, ln, false) })
 	}
-	log.Info("cloud service running", "registrar", addrs.Registrar, "verifier", cfg.Verifier != nil, "crl", cfg.CRL != nil, "ops", addrs.Ops)
+	log.Info("cloud service running", "registrar", addrs.Registrar, "verifier", cfg.Verifier != nil, "commands", addrs.Commands,
+		"crl", cfg.CRL != nil, "ops", addrs.Ops)
 	if cfg.Ready != nil {
 		cfg.Ready(addrs)
 	}
@@ -226,6 +247,7 @@ type service struct {
 	log        *slog.Logger
 	m          *metrics
 	verifierUp atomic.Bool
+	cloud      atomic.Pointer[transport.Cloud]
 }
 
 // serve serves srv on ln until ctx ends, then shuts it down gracefully.
@@ -314,7 +336,12 @@ func (s *service) verifier(ctx context.Context, v *VerifierRole) (*transport.Clo
 		Broker: v.Broker, ServerName: v.ServerName, Certificate: v.Certificate, Roots: v.Roots,
 		Verifier: ver, Group: v.Group, Logger: s.log.With("role", "verifier"),
 		OnRecord: func(ctx context.Context, r transport.Record) {
-			s.m.readings.Add(float64(len(r.Readings)))
+			switch r.Stream {
+			case transport.CommandResultStream:
+				s.m.commandResults.Inc()
+			default:
+				s.m.readings.Add(float64(len(r.Readings)))
+			}
 			if v.OnRecord != nil {
 				v.OnRecord(ctx, r)
 			}
@@ -423,6 +450,9 @@ func (s *service) opsHandler(reg *prometheus.Registry) http.Handler {
 // metrics are the service's Prometheus metrics.
 type metrics struct {
 	readings, enrollments, renewals prometheus.Counter
+	commandsSent, commandResults    prometheus.Counter
+	devicesConnected                prometheus.Gauge
+	certificates                    *prometheus.GaugeVec
 	refused                         *prometheus.CounterVec
 	storeSeconds                    prometheus.Histogram
 	crlNumber, crlNextUpdate        prometheus.Gauge
@@ -438,11 +468,18 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Help: "Messages the verifier refused, by reason."}, []string{"reason"}),
 		storeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "d2c_store_accept_seconds",
 			Help: "Time of the store's transaction deciding one batch of records.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 12)}),
-		crlNumber:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_crl_number", Help: "Number of the last CRL written."}),
-		crlNextUpdate: prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_crl_next_update_timestamp_seconds", Help: "When the last CRL written goes stale (Unix time)."}),
-		reg:           reg,
+		crlNumber:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_crl_number", Help: "Number of the last CRL written."}),
+		crlNextUpdate:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_crl_next_update_timestamp_seconds", Help: "When the last CRL written goes stale (Unix time)."}),
+		commandsSent:   prometheus.NewCounter(prometheus.CounterOpts{Name: "d2c_commands_sent_total", Help: "Signed commands the command API handed to the broker."}),
+		commandResults: prometheus.NewCounter(prometheus.CounterOpts{Name: "d2c_command_results_total", Help: "Command results accepted from devices (signed records of d2c.cmdres)."}),
+		devicesConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_devices_connected",
+			Help: "Devices that had a fresh message accepted, by any replica, within the last 5 minutes: the fleet connected, as the cloud sees it."}),
+		certificates: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "d2c_certificates",
+			Help: "Device certificates in the store that have not expired, by status (valid, superseded, revoked)."}, []string{"status"}),
+		reg: reg,
 	}
-	reg.MustRegister(m.readings, m.enrollments, m.renewals, m.refused, m.storeSeconds, m.crlNumber, m.crlNextUpdate)
+	reg.MustRegister(m.readings, m.enrollments, m.renewals, m.refused, m.storeSeconds, m.crlNumber, m.crlNextUpdate,
+		m.commandsSent, m.commandResults, m.devicesConnected, m.certificates)
 	return m
 }
 
@@ -459,5 +496,37 @@ func (m *metrics) watchVerifier(v *transport.Verifier) {
 	} {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
 			func() float64 { return float64(c.get(v.Stats())) }))
+	}
+}
+
+// connectedWindow is how recently a device must have been heard from to
+// count as connected.
+const connectedWindow = 5 * time.Minute
+
+// fleetGauges refreshes the gauges read from the store (devices
+// connected, certificates by status) every 15 seconds until ctx ends.
+func (s *service) fleetGauges(ctx context.Context) {
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if n, err := s.cfg.Store.DevicesSeen(qctx, time.Now().Add(-connectedWindow)); err == nil {
+			s.m.devicesConnected.Set(float64(n))
+		} else if ctx.Err() == nil {
+			s.log.Warn("devices connected not counted", "err", err)
+		}
+		if counts, err := s.cfg.Store.CertificateCounts(qctx); err == nil {
+			for _, st := range []string{"valid", "superseded", "revoked"} {
+				s.m.certificates.WithLabelValues(st).Set(float64(counts[st]))
+			}
+		} else if ctx.Err() == nil {
+			s.log.Warn("certificates not counted", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }

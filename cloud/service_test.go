@@ -2,12 +2,9 @@ package cloud_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,7 +19,6 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
-	"github.com/d2c-iot/d2c/transport/devbroker"
 )
 
 // TestServiceAllRoles runs the registrar, verifier and CRL roles in one
@@ -31,74 +27,24 @@ import (
 // counted as verified; the CRL is written; health, readiness and metrics
 // answer; cancelling the context stops the service cleanly.
 func TestServiceAllRoles(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := identity.InitCA(filepath.Join(dir, "ca"), identity.CAConfig{Fleet: "service test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokenKey, err := identity.ReadKeyFile(filepath.Join(dir, "ca", identity.CATokenKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Root())
-	serverCert := testpki.Server(t, ca, "127.0.0.1")
-	broker, err := devbroker.Start(t.Context(), devbroker.Config{Certificate: serverCert, ClientRoots: roots,
-		Services: []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	st, err := store.Open(t.Context(), store.Config{URL: "sqlite:" + filepath.Join(dir, "fleet.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	f := newFleet(t, transport.ServiceRights{Name: "verifier", Read: []string{transport.AllUp}})
 	cloudKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	ready := make(chan cloud.Addrs, 1)
-	ran := make(chan error, 1)
-	crlFile := filepath.Join(dir, "crl.pem")
-	go func() {
-		ran <- cloud.Run(ctx, cloud.Config{
-			Store: st, CA: ca,
-			Registrar: &cloud.RegistrarRole{Listen: "127.0.0.1:0", Certificate: serverCert, TokenKeys: []crypto.PublicKey{tokenKey.Public()}},
-			Verifier: &cloud.VerifierRole{Broker: broker.Addr(), Certificate: testpki.Service(t, ca, "verifier"), Roots: roots,
-				DecryptionKey: cloudKey},
-			CRL:   &cloud.CRLRole{Out: crlFile},
-			Ops:   "127.0.0.1:0",
-			Ready: func(a cloud.Addrs) { ready <- a },
-		})
-	}()
-	var addrs cloud.Addrs
-	select {
-	case addrs = <-ready:
-	case err := <-ran:
-		t.Fatalf("Run: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("the service did not become ready")
-	}
+	crlFile := filepath.Join(f.dir, "crl.pem")
+	addrs, ran := f.run(ctx, cloud.Config{
+		Registrar: f.registrar(),
+		Verifier: &cloud.VerifierRole{Broker: f.broker.Addr(), Certificate: testpki.Service(t, f.ca, "verifier"), Roots: f.roots,
+			DecryptionKey: cloudKey},
+		CRL: &cloud.CRLRole{Out: crlFile},
+	})
 
 	// A device enrolls through the service's registrar and publishes.
-	devStore, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := identity.TokenIssuer{Key: tokenKey}.Issue("meter-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp := sha256.Sum256(ca.Root().Raw)
-	est := identity.ESTClient{URL: "https://" + addrs.Registrar.String(), BootstrapFingerprint: fp[:]}
-	if _, err := devStore.Enroll(ctx, est, identity.EnrollRequest{DeviceID: "meter-1", Auth: identity.EnrollAuth{Token: tok}}); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: broker.Addr(), Store: devStore,
+	devStore, _ := f.enroll(ctx, addrs.Registrar.String(), "meter-1")
+	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: f.broker.Addr(), Store: devStore,
 		Encryption: &transport.Encryption{CloudKey: &cloudKey.PublicKey}, RetryMin: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +105,7 @@ func TestServiceAllRoles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache := identity.NewCRLCache(ca.Issuing(), nil)
+	cache := identity.NewCRLCache(f.ca.Issuing(), nil)
 	if err := cache.Update(b); err != nil {
 		t.Fatalf("the CRL the service wrote: %v", err)
 	}
@@ -184,10 +130,11 @@ func TestServiceConfigRefused(t *testing.T) {
 	}
 	defer st.Close()
 	for name, cfg := range map[string]cloud.Config{
-		"no store":             {CRL: &cloud.CRLRole{Out: "x"}},
-		"no role":              {Store: st},
-		"registrar, no CA":     {Store: st, Registrar: &cloud.RegistrarRole{}},
-		"CRL publisher, no CA": {Store: st, CRL: &cloud.CRLRole{Out: "x"}},
+		"no store":              {CRL: &cloud.CRLRole{Out: "x"}},
+		"no role":               {Store: st},
+		"registrar, no CA":      {Store: st, Registrar: &cloud.RegistrarRole{}},
+		"CRL publisher, no CA":  {Store: st, CRL: &cloud.CRLRole{Out: "x"}},
+		"commands, no verifier": {Store: st, CA: &identity.CA{}, Commands: &cloud.CommandRole{}},
 	} {
 		if err := cloud.Run(t.Context(), cfg); err == nil {
 			t.Errorf("%s: Run succeeded", name)

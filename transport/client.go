@@ -509,7 +509,11 @@ func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
 	if o.TTL > 0 {
 		exp = now.Add(o.TTL)
 	}
-	msgs := []Message{{Topic: TelemetryTopic(s.Device(), o.Stream), Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream,
+	topic := TelemetryTopic(s.Device(), o.Stream)
+	if o.Stream == CommandResultStream {
+		topic = CommandResultTopic(s.Device())
+	}
+	msgs := []Message{{Topic: topic, Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream,
 		Boot: c.seq.boot, Seq: seq}}
 	if out.KeyDelivery != nil {
 		// The key goes first (top priority), in the same durable append.

@@ -115,7 +115,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	c.retry.min, c.retry.max = 500*time.Millisecond, 30*time.Second
 	var filters []string
 	if cfg.Verifier != nil {
-		filters = []string{AllTelemetry, AllKeys}
+		filters = []string{AllTelemetry, AllKeys, AllCommandResults}
 		if cfg.Group != "" {
 			for i, f := range filters {
 				filters[i] = "$share/" + cfg.Group + "/" + f

@@ -189,3 +189,10 @@ func (cv *commandVerifier) verify(b []byte) (Command, error) {
 	cv.last = cmd.ID
 	return cmd, nil
 }
+
+// lastRun returns the ID of the last command run.
+func (cv *commandVerifier) lastRun() uint64 {
+	cv.mu.Lock()
+	defer cv.mu.Unlock()
+	return cv.last
+}

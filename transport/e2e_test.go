@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
@@ -245,13 +246,82 @@ func TestEndToEndEmbeddedBroker(t *testing.T) {
 	if err := commander.SendCommand(t.Context(), "sensor-1", env); err != nil {
 		t.Fatal(err)
 	}
+	var cmd transport.Command
 	select {
-	case c := <-commands:
-		if c.Name != "blink" || string(c.Body) != "3" {
-			t.Fatalf("command %+v", c)
+	case cmd = <-commands:
+		if cmd.Name != "blink" || string(cmd.Body) != "3" {
+			t.Fatalf("command %+v", cmd)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("command not received")
 	}
+
+	// The device reports its result, signed and sequenced like telemetry;
+	// a result for a command it never ran is refused before it is sealed.
+	if err := dev.ReportCommandResult(t.Context(), transport.CommandResult{ID: cmd.ID + 1}); !errors.Is(err, transport.ErrNoSuchCommand) {
+		t.Fatalf("result of a command not run: %v", err)
+	}
+	if err := dev.ReportCommandResult(t.Context(), transport.CommandResult{ID: cmd.ID, Output: make([]byte, transport.MaxCommandOutput+1)}); err == nil {
+		t.Fatal("oversized output accepted")
+	}
+	if err := dev.ReportCommandResult(t.Context(), transport.CommandResult{ID: cmd.ID, Failed: true, Output: []byte("no LED")}); err != nil {
+		t.Fatal(err)
+	}
+	col.wait(t, n+1, 15*time.Second)
+	r := col.recs[n]
+	if r.Stream != transport.CommandResultStream || r.Device != "sensor-1" {
+		t.Fatalf("result record %+v", r)
+	}
+	res, err := transport.ParseCommandResult(r)
+	if err != nil || res.ID != cmd.ID || !res.Failed || string(res.Output) != "no LED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
 	_ = cloud
+}
+
+// TestCommandResultTopics: a command result is only read from the
+// command-result topic, and nothing else is read from it.
+func TestCommandResultTopics(t *testing.T) {
+	f := newE2EFleet(t)
+	store := f.enroll("sensor-1")
+	f.enroll("sensor-2")
+	v := f.verifier()
+	id, err := store.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealer, err := transport.NewSealer(id.DeviceID, id.Key, nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seal := func(stream string, seq uint64, body string) []byte {
+		t.Helper()
+		out, err := sealer.Seal(transport.Record{Stream: stream, Boot: 1, Seq: seq, Time: time.Now(),
+			Readings: []transport.Reading{{Time: time.Now(), Body: []byte(body)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out.Envelope
+	}
+	result := `{"v":1,"id":7,"failed":false}`
+	for _, c := range []struct {
+		name, topic string
+		env         []byte
+		want        error
+	}{
+		{"result on the telemetry topic", transport.TelemetryTopic("sensor-1", transport.CommandResultStream), seal(transport.CommandResultStream, 1, result), transport.ErrInvalidTopic},
+		{"telemetry on the result topic", transport.CommandResultTopic("sensor-1"), seal("temp", 2, "21.5"), transport.ErrMalformed},
+		{"result of another device's topic", transport.CommandResultTopic("sensor-2"), seal(transport.CommandResultStream, 3, result), transport.ErrWrongDevice},
+		{"result", transport.CommandResultTopic("sensor-1"), seal(transport.CommandResultStream, 4, result), nil},
+	} {
+		rec, err := v.Verify(t.Context(), c.topic, c.env)
+		if !errors.Is(err, c.want) {
+			t.Fatalf("%s: %v, want %v", c.name, err, c.want)
+		}
+		if c.want == nil {
+			if r, err := transport.ParseCommandResult(rec); err != nil || r.ID != 7 {
+				t.Fatalf("%s: %+v %v", c.name, r, err)
+			}
+		}
+	}
 }

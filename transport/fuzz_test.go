@@ -612,6 +612,7 @@ func fzAllSeeds(tb testing.TB) map[string][]fzNamed {
 		"FuzzKeyDelivery":     fzKeyDeliverySeeds(tb, fl),
 		"FuzzDecodeRecord":    fzRecordSeeds(tb),
 		"FuzzCommand":         fzCommandSeeds(tb),
+		"FuzzCommandResult":   fzCommandResultSeeds(),
 	}
 }
 

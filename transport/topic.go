@@ -14,7 +14,8 @@ import (
 //
 //	d2c/v1/dev/{device}/up/tele/{stream}   device → cloud: telemetry envelopes
 //	d2c/v1/dev/{device}/up/key             device → cloud: session-key deliveries
-//	d2c/v1/dev/{device}/up/cmdres          device → cloud: command results
+//	d2c/v1/dev/{device}/up/cmdres          device → cloud: command results (signed records
+//	                                       of the reserved stream d2c.cmdres)
 //	d2c/v1/dev/{device}/down/cmd           cloud → device: signed commands
 //
 // A device may publish under .../up/# and subscribe under .../down/# of its

@@ -405,7 +405,13 @@ func (v *Verifier) open(ctx context.Context, topic string, payload []byte) (Reco
 		return Record{}, fmt.Errorf("%w: %d bytes over %d", ErrMalformed, len(payload), limits.Envelope)
 	}
 	switch t.Kind {
-	case KindTelemetry:
+	case KindTelemetry, KindCommandResult:
+		stream := t.Stream
+		if t.Kind == KindCommandResult {
+			stream = CommandResultStream
+		} else if stream == CommandResultStream {
+			return Record{}, fmt.Errorf("%w: command results go on %s", ErrInvalidTopic, CommandResultTopic(t.Device))
+		}
 		inner, err := v.unwrap(ctx, t.Device, payload, TelemetryType)
 		if err != nil {
 			return Record{}, err
@@ -421,14 +427,14 @@ func (v *Verifier) open(ctx context.Context, topic string, payload []byte) (Reco
 		if rec.Device != t.Device {
 			return Record{}, fmt.Errorf("%w: record names %q, signer and topic %q", ErrWrongDevice, clip(rec.Device), t.Device)
 		}
-		if rec.Stream != t.Stream {
-			return Record{}, fmt.Errorf("%w: record stream %q on topic stream %q", ErrMalformed, clip(rec.Stream), t.Stream)
+		if rec.Stream != stream {
+			return Record{}, fmt.Errorf("%w: record stream %q on the topic of stream %q", ErrMalformed, clip(rec.Stream), stream)
 		}
 		return rec, nil
 	case KindKey:
 		return Record{}, v.acceptKey(ctx, t.Device, payload)
 	}
-	return Record{}, fmt.Errorf("%w: not a telemetry or key topic", ErrInvalidTopic)
+	return Record{}, fmt.Errorf("%w: not a telemetry, command-result or key topic", ErrInvalidTopic)
 }
 
 // isJWE tells a compact JWE (five parts) from a compact JWS (three).

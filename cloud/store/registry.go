@@ -543,3 +543,25 @@ func (s *Store) CRL(ctx context.Context, signer CRLSigner) ([]byte, error) {
 	})
 	return der, err
 }
+
+// CertificateCounts returns how many unexpired device certificates the
+// store holds, by status ("valid", "superseded", "revoked").
+func (s *Store) CertificateCounts(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, s.q("SELECT status, COUNT(*) FROM certificates WHERE not_after_ms > ? GROUP BY status"), s.now().UnixMilli())
+	if err != nil {
+		return nil, fmt.Errorf("store: count certificates: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var (
+			st string
+			n  int
+		)
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("store: count certificates: %w", err)
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}

@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/d2c-iot/d2c/transport"
 )
@@ -129,7 +130,7 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 		if err != nil {
 			return fmt.Errorf("store: insert records: %w", err)
 		}
-		return s.saveWindows(ctx, tx, devices, wins)
+		return s.saveWindows(ctx, tx, devices, wins, now)
 	})
 	if err != nil {
 		return nil, err
@@ -144,6 +145,9 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 // ([transport.ConsentLedger]). The record stays seen in the replay window.
 // It returns the record's verdict, and an error if the database failed.
 func (s *Store) applyConsent(ctx context.Context, tx *sql.Tx, ledger *transport.ConsentLedger, r transport.Record) (verdict, err error) {
+	if r.Stream == transport.CommandResultStream {
+		return s.keepCommandResult(ctx, tx, r)
+	}
 	if r.Stream == transport.ConsentStream {
 		ev, err := transport.ParseConsentEvent(r)
 		if err != nil {
@@ -254,7 +258,7 @@ func classify(wins map[string][]*window, device string, boot, seq uint64) error 
 // changed ones, whose rows loadWindows locked, are rewritten by one
 // INSERT ... ON CONFLICT DO UPDATE, an UPDATE of many rows in one
 // statement.
-func (s *Store) saveWindows(ctx context.Context, tx *sql.Tx, devices []string, wins map[string][]*window) error {
+func (s *Store) saveWindows(ctx context.Context, tx *sql.Tx, devices []string, wins map[string][]*window, nowMS int64) error {
 	type row struct {
 		dev string
 		w   *window
@@ -282,11 +286,11 @@ func (s *Store) saveWindows(ctx context.Context, tx *sql.Tx, devices []string, w
 		conflict string
 	}{
 		{inserts, ""},
-		{updates, " ON CONFLICT (device, boot) DO UPDATE SET top = excluded.top, bits = excluded.bits"},
+		{updates, " ON CONFLICT (device, boot) DO UPDATE SET top = excluded.top, bits = excluded.bits, seen_ms = excluded.seen_ms"},
 	} {
-		err := s.insertRows(ctx, tx, "INSERT INTO replay (device, boot, top, bits) VALUES ", c.conflict, 4, len(c.rows), func(args []any, k int) []any {
+		err := s.insertRows(ctx, tx, "INSERT INTO replay (device, boot, top, bits, seen_ms) VALUES ", c.conflict, 5, len(c.rows), func(args []any, k int) []any {
 			r := c.rows[k]
-			return append(args, r.dev, int64(r.w.boot), int64(r.w.top), r.w.bits[:])
+			return append(args, r.dev, int64(r.w.boot), int64(r.w.top), r.w.bits[:], nowMS)
 		})
 		if err != nil {
 			return fmt.Errorf("store: save replay windows: %w", err)
@@ -419,4 +423,15 @@ func (s *Store) KeyDelivery(ctx context.Context, device, keyID string) ([]byte, 
 		return nil, fmt.Errorf("store: read key delivery: %w", err)
 	}
 	return env, nil
+}
+
+// DevicesSeen returns how many devices had a fresh record accepted since
+// the given time, by any verifier on the store: the devices connected,
+// as the cloud sees them.
+func (s *Store) DevicesSeen(ctx context.Context, since time.Time) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, s.q("SELECT COUNT(DISTINCT device) FROM replay WHERE seen_ms >= ?"), since.UnixMilli()).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: devices seen: %w", err)
+	}
+	return n, nil
 }
