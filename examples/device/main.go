@@ -10,8 +10,8 @@
 //
 //	device --config /etc/d2c/device.conf
 //
-// docs/walkthrough.md runs it against mosquitto, the registrar and the
-// cloud program (examples/cloud) on one machine.
+// docs/walkthrough.md runs it against mosquitto and the cloud service
+// (d2c cloud serve) on one machine.
 //
 // # Configuration
 //
@@ -48,8 +48,8 @@
 // command as JSON {"id","name","ok","detail","error"}; on "update" the
 // update agent's results (update.TelemetryReporter); and on "identity",
 // after each renewal, the new certificate chain (PEM), signed with the key
-// the cloud already knows, so that the cloud can register the new
-// certificate (examples/cloud does).
+// the cloud already knows, so that a cloud without a store can register
+// the new certificate (the cloud service's registrar records it itself).
 //
 // # Commands
 //

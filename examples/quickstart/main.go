@@ -1,19 +1,25 @@
 // Command quickstart runs the whole d2c loop on this machine, narrated, with
-// nothing to install or configure: a fleet CA, a one-time enrollment token,
-// an EST registrar over HTTPS on 127.0.0.1, a device that generates its own
-// key, enrolls and renews, a reused token refused; an embedded MQTT v5
-// broker with mutual TLS and per-device ACLs, signed and encrypted
-// telemetry verified by the cloud, a signed command obeyed and its replay
-// refused; and finally the device revoked.
+// nothing to install or configure. The cloud half is one call, cloud.Run,
+// on an SQLite store in a temporary directory: the EST registrar, the
+// telemetry verifier and CRL publication, with health and metrics
+// endpoints, beside an embedded MQTT v5 broker with mutual TLS and
+// per-device ACLs. A device generates its own key, enrolls through the
+// service with a one-time token (reused: refused) and renews; it publishes
+// signed and encrypted telemetry that the service verifies into the store;
+// it obeys a signed command and refuses its replay.
 //
 //	go run ./examples/quickstart [--keep]
 //
 // Then updates: a release signed by the vendor, downloaded over HTTPS into
 // the device's other slot, booted on trial and confirmed, each result
-// reported to the cloud as signed telemetry; and a rollback refused.
+// reported to the cloud as signed telemetry; a rollback refused; and the
+// device revoked in the store, listed in the CRL the service writes, and
+// refused. With --keep the directory stays, and "d2c tail --db" prints the
+// records the service kept.
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto"
@@ -24,22 +30,26 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"maps"
-	"net"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/d2c-iot/d2c/cloud"
+	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/examples/internal/narrate"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
@@ -47,6 +57,13 @@ import (
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
 )
+
+// crlEvery is how often the service writes a fresh CRL here (its default
+// is hourly), so that the revocation shows in the file within the run.
+const crlEvery = 200 * time.Millisecond
+
+// waitFor bounds each wait for something the cloud or the device does.
+const waitFor = 10 * time.Second
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -60,7 +77,7 @@ func main() {
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("quickstart", flag.ContinueOnError)
 	fs.SetOutput(out)
-	keep := fs.Bool("keep", false, "keep the temporary directory with the CA and device state")
+	keep := fs.Bool("keep", false, "keep the temporary directory with the CA, the cloud store and the device state")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,8 +86,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cloudDir := filepath.Join(dir, "cloud")
+	db := "sqlite:" + filepath.Join(cloudDir, "fleet.db")
 	if *keep {
-		defer fmt.Fprintf(out, "\nState kept in %s\n", dir)
+		defer fmt.Fprintf(out, "\nState kept in %s\nThe verified records the service kept: d2c tail --db %s --since 1h\n", dir, db)
 	} else {
 		defer os.RemoveAll(dir)
 	}
@@ -78,7 +97,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintln(out, "d2c quickstart: a device gets its own certified identity, with no shared secret.")
 
 	// 1. The fleet CA.
-	caDir := filepath.Join(dir, "cloud", "ca")
+	caDir := filepath.Join(cloudDir, "ca")
 	ca, err := identity.InitCA(caDir, identity.CAConfig{Fleet: "Quickstart Fleet"})
 	if err != nil {
 		return err
@@ -88,40 +107,47 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	n.Say("root:    %s (key to be kept offline)", ca.Root().Subject.CommonName)
 	n.Say("issuing: %s (signs device certificates)", ca.Issuing().Subject.CommonName)
 	n.Say("root fingerprint (SHA-256): %x", fp)
-
-	// 2. The registrar.
 	tokenKey, err := identity.ReadKeyFile(filepath.Join(caDir, identity.CATokenKeyFile))
 	if err != nil {
 		return err
 	}
-	used, err := identity.OpenUsedTokens(filepath.Join(dir, "cloud", "used-tokens.state"), nil)
-	if err != nil {
-		return err
-	}
-	reg, err := identity.NewRegistrar(identity.RegistrarConfig{CA: ca, TokenKeys: []crypto.PublicKey{tokenKey.Public()}, UsedTokens: used})
-	if err != nil {
-		return err
-	}
-	srvKey, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		return err
-	}
-	srvCert, err := ca.IssueServer(srvKey.Public(), "127.0.0.1")
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: reg, ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: reg.TLSConfig(tls.Certificate{Certificate: [][]byte{srvCert.Raw, ca.Issuing().Raw}, PrivateKey: srvKey})}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	defer srv.Close()
-	url := "https://" + ln.Addr().String()
-	n.Step("Cloud: EST registrar (RFC 7030) listening on %s, TLS 1.3", url)
 
-	// 3. A token for one device.
+	// 2. The broker, on the fleet's store.
+	st, err := store.Open(ctx, store.Config{URL: db})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Root())
+	brokerCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueServer(pub, "127.0.0.1") })
+	if err != nil {
+		return err
+	}
+	broker, err := devbroker.Start(ctx, devbroker.Config{Certificate: brokerCert, ClientRoots: roots, Revocation: st,
+		Services: []transport.ServiceRights{
+			{Name: "verifier", Read: []string{transport.AllUp}},
+			{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+		}})
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+	n.Step("Cloud: MQTT v5 broker on %s: TLS 1.3, client certificates required, each device confined to d2c/v1/dev/<its id>/", broker.Addr())
+
+	// 3. The cloud service.
+	svc, err := startService(ctx, cloudDir, ca, st, broker.Addr(), roots, tokenKey.Public())
+	if err != nil {
+		return err
+	}
+	defer svc.stop()
+	n.Step("Cloud: the cloud service, one cloud.Run on the store %s", db)
+	n.Say("EST registrar (RFC 7030) listening on %s, TLS 1.3", svc.est)
+	n.Say("telemetry verifier subscribed to the broker: what it accepts goes to the store's records table")
+	n.Say("CRL for the broker in %s, rewritten every %s here (default: hourly)", filepath.Base(svc.crlFile), crlEvery)
+	n.Say("/healthz, /readyz, /metrics (Prometheus) on %s", svc.ops)
+
+	// 4. A token for one device.
 	const deviceID = "sensor-0001"
 	token, err := identity.TokenIssuer{Key: tokenKey, TTL: 15 * time.Minute}.Issue(deviceID)
 	if err != nil {
@@ -130,13 +156,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	n.Step("Operator: issued a one-time enrollment token for %q", deviceID)
 	n.Say("a signed JWT, valid 15 minutes, usable once (%d bytes)", len(token))
 
-	// 4. The device enrolls.
-	store, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{})
+	// 5. The device enrolls through the service.
+	devStore, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{})
 	if err != nil {
 		return err
 	}
-	est := identity.ESTClient{URL: url, BootstrapFingerprint: fp[:]}
-	id, err := store.Enroll(ctx, est, identity.EnrollRequest{DeviceID: deviceID, Auth: identity.EnrollAuth{Token: token}})
+	est := identity.ESTClient{URL: svc.est, BootstrapFingerprint: fp[:]}
+	id, err := devStore.Enroll(ctx, est, identity.EnrollRequest{DeviceID: deviceID, Auth: identity.EnrollAuth{Token: token}})
 	if err != nil {
 		return err
 	}
@@ -144,10 +170,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	n.Step("Device: generated its own key and enrolled over EST")
 	n.Say("trusted the registrar only after checking the root fingerprint")
 	n.Say("certificate: CN=%s, %s", leaf.Subject.CommonName, leaf.URIs[0])
-	n.Say("serial %x, valid until %s", leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.DateOnly))
+	n.Say("serial %x, valid until %s; recorded in the store with the token it consumed", leaf.SerialNumber, leaf.NotAfter.UTC().Format(time.DateOnly))
 	n.Say("private key: generated on the device, stored with mode 0600, never sent anywhere")
 
-	// 5. An attacker replays the token.
+	// 6. An attacker replays the token.
 	attacker, err := identity.OpenStore(filepath.Join(dir, "attacker"), identity.StoreConfig{})
 	if err != nil {
 		return err
@@ -159,118 +185,109 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	n.Say("refused: %v", errors.Unwrap(err))
 
-	// 6. Renewal.
-	renewed, err := store.Renew(ctx, est, identity.RenewOptions{})
+	// 7. Renewal.
+	renewed, err := devStore.Renew(ctx, est, identity.RenewOptions{})
 	if err != nil {
 		return err
 	}
 	n.Step("Device: renewed its certificate with a new key (EST simplereenroll)")
 	n.Say("new serial %x; old key and certificate removed only after the new pair verified", renewed.Certificate().SerialNumber)
+	n.Say("the store marks the old certificate superseded: it can no longer renew")
 
-	// 7-10. Telemetry and commands over MQTT v5 with mutual TLS.
-	if err := telemetry(ctx, n, ca, store); err != nil {
+	// 8-13. Telemetry, a command, updates.
+	if err := telemetry(ctx, n, ca, roots, broker.Addr(), svc, devStore); err != nil {
 		return err
 	}
 
-	// 11. Revocation.
-	if err := ca.Revoke(renewed.Certificate(), 1); err != nil {
+	// 14. Revocation.
+	if err := revoke(ctx, n, st, svc, ca, est, devStore); err != nil {
 		return err
 	}
-	crl, err := ca.CRL()
-	if err != nil {
-		return err
-	}
-	_, err = store.Renew(ctx, est, identity.RenewOptions{})
-	n.Step("Cloud: revoked the device (say it was stolen) and published a CRL (%d bytes)", len(crl))
-	if !errors.Is(err, identity.ErrRevoked) {
-		return fmt.Errorf("revoked device was not refused: %v", err)
-	}
-	n.Say("the revoked device's renewal is refused: %v", errors.Unwrap(err))
-
 	fmt.Fprintf(out, "\nDone in %s.\n", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// telemetry runs the transport part of the loop: an embedded broker with
-// mutual TLS and the generated ACL, a cloud verifier, the device publishing
-// signed and encrypted readings, and a signed command.
-func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, store *identity.Store) error {
-	roots := x509.NewCertPool()
-	roots.AddCert(ca.Root())
-	brokerCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueServer(pub, "127.0.0.1") })
-	if err != nil {
-		return err
-	}
-	services := []transport.ServiceRights{
-		{Name: "verifier", Read: []string{transport.AllUp}},
-		{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
-	}
-	broker, err := devbroker.Start(ctx, devbroker.Config{Certificate: brokerCert, ClientRoots: roots, Services: services, Revocation: ca})
-	if err != nil {
-		return err
-	}
-	defer broker.Close()
-	n.Step("Cloud: MQTT v5 broker on %s: TLS 1.3, client certificates required, each device confined to d2c/v1/dev/<its id>/", broker.Addr())
+// service is the cloud service running in the background.
+type service struct {
+	est, ops string                // the registrar's and the operations endpoint's URLs
+	crlFile  string                // the CRL it writes for the broker
+	cloudKey *ecdsa.PrivateKey     // devices encrypt telemetry to its public half
+	records  chan transport.Record // each record the verifier accepted, live
+	stop     func()                // stops it gracefully
+}
 
-	// The cloud: a verifier that knows the device's certificate, and a key
-	// that telemetry is encrypted to.
-	id, err := store.Current()
-	if err != nil {
-		return err
-	}
-	certs := &transport.MemoryCertificates{}
-	certs.Add(id.Chain...)
+// startService runs the registrar, the verifier and CRL publication as
+// one service on st (cloud.Run), and returns once every role is up.
+func startService(ctx context.Context, dir string, ca *identity.CA, st *store.Store, brokerAddr string, roots *x509.CertPool,
+	tokenKey crypto.PublicKey) (*service, error) {
 	cloudKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	verifier, err := transport.NewVerifier(transport.VerifierConfig{Certificates: certs, DecryptionKey: cloudKey,
-		Policy: identity.DeviceCertPolicy{Roots: roots, Revocations: ca}, RequireEncryption: true})
+	estCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueServer(pub, "127.0.0.1") })
 	if err != nil {
-		return err
+		return nil, err
 	}
-	received := make(chan transport.Record, 16)
-	svc := func(name string, v *transport.Verifier) (*transport.Cloud, error) {
-		cert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, name) })
-		if err != nil {
-			return nil, err
+	verifierCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, "verifier") })
+	if err != nil {
+		return nil, err
+	}
+	s := &service{crlFile: filepath.Join(dir, "crl.pem"), cloudKey: cloudKey, records: make(chan transport.Record, 256)}
+	ctx, cancel := context.WithCancel(ctx)
+	ready, ran := make(chan cloud.Addrs, 1), make(chan error, 1)
+	go func() {
+		ran <- cloud.Run(ctx, cloud.Config{
+			Store: st, CA: ca,
+			Registrar: &cloud.RegistrarRole{Listen: "127.0.0.1:0", Certificate: estCert, TokenKeys: []crypto.PublicKey{tokenKey}},
+			Verifier: &cloud.VerifierRole{Broker: brokerAddr, Certificate: verifierCert, Roots: roots,
+				DecryptionKey: cloudKey, RequireEncryption: true,
+				OnRecord: func(_ context.Context, r transport.Record) {
+					select {
+					case s.records <- r:
+					default: // never stall the verifier; the record is in the store
+					}
+				}},
+			CRL:   &cloud.CRLRole{Out: s.crlFile, Every: crlEvery},
+			Ops:   "127.0.0.1:0",
+			Ready: func(a cloud.Addrs) { ready <- a },
+		})
+	}()
+	select {
+	case a := <-ready:
+		s.est, s.ops = "https://"+a.Registrar.String(), "http://"+a.Ops.String()
+		s.stop = func() {
+			cancel()
+			<-ran
 		}
-		c, err := transport.DialCloud(ctx, transport.CloudConfig{Broker: broker.Addr(), Certificate: cert, Roots: roots, Verifier: v,
-			OnRecord: func(_ context.Context, r transport.Record) { received <- r }})
-		if err != nil {
-			return nil, err
+		return s, nil
+	case err := <-ran:
+		cancel()
+		if err == nil {
+			err = errors.New("the cloud service stopped before it was ready")
 		}
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		return c, c.AwaitConnection(wctx)
+		return nil, err
 	}
-	cloud, err := svc("verifier", verifier)
-	if err != nil {
-		return err
-	}
-	defer cloud.Close(context.Background())
-	commander, err := svc("commander", nil)
-	if err != nil {
-		return err
-	}
-	defer commander.Close(context.Background())
-	time.Sleep(100 * time.Millisecond) // let the subscription settle
+}
 
-	// The device.
+// telemetry runs the transport part of the loop: the device publishing
+// signed and encrypted readings that the service verifies, and a signed
+// command; then the updates.
+func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, brokerAddr string, svc *service,
+	devStore *identity.Store) error {
 	cmdKey, err := identity.GenerateKey(identity.ECDSAP256)
 	if err != nil {
 		return err
 	}
 	commands := make(chan transport.Command, 1)
-	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: broker.Addr(), Store: store,
-		Encryption:  &transport.Encryption{CloudKey: &cloudKey.PublicKey},
+	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: brokerAddr, Store: devStore,
+		Encryption:  &transport.Encryption{CloudKey: &svc.cloudKey.PublicKey},
 		CommandKeys: []crypto.PublicKey{cmdKey.Public()},
 		OnCommand:   func(_ context.Context, c transport.Command) { commands <- c }})
 	if err != nil {
 		return err
 	}
 	defer dev.Close(context.Background())
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, waitFor)
 	defer cancel()
 	if err := dev.AwaitConnection(wctx); err != nil { // connected, and subscribed to its commands
 		return fmt.Errorf("device connection: %w", err)
@@ -285,38 +302,73 @@ func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, store 
 			n.Say("stored on disk before Publish returns, removed only after the broker's PUBACK")
 		}
 	}
-	n.Step("Cloud: verified each reading (signature by the device's certificate, topic, sequence)")
+	n.Step("Cloud: the service verified each reading (signature by the device's certificate from the store, topic, sequence)")
 	for range 3 {
-		select {
-		case r := <-received:
-			n.Say("%s/%s boot %d seq %d: %s", r.Device, r.Stream, r.Boot, r.Seq, r.Readings[0].Body)
-		case <-time.After(10 * time.Second):
-			return errors.New("telemetry did not arrive")
+		r, err := nextRecord(svc.records, "temperature")
+		if err != nil {
+			return err
 		}
+		n.Say("%s/%s boot %d seq %d: %s", r.Device, r.Stream, r.Boot, r.Seq, r.Readings[0].Body)
 	}
-	st := verifier.Stats()
-	n.Say("the broker only ever saw ciphertext; accepted %d, refused %d", st.Accepted, st.Refused)
-
-	// A signed command.
-	signer := &transport.CommandSigner{Key: cmdKey, TTL: time.Minute}
-	env, err := signer.Sign(transport.Command{Device: id.DeviceID, Name: "set-interval", Body: []byte("60s")})
+	verified, err := metric(ctx, svc.ops, "d2c_readings_verified_total")
 	if err != nil {
 		return err
 	}
-	if err := commander.SendCommand(ctx, id.DeviceID, env); err != nil {
+	refused, err := metric(ctx, svc.ops, "d2c_messages_refused_total")
+	if err != nil {
+		return err
+	}
+	n.Say("the broker only ever saw ciphertext; %s/metrics: accepted %d, refused %d", svc.ops, verified, refused)
+	n.Say("each record kept once in the store's records table, in the transaction that marks its sequence seen")
+
+	id, err := devStore.Current()
+	if err != nil {
+		return err
+	}
+	if err := signedCommand(ctx, n, ca, roots, brokerAddr, cmdKey, dev, id.DeviceID, commands); err != nil {
+		return err
+	}
+	return updates(ctx, n, ca, roots, devStore, dev, svc.records)
+}
+
+// signedCommand sends the device a command signed with the fleet's
+// command key through a "commander" service connection, then replays it
+// through the broker: the device obeys the first and refuses the second.
+func signedCommand(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, brokerAddr string, cmdKey crypto.Signer,
+	dev *transport.Client, device string, commands <-chan transport.Command) error {
+	cert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, "commander") })
+	if err != nil {
+		return err
+	}
+	commander, err := transport.DialCloud(ctx, transport.CloudConfig{Broker: brokerAddr, Certificate: cert, Roots: roots})
+	if err != nil {
+		return err
+	}
+	defer commander.Close(context.Background())
+	wctx, cancel := context.WithTimeout(ctx, waitFor)
+	defer cancel()
+	if err := commander.AwaitConnection(wctx); err != nil {
+		return fmt.Errorf("commander connection: %w", err)
+	}
+	signer := &transport.CommandSigner{Key: cmdKey, TTL: time.Minute}
+	env, err := signer.Sign(transport.Command{Device: device, Name: "set-interval", Body: []byte("60s")})
+	if err != nil {
+		return err
+	}
+	if err := commander.SendCommand(ctx, device, env); err != nil {
 		return err
 	}
 	select {
 	case c := <-commands:
 		n.Step("Device: obeyed a command signed by the fleet's command key: %s %s (expires %s)", c.Name, c.Body, c.Expires.Format(time.TimeOnly))
-	case <-time.After(10 * time.Second):
+	case <-time.After(waitFor):
 		return errors.New("command did not arrive")
 	}
 	// The same command replayed through the broker is refused.
-	if err := commander.SendCommand(ctx, id.DeviceID, env); err != nil {
+	if err := commander.SendCommand(ctx, device, env); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitFor)
 	for dev.Stats().CommandsRefused == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -324,7 +376,112 @@ func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, store 
 		return errors.New("replayed command was not refused")
 	}
 	n.Say("the same command replayed: refused (its ID is not above the last one run)")
-	return updates(ctx, n, ca, roots, store, dev, received)
+	return nil
+}
+
+// revoke revokes the device in the store, waits for the CRL the service
+// writes to list it, and shows its renewal refused.
+func revoke(ctx context.Context, n *narrate.Narrator, st *store.Store, svc *service, ca *identity.CA, est identity.ESTClient,
+	devStore *identity.Store) error {
+	id, err := devStore.Current()
+	if err != nil {
+		return err
+	}
+	count, err := st.RevokeDevice(ctx, id.DeviceID, 1) // RFC 5280 keyCompromise
+	if err != nil {
+		return err
+	}
+	n.Step("Cloud: revoked the device (say it was stolen) in the store: its %d certificates, every key it ever held", count)
+	number, size, err := awaitCRL(svc.crlFile, ca.Issuing(), id.Certificate().SerialNumber)
+	if err != nil {
+		return err
+	}
+	n.Say("the service's next CRL for the broker lists it: number %d, %d bytes, in %s", number, size, filepath.Base(svc.crlFile))
+	_, err = devStore.Renew(ctx, est, identity.RenewOptions{})
+	if !errors.Is(err, identity.ErrRevoked) {
+		return fmt.Errorf("revoked device was not refused: %v", err)
+	}
+	n.Say("the revoked device's renewal is refused: %v", errors.Unwrap(err))
+	return nil
+}
+
+// awaitCRL waits until the CRL file, signed by issuer, lists serial, and
+// returns the CRL's number and size.
+func awaitCRL(file string, issuer *x509.Certificate, serial *big.Int) (*big.Int, int, error) {
+	deadline := time.Now().Add(waitFor)
+	for {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, 0, err
+		}
+		block, _ := pem.Decode(b)
+		if block == nil || block.Type != "X509 CRL" {
+			return nil, 0, fmt.Errorf("%s: not a PEM CRL", file)
+		}
+		crl, err := x509.ParseRevocationList(block.Bytes)
+		if err == nil {
+			err = crl.CheckSignatureFrom(issuer)
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", file, err)
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			if e.SerialNumber.Cmp(serial) == 0 {
+				return crl.Number, len(block.Bytes), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, 0, fmt.Errorf("%s does not list the revoked certificate", file)
+		}
+		time.Sleep(crlEvery / 4)
+	}
+}
+
+// nextRecord returns the next record of stream the service verified,
+// skipping the others.
+func nextRecord(records <-chan transport.Record, stream string) (transport.Record, error) {
+	timeout := time.After(waitFor)
+	for {
+		select {
+		case r := <-records:
+			if r.Stream == stream {
+				return r, nil
+			}
+		case <-timeout:
+			return transport.Record{}, fmt.Errorf("no %s record reached the cloud", stream)
+		}
+	}
+}
+
+// metric reads a counter from the service's Prometheus endpoint: the sum
+// of its series (0 when it has none yet).
+func metric(ctx context.Context, ops, name string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ops+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s/metrics: %s", ops, resp.Status)
+	}
+	sum := 0.0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), name)
+		if !ok || !strings.HasPrefix(rest, " ") && !strings.HasPrefix(rest, "{") {
+			continue
+		}
+		v, err := strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s/metrics: %s: %w", ops, name, err)
+		}
+		sum += v
+	}
+	return int(sum), sc.Err()
 }
 
 // updates runs the update part of the loop: release keys and a root pinned
@@ -332,8 +489,9 @@ func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, store 
 // installing it into its other slot, booting it on trial and confirming it,
 // every result reported to the cloud as signed telemetry; then a rollback
 // refused.
-func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, store *identity.Store, dev *transport.Client, received <-chan transport.Record) error {
-	dir := filepath.Dir(store.Dir())
+func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, devStore *identity.Store, dev *transport.Client,
+	received <-chan transport.Record) error {
+	dir := filepath.Dir(devStore.Dir())
 	var rootKey, relKey, tsKey crypto.Signer
 	root := &update.Root{Version: 1, Expires: time.Now().Add(365 * 24 * time.Hour)}
 	for role, k := range map[update.Role]*crypto.Signer{update.RoleRoot: &rootKey, update.RoleRelease: &relKey, update.RoleTimestamp: &tsKey} {
@@ -403,7 +561,7 @@ func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x
 			return update.Status{}, err
 		}
 		agent, err = update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(dir, "update"), Root: pinned,
-			HardwareClass: "quickstart-sensor", Slots: s, Clock: store.Clock(),
+			HardwareClass: "quickstart-sensor", Slots: s, Clock: devStore.Clock(),
 			Source: &update.HTTPSource{BaseURL: srv.URL + "/", Client: httpsClient(roots)}, Client: httpsClient(roots),
 			Report: update.TelemetryReporter(dev, nil)})
 		if err != nil {
@@ -454,23 +612,19 @@ func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x
 // cloudEvents prints the next want update results the cloud verified.
 func cloudEvents(n *narrate.Narrator, received <-chan transport.Record, want int) error {
 	for range want {
-		select {
-		case r := <-received:
-			if r.Stream != update.ReportStream {
-				continue
-			}
-			var res update.Result
-			if err := json.Unmarshal(r.Readings[0].Body, &res); err != nil {
-				return err
-			}
-			if res.Event == "refused" {
-				n.Say("cloud, verified from the device: update refused: %s", res.Reason)
-				continue
-			}
-			n.Say("cloud, verified from the device: update %s, release %d", res.Event, res.Version)
-		case <-time.After(10 * time.Second):
-			return errors.New("the update result did not reach the cloud")
+		r, err := nextRecord(received, update.ReportStream)
+		if err != nil {
+			return err
 		}
+		var res update.Result
+		if err := json.Unmarshal(r.Readings[0].Body, &res); err != nil {
+			return err
+		}
+		if res.Event == "refused" {
+			n.Say("cloud, verified from the device: update refused: %s", res.Reason)
+			continue
+		}
+		n.Say("cloud, verified from the device: update %s, release %d", res.Event, res.Version)
 	}
 	return nil
 }
