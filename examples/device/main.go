@@ -44,12 +44,10 @@
 // # What it publishes
 //
 // On the stream set by --stream (default "temperature") a reading
-// {"celsius":21.37} every --interval; on "command" the result of each
-// command as JSON {"id","name","ok","detail","error"}; on "update" the
-// update agent's results (update.TelemetryReporter); and on "identity",
-// after each renewal, the new certificate chain (PEM), signed with the key
-// the cloud already knows, so that a cloud without a store can register
-// the new certificate (the cloud service's registrar records it itself).
+// {"celsius":21.37} every --interval; on "update" the update agent's
+// results (update.TelemetryReporter); and the result of each command it
+// runs (transport.Client.ReportCommandResult: failed or not, and a line of
+// text), which the cloud service's command API shows to the application.
 //
 // # Commands
 //
@@ -74,7 +72,6 @@ import (
 	"context"
 	"crypto"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -103,10 +100,7 @@ import (
 
 // Streams the device publishes on, besides its sensor stream and
 // update.ReportStream.
-const (
-	commandStream  = "command"
-	identityStream = "identity"
-)
+const ()
 
 // Bounds of the publishing interval.
 const (
@@ -479,17 +473,11 @@ func (d *device) publish(ctx context.Context, client *transport.Client, restartc
 	}
 }
 
-// renew keeps the certificate renewed. After each renewal it announces the
-// new chain on the identity stream, still signed with the previous key,
-// which the cloud knows, and only then signs with the new one.
+// renew keeps the certificate renewed, and has the client use each new
+// one (the cloud's registrar records it as it issues it).
 func (d *device) renew(ctx context.Context, client *transport.Client) {
 	r := &identity.Renewer{Store: d.store, Client: identity.ESTClient{URL: d.s.estURL}, Logger: d.log,
 		OnRenew: func(id *identity.Identity) {
-			body := identity.EncodeCertificatesPEM(id.Chain...)
-			if err := client.PublishWith(ctx, transport.PublishOptions{Stream: identityStream, Priority: 255},
-				transport.Reading{Time: d.store.Clock().Now(), Body: body}); err != nil {
-				d.log.Error("announce the renewed certificate", "err", err)
-			}
 			if err := client.Reload(); err != nil {
 				d.log.Error("use the renewed certificate", "err", err)
 			}
@@ -545,17 +533,14 @@ func (d *device) onCommand(ctx context.Context, c transport.Command) {
 	d.appCommand(ctx, c)
 }
 
-// commandResult is published on the command stream.
+// commandResult is what appCommand reports.
 type commandResult struct {
-	ID     uint64 `json:"id"`
-	Name   string `json:"name"`
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail,omitempty"`
-	Error  string `json:"error,omitempty"`
+	OK            bool
+	Detail, Error string
 }
 
 func (d *device) appCommand(ctx context.Context, c transport.Command) {
-	res := commandResult{ID: c.ID, Name: c.Name}
+	var res commandResult
 	switch c.Name {
 	case "set-interval":
 		iv, err := time.ParseDuration(strings.TrimSpace(string(c.Body)))
@@ -578,14 +563,19 @@ func (d *device) appCommand(ctx context.Context, c transport.Command) {
 		res.Error = "unknown command"
 	}
 	d.log.Info("command", "id", c.ID, "name", c.Name, "ok", res.OK, "detail", res.Detail, "error", res.Error)
-	body, err := json.Marshal(res)
-	if err == nil {
-		if client := d.client.Load(); client != nil {
-			err = client.Publish(ctx, commandStream, transport.Reading{Time: d.store.Clock().Now(), Body: body})
-		}
+	out := res.Detail
+	if !res.OK {
+		out = res.Error
 	}
-	if err != nil {
-		d.log.Warn("report command result", "err", err)
+	if client := d.client.Load(); client != nil {
+		// Reported from its own goroutine: OnCommand must not block, and
+		// the report waits for the outbox's fsync.
+		go func() {
+			err := client.ReportCommandResult(ctx, transport.CommandResult{ID: c.ID, Failed: !res.OK, Output: []byte(out)})
+			if err != nil {
+				d.log.Warn("report command result", "id", c.ID, "err", err)
+			}
+		}()
 	}
 }
 

@@ -1,12 +1,14 @@
 // Command quickstart runs the whole d2c loop on this machine, narrated, with
 // nothing to install or configure. The cloud half is one call, cloud.Run,
 // on an SQLite store in a temporary directory: the EST registrar, the
-// telemetry verifier and CRL publication, with health and metrics
-// endpoints, beside an embedded MQTT v5 broker with mutual TLS and
+// telemetry verifier, the command API and CRL publication, with health and
+// metrics endpoints, beside an embedded MQTT v5 broker with mutual TLS and
 // per-device ACLs. A device generates its own key, enrolls through the
 // service with a one-time token (reused: refused) and renews; it publishes
 // signed and encrypted telemetry that the service verifies into the store;
-// it obeys a signed command and refuses its replay.
+// the application sends it a command through the service's API, the device
+// obeys and reports a signed result the application reads back, and a
+// replay of the command is refused.
 //
 //	go run ./examples/quickstart [--keep]
 //
@@ -126,7 +128,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	broker, err := devbroker.Start(ctx, devbroker.Config{Certificate: brokerCert, ClientRoots: roots, Revocation: st,
 		Services: []transport.ServiceRights{
-			{Name: "verifier", Read: []string{transport.AllUp}},
+			{Name: "cloud", Read: []string{transport.AllUp}, Write: []string{transport.TopicPrefix + "+/down/cmd"}},
 			{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
 		}})
 	if err != nil {
@@ -210,8 +212,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 // service is the cloud service running in the background.
 type service struct {
 	est, ops string                // the registrar's and the operations endpoint's URLs
+	api      string                // the command API's URL
 	crlFile  string                // the CRL it writes for the broker
 	cloudKey *ecdsa.PrivateKey     // devices encrypt telemetry to its public half
+	cmdKey   crypto.Signer         // signs commands; devices get its public half
 	records  chan transport.Record // each record the verifier accepted, live
 	stop     func()                // stops it gracefully
 }
@@ -228,11 +232,15 @@ func startService(ctx context.Context, dir string, ca *identity.CA, st *store.St
 	if err != nil {
 		return nil, err
 	}
-	verifierCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, "verifier") })
+	verifierCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, "cloud") })
 	if err != nil {
 		return nil, err
 	}
-	s := &service{crlFile: filepath.Join(dir, "crl.pem"), cloudKey: cloudKey, records: make(chan transport.Record, 256)}
+	cmdKey, err := identity.GenerateKey(identity.ECDSAP256)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{crlFile: filepath.Join(dir, "crl.pem"), cloudKey: cloudKey, cmdKey: cmdKey, records: make(chan transport.Record, 256)}
 	ctx, cancel := context.WithCancel(ctx)
 	ready, ran := make(chan cloud.Addrs, 1), make(chan error, 1)
 	go func() {
@@ -247,14 +255,15 @@ func startService(ctx context.Context, dir string, ca *identity.CA, st *store.St
 					default: // never stall the verifier; the record is in the store
 					}
 				}},
-			CRL:   &cloud.CRLRole{Out: s.crlFile, Every: crlEvery},
-			Ops:   "127.0.0.1:0",
-			Ready: func(a cloud.Addrs) { ready <- a },
+			Commands: &cloud.CommandRole{Listen: "127.0.0.1:0", Certificate: estCert, Key: cmdKey, Clients: []string{"app"}},
+			CRL:      &cloud.CRLRole{Out: s.crlFile, Every: crlEvery},
+			Ops:      "127.0.0.1:0",
+			Ready:    func(a cloud.Addrs) { ready <- a },
 		})
 	}()
 	select {
 	case a := <-ready:
-		s.est, s.ops = "https://"+a.Registrar.String(), "http://"+a.Ops.String()
+		s.est, s.ops, s.api = "https://"+a.Registrar.String(), "http://"+a.Ops.String(), "https://"+a.Commands.String()
 		s.stop = func() {
 			cancel()
 			<-ran
@@ -274,18 +283,28 @@ func startService(ctx context.Context, dir string, ca *identity.CA, st *store.St
 // command; then the updates.
 func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, brokerAddr string, svc *service,
 	devStore *identity.Store) error {
-	cmdKey, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		return err
-	}
 	commands := make(chan transport.Command, 1)
+	var dev *transport.Client
+	devReady := make(chan struct{})
 	dev, err := transport.Dial(ctx, transport.ClientConfig{Broker: brokerAddr, Store: devStore,
 		Encryption:  &transport.Encryption{CloudKey: &svc.cloudKey.PublicKey},
-		CommandKeys: []crypto.PublicKey{cmdKey.Public()},
-		OnCommand:   func(_ context.Context, c transport.Command) { commands <- c }})
+		CommandKeys: []crypto.PublicKey{svc.cmdKey.Public()},
+		OnCommand: func(ctx context.Context, c transport.Command) {
+			<-devReady
+			commands <- c
+			// Report the result from another goroutine: OnCommand must
+			// not block, and the report waits for the outbox's fsync.
+			go func() {
+				res := transport.CommandResult{ID: c.ID, Output: []byte("interval " + string(c.Body))}
+				if err := dev.ReportCommandResult(ctx, res); err != nil {
+					fmt.Fprintln(os.Stderr, "quickstart: report command result:", err)
+				}
+			}()
+		}})
 	if err != nil {
 		return err
 	}
+	close(devReady)
 	defer dev.Close(context.Background())
 	wctx, cancel := context.WithTimeout(ctx, waitFor)
 	defer cancel()
@@ -325,17 +344,50 @@ func telemetry(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots 
 	if err != nil {
 		return err
 	}
-	if err := signedCommand(ctx, n, ca, roots, brokerAddr, cmdKey, dev, id.DeviceID, commands); err != nil {
+	if err := signedCommand(ctx, n, ca, roots, brokerAddr, svc, dev, id.DeviceID, commands); err != nil {
 		return err
 	}
 	return updates(ctx, n, ca, roots, devStore, dev, svc.records)
 }
 
-// signedCommand sends the device a command signed with the fleet's
-// command key through a "commander" service connection, then replays it
-// through the broker: the device obeys the first and refuses the second.
-func signedCommand(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, brokerAddr string, cmdKey crypto.Signer,
+// signedCommand has the application send the device a command through the
+// service's command API (HTTPS, the application's client certificate) and
+// read the device's signed result; then a command with the same ID, as a
+// replay recorded on the broker would carry, is refused by the device.
+func signedCommand(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x509.CertPool, brokerAddr string, svc *service,
 	dev *transport.Client, device string, commands <-chan transport.Command) error {
+	appCert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, "app") })
+	if err != nil {
+		return err
+	}
+	app := &http.Client{Timeout: 2 * waitFor, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{appCert}}}}
+	var sent struct{ ID, State, Expires string }
+	if err := apiCall(ctx, app, http.MethodPost, svc.api+"/v1/devices/"+device+"/commands", `{"name":"set-interval","body":"NjBz","ttl":"1m"}`, &sent); err != nil {
+		return err
+	}
+	n.Step("Application: POST %s/v1/devices/%s/commands {\"name\":\"set-interval\",\"body\":\"NjBz\"} (base64 of 60s): %s, id %s",
+		svc.api, device, sent.State, sent.ID)
+	n.Say("authenticated by its client certificate (svc:app), allowed by the service's command section")
+	var c transport.Command
+	select {
+	case c = <-commands:
+		n.Step("Device: obeyed the command, signed by the fleet's command key in the service: %s %s (expires %s)", c.Name, c.Body, c.Expires.Format(time.TimeOnly))
+	case <-time.After(waitFor):
+		return errors.New("command did not arrive")
+	}
+	var got struct {
+		State  string
+		Result struct{ Output []byte }
+	}
+	if err := apiCall(ctx, app, http.MethodGet, svc.api+"/v1/devices/"+device+"/commands/"+sent.ID+"?wait=10s", "", &got); err != nil {
+		return err
+	}
+	if got.State != "succeeded" {
+		return fmt.Errorf("command state %q, want succeeded", got.State)
+	}
+	n.Step("Application: GET .../commands/%s?wait=10s: %s, %q (the device's signed result, verified by the service)", sent.ID, got.State, got.Result.Output)
+
+	// The same ID again, through the broker: refused by the device.
 	cert, err := tlsCert(ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueService(pub, "commander") })
 	if err != nil {
 		return err
@@ -350,21 +402,10 @@ func signedCommand(ctx context.Context, n *narrate.Narrator, ca *identity.CA, ro
 	if err := commander.AwaitConnection(wctx); err != nil {
 		return fmt.Errorf("commander connection: %w", err)
 	}
-	signer := &transport.CommandSigner{Key: cmdKey, TTL: time.Minute}
-	env, err := signer.Sign(transport.Command{Device: device, Name: "set-interval", Body: []byte("60s")})
+	env, err := (&transport.CommandSigner{Key: svc.cmdKey, TTL: time.Minute}).Sign(transport.Command{ID: c.ID, Device: device, Name: c.Name, Body: c.Body})
 	if err != nil {
 		return err
 	}
-	if err := commander.SendCommand(ctx, device, env); err != nil {
-		return err
-	}
-	select {
-	case c := <-commands:
-		n.Step("Device: obeyed a command signed by the fleet's command key: %s %s (expires %s)", c.Name, c.Body, c.Expires.Format(time.TimeOnly))
-	case <-time.After(waitFor):
-		return errors.New("command did not arrive")
-	}
-	// The same command replayed through the broker is refused.
 	if err := commander.SendCommand(ctx, device, env); err != nil {
 		return err
 	}
@@ -375,8 +416,30 @@ func signedCommand(ctx context.Context, n *narrate.Narrator, ca *identity.CA, ro
 	if dev.Stats().CommandsRefused == 0 {
 		return errors.New("replayed command was not refused")
 	}
-	n.Say("the same command replayed: refused (its ID is not above the last one run)")
+	n.Say("the same command replayed through the broker: refused (its ID is not above the last one run)")
 	return nil
+}
+
+// apiCall makes one request to the command API and decodes its JSON
+// answer into out.
+func apiCall(ctx context.Context, c *http.Client, method, url, body string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, b)
+	}
+	return json.Unmarshal(b, out)
 }
 
 // revoke revokes the device in the store, waits for the CRL the service
