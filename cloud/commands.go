@@ -95,7 +95,7 @@ func (s *service) commandServer(r *CommandRole, cloud func() *transport.Cloud) (
 		},
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: maxCommandWait + 30*time.Second,
 		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog: slogLogger(s.log),
 	}
 	return srv, ln, nil
 }

@@ -21,6 +21,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -55,6 +56,9 @@ type Config struct {
 	Commands *CommandRole
 	// CRL, if set, writes the fleet's CRL for the broker periodically.
 	CRL *CRLRole
+	// Update, if set, serves the update repository and keeps its
+	// timestamp fresh.
+	Update *UpdateRole
 	// Ops is the address of the operations endpoint: /healthz, /readyz and
 	// /metrics (Prometheus), plain HTTP: keep it on a private interface.
 	// Default: none.
@@ -116,7 +120,7 @@ type CRLRole struct {
 
 // Addrs are the addresses the service listens on.
 type Addrs struct {
-	Registrar, Commands, Ops net.Addr
+	Registrar, Commands, Update, Ops net.Addr
 }
 
 // Run runs the configured roles until ctx ends, then shuts them down
@@ -125,8 +129,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Store == nil {
 		return errors.New("cloud: Config.Store is required")
 	}
-	if cfg.Registrar == nil && cfg.Verifier == nil && cfg.CRL == nil {
-		return errors.New("cloud: no role configured (Registrar, Verifier, CRL)")
+	if cfg.Registrar == nil && cfg.Verifier == nil && cfg.CRL == nil && cfg.Commands == nil && cfg.Update == nil {
+		return errors.New("cloud: no role configured (Registrar, Verifier, Commands, CRL, Update)")
 	}
 	if (cfg.Registrar != nil || cfg.CRL != nil || cfg.Commands != nil) && cfg.CA == nil {
 		return errors.New("cloud: the registrar, command and CRL roles need Config.CA")
@@ -211,6 +215,21 @@ func Run(ctx context.Context, cfg Config) error {
 		addrs.Commands = ln.Addr()
 		start("commands", func(ctx context.Context) error { return serve(ctx, srv, ln, true) })
 	}
+	if u := cfg.Update; u != nil {
+		serveRepo, refresh, addr, err := s.updateRole(u)
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		if serveRepo != nil {
+			addrs.Update = addr
+			start("update", serveRepo)
+		}
+		if refresh != nil {
+			start("update timestamp", refresh)
+		}
+	}
 	start("fleet gauges", func(ctx context.Context) error { s.fleetGauges(ctx); return nil })
 	if c := cfg.CRL; c != nil {
 		if err := s.publishCRL(ctx, c); err != nil {
@@ -232,7 +251,7 @@ func Run(ctx context.Context, cfg Config) error {
 		start("ops", func(ctx context.Context) error { return serve(ctx, srv, ln, false) })
 	}
 	log.Info("cloud service running", "registrar", addrs.Registrar, "verifier", cfg.Verifier != nil, "commands", addrs.Commands,
-		"crl", cfg.CRL != nil, "ops", addrs.Ops)
+		"crl", cfg.CRL != nil, "update", cfg.Update != nil, "ops", addrs.Ops)
 	if cfg.Ready != nil {
 		cfg.Ready(addrs)
 	}
@@ -292,9 +311,14 @@ func (s *service) registrar(r *RegistrarRole) (*http.Server, net.Listener, error
 		Handler: rg, TLSConfig: rg.TLSConfig(r.Certificate),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
-		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog: slogLogger(s.log),
 	}
 	return srv, ln, nil
+}
+
+// slogLogger adapts l for http.Server's error log, at level warning.
+func slogLogger(l *slog.Logger) *log.Logger {
+	return slog.NewLogLogger(l.Handler(), slog.LevelWarn)
 }
 
 // countingRegistry counts the enrollments and renewals the registry

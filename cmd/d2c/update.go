@@ -1,16 +1,12 @@
 package main
 
 // The "update" commands sign, check and serve an update repository: a
-// directory laid out as update.HTTPSource reads it (docs/update-format.md):
-//
-//	DIR/1.root.json, 2.root.json, ...  every root version, never removed
-//	DIR/root.json                      a copy of the newest root, to pin in new devices
-//	DIR/<V>.release.json               every release version, never replaced (devices fetch
-//	                                   the one the timestamp names)
-//	DIR/release.json                   a copy of the newest release, for people and tools
-//	DIR/timestamp.json                 the short-lived timestamp naming the newest release
-//	DIR/v<VERSION>/<IMAGE>             artifacts, by their relative URIs
-//	DIR/.lock                          locked by the commands that write (repoLockFile), never served
+// directory laid out as package update/repo describes it (DIR/N.root.json,
+// root.json, <V>.release.json, release.json, timestamp.json, artifacts,
+// DIR/.lock), which update.HTTPSource reads (docs/update-format.md). The
+// repository's own logic lives there: its lock, the walk of its roots, the
+// timestamp and the server; these commands add flags, keys from files and
+// tokens, and hints.
 //
 // Every file is written atomically (internal/atomicfile), mode 0644: the
 // metadata is public, its signatures protect it.
@@ -35,6 +31,7 @@ import (
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/limits"
 	"github.com/d2c-iot/d2c/update"
+	updaterepo "github.com/d2c-iot/d2c/update/repo"
 )
 
 // Repository file names (update.HTTPSource).
@@ -62,36 +59,6 @@ var roles = []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimest
 
 func rootFileName(version uint64) string { return strconv.FormatUint(version, 10) + rootSuffix }
 
-// repoRootVersions returns the versions of the N.root.json files in dir,
-// ascending. They must follow each other without a gap: a device walks
-// them one by one from the version it pinned.
-func repoRootVersions(dir string) ([]uint64, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	var vs []uint64
-	for _, e := range entries {
-		num, ok := strings.CutSuffix(e.Name(), rootSuffix)
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseUint(num, 10, 64)
-		if err != nil || v == 0 || strconv.FormatUint(v, 10) != num {
-			continue // not one of ours: "x.root.json", "01.root.json"
-		}
-		vs = append(vs, v)
-	}
-	slices.Sort(vs)
-	for i := 1; i < len(vs); i++ {
-		if vs[i] != vs[i-1]+1 {
-			return nil, fmt.Errorf("%w: %s has %s but no %s: devices pinned before it could not walk the roots",
-				update.ErrRootVersionSkip, dir, rootFileName(vs[i]), rootFileName(vs[i-1]+1))
-		}
-	}
-	return vs, nil
-}
-
 // readMeta reads a metadata file of the repository, bounded by max.
 func readMeta(path string, max int64) ([]byte, error) {
 	b, err := atomicfile.ReadFile(path, max)
@@ -101,52 +68,35 @@ func readMeta(path string, max int64) ([]byte, error) {
 	return b, err
 }
 
-// openRepo verifies the roots of the repository in dir from the oldest to
-// the newest, each signed by a threshold of its predecessor's root keys
-// and of its own, exactly as a device walks them, and returns the trust
-// state at the newest root, at trusted time now.
+// openRepo is updaterepo.NewTrusted, with hints for the operator.
 func openRepo(dir string, now time.Time, hardwareClass string) (*update.Trusted, error) {
-	vs, err := repoRootVersions(dir)
-	if err != nil {
-		return nil, noRepo(dir, err)
-	}
-	if len(vs) == 0 {
-		return nil, withHint(fmt.Errorf("no root in %s (no N%s file)", dir, rootSuffix),
-			fmt.Sprintf("create the first root with `d2c update root init --repo %s`", dir))
-	}
-	var t *update.Trusted
-	for _, v := range vs {
-		path := filepath.Join(dir, rootFileName(v))
-		b, err := readMeta(path, limits.UpdateRoot)
-		if err != nil {
-			return nil, err
-		}
-		if t == nil {
-			t, err = update.NewTrusted(b, update.Floors{}, now, hardwareClass)
-		} else {
-			_, err = t.UpdateRoot(b)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
-		}
-	}
-	return t, nil
+	t, err := updaterepo.NewTrusted(dir, now, hardwareClass)
+	return t, repoHint(err, dir)
 }
 
-// noRepo adds a hint to err when it says that the repository dir does not
-// exist.
-func noRepo(dir string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) {
-		return withHint(err, fmt.Sprintf("no repository in %s: check --repo, or create one with `d2c update root init --repo %s`", dir, dir))
+// repoHint adds to an error of package update/repo the hint that tells
+// the operator what to do next.
+func repoHint(err error, dir string) error {
+	switch {
+	case errors.Is(err, updaterepo.ErrNoRepository):
+		return withHint(err, fmt.Sprintf("check --repo, or create the repository with `d2c update root init --repo %s`", dir))
+	case errors.Is(err, updaterepo.ErrNoRelease):
+		return withHint(err, fmt.Sprintf("the repository has no release yet: sign one with `d2c update release sign --repo %s`", dir))
+	case errors.Is(err, updaterepo.ErrReleaseExpired):
+		return withHint(err, fmt.Sprintf("a fresh timestamp cannot revive an expired release: sign it again with "+
+			"`d2c update release sign --repo %s` and a later --expires", dir))
+	case errors.Is(err, update.ErrExpired):
+		// The release is not expired: the root the timestamp is checked against is.
+		return withHint(err, fmt.Sprintf("rotate the root to extend its expiry: d2c update root rotate --repo %s --old-key FILE", dir))
 	}
 	return err
 }
 
-// repoLockFile is the file in the repository directory that the commands
-// writing the repository lock (flock) for their whole read-sign-write
-// sequence, so that two of them (a release signing and the periodic
-// timestamp job) never sign the same timestamp version. "update serve"
-// never serves it: it is a dot file.
+// repoLockFile is the lock of the repository (updaterepo.Lock): the
+// commands writing the repository hold it for their whole
+// read-sign-write sequence, so that two of them (a release signing and
+// the periodic timestamp job) never sign the same timestamp version.
+// "update serve" never serves it: it is a dot file.
 const repoLockFile = ".lock"
 
 // repoLockWait is how long a writing command waits for another one to
@@ -156,22 +106,26 @@ var repoLockWait = 5 * time.Second
 // lockRepo takes the repository lock (DIR/.lock), waiting at most
 // repoLockWait for another d2c update command to finish.
 func lockRepo(ctx context.Context, dir string) (unlock func(), err error) {
-	if _, err := os.Stat(dir); err != nil {
-		return nil, noRepo(dir, err)
-	}
-	path := filepath.Join(dir, repoLockFile)
 	wctx, cancel := context.WithTimeout(ctx, repoLockWait)
 	defer cancel()
-	unlock, err = atomicfile.LockContext(wctx, path)
-	if errors.Is(err, atomicfile.ErrLocked) && ctx.Err() == nil {
-		return nil, withHint(fmt.Errorf("another d2c update command is writing %s; try again", dir),
-			fmt.Sprintf("a release signing or a timestamp job holds %s while it signs and writes: "+
-				"run the command again once it is done (`fuser %s` names the process)", path, path))
+	unlock, err = updaterepo.Lock(wctx, dir)
+	return unlock, lockError(ctx, dir, err)
+}
+
+// lockError says in the operator's words that another command held the
+// lock of dir throughout repoLockWait, or returns ctx's error if the
+// command was interrupted meanwhile; other errors get repoHint's hints.
+func lockError(ctx context.Context, dir string, err error) error {
+	if !errors.Is(err, updaterepo.ErrLocked) {
+		return repoHint(err, dir)
 	}
-	if err != nil && ctx.Err() != nil {
-		return nil, ctx.Err()
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	return unlock, err
+	path := filepath.Join(dir, repoLockFile)
+	return withHint(fmt.Errorf("another d2c update command is writing %s; try again", dir),
+		fmt.Sprintf("a release signing or a timestamp job holds %s while it signs and writes: "+
+			"run the command again once it is done (`fuser %s` names the process)", path, path))
 }
 
 // peekedMeta is the part of a metadata payload the signing commands
@@ -219,8 +173,16 @@ func peekMeta(path string, max int64) (peekedMeta, bool, error) {
 }
 
 // readSigner reads the private key of an update role from a file written
-// by "update keys gen".
+// by "update keys gen", or opens it in a PKCS#11 token if path is a
+// pkcs11: URI (keyref.go; the token is opened for each signature).
 func readSigner(role update.Role, path string) (crypto.Signer, error) {
+	if isPKCS11URI(path) {
+		k, err := openTokenSigner(context.Background(), path)
+		if err != nil {
+			return nil, fmt.Errorf("%s key: %w", role, err)
+		}
+		return k, nil
+	}
 	k, err := identity.ReadKeyFile(path)
 	switch {
 	case errors.Is(err, identity.ErrKeyPermissions):
@@ -601,15 +563,15 @@ before --expires.`,
 
 // refuseSecondRoot refuses to initialise a repository that has a root.
 func refuseSecondRoot(repo string) error {
-	vs, err := repoRootVersions(repo)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	t, err := updaterepo.NewTrusted(repo, time.Now(), anyHardwareClass)
+	if errors.Is(err, updaterepo.ErrNoRepository) {
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	if len(vs) > 0 {
-		return withHint(fmt.Errorf("%s already has root version %d", repo, vs[len(vs)-1]),
-			fmt.Sprintf("to change its keys or expiry, sign the next version with `d2c update root rotate --repo %s`", repo))
-	}
-	return nil
+	return withHint(fmt.Errorf("%s already has root version %d", repo, t.Root().Version),
+		fmt.Sprintf("to change its keys or expiry, sign the next version with `d2c update root rotate --repo %s`", repo))
 }
 
 func updateRootRotateCommand() *command {

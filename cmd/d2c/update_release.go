@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto"
 	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,6 +17,7 @@ import (
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/limits"
 	"github.com/d2c-iot/d2c/update"
+	updaterepo "github.com/d2c-iot/d2c/update/repo"
 )
 
 func updateReleaseSignCommand() *command {
@@ -166,12 +164,10 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 				if err != nil {
 					return err
 				}
-				ts, tsBytes, err := signTimestamp(*repo, now.Add(*tsExpires), relBytes, tsSigners)
+				// Signed and checked as a device would, written below.
+				ts, tsBytes, err := updaterepo.NextTimestamp(*repo, t, relBytes, tsSigners, now.Add(*tsExpires))
 				if err != nil {
-					return err
-				}
-				if err := checkSigned(t, tsBytes, relBytes, *repo); err != nil {
-					return err
+					return repoHint(err, *repo)
 				}
 				if err := staged.publish(); err != nil {
 					return err
@@ -234,58 +230,22 @@ holds the lock, it waits up to 5 seconds, then fails; run it again.`,
 				if err := positiveDuration("expires", *expires); err != nil {
 					return err
 				}
-				unlock, err := lockRepo(ctx, *repo)
-				if err != nil {
-					return err
-				}
-				defer unlock()
 				signers, err := readSigners(update.RoleTimestamp, keys)
 				if err != nil {
 					return err
 				}
-				relPath := filepath.Join(*repo, repoRelease)
-				relBytes, err := readMeta(relPath, limits.UpdateRelease)
-				if errors.Is(err, fs.ErrNotExist) {
-					return withHint(err, fmt.Sprintf("the repository has no release yet: sign one with `d2c update release sign --repo %s`", *repo))
+				// lctx bounds the wait for the lock: nothing after it
+				// depends on a context.
+				lctx, cancel := context.WithTimeout(ctx, repoLockWait)
+				defer cancel()
+				ts, err := updaterepo.SignTimestamp(lctx, *repo, signers, *expires, time.Now())
+				if errors.Is(err, update.ErrUnknownKey) || errors.Is(err, update.ErrThreshold) {
+					return withHint(err, fmt.Sprintf("give the timestamp key(s) of the repository's newest root, or trust a new key "+
+						"first with `d2c update root rotate --repo %s --timestamp-pub FILE`; if the release is the one refused, "+
+						"sign it again with `d2c update release sign --repo %s`", *repo, *repo))
 				}
 				if err != nil {
-					return err
-				}
-				prev, _, err := peekMeta(relPath, limits.UpdateRelease)
-				if err != nil {
-					return err
-				}
-				now := time.Now()
-				t, err := openRepo(*repo, now, prev.HardwareClass)
-				if err != nil {
-					return err
-				}
-				if err := checkRoleKeys(t.Root(), update.RoleTimestamp, "key", signers, *repo); err != nil {
-					return err
-				}
-				ts, tsBytes, err := signTimestamp(*repo, now.Add(*expires), relBytes, signers)
-				if err != nil {
-					return err
-				}
-				if err := checkSigned(t, tsBytes, relBytes, *repo); err != nil {
-					return err
-				}
-				// Devices fetch the release by the version the
-				// timestamp names: that file must hold these bytes.
-				versioned := filepath.Join(*repo, strconv.FormatUint(ts.Release.Version, 10)+releaseSuffix)
-				switch cur, err := os.ReadFile(versioned); {
-				case errors.Is(err, fs.ErrNotExist):
-					if err := writeRepoFile(versioned, relBytes); err != nil {
-						return err
-					}
-				case err != nil:
-					return err
-				case !bytes.Equal(cur, relBytes):
-					return withHint(fmt.Errorf("%s differs from %s", relPath, versioned),
-						fmt.Sprintf("a published release version is never replaced: restore %s from %s, or sign a new release version", repoRelease, versioned))
-				}
-				if err := writeRepoFile(filepath.Join(*repo, repoTimestamp), tsBytes); err != nil {
-					return err
+					return lockError(ctx, *repo, err)
 				}
 				fmt.Fprintf(s.stdout, "timestamp version %d written to %s\nrelease:   version %d\nexpires:   %s\n",
 					ts.Version, filepath.Join(*repo, repoTimestamp), ts.Release.Version, ts.Expires.UTC().Format(time.RFC3339))
@@ -293,64 +253,6 @@ holds the lock, it waits up to 5 seconds, then fails; run it again.`,
 			}
 		},
 	}
-}
-
-// signTimestamp signs a timestamp naming signedRelease, with the version
-// after the repository's current timestamp.
-func signTimestamp(repo string, expires time.Time, signedRelease []byte, signers []crypto.Signer) (*update.Timestamp, []byte, error) {
-	prev, ok, err := peekMeta(filepath.Join(repo, repoTimestamp), limits.UpdateTimestamp)
-	if err != nil {
-		return nil, nil, err
-	}
-	version := uint64(1)
-	if ok {
-		if prev.Version == ^uint64(0) {
-			return nil, nil, fmt.Errorf("%w: timestamp version %d cannot grow", update.ErrTooLarge, prev.Version)
-		}
-		version = prev.Version + 1
-	}
-	ts, err := update.NewTimestamp(version, expires, signedRelease)
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := ts.Sign(signers...)
-	if err != nil {
-		return nil, nil, err
-	}
-	return ts, b, nil
-}
-
-// checkSigned verifies a timestamp and release about to be published as a
-// new device trusting the repository's newest root would, so that nothing
-// devices would refuse is published.
-func checkSigned(t *update.Trusted, tsBytes, relBytes []byte, repo string) error {
-	rv := t.Root().Version
-	if _, err := t.UpdateTimestamp(tsBytes); err != nil {
-		if isKeyRefusal(err) {
-			return withHint(fmt.Errorf("the timestamp just signed would be refused: %w", err),
-				fmt.Sprintf("sign with the timestamp key(s) of root version %d, or trust a new key with "+
-					"`d2c update root rotate --repo %s --timestamp-pub FILE`", rv, repo))
-		}
-		if errors.Is(err, update.ErrExpired) {
-			return withHint(fmt.Errorf("the timestamp just signed would be refused: %w", err),
-				fmt.Sprintf("rotate the root to extend its expiry: d2c update root rotate --repo %s --old-key FILE", repo))
-		}
-		return fmt.Errorf("the timestamp just signed would be refused: %w", err)
-	}
-	if _, err := t.UpdateRelease(relBytes); err != nil {
-		switch {
-		case isKeyRefusal(err):
-			return withHint(fmt.Errorf("the release would be refused: %w", err),
-				fmt.Sprintf("sign with the release key(s) of root version %d, or trust a new key with "+
-					"`d2c update root rotate --repo %s --release-pub FILE`", rv, repo))
-		case errors.Is(err, update.ErrExpired):
-			return withHint(fmt.Errorf("the release would be refused: %w", err),
-				fmt.Sprintf("a fresh timestamp cannot revive an expired release: sign it again with "+
-					"`d2c update release sign --repo %s` and a later --expires", repo))
-		}
-		return fmt.Errorf("the release would be refused: %w", err)
-	}
-	return nil
 }
 
 // isKeyRefusal reports whether err refuses signatures: not by a trusted

@@ -8,9 +8,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path"
-	"strings"
 	"time"
+
+	updaterepo "github.com/d2c-iot/d2c/update/repo"
 )
 
 // HTTP server bounds for "update serve". Requests are bodiless GETs;
@@ -30,9 +30,11 @@ func updateServeCommand() *command {
 		details: `
 Serves the files of the repository in DIR over plain HTTP, GET and HEAD only,
 with byte ranges (devices resume interrupted downloads with Range requests).
-It never lists directories and never serves dot files (temporary files of an
-interrupted write) or *.key files. Metadata (*.json) is sent with
-"Cache-Control: no-cache". Each request is logged on stderr.
+It never lists directories, never serves dot files (the lock, temporary files
+of an interrupted write) or *.key files, and nothing outside DIR (a symbolic
+link leading out is not followed). Metadata (*.json) is sent with
+"Cache-Control: no-cache". Each request is logged on stderr. The server is
+package update/repo's Handler, which a service can run itself.
 
 It is for development and tests: production repositories are served over
 HTTPS by a web server, an object store or a CDN (the metadata is signed, so
@@ -87,7 +89,7 @@ func isLoopback(host string) bool {
 func serveRepo(ctx context.Context, s streams, dir, listen, urlFile string) error {
 	log := slog.New(slog.NewTextHandler(s.stderr, nil))
 	srv := &http.Server{
-		Handler:           repoHandler(dir, log),
+		Handler:           updaterepo.Handler(dir, log),
 		ReadHeaderTimeout: repoReadHeaderTimeout,
 		IdleTimeout:       repoIdleTimeout,
 		MaxHeaderBytes:    repoMaxHeaderBytes,
@@ -106,64 +108,3 @@ func serveRepo(ctx context.Context, s streams, dir, listen, urlFile string) erro
 		},
 	})
 }
-
-// repoHandler serves the files of dir: GET and HEAD, ranges through
-// http.ServeContent (inside http.FileServer), no listings, no dot files,
-// no keys.
-func repoHandler(dir string, log *slog.Logger) http.Handler {
-	files := http.FileServer(http.Dir(dir))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		lw := &loggingWriter{ResponseWriter: w, status: http.StatusOK}
-		defer func() {
-			log.Info("request", "method", r.Method, "path", r.URL.Path, "range", r.Header.Get("Range"),
-				"status", lw.status, "bytes", lw.n, "remote", r.RemoteAddr, "duration", time.Since(start).Round(time.Microsecond))
-		}()
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			lw.Header().Set("Allow", "GET, HEAD")
-			http.Error(lw, "method not allowed", http.StatusMethodNotAllowed)
-			return
-		}
-		p := path.Clean("/" + r.URL.Path)
-		if strings.HasSuffix(r.URL.Path, "/") || hiddenPath(p) {
-			http.NotFound(lw, r)
-			return
-		}
-		if strings.HasSuffix(p, ".json") {
-			lw.Header().Set("Cache-Control", "no-cache")
-		}
-		files.ServeHTTP(lw, r)
-	})
-}
-
-// hiddenPath reports whether a clean URL path names a dot file (or one
-// inside a dot directory) or a private key.
-func hiddenPath(p string) bool {
-	for seg := range strings.SplitSeq(p, "/") {
-		if strings.HasPrefix(seg, ".") {
-			return true
-		}
-	}
-	return strings.HasSuffix(p, ".key")
-}
-
-// loggingWriter records the status and size of a response.
-type loggingWriter struct {
-	http.ResponseWriter
-	status int
-	n      int64
-}
-
-func (w *loggingWriter) WriteHeader(code int) {
-	w.status = code
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *loggingWriter) Write(p []byte) (int, error) {
-	n, err := w.ResponseWriter.Write(p)
-	w.n += int64(n)
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the connection's writer.
-func (w *loggingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

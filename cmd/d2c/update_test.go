@@ -68,9 +68,9 @@ func (l *lockedBuffer) String() string {
 }
 
 // TestUpdateServe runs "update serve" in process on a free loopback port:
-// metadata and images by GET, HEAD and Range, nothing else; then an
-// update.HTTPSource and update.Trusted verify the served repository as a
-// device does; cancelling the context stops the server.
+// metadata and images by GET, HEAD and Range, nothing else (the handler,
+// update/repo.Handler, has its own tests, a device's view included);
+// cancelling the context stops the server.
 func TestUpdateServe(t *testing.T) {
 	image := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
 	dir, _ := newTestRepo(t, image)
@@ -152,46 +152,6 @@ func TestUpdateServe(t *testing.T) {
 		if resp, _ := get(c.method, c.path); resp.StatusCode != c.status {
 			t.Errorf("%s /%s: %s, want %d", c.method, c.path, resp.Status, c.status)
 		}
-	}
-
-	// A device's view: fetch through update.HTTPSource, verify with
-	// update.Trusted, download the artifact through its verifier.
-	src := &update.HTTPSource{BaseURL: base}
-	pinned, err := src.Root(t.Context(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := update.NewTrusted(pinned, update.Floors{}, time.Now(), "hw")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := src.Root(t.Context(), 2); !errors.Is(err, update.ErrNotFound) {
-		t.Errorf("root 2: %v, want ErrNotFound", err)
-	}
-	b, err := src.Timestamp(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts, err := tr.UpdateTimestamp(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err = src.Release(t.Context(), ts.Release.Version); err != nil {
-		t.Fatal(err)
-	}
-	rel, err := tr.UpdateRelease(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	art := rel.Artifacts[0]
-	u, err := src.Resolve(art.URI)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, body = get("GET", strings.TrimPrefix(u, base))
-	v := art.Verifier()
-	if _, err := v.Write(body); err != nil || v.Verify() != nil || resp.StatusCode != http.StatusOK {
-		t.Errorf("artifact at %s: %s, %v, %v", u, resp.Status, err, v.Verify())
 	}
 
 	cancel()
@@ -282,6 +242,39 @@ func TestUpdateRepoLock(t *testing.T) {
 	time.AfterFunc(200*time.Millisecond, unlock)
 	if out := d2cRun(t, timestamp...); !strings.Contains(out, "timestamp version 2 written") {
 		t.Errorf("after the wait: %q", out)
+	}
+}
+
+// TestUpdateTimestampRefusals: "update timestamp" on a repository it
+// cannot sign for says why and what to do, and writes nothing.
+func TestUpdateTimestampRefusals(t *testing.T) {
+	dir, keys := newTestRepo(t, []byte("firmware"))
+	key := func(role string) string { return filepath.Join(keys, role+".key") }
+	bare := filepath.Join(t.TempDir(), "bare")
+	d2cRun(t, "update", "root", "init", "--repo", bare, "--root-key", key("root"),
+		"--release-pub", filepath.Join(keys, "release.pub"), "--timestamp-pub", filepath.Join(keys, "timestamp.pub"))
+	nowhere := filepath.Join(t.TempDir(), "nowhere")
+	for _, c := range []struct{ repo, key, err, hint string }{
+		{nowhere, key("timestamp"), "repo: no update repository: stat " + nowhere,
+			"create the repository with `d2c update root init --repo " + nowhere + "`"},
+		{bare, key("timestamp"), "repo: no release in " + bare,
+			"sign one with `d2c update release sign --repo " + bare + "`"},
+		{dir, key("release"), "is not a timestamp key of root version 1",
+			"trust a new key first with `d2c update root rotate --repo " + dir + " --timestamp-pub FILE`"},
+	} {
+		var before string
+		if c.repo != nowhere {
+			before = listRepo(t, c.repo)
+		}
+		var stdout, stderr bytes.Buffer
+		code := run(t.Context(), []string{"update", "timestamp", "--repo", c.repo, "--key", c.key}, &stdout, &stderr)
+		if code != exitError || !strings.Contains(stderr.String(), c.err) || !strings.Contains(stderr.String(), "hint: ") ||
+			!strings.Contains(stderr.String(), c.hint) {
+			t.Errorf("%s: exit %d, stderr %q; want %q and the hint %q", c.repo, code, stderr.String(), c.err, c.hint)
+		}
+		if c.repo != nowhere && listRepo(t, c.repo) != before {
+			t.Errorf("%s: written although refused", c.repo)
+		}
 	}
 }
 

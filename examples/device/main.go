@@ -71,6 +71,8 @@ package main
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -508,8 +510,34 @@ func (d *device) openAgent(ctx context.Context, client *transport.Client) (*upda
 	}
 	if d.s.updateInsecureHTTP {
 		cfg.Client = &http.Client{} // may speak plain http; MinRate bounds a stalled download
+	} else if tr, err := d.updateTransport(); err != nil {
+		return nil, err
+	} else {
+		// HTTPS to a repository with a public certificate (a CDN) or one
+		// from the fleet CA (the cloud service's update role).
+		cfg.Client = &http.Client{Transport: tr} // no Timeout: MinRate bounds a stalled download
+		cfg.Source = &update.HTTPSource{BaseURL: d.s.updateURL, Client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
 	}
 	return update.NewAgent(ctx, cfg)
+}
+
+// updateTransport speaks HTTPS only, trusting the system's roots and the
+// fleet's anchors from the identity store.
+func (d *device) updateTransport() (*http.Transport, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	anchors, err := d.store.Anchors()
+	if err != nil {
+		return nil, fmt.Errorf("update: fleet anchors: %w", err)
+	}
+	for _, a := range anchors {
+		pool.AddCert(a)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	return tr, nil
 }
 
 // healthCheck decides whether a release on trial works: here, whether it

@@ -1,0 +1,75 @@
+package cloud
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/d2c-iot/d2c/update/repo"
+)
+
+// UpdateRole configures the update repository: a directory of signed
+// metadata and artifacts (docs/update-format.md) that the service serves
+// to devices over HTTPS, and whose short-lived timestamp it re-signs with
+// the online timestamp key before it expires. Releases are signed offline
+// (d2c update release sign) into the directory; the role never holds a
+// root or release key.
+type UpdateRole struct {
+	// Dir is the repository directory. Required.
+	Dir string
+	// Listen, if set, is the TCP address (host:port) the repository is
+	// served on, GET and HEAD with byte ranges; leave it empty when a web
+	// server or a CDN serves Dir.
+	Listen string
+	// Certificate is the TLS server certificate, with Listen.
+	Certificate tls.Certificate
+	// TimestampKeys, if set, are the online timestamp keys (files, or a
+	// PKCS#11 token): the role keeps Dir/timestamp.json fresh with them.
+	// Without them another job must (d2c update timestamp).
+	TimestampKeys []crypto.Signer
+	// TimestampValidity is each timestamp's lifetime; it is re-signed
+	// once less than half is left. Default 24 hours.
+	TimestampValidity time.Duration
+}
+
+// updateRole starts what u configures: the server's listener, and the
+// refresher's check that it can sign. It returns the functions to run.
+func (s *service) updateRole(u *UpdateRole) (serveRepo func(context.Context) error, refresh func(context.Context) error, addr net.Addr, err error) {
+	if u.Dir == "" {
+		return nil, nil, nil, errors.New("cloud: update: Dir is required")
+	}
+	if u.Listen == "" && len(u.TimestampKeys) == 0 {
+		return nil, nil, nil, errors.New("cloud: update: nothing to do: set Listen, TimestampKeys or both")
+	}
+	log := s.log.With("role", "update")
+	if len(u.TimestampKeys) > 0 {
+		r := repo.Refresher{Dir: u.Dir, Keys: u.TimestampKeys, Validity: u.TimestampValidity, Logger: log}
+		if err := r.Validate(); err != nil {
+			return nil, nil, nil, fmt.Errorf("cloud: update: %w", err)
+		}
+		refresh = r.Run
+	}
+	if u.Listen != "" {
+		if len(u.Certificate.Certificate) == 0 {
+			return nil, nil, nil, errors.New("cloud: update: Listen needs Certificate (the repository is served over HTTPS)")
+		}
+		ln, err := net.Listen("tcp", u.Listen)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("cloud: update: %w", err)
+		}
+		srv := &http.Server{
+			Handler:           repo.Handler(u.Dir, log),
+			TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{u.Certificate}},
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slogLogger(log),
+		}
+		addr = ln.Addr()
+		serveRepo = func(ctx context.Context) error { return serve(ctx, srv, ln, true) }
+	}
+	return serveRepo, refresh, addr, nil
+}

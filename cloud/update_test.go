@@ -1,0 +1,133 @@
+package cloud_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/d2c-iot/d2c/cloud"
+	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/update"
+)
+
+// TestServiceUpdateRole: the service serves an update repository over
+// HTTPS and keeps its timestamp fresh: a device pinned at the first root
+// accepts what it fetches, and later fetches a newer timestamp, re-signed
+// by the service before the first expired.
+func TestServiceUpdateRole(t *testing.T) {
+	f := newFleet(t)
+	dir := filepath.Join(f.dir, "repo")
+	rootKey, releaseKey, tsKey := newSigner(t), newSigner(t), newSigner(t)
+	root := &update.Root{Version: 1, Expires: time.Now().AddDate(1, 0, 0)}
+	for _, err := range []error{
+		root.SetRole(update.RoleRoot, 1, rootKey.Public()),
+		root.SetRole(update.RoleRelease, 1, releaseKey.Public()),
+		root.SetRole(update.RoleTimestamp, 1, tsKey.Public()),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rootBytes, err := root.Sign(rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := bytes.Repeat([]byte("firmware"), 1024)
+	art, err := update.NewArtifact("image", "v2/fw.bin", bytes.NewReader(image), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := (&update.Release{Version: 2, SecurityCounter: 1, HardwareClass: "hw", Artifacts: []update.Artifact{art},
+		Expires: time.Now().AddDate(0, 1, 0)}).Sign(releaseKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"1.root.json": rootBytes, "root.json": rootBytes, "2.release.json": rel,
+		"release.json": rel, "v2/fw.bin": image, "secret.key": []byte("not to be served")} {
+		path := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
+		TimestampKeys: []crypto.Signer{tsKey}, TimestampValidity: 4 * time.Second}})
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.roots}}}
+	fetch := func(name string) (int, []byte) {
+		t.Helper()
+		resp, err := client.Get("https://" + addrs.Update.String() + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	check := func() uint64 {
+		t.Helper()
+		tr, err := update.NewTrusted(rootBytes, update.Floors{}, time.Now(), "hw")
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, b := fetch("timestamp.json")
+		if code != http.StatusOK {
+			t.Fatalf("timestamp.json: %d %s", code, b)
+		}
+		ts, err := tr.UpdateTimestamp(b)
+		if err != nil {
+			t.Fatalf("the timestamp the service signed: %v", err)
+		}
+		if _, b = fetch("2.release.json"); !bytes.Equal(b, rel) {
+			t.Fatal("2.release.json differs")
+		}
+		if _, err := tr.UpdateRelease(b); err != nil {
+			t.Fatal(err)
+		}
+		return ts.Version
+	}
+	// The first timestamp is signed as the role starts.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if code, _ := fetch("timestamp.json"); code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no timestamp signed")
+		}
+	}
+	first := check()
+	if code, _ := fetch("secret.key"); code != http.StatusNotFound {
+		t.Errorf("a *.key file served: %d", code)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for check() == first {
+		if time.Now().After(deadline) {
+			t.Fatal("the timestamp was not re-signed")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatalf("Run after cancel: %v", err)
+	}
+}
+
+func newSigner(t *testing.T) crypto.Signer {
+	t.Helper()
+	k, err := identity.GenerateKey(identity.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}

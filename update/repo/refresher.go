@@ -1,0 +1,159 @@
+package repo
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/d2c-iot/d2c/internal/limits"
+)
+
+// Refresher defaults and bounds.
+const (
+	defaultValidity = 24 * time.Hour
+	defaultEvery    = time.Minute
+	// minValidity leaves room for the whole seconds of "expires".
+	minValidity = 2 * time.Second
+	// maxLockWait bounds one attempt's wait for the lock (a release being
+	// published holds it while it copies the image); the attempt is then
+	// retried at the next check.
+	maxLockWait = time.Minute
+)
+
+// Refresher keeps a repository's timestamp fresh: run beside the
+// repository's server ([Handler]), it re-signs DIR/timestamp.json with the
+// online timestamp keys long before it expires, so that devices never find
+// it stale while the Refresher runs. The zero value is not usable: Dir and
+// Keys are required.
+type Refresher struct {
+	// Dir is the repository directory. Required.
+	Dir string
+	// Keys are the online timestamp keys, at least the threshold of the
+	// repository's newest root. Required.
+	Keys []crypto.Signer
+	// Validity is how long each timestamp is valid; a timestamp is
+	// re-signed once less than half of it is left. Zero means 24 hours;
+	// at least 2 seconds.
+	Validity time.Duration
+	// Every is how often the timestamp in place is checked, and a failed
+	// signing retried. Zero means one minute, or Validity/8 when that is
+	// shorter; at most Validity/2.
+	Every time.Duration
+	// Logger receives a line for every timestamp signed and every
+	// failure. Nil means no logging.
+	Logger *slog.Logger
+}
+
+// Validate reports the first setting of r that [Refresher.Run] refuses.
+func (r Refresher) Validate() error {
+	switch {
+	case r.Dir == "":
+		return errors.New("repo: Refresher.Dir is required")
+	case len(r.Keys) == 0:
+		return errors.New("repo: Refresher.Keys is required")
+	case r.Validity < 0 || r.Validity > 0 && r.Validity < minValidity:
+		return fmt.Errorf("repo: Refresher.Validity %v: want at least %v (or zero for %v)", r.Validity, minValidity, defaultValidity)
+	case r.Every < 0:
+		return fmt.Errorf("repo: Refresher.Every %v: want a positive duration (or zero for the default)", r.Every)
+	}
+	if c := r.withDefaults(); c.Every > c.Validity/2 {
+		return fmt.Errorf("repo: Refresher.Every %v: want at most half of Validity (%v), so that a failure is retried before the timestamp expires",
+			c.Every, c.Validity)
+	}
+	return nil
+}
+
+// withDefaults returns a copy of r with its defaults filled in.
+func (r Refresher) withDefaults() Refresher {
+	r.Keys = slices.Clone(r.Keys)
+	if r.Validity == 0 {
+		r.Validity = defaultValidity
+	}
+	if r.Every == 0 {
+		r.Every = min(defaultEvery, r.Validity/8)
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	return r
+}
+
+// Run checks the repository's timestamp at once and then every r.Every
+// until ctx ends, and re-signs it ([SignTimestamp]) whenever a device
+// would not accept it for half of r.Validity more: it expires within that
+// time, does not verify against the newest root (its key was rotated
+// out), or does not name the current DIR/release.json. A failure (a
+// signer that fails, the lock held, an expired release) is logged and
+// retried at the next check: the timestamp in place stays, and half of
+// the validity is left to fix the cause before devices see it expire.
+//
+// Run returns nil once ctx ends, or at once the error of
+// [Refresher.Validate]. r is not modified. A service that should not
+// start on a repository it cannot sign for calls [SignTimestamp] once
+// before Run.
+func (r Refresher) Run(ctx context.Context) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	c := r.withDefaults()
+	c.Logger.Info("timestamp refresher started", "dir", c.Dir, "validity", c.Validity, "every", c.Every)
+	tick := time.NewTicker(c.Every)
+	defer tick.Stop()
+	for {
+		c.refresh(ctx, time.Now())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// refresh re-signs the timestamp unless the one in place is fresh.
+func (r Refresher) refresh(ctx context.Context, now time.Time) {
+	if r.fresh(now) {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, min(maxLockWait, max(r.Every, 10*time.Second)))
+	defer cancel()
+	ts, err := SignTimestamp(sctx, r.Dir, r.Keys, r.Validity, now)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.Logger.Error("timestamp not signed; the one in place stays", "dir", r.Dir, "err", err, "retry_in", r.Every)
+		}
+		return
+	}
+	r.Logger.Info("timestamp signed", "dir", r.Dir, "version", ts.Version, "release", ts.Release.Version,
+		"expires", ts.Expires.UTC().Format(time.RFC3339))
+}
+
+// fresh reports whether a new device would accept the timestamp in place
+// at now and for half of the validity more, and whether it names the
+// current DIR/release.json. Any doubt is false: signing again settles it,
+// or says why not.
+func (r Refresher) fresh(now time.Time) bool {
+	t, err := NewTrusted(r.Dir, now, anyHardwareClass)
+	if err != nil {
+		return false
+	}
+	b, err := readMeta(filepath.Join(r.Dir, timestampFile), limits.UpdateTimestamp)
+	if err != nil {
+		return false
+	}
+	ts, err := t.UpdateTimestamp(b)
+	if err != nil {
+		return false
+	}
+	rel, err := readMeta(filepath.Join(r.Dir, releaseFile), limits.UpdateRelease)
+	if err != nil {
+		return false
+	}
+	return ts.Release.Length == int64(len(rel)) && ts.Release.SHA256 == sha256.Sum256(rel) &&
+		ts.Expires.After(now.Add(r.Validity/2))
+}
