@@ -36,6 +36,12 @@ const (
 	// CATokenPublicKeyFile holds its public half, which is all a registrar
 	// needs ([ReadPublicKeyFile]).
 	CATokenPublicKeyFile = "token.pub"
+	// CACommandKeyFile holds the fleet's command-signing key, an online
+	// key the cloud service's command API signs with.
+	CACommandKeyFile = "command.key"
+	// CACommandPublicKeyFile holds its public half, which devices are
+	// configured with (transport.ClientConfig.CommandKeys).
+	CACommandPublicKeyFile = "command.pub"
 )
 
 // clockSkew is how far back a certificate's validity starts, so that a
@@ -61,6 +67,20 @@ type CAConfig struct {
 	CRLValidity time.Duration
 	// Time returns the current time. Default time.Now.
 	Time func() time.Time
+	// IssuingKey is the issuing CA's private key when it is kept outside
+	// the CA directory, in a PKCS#11 token (identity/pkcs11.OpenURI), a
+	// TPM or another device: an ECDSA P-256 crypto.Signer. Default nil:
+	// the key is the file issuing.key in the CA directory
+	// ([CAIssuingKeyFile]).
+	//
+	// With it set, [InitCA] certifies this key as the issuing CA and
+	// writes no issuing.key, and [LoadCA] signs every certificate and CRL
+	// with it after checking that it is the key issuing.crt certifies.
+	// Both refuse a CA directory that holds an issuing.key as well (an
+	// error wrapping fs.ErrExist): a file beside a key that should exist
+	// only in hardware is a copy, or a leftover, to look into. The CA
+	// never closes the signer; its owner does, after the CA's last use.
+	IssuingKey crypto.Signer
 }
 
 func (c CAConfig) withDefaults() CAConfig {
@@ -91,9 +111,9 @@ func (c CAConfig) withDefaults() CAConfig {
 // intermediate that signs device and server certificates and the CRL.
 //
 // Its state lives in a directory (mode 0700): the certificates, the issuing
-// key (0600) and the revocation list. [InitCA] also writes the root key
-// there; move it offline after initialisation, since the CA never needs it
-// again.
+// key (0600; unless [CAConfig.IssuingKey] keeps it in a token) and the
+// revocation list. [InitCA] also writes the root key there; move it offline
+// after initialisation, since the CA never needs it again.
 type CA struct {
 	dir     string
 	cfg     CAConfig
@@ -121,12 +141,30 @@ type revokedEntry struct {
 }
 
 // InitCA creates a new fleet CA in dir: a root (ECDSA P-256, 20 years), an
-// issuing intermediate (10 years, path length 0) and the enrollment token
-// signing key ([CATokenKeyFile]). It refuses to overwrite an existing CA.
+// issuing intermediate (10 years, path length 0), the enrollment token
+// signing key ([CATokenKeyFile]) and the command-signing key
+// ([CACommandKeyFile]). The issuing key is generated and written
+// to [CAIssuingKeyFile], or, if cfg.IssuingKey is set, is that key, which
+// must be ECDSA P-256, and no issuing.key is written. It refuses to
+// overwrite an existing CA.
 func InitCA(dir string, cfg CAConfig) (*CA, error) {
 	cfg = cfg.withDefaults()
 	if _, err := os.Stat(filepath.Join(dir, CAIssuingCertFile)); err == nil {
 		return nil, fmt.Errorf("identity: a CA already exists in %s", dir)
+	}
+	var issKey crypto.Signer
+	if cfg.IssuingKey != nil {
+		kt, err := keyTypeOf(cfg.IssuingKey.Public())
+		if err != nil {
+			return nil, fmt.Errorf("identity: init CA: issuing key: %w", err)
+		}
+		if kt != ECDSAP256 {
+			return nil, fmt.Errorf("%w: the issuing key is %v; an issuing CA key must be ECDSA P-256", ErrUnsupportedKey, kt)
+		}
+		if err := noIssuingKeyFile(dir); err != nil {
+			return nil, fmt.Errorf("identity: init CA: %w", err)
+		}
+		issKey = cfg.IssuingKey
 	}
 	if err := atomicfile.MkdirPrivate(nil, dir); err != nil {
 		return nil, err
@@ -149,9 +187,10 @@ func InitCA(dir string, cfg CAConfig) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	issKey, err := GenerateKey(ECDSAP256)
-	if err != nil {
-		return nil, err
+	if issKey == nil {
+		if issKey, err = GenerateKey(ECDSAP256); err != nil {
+			return nil, err
+		}
 	}
 	issTmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: cfg.Fleet + " Issuing CA", Organization: []string{cfg.Fleet}},
@@ -171,18 +210,29 @@ func InitCA(dir string, cfg CAConfig) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range []struct {
+	commandKey, err := GenerateKey(ECDSAP256)
+	if err != nil {
+		return nil, err
+	}
+	type file struct {
 		name string
 		perm fs.FileMode
 		data func() ([]byte, error)
-	}{
+	}
+	files := []file{
 		{CARootKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(rootKey) }},
-		{CAIssuingKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(issKey) }},
 		{CATokenKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(tokenKey) }},
 		{CATokenPublicKeyFile, 0o644, func() ([]byte, error) { return MarshalPublicKey(tokenKey.Public()) }},
+		{CACommandKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(commandKey) }},
+		{CACommandPublicKeyFile, 0o644, func() ([]byte, error) { return MarshalPublicKey(commandKey.Public()) }},
 		{CARootCertFile, 0o644, func() ([]byte, error) { return EncodeCertificatesPEM(root), nil }},
+		// issuing.crt last: its presence means a complete CA.
 		{CAIssuingCertFile, 0o644, func() ([]byte, error) { return EncodeCertificatesPEM(issuing), nil }},
-	} {
+	}
+	if cfg.IssuingKey == nil {
+		files = append([]file{{CAIssuingKeyFile, 0o600, func() ([]byte, error) { return MarshalPrivateKey(issKey) }}}, files...)
+	}
+	for _, w := range files {
 		b, err := w.data()
 		if err != nil {
 			return nil, err
@@ -195,8 +245,11 @@ func InitCA(dir string, cfg CAConfig) (*CA, error) {
 }
 
 // LoadCA opens the fleet CA in dir. It needs the certificates and the
-// issuing key, not the root key. A zero cfg.Fleet takes the fleet name from
-// the root certificate.
+// issuing key (cfg.IssuingKey, or else the file issuing.key), not the root
+// key. A zero cfg.Fleet takes the fleet name from the root certificate. An
+// issuing key that is not the key of issuing.crt is refused
+// ([ErrMalformed]), and so is an issuing.key file beside cfg.IssuingKey
+// (fs.ErrExist).
 func LoadCA(dir string, cfg CAConfig) (*CA, error) {
 	root, err := readOneCert(filepath.Join(dir, CARootCertFile))
 	if err != nil {
@@ -210,12 +263,21 @@ func LoadCA(dir string, cfg CAConfig) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := ReadKeyFile(filepath.Join(dir, CAIssuingKeyFile))
-	if err != nil {
-		return nil, err
-	}
-	if !publicKeysEqual(key.Public(), issuing.PublicKey) {
-		return nil, fmt.Errorf("%w: %s does not match %s", ErrMalformed, CAIssuingKeyFile, CAIssuingCertFile)
+	key := cfg.IssuingKey
+	if key != nil {
+		if err := noIssuingKeyFile(dir); err != nil {
+			return nil, fmt.Errorf("identity: load CA: %w", err)
+		}
+		if !publicKeysEqual(key.Public(), issuing.PublicKey) {
+			return nil, fmt.Errorf("%w: the issuing key given (CAConfig.IssuingKey) is not the key %s certifies", ErrMalformed, CAIssuingCertFile)
+		}
+	} else {
+		if key, err = ReadKeyFile(filepath.Join(dir, CAIssuingKeyFile)); err != nil {
+			return nil, err
+		}
+		if !publicKeysEqual(key.Public(), issuing.PublicKey) {
+			return nil, fmt.Errorf("%w: %s does not match %s", ErrMalformed, CAIssuingKeyFile, CAIssuingCertFile)
+		}
 	}
 	if err := issuing.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("%w: issuing certificate not signed by root: %v", ErrUntrusted, err)
@@ -231,6 +293,21 @@ func LoadCA(dir string, cfg CAConfig) (*CA, error) {
 		return nil, err
 	}
 	return ca, nil
+}
+
+// noIssuingKeyFile fails, wrapping fs.ErrExist, if dir holds an issuing
+// key file although the issuing key is given as a signer.
+func noIssuingKeyFile(dir string) error {
+	path := filepath.Join(dir, CAIssuingKeyFile)
+	_, err := os.Lstat(path)
+	switch {
+	case err == nil:
+		return fmt.Errorf("%s exists although the issuing key is given as a signer (in a token): "+
+			"a file copy of the key, or a leftover of an earlier CA; find out which, then move it away: %w", path, fs.ErrExist)
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	}
+	return err
 }
 
 // refreshLocked rereads the revocation state if another process (say

@@ -343,6 +343,7 @@ It stops on SIGINT or SIGTERM.
 d2c tail --broker 127.0.0.1:8883 --ca /srv/d2c/ca --cert tail.crt --key tail.key --devices devices/`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			caDir := fl.String("ca", "", "fleet CA directory (required)")
+			issuingKey := issuingKeyFlag(fl)
 			listen := fl.String("listen", "127.0.0.1:8883", "TCP address to listen on, host:port")
 			var hosts, services stringList
 			fl.Var(&hosts, "host", "DNS name or IP address for the broker's certificate; repeatable")
@@ -366,10 +367,11 @@ d2c tail --broker 127.0.0.1:8883 --ca /srv/d2c/ca --cert tail.crt --key tail.key
 				if err != nil {
 					return err
 				}
-				ca, err := openCA(*caDir)
+				ca, closeKey, err := openSigningCA(ctx, *caDir, *issuingKey)
 				if err != nil {
 					return err
 				}
+				defer closeKey()
 				names := []string(hosts)
 				if len(names) == 0 {
 					names = []string{host}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -9,14 +10,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/identity/pkcs11"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/limits"
 )
@@ -33,28 +37,126 @@ func fingerprint(c *x509.Certificate) string {
 }
 
 // openCA loads the fleet CA in dir (its fleet name comes from the root
-// certificate).
+// certificate), with its issuing key from DIR/issuing.key.
 func openCA(dir string) (*identity.CA, error) {
+	return loadCA(dir, identity.CAConfig{})
+}
+
+// loadCA loads the fleet CA in dir with cfg, hinting at what a missing
+// file means.
+func loadCA(dir string, cfg identity.CAConfig) (*identity.CA, error) {
 	if dir == "" {
 		return nil, usageErrorf("the CA directory flag is required")
 	}
-	ca, err := identity.LoadCA(dir, identity.CAConfig{})
-	if errors.Is(err, fs.ErrNotExist) {
+	ca, err := identity.LoadCA(dir, cfg)
+	switch {
+	case err == nil:
+		return ca, nil
+	case errors.Is(err, fs.ErrExist):
+		return nil, withHint(err, fmt.Sprintf("the issuing key is given with --issuing-key, so %s must not exist: "+
+			"find out where it came from, and move it out of the CA directory", filepath.Join(dir, identity.CAIssuingKeyFile)))
+	case errors.Is(err, identity.ErrMalformed) && cfg.IssuingKey != nil:
+		return nil, withHint(err, "check that --issuing-key names this CA's issuing key, the one issuing.crt "+
+			"certifies (its token= and object=), and that the CA directory is the right one")
+	case errors.Is(err, fs.ErrNotExist) && cfg.IssuingKey == nil && exists(filepath.Join(dir, identity.CAIssuingCertFile)):
+		return nil, withHint(err, fmt.Sprintf("%s has no issuing.key: if the fleet's issuing key lives in a PKCS#11 token, "+
+			"give its pkcs11: URI with --issuing-key", dir))
+	case errors.Is(err, fs.ErrNotExist):
 		return nil, withHint(err, fmt.Sprintf("no fleet CA in %s: check the directory, or create one with `d2c ca init --dir %s`", dir, dir))
 	}
-	return ca, err
+	return nil, err
+}
+
+// exists reports whether path names an existing file.
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+// issuingKeyUsage is the help of --issuing-key on every command where the
+// fleet CA signs.
+const issuingKeyUsage = "the issuing CA key, if not DIR/issuing.key: a pkcs11: URI (RFC 7512) of a key in a PKCS#11 token, or a key file"
+
+// issuingKeyFlag defines --issuing-key on a command where the fleet CA
+// signs (certificates, CRLs).
+func issuingKeyFlag(fl *flag.FlagSet) *string {
+	return fl.String("issuing-key", "", issuingKeyUsage)
+}
+
+// openSigningCA loads the fleet CA in dir for a command that signs with
+// it: its issuing key is keyRef (a pkcs11: URI or a key file) if given,
+// else DIR/issuing.key. The caller calls close once done signing.
+func openSigningCA(ctx context.Context, dir, keyRef string) (*identity.CA, func() error, error) {
+	if keyRef == "" {
+		ca, err := openCA(dir)
+		return ca, func() error { return nil }, err
+	}
+	if dir == "" {
+		return nil, nil, usageErrorf("the CA directory flag is required")
+	}
+	key, closeKey, err := openSigner(ctx, keyRef)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--issuing-key: %w", err)
+	}
+	ca, err := loadCA(dir, identity.CAConfig{IssuingKey: key})
+	if err != nil {
+		_ = closeKey()
+		return nil, nil, err
+	}
+	return ca, closeKey, nil
+}
+
+// openCANoSign loads the fleet CA in dir for a command that signs
+// nothing ("ca revoke" records a revocation; "tail" and the verifier take
+// the anchors and revocations): if the issuing key is not in DIR (it lives
+// in a token), the CA is loaded with a stand-in that refuses to sign, so
+// that these need neither the token nor its PIN.
+func openCANoSign(dir string) (*identity.CA, error) {
+	if dir == "" || exists(filepath.Join(dir, identity.CAIssuingKeyFile)) {
+		return openCA(dir)
+	}
+	b, err := atomicfile.ReadFile(filepath.Join(dir, identity.CAIssuingCertFile), limits.PEMFile)
+	if err != nil {
+		return loadCA(dir, identity.CAConfig{}) // the same error, with its hint
+	}
+	certs, err := identity.ParseCertificatesPEM(b)
+	if err != nil || len(certs) != 1 {
+		return loadCA(dir, identity.CAConfig{})
+	}
+	return loadCA(dir, identity.CAConfig{IssuingKey: signsNothing{certs[0].PublicKey}})
+}
+
+// signsNothing stands for an issuing key that a command does not need.
+type signsNothing struct{ pub crypto.PublicKey }
+
+func (k signsNothing) Public() crypto.PublicKey { return k.pub }
+
+func (k signsNothing) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	return nil, errors.New("the issuing key is not open: this command does not sign")
 }
 
 func caInitCommand() *command {
 	return &command{
 		path:    "ca init",
 		summary: "create a fleet CA (root, issuing CA, token key)",
-		usage:   "--dir DIR [--fleet NAME]",
+		usage:   "--dir DIR [--fleet NAME] [--issuing-key pkcs11:URI]",
 		details: `
 Creates, in DIR (mode 0700), an offline root (ECDSA P-256, 20 years), an
 issuing intermediate (10 years) that signs device and server certificates and
 CRLs, and the key that signs enrollment tokens (DIR/token.key). It refuses to
 overwrite an existing CA.
+
+The issuing key is DIR/issuing.key, unless --issuing-key names a key in a
+PKCS#11 token by its RFC 7512 URI:
+
+  pkcs11:token=TOKEN;object=KEY?module-path=/ABS/lib.so&pin-source=file:/ABS/pin
+
+Then the key is generated inside the token under the label KEY (ECDSA P-256,
+sensitive, never extractable), no issuing.key is written, and every command
+that signs with the CA (ca server-cert, ca service-cert, ca crl) takes the
+same --issuing-key. The PIN file must be mode 0600; a PIN in the URI
+(pin-value) is refused. An object already under KEY is never replaced. This
+needs a d2c built with cgo (CGO_ENABLED=1).
 
 It prints the root certificate's SHA-256 fingerprint, which devices need to
 bootstrap trust (device enroll --fingerprint), and also writes it, in hex, to
@@ -64,10 +166,13 @@ DIR/root.key is the fleet root key: move it offline (an encrypted USB stick
 in a safe) right after this command. The CA never needs it again; it is only
 needed to create a new issuing CA.`,
 		example: `d2c ca init --dir /srv/d2c/ca --fleet "acme sensors"
-mv /srv/d2c/ca/root.key /media/offline/`,
+mv /srv/d2c/ca/root.key /media/offline/
+d2c ca init --dir /srv/d2c/ca --fleet "acme sensors" \
+    --issuing-key 'pkcs11:token=fleet-ca;object=issuing-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/d2c/ca.pin'`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			dir := fl.String("dir", "", "directory to create the CA in (required)")
 			fleet := fl.String("fleet", "d2c fleet", "fleet name, the organization in certificate subjects")
+			issuingKey := fl.String("issuing-key", "", "make the issuing CA key in a PKCS#11 token, at this pkcs11: URI (RFC 7512), instead of DIR/issuing.key")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" {
 					return usageErrorf("--dir is required")
@@ -75,7 +180,13 @@ mv /srv/d2c/ca/root.key /media/offline/`,
 				if strings.TrimSpace(*fleet) == "" {
 					return usageErrorf("--fleet must not be empty")
 				}
-				ca, err := identity.InitCA(*dir, identity.CAConfig{Fleet: *fleet})
+				var ca *identity.CA
+				var err error
+				if *issuingKey != "" {
+					ca, err = initCAInToken(ctx, s, *dir, *fleet, *issuingKey)
+				} else {
+					ca, err = identity.InitCA(*dir, identity.CAConfig{Fleet: *fleet})
+				}
 				if err != nil {
 					return err
 				}
@@ -94,11 +205,67 @@ mv /srv/d2c/ca/root.key /media/offline/`,
 	}
 }
 
+// initCAInToken creates the fleet CA in dir with its issuing key
+// generated in the PKCS#11 token that uri names, under the URI's object
+// label, which must be free: an existing object is never replaced. If the
+// CA cannot be created, the new key is destroyed again. The token is
+// closed on return, so the CA returned no longer signs.
+func initCAInToken(ctx context.Context, s streams, dir, fleet, uri string) (*identity.CA, error) {
+	if !isPKCS11URI(uri) {
+		return nil, usageErrorf("--issuing-key takes a pkcs11: URI, the key to make in a token " +
+			"(without it, the issuing key is DIR/issuing.key)")
+	}
+	cfg, label, err := pkcs11.ParseURI(uri)
+	if err != nil {
+		return nil, fmt.Errorf("--issuing-key: %w", pkcs11Hint(err))
+	}
+	// Check what InitCA would refuse before touching the token.
+	if exists(filepath.Join(dir, identity.CAIssuingCertFile)) {
+		return nil, fmt.Errorf("a fleet CA already exists in %s", dir)
+	}
+	ks, err := pkcs11.Open(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("--issuing-key: %w", pkcs11Hint(err))
+	}
+	defer ks.Close()
+	made, err := ks.CreateNew(ctx, label, identity.ECDSAP256)
+	if errors.Is(err, pkcs11.ErrKeyExists) {
+		return nil, withHint(fmt.Errorf("--issuing-key: %w", err),
+			"ca init makes a new key and never replaces an object in the token: choose another object= label, "+
+				"or, if the old key is no longer needed by any CA, delete it with the token's own tools")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--issuing-key: %w", err)
+	}
+	// Sign with the key as the URI selects it, as every later command
+	// will: a URI that does not select the new key (an id= of another)
+	// fails now, not at the first enrollment.
+	ca, err := func() (*identity.CA, error) {
+		key, closeKey, err := pkcs11.OpenURI(ctx, uri)
+		if err != nil {
+			return nil, fmt.Errorf("--issuing-key: open the key just made: %w", err)
+		}
+		defer closeKey()
+		if pub, ok := made.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+			return nil, errors.New("--issuing-key: the URI selects another key than the one just made: check its id=")
+		}
+		return identity.InitCA(dir, identity.CAConfig{Fleet: fleet, IssuingKey: key})
+	}()
+	if err != nil {
+		if derr := ks.Delete(ctx, label); derr != nil {
+			fmt.Fprintf(s.stderr, "warning: the new key %q stays in token %q: %v\n", label, cfg.TokenLabel, derr)
+		}
+		return nil, err
+	}
+	fmt.Fprintf(s.stdout, "issuing key: generated in PKCS#11 token %q as %q; it never leaves the token\n", cfg.TokenLabel, label)
+	return ca, nil
+}
+
 func caServerCertCommand() *command {
 	return &command{
 		path:    "ca server-cert",
 		summary: "issue a TLS server certificate for a broker or the registrar",
-		usage:   "--dir DIR --host HOST [--host HOST...] --cert FILE --key FILE [--key-type p256|ed25519]",
+		usage:   "--dir DIR --host HOST [--host HOST...] --cert FILE --key FILE [--key-type p256|ed25519] [--issuing-key URI]",
 		details: `
 Generates a key and issues a TLS server certificate for the given DNS names or
 IP addresses. It writes the certificate chain (server certificate, then the
@@ -113,6 +280,7 @@ atomically. Devices verify the chain against the fleet root.`,
 			certOut := fl.String("cert", "", "file to write the certificate chain to, PEM (required)")
 			keyOut := fl.String("key", "", "file to write the private key to, PKCS#8 PEM, mode 0600 (required)")
 			keyType := fl.String("key-type", "p256", "key algorithm: p256 or ed25519")
+			issuingKey := issuingKeyFlag(fl)
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || len(hosts) == 0 || *certOut == "" || *keyOut == "" {
 					return usageErrorf("--dir, --host, --cert and --key are required")
@@ -121,10 +289,11 @@ atomically. Devices verify the chain against the fleet root.`,
 				if err != nil {
 					return usageErrorf("--key-type: %v", err)
 				}
-				ca, err := openCA(*dir)
+				ca, closeKey, err := openSigningCA(ctx, *dir, *issuingKey)
 				if err != nil {
 					return err
 				}
+				defer closeKey()
 				key, err := identity.GenerateKey(kt)
 				if err != nil {
 					return err
@@ -157,7 +326,7 @@ func caServiceCertCommand() *command {
 	return &command{
 		path:    "ca service-cert",
 		summary: "issue a client certificate for a cloud service (verifier, commander, tail)",
-		usage:   "--dir DIR --name NAME --cert FILE --key FILE [--key-type p256|ed25519]",
+		usage:   "--dir DIR --name NAME --cert FILE --key FILE [--key-type p256|ed25519] [--issuing-key URI]",
 		details: `
 Generates a key and issues a TLS client certificate whose CN is "svc:NAME",
 the identity a cloud service (a telemetry verifier, a command sender,
@@ -180,6 +349,7 @@ from this command.`,
 			certOut := fl.String("cert", "", "file to write the certificate chain to, PEM (required)")
 			keyOut := fl.String("key", "", "file to write the private key to, PKCS#8 PEM, mode 0600 (required)")
 			keyType := fl.String("key-type", "p256", "key algorithm: p256 or ed25519")
+			issuingKey := issuingKeyFlag(fl)
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *name == "" || *certOut == "" || *keyOut == "" {
 					return usageErrorf("--dir, --name, --cert and --key are required")
@@ -191,10 +361,11 @@ from this command.`,
 				if err := identity.ValidateDeviceID(*name); err != nil {
 					return withHint(fmt.Errorf("service name %q: %w", *name, err), serviceNameFormat)
 				}
-				ca, err := openCA(*dir)
+				ca, closeKey, err := openSigningCA(ctx, *dir, *issuingKey)
 				if err != nil {
 					return err
 				}
+				defer closeKey()
 				key, err := identity.GenerateKey(kt)
 				if err != nil {
 					return err
@@ -289,7 +460,7 @@ d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 				if err != nil {
 					return fmt.Errorf("%s: %w", *certFile, err)
 				}
-				ca, err := openCA(*dir)
+				ca, err := openCANoSign(*dir)
 				if err != nil {
 					return err
 				}
@@ -367,7 +538,7 @@ func caCRLCommand() *command {
 	return &command{
 		path:    "ca crl",
 		summary: "write a fresh certificate revocation list (PEM)",
-		usage:   "--dir DIR [--db URL] --out FILE",
+		usage:   "--dir DIR [--db URL] --out FILE [--issuing-key URI]",
 		details: `
 Signs a new CRL (RFC 5280) listing every revoked certificate, with a CRL
 number one higher than the last, and writes it PEM-encoded ("X509 CRL")
@@ -383,14 +554,16 @@ issued, also by other processes.`,
 			dir := fl.String("dir", "", "fleet CA directory (required)")
 			out := fl.String("out", "", "file to write the CRL to, PEM (required)")
 			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://... (its revocations)")
+			issuingKey := issuingKeyFlag(fl)
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *out == "" {
 					return usageErrorf("--dir and --out are required")
 				}
-				ca, err := openCA(*dir)
+				ca, closeKey, err := openSigningCA(ctx, *dir, *issuingKey)
 				if err != nil {
 					return err
 				}
+				defer closeKey()
 				var der []byte
 				if *db != "" {
 					st, err := openStore(ctx, *db)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -27,10 +28,33 @@ import (
 type cloudServeConfig struct {
 	DB        string              `json:"db"`
 	CA        string              `json:"ca"`
+	CAKey     string              `json:"ca_key"`
 	Ops       string              `json:"ops"`
 	Registrar *cloudRegistrarRole `json:"registrar"`
 	Verifier  *cloudVerifierRole  `json:"verifier"`
+	Commands  *cloudCommandsRole  `json:"commands"`
 	CRL       *cloudCRLRole       `json:"crl"`
+	Update    *cloudUpdateRole    `json:"update"`
+}
+
+type cloudUpdateRole struct {
+	Dir               string   `json:"dir"`
+	Listen            string   `json:"listen"`
+	Hosts             []string `json:"hosts"`
+	Cert              string   `json:"cert"`
+	Key               string   `json:"key"`
+	TimestampKey      string   `json:"timestamp_key"`
+	TimestampValidity string   `json:"timestamp_validity"`
+}
+
+type cloudCommandsRole struct {
+	Listen  string   `json:"listen"`
+	Hosts   []string `json:"hosts"`
+	Cert    string   `json:"cert"`
+	Key     string   `json:"key"`
+	SignKey string   `json:"sign_key"`
+	Clients []string `json:"clients"`
+	TTL     string   `json:"ttl"`
 }
 
 type cloudRegistrarRole struct {
@@ -69,16 +93,17 @@ var cloudEnv = []struct {
 func cloudServeCommand() *command {
 	return &command{
 		path:    "cloud serve",
-		summary: "run the cloud service: registrar, verifier, CRL publication",
+		summary: "run the cloud service: registrar, verifier, command API, CRL, update repository",
 		usage:   "--config FILE [--ready-file FILE]",
 		details: `
 Runs the cloud half of d2c as one service on the fleet's cloud store: the
 EST registrar, the telemetry verifier (verified records go to the store's
-records table), and CRL publication for the broker, each when its section
-is in the configuration file, with /healthz, /readyz and Prometheus
-/metrics on "ops". Replicas on one PostgreSQL store (and, for verifiers,
-one unguessable "group") share the work. It stops gracefully on SIGINT or
-SIGTERM.
+records table), the command API for the application, CRL publication for
+the broker and the update repository, each when its section is in the
+configuration file, with /healthz, /readyz and Prometheus /metrics on
+"ops". Replicas on one PostgreSQL store (and, for verifiers, one
+unguessable "group") share the work. It stops gracefully on SIGINT or
+SIGTERM. docs/operations.md is the reference.
 
 The configuration is JSON (unknown fields are errors; relative paths are
 relative to the file):
@@ -88,16 +113,30 @@ relative to the file):
     "ca": "ca",                          (the fleet CA directory)
     "ops": "127.0.0.1:9090",
     "registrar": {"listen": "0.0.0.0:8443", "hosts": ["est.example.com"]},
-    "verifier": {"broker": "broker.example.com:8883", "cert": "verifier.crt",
-                 "key": "verifier.key", "cloud_key": "cloud.key"},
-    "crl": {"out": "/etc/mosquitto/crl.pem", "every": "1h"}
+    "verifier": {"broker": "broker.example.com:8883", "cert": "cloud.crt",
+                 "key": "cloud.key", "cloud_key": "decrypt.key"},
+    "commands": {"listen": "0.0.0.0:8444", "hosts": ["api.example.com"],
+                 "clients": ["app"]},
+    "crl": {"out": "/etc/mosquitto/crl.pem", "every": "1h"},
+    "update": {"dir": "/srv/updates/fleet", "listen": "0.0.0.0:8445",
+               "hosts": ["updates.example.com"], "timestamp_key": "timestamp.key"}
   }
 
-The registrar's "cert" and "key" default to a certificate issued from the
-CA for "hosts"; the verifier's "group" (16 or more unguessable characters)
-joins a shared subscription. D2C_CLOUD_DB and D2C_CLOUD_OPS override "db"
-and "ops". With --ready-file, the addresses the service listens on are
-written there (JSON) once every role is up.`,
+The listening sections' "cert" and "key" default to a certificate issued
+from the CA for their "hosts"; the verifier's "group" (16 or more
+unguessable characters) joins a shared subscription. "commands" needs
+"verifier" (commands go out on its connection: its service certificate
+must also be allowed to write d2c/v1/dev/+/down/cmd); its "clients" are
+the service certificates (d2c ca service-cert --name NAME) allowed to use
+the API, and it signs with "sign_key" (default: command.key in the CA
+directory). "update" serves the repository in "dir" on "listen" and keeps
+its timestamp fresh with "timestamp_key" (a file or a pkcs11: URI); either
+may be left out. "ca_key" names the issuing CA key when it is not
+ca/issuing.key: a pkcs11: URI (RFC 7512) of a key in a PKCS#11 token (d2c
+ca init --issuing-key); "sign_key" and "timestamp_key" take a pkcs11: URI
+too. D2C_CLOUD_DB and D2C_CLOUD_OPS override "db" and "ops".
+With --ready-file, the addresses the service listens on are written there
+(JSON: registrar, commands, update, ops) once every role is up.`,
 		example: `d2c cloud serve --config /etc/d2c/cloud.json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			configFile := fl.String("config", "", "configuration file, JSON (required)")
@@ -147,6 +186,9 @@ func readCloudConfig(path string) (*cloudServeConfig, error) {
 		c.DB = "sqlite:" + filepath.Join(base, rest)
 	}
 	rel(&c.CA)
+	if !isPKCS11URI(c.CAKey) {
+		rel(&c.CAKey)
+	}
 	if r := c.Registrar; r != nil {
 		rel(&r.Cert)
 		rel(&r.Key)
@@ -157,8 +199,23 @@ func readCloudConfig(path string) (*cloudServeConfig, error) {
 		rel(&v.Key)
 		rel(&v.CloudKey)
 	}
+	if r := c.Commands; r != nil {
+		rel(&r.Cert)
+		rel(&r.Key)
+		if !isPKCS11URI(r.SignKey) {
+			rel(&r.SignKey)
+		}
+	}
 	if r := c.CRL; r != nil {
 		rel(&r.Out)
+	}
+	if u := c.Update; u != nil {
+		rel(&u.Dir)
+		rel(&u.Cert)
+		rel(&u.Key)
+		if !isPKCS11URI(u.TimestampKey) {
+			rel(&u.TimestampKey)
+		}
 	}
 	return &c, nil
 }
@@ -183,13 +240,17 @@ func serveCloud(ctx context.Context, s streams, c *cloudServeConfig, readyFile s
 	defer st.Close()
 	cfg := cloud.Config{Store: st, Ops: c.Ops, Logger: log}
 	var ca *identity.CA
-	if c.Registrar != nil || c.CRL != nil {
-		if c.CA == "" {
-			return usageErrorf(`the registrar and crl sections need "ca", the fleet CA directory`)
+	if c.CA == "" && (c.Registrar != nil || c.CRL != nil || c.Commands != nil) {
+		return usageErrorf(`the registrar, commands and crl sections need "ca", the fleet CA directory`)
+	}
+	// The CA (and its issuing key) is loaded only where it signs or
+	// authenticates: a verifier takes only the anchors from its directory.
+	if c.CA != "" && (c.Registrar != nil || c.CRL != nil || c.Commands != nil || c.Update != nil && c.Update.Listen != "" && c.Update.Cert == "") {
+		var closeKey func() error
+		if ca, closeKey, err = openSigningCA(ctx, c.CA, c.CAKey); err != nil {
+			return fmt.Errorf(`"ca_key": %w`, err)
 		}
-		if ca, err = openCA(c.CA); err != nil {
-			return err
-		}
+		defer closeKey()
 		cfg.CA = ca
 	}
 	if r := c.Registrar; r != nil {
@@ -206,6 +267,25 @@ func serveCloud(ctx context.Context, s streams, c *cloudServeConfig, readyFile s
 		}
 		cfg.Verifier = role
 	}
+	if r := c.Commands; r != nil {
+		if c.Verifier == nil {
+			return usageErrorf(`the commands section needs the verifier section: commands go out on its broker connection`)
+		}
+		role, closeKey, err := commandsRole(ctx, ca, c.CA, r)
+		if err != nil {
+			return err
+		}
+		defer closeKey()
+		cfg.Commands = role
+	}
+	if u := c.Update; u != nil {
+		role, closeKey, err := updateRole(ctx, ca, u)
+		if err != nil {
+			return err
+		}
+		defer closeKey()
+		cfg.Update = role
+	}
 	if r := c.CRL; r != nil {
 		role := &cloud.CRLRole{Out: r.Out}
 		if r.Out == "" {
@@ -220,7 +300,8 @@ func serveCloud(ctx context.Context, s streams, c *cloudServeConfig, readyFile s
 	}
 	if readyFile != "" {
 		cfg.Ready = func(a cloud.Addrs) {
-			b, _ := json.Marshal(map[string]string{"registrar": addrString(a.Registrar), "ops": addrString(a.Ops)})
+			b, _ := json.Marshal(map[string]string{"registrar": addrString(a.Registrar), "commands": addrString(a.Commands),
+				"update": addrString(a.Update), "ops": addrString(a.Ops)})
 			if err := atomicfile.WriteFile(nil, readyFile, append(b, '\n')); err != nil {
 				log.Error("ready file", "err", err)
 			}
@@ -242,21 +323,7 @@ func registrarRole(ca *identity.CA, caDir string, r *cloudRegistrarRole) (*cloud
 	if r.Listen == "" {
 		r.Listen = "127.0.0.1:8443"
 	}
-	host, _, err := net.SplitHostPort(r.Listen)
-	if err != nil {
-		return nil, usageErrorf(`registrar "listen" %q: %v`, r.Listen, err)
-	}
-	if (r.Cert == "") != (r.Key == "") {
-		return nil, usageErrorf(`registrar "cert" and "key" go together`)
-	}
-	hosts := r.Hosts
-	if len(hosts) == 0 {
-		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
-			host = "localhost"
-		}
-		hosts = []string{host}
-	}
-	cert, err := registrarCertificate(ca, r.Cert, r.Key, hosts)
+	cert, err := listenerCertificate(ca, "registrar", r.Listen, r.Cert, r.Key, r.Hosts)
 	if err != nil {
 		return nil, err
 	}
@@ -310,4 +377,97 @@ func verifierRole(v *cloudVerifierRole, caDir string) (*cloud.VerifierRole, erro
 		return nil, usageErrorf(`verifier "require_encryption" needs "cloud_key"`)
 	}
 	return role, nil
+}
+
+// listenerCertificate returns the TLS server certificate of a section
+// that listens: its "cert" and "key" files, or one issued from the CA for
+// its "hosts" (default: the host of "listen", or localhost).
+func listenerCertificate(ca *identity.CA, section, listen, certFile, keyFile string, hosts []string) (tls.Certificate, error) {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return tls.Certificate{}, usageErrorf(`%s "listen" %q: %v`, section, listen, err)
+	}
+	if (certFile == "") != (keyFile == "") {
+		return tls.Certificate{}, usageErrorf(`%s "cert" and "key" go together`, section)
+	}
+	if len(hosts) == 0 {
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			host = "localhost"
+		}
+		hosts = []string{host}
+	}
+	return registrarCertificate(ca, certFile, keyFile, hosts)
+}
+
+// commandsRole reads the commands section; the command-signing key (a
+// file or a pkcs11: URI) defaults to the CA directory's, and stays open
+// until the service stops: close it then.
+func commandsRole(ctx context.Context, ca *identity.CA, caDir string, r *cloudCommandsRole) (*cloud.CommandRole, func() error, error) {
+	none := func() error { return nil }
+	if r.Listen == "" {
+		r.Listen = "127.0.0.1:8444"
+	}
+	if len(r.Clients) == 0 {
+		return nil, none, usageErrorf(`the commands section needs "clients": the names of the service certificates (d2c ca service-cert --name NAME) allowed to send commands`)
+	}
+	cert, err := listenerCertificate(ca, "commands", r.Listen, r.Cert, r.Key, r.Hosts)
+	if err != nil {
+		return nil, none, err
+	}
+	role := &cloud.CommandRole{Listen: r.Listen, Certificate: cert, Clients: r.Clients}
+	if r.TTL != "" {
+		if role.TTL, err = time.ParseDuration(r.TTL); err != nil || role.TTL < time.Second || role.TTL > 24*time.Hour {
+			return nil, none, usageErrorf(`commands "ttl" %q: want a duration from 1s to 24h`, r.TTL)
+		}
+	}
+	signKey := r.SignKey
+	if signKey == "" {
+		signKey = filepath.Join(caDir, identity.CACommandKeyFile)
+	}
+	key, closeKey, err := openSigner(ctx, signKey)
+	if err != nil {
+		return nil, none, withHint(fmt.Errorf(`commands "sign_key": %w`, err),
+			`the command-signing key: "sign_key" (a file or a pkcs11: URI), or command.key in the CA directory (d2c ca init writes it)`)
+	}
+	role.Key = key
+	return role, closeKey, nil
+}
+
+// updateRole reads the update section. The timestamp key (a file or a
+// pkcs11: URI) stays open until the service stops: close it then.
+func updateRole(ctx context.Context, ca *identity.CA, u *cloudUpdateRole) (*cloud.UpdateRole, func() error, error) {
+	none := func() error { return nil }
+	if u.Dir == "" {
+		return nil, none, usageErrorf(`the update section needs "dir", the repository directory (d2c update root init)`)
+	}
+	if u.Listen == "" && u.TimestampKey == "" {
+		return nil, none, usageErrorf(`the update section needs "listen" (serve the repository), "timestamp_key" (keep its timestamp fresh), or both`)
+	}
+	role := &cloud.UpdateRole{Dir: u.Dir, Listen: u.Listen}
+	if u.Listen != "" {
+		if ca == nil {
+			return nil, none, usageErrorf(`the update section's "listen" needs "ca": its server certificate comes from the fleet CA, unless "cert" and "key" are given`)
+		}
+		cert, err := listenerCertificate(ca, "update", u.Listen, u.Cert, u.Key, u.Hosts)
+		if err != nil {
+			return nil, none, err
+		}
+		role.Certificate = cert
+	}
+	if u.TimestampValidity != "" {
+		d, err := time.ParseDuration(u.TimestampValidity)
+		if err != nil || d < 2*time.Second {
+			return nil, none, usageErrorf(`update "timestamp_validity" %q: want a duration such as 24h`, u.TimestampValidity)
+		}
+		role.TimestampValidity = d
+	}
+	closeKey := none
+	if u.TimestampKey != "" {
+		key, closer, err := openSigner(ctx, u.TimestampKey)
+		if err != nil {
+			return nil, none, fmt.Errorf("update \"timestamp_key\": %w", err)
+		}
+		role.TimestampKeys, closeKey = []crypto.Signer{key}, closer
+	}
+	return role, closeKey, nil
 }

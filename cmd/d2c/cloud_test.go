@@ -3,12 +3,17 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // TestCloudServe runs "cloud serve" from a configuration file with the
@@ -69,5 +74,101 @@ func TestCloudServe(t *testing.T) {
 	code := run(t.Context(), []string{"cloud", "serve", "--config", config}, &out, &errOut)
 	if code == exitOK || !strings.Contains(errOut.String(), `unknown field "registar"`) || !strings.Contains(errOut.String(), "d2c cloud serve --help") {
 		t.Errorf("a misspelt section: exit %d\n%s", code, errOut.String())
+	}
+}
+
+// TestCloudServeCommandsAndUpdate runs "cloud serve" with every role on
+// "dev broker": curl, as the application with its service certificate,
+// sends a command to an enrolled device and reads it back; curl fetches
+// the update repository's timestamp, which the service signed with the
+// online key and "update verify" accepts; a certificate not among the
+// clients is refused.
+func TestCloudServeCommandsAndUpdate(t *testing.T) {
+	curl := testpeer.Require(t, "curl")
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "cloud serve test")
+	fp, err := os.ReadFile(filepath.Join(ca, rootFingerprintFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokerAddr := filepath.Join(dir, "broker.addr")
+	runInBackground(t, "dev", "broker", "--ca", ca, "--listen", "127.0.0.1:0", "--addr-file", brokerAddr,
+		"--service", "cloud:read=d2c/v1/dev/+/up/#;write=d2c/v1/dev/+/down/cmd")
+	addr := waitFile(t, brokerAddr)
+	for _, name := range []string{"cloud", "app", "other"} {
+		d2cRun(t, "ca", "service-cert", "--dir", ca, "--name", name, "--cert", filepath.Join(dir, name+".crt"),
+			"--key", filepath.Join(dir, name+".key"))
+	}
+	keys, repo := filepath.Join(dir, "keys"), filepath.Join(dir, "repo")
+	for _, role := range []string{"root", "release", "timestamp"} {
+		d2cRun(t, "update", "keys", "gen", "--role", role, "--out", keys)
+	}
+	d2cRun(t, "update", "root", "init", "--repo", repo, "--root-key", filepath.Join(keys, "root.key"),
+		"--release-pub", filepath.Join(keys, "release.pub"), "--timestamp-pub", filepath.Join(keys, "timestamp.pub"))
+	image := filepath.Join(dir, "fw.bin")
+	if err := os.WriteFile(image, []byte("firmware 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2cRun(t, "update", "release", "sign", "--repo", repo, "--key", filepath.Join(keys, "release.key"), "--version", "1",
+		"--security-counter", "1", "--hardware-class", "hw", "--image", image, "--timestamp-key", filepath.Join(keys, "timestamp.key"),
+		"--timestamp-expires", "10s")
+
+	config := filepath.Join(dir, "cloud.json")
+	if err := os.WriteFile(config, fmt.Appendf(nil, `{
+		"ca": "ca",
+		"registrar": {"listen": "127.0.0.1:0", "hosts": ["127.0.0.1"]},
+		"verifier": {"broker": %q, "cert": "cloud.crt", "key": "cloud.key"},
+		"commands": {"listen": "127.0.0.1:0", "hosts": ["127.0.0.1"], "clients": ["app"], "ttl": "2m"},
+		"update": {"dir": "repo", "listen": "127.0.0.1:0", "hosts": ["127.0.0.1"], "timestamp_key": "keys/timestamp.key",
+		           "timestamp_validity": "1h"}
+	}`, addr), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	readyFile := filepath.Join(dir, "ready.json")
+	runInBackground(t, "cloud", "serve", "--config", config, "--ready-file", readyFile)
+	var addrs struct{ Registrar, Commands, Update string }
+	if err := json.Unmarshal([]byte(waitFile(t, readyFile)), &addrs); err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", ca, "--device", "valve-3"))
+	d2cRun(t, "device", "enroll", "--dir", filepath.Join(dir, "valve-3"), "--url", "https://"+addrs.Registrar, "--device", "valve-3",
+		"--token", tok, "--fingerprint", strings.TrimSpace(string(fp)))
+
+	root := filepath.Join(ca, "root.crt")
+	curlAs := func(name string, args ...string) (string, error) {
+		t.Helper()
+		args = append([]string{"-sS", "--fail-with-body", "--cacert", root, "--cert", filepath.Join(dir, name+".crt"),
+			"--key", filepath.Join(dir, name+".key")}, args...)
+		out, err := exec.CommandContext(t.Context(), curl, args...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := curlAs("app", "-d", `{"name":"open","body":"NTAl"}`, "https://"+addrs.Commands+"/v1/devices/valve-3/commands")
+	if err != nil {
+		t.Fatalf("curl POST: %v\n%s", err, out)
+	}
+	var cmd struct{ ID, State, Client, Expires string }
+	if err := json.Unmarshal([]byte(out), &cmd); err != nil || cmd.State != "sent" || cmd.Client != "app" {
+		t.Fatalf("POST answered %s (%v)", out, err)
+	}
+	out, err = curlAs("app", "https://"+addrs.Commands+"/v1/devices/valve-3/commands/"+cmd.ID)
+	if err != nil || !strings.Contains(out, `"state":"sent"`) || !strings.Contains(out, `"name":"open"`) {
+		t.Fatalf("GET: %v\n%s", err, out)
+	}
+	if out, err := curlAs("other", "-d", `{"name":"open"}`, "https://"+addrs.Commands+"/v1/devices/valve-3/commands"); err == nil ||
+		!strings.Contains(out, "not one of the API's clients") {
+		t.Errorf("a service not among the clients: %v\n%s", err, out)
+	}
+
+	// The service re-signs the timestamp (10 s left of its 1 h validity):
+	// a fresh one, valid for an hour, which a device accepts.
+	waitFor(t, 10*time.Second, "a timestamp re-signed by the service", func() (string, bool) {
+		out := d2cRun(t, "update", "verify", "--repo", repo, "--root", filepath.Join(repo, "1.root.json"), "--hardware-class", "hw")
+		return out, strings.Contains(out, "timestamp: version 2,")
+	})
+	served, err := exec.CommandContext(t.Context(), curl, "-sS", "--fail", "--cacert", root, "https://"+addrs.Update+"/timestamp.json").Output()
+	onDisk, rerr := os.ReadFile(filepath.Join(repo, "timestamp.json"))
+	if err != nil || rerr != nil || !bytes.Equal(served, onDisk) {
+		t.Fatalf("timestamp.json over HTTPS: %v %v", err, rerr)
 	}
 }

@@ -13,13 +13,24 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // TestMain lets testscript run the test binary as the d2c command.
 func TestMain(m *testing.M) {
-	testscript.Main(m, map[string]func(){
+	testscript.Main(cleanupAfter{m}, map[string]func(){
 		"d2c": main,
 	})
+}
+
+// cleanupAfter removes what the tests left in the system once they ran:
+// testscript.Main exits without returning.
+type cleanupAfter struct{ m *testing.M }
+
+func (c cleanupAfter) Run() int {
+	code := c.m.Run()
+	testpeer.RemoveSoftHSM()
+	return code
 }
 
 // TestScript runs the scripts in testdata/script: each drives the real CLI

@@ -69,6 +69,7 @@ SIGTERM.`,
     --listen 0.0.0.0:8443 --host est.example.com`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			caDir := fl.String("ca", "", "fleet CA directory (required)")
+			issuingKey := issuingKeyFlag(fl)
 			stateDir := fl.String("state", "", "directory for the registrar's state: used tokens (required)")
 			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://... (default: none; used tokens in --state)")
 			listen := fl.String("listen", "127.0.0.1:8443", "TCP address to listen on, host:port")
@@ -99,7 +100,7 @@ SIGTERM.`,
 				return serveRegistrar(ctx, s, registrarOptions{
 					caDir: *caDir, stateDir: *stateDir, listen: *listen, listenHost: listenHost,
 					certFile: *certFile, keyFile: *keyFile, hosts: hosts, urlFile: *urlFile,
-					renewExpiredWithin: *renewExpired, db: *db,
+					renewExpiredWithin: *renewExpired, db: *db, issuingKey: *issuingKey,
 				})
 			}
 		},
@@ -115,16 +116,18 @@ type registrarOptions struct {
 	urlFile            string
 	renewExpiredWithin time.Duration
 	db                 string
+	issuingKey         string
 }
 
 // serveRegistrar runs the registrar until ctx is done, then shuts it down
 // gracefully.
 func serveRegistrar(ctx context.Context, s streams, o registrarOptions) error {
 	log := slog.New(slog.NewTextHandler(s.stderr, nil))
-	ca, err := openCA(o.caDir)
+	ca, closeKey, err := openSigningCA(ctx, o.caDir, o.issuingKey)
 	if err != nil {
 		return err
 	}
+	defer closeKey()
 	tokenKey, err := identity.ReadPublicKeyFile(filepath.Join(o.caDir, identity.CATokenPublicKeyFile))
 	if err != nil {
 		return err

@@ -219,7 +219,7 @@ type tailOptions struct {
 func tailTrust(s streams, caDir, rootsFile, crlFile string) (*x509.CertPool, []*x509.Certificate, identity.RevocationChecker, error) {
 	pool := x509.NewCertPool()
 	if caDir != "" {
-		ca, err := openCA(caDir)
+		ca, err := openCANoSign(caDir)
 		if err != nil {
 			return nil, nil, nil, err
 		}

@@ -58,7 +58,7 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory (required)")
 			var keys, tsKeys stringList
-			fl.Var(&keys, "key", "private release key; repeatable to reach the release threshold (required)")
+			fl.Var(&keys, "key", "private release key, a file or a pkcs11: URI; repeatable to reach the release threshold (required)")
 			version := fl.Uint64("version", 0, "release version, above the installed one on devices (required)")
 			counter := fl.Uint64("security-counter", 0, "security counter; raise it with every security fix (required)")
 			hardware := fl.String("hardware-class", "", "hardware class of the devices the release is for (required)")
@@ -66,7 +66,7 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 			name := fl.String("name", "image", "artifact name in the release")
 			uri := fl.String("uri", "", "artifact URI, relative to the repository or absolute (default: v<VERSION>/<image file name>)")
 			expires := fl.Duration("expires", 30*24*time.Hour, "how long the release metadata is valid")
-			fl.Var(&tsKeys, "timestamp-key", "private timestamp key; repeatable to reach the timestamp threshold (required)")
+			fl.Var(&tsKeys, "timestamp-key", "private timestamp key, a file or a pkcs11: URI; repeatable to reach the timestamp threshold (required)")
 			tsExpires := fl.Duration("timestamp-expires", 24*time.Hour, "how long the timestamp is valid")
 			var progress autoBool
 			fl.Var(&progress, "progress", "show a progress bar on stderr; auto: when stderr is a terminal")
@@ -221,7 +221,7 @@ holds the lock, it waits up to 5 seconds, then fails; run it again.`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory (required)")
 			var keys stringList
-			fl.Var(&keys, "key", "private timestamp key; repeatable to reach the threshold (required)")
+			fl.Var(&keys, "key", "private timestamp key, a file or a pkcs11: URI; repeatable to reach the threshold (required)")
 			expires := fl.Duration("expires", 24*time.Hour, "how long the timestamp is valid")
 			return func(ctx context.Context, s streams) error {
 				if *repo == "" || len(keys) == 0 {

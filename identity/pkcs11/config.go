@@ -1,11 +1,13 @@
 package pkcs11
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
@@ -19,6 +21,8 @@ const (
 	// maxPINFile bounds the PIN file: PINs are short, and tokens cap them
 	// well below this (CK_TOKEN_INFO.ulMaxPinLen).
 	maxPINFile = 256
+	// maxKeyLabel bounds a key label (CKA_LABEL).
+	maxKeyLabel = 128
 )
 
 // Sentinel errors of the package. Token failures that the caller cannot
@@ -34,6 +38,9 @@ var (
 	// the token (not sensitive, extractable, or once either), so it is not
 	// used as a device key.
 	ErrNotHardwareKey = errors.New("pkcs11: key can leave the token")
+	// ErrKeyExists: [Keystore.CreateNew] found objects under the label,
+	// which it does not replace.
+	ErrKeyExists = errors.New("pkcs11: objects already exist under this label")
 )
 
 // Config selects a PKCS#11 token and logs into it. There is no usable
@@ -118,4 +125,21 @@ func (c Config) pin() (string, error) {
 		return "", fmt.Errorf("pkcs11: PIN file %s is empty", c.PINFile)
 	}
 	return pin, nil
+}
+
+// checkLabel refuses a key label the keystore does not store.
+func checkLabel(label string) error {
+	if label == "" || len(label) > maxKeyLabel || !utf8.ValidString(label) || strings.ContainsRune(label, 0) {
+		return fmt.Errorf("pkcs11: invalid key label %q (1 to %d bytes of UTF-8, no NUL)", label, maxKeyLabel)
+	}
+	return nil
+}
+
+// keyID derives the CKA_ID of the key pair under label, so that both
+// halves are found by label and by ID, and a tool listing the token shows
+// which objects belong together. It is the first 16 bytes of
+// SHA-256("d2c key id\x00" || label).
+func keyID(label string) []byte {
+	sum := sha256.Sum256([]byte("d2c key id\x00" + label))
+	return sum[:16]
 }

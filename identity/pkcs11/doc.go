@@ -1,7 +1,8 @@
-// Package pkcs11 keeps d2c device keys inside a PKCS#11 token (a smart
-// card, a USB security key, an HSM, a secure element with a PKCS#11
-// driver, or softhsm2 for development), where they are generated and used
-// but never leave.
+// Package pkcs11 keeps d2c keys inside a PKCS#11 token (a smart card, a
+// USB security key, an HSM, a secure element with a PKCS#11 driver, or
+// softhsm2 for development), where they are generated and used but never
+// leave: device keys, and on the cloud side the fleet CA's issuing key
+// and the update timestamp key.
 //
 // A [Keystore] is an [identity.Keystore]: give it to an [identity.Store]
 // and the store asks the token for the key of each generation, keeping
@@ -16,6 +17,40 @@
 //	if err != nil { ... }
 //	defer ks.Close()
 //	store, err := identity.OpenStore(dir, identity.StoreConfig{Keys: ks})
+//
+// # Key references by URI
+//
+// Operators name a key in a token by its PKCS#11 URI (RFC 7512), in a
+// flag or a configuration file:
+//
+//	pkcs11:token=fleet-ca;object=issuing-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/d2c/ca.pin
+//
+// [ParseURI] turns one into a [Config] and the key's label; [OpenURI]
+// opens the key as a crypto.Signer, with a function that closes the token
+// afterwards. The path (before "?") needs token (the token label) and
+// object (the key's CKA_LABEL), and may narrow the key with its id
+// (CKA_ID) and type=private; the query needs module-path (the library,
+// an absolute path) and pin-source, a file: URI of the PIN file. Values
+// are percent-decoded, and the URI is at most 4096 bytes.
+//
+// A URI that asks for what d2c does not do is refused with
+// [ErrUnsupportedURI] rather than half-followed: a PIN in the URI itself
+// (pin-value, which RFC 7512 allows; PINs stay out of configuration
+// files, shell history and process listings), a PIN from a command or a
+// dialog, a module found by name (module-name), an object that is not a
+// private key, and the attributes that would narrow the token by what d2c
+// does not check (serial, manufacturer, model, slot-id, library-...,
+// vendor x- attributes). A malformed one fails with [ErrInvalidURI];
+// neither error ever quotes a PIN.
+//
+// OpenURI applies the checks of [Keystore.Open] (ECDSA P-256, generated
+// in the token, never extractable) but selects the key by the URI's
+// attributes, so it also opens a key pair made in the token by another
+// tool (pkcs11-tool --keypairgen --sensitive, an HSM vendor's ceremony
+// tool), provided both halves carry the label and a CKA_ID.
+// [Keystore.CreateNew] makes a key under a label that nothing in the
+// token uses yet, and never replaces anything: d2c ca init --issuing-key
+// makes the fleet's issuing CA key with it.
 //
 // # Keys
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log"
 
@@ -60,4 +61,43 @@ func ExampleKeystore_Create() {
 		log.Fatal(err)
 	}
 	fmt.Printf("ASN.1 DER signature, %d bytes\n", len(sig))
+}
+
+// ExampleParseURI reads a key reference from configuration. Parsing does
+// no I/O; a PIN written into the URI (pin-value) is refused.
+func ExampleParseURI() {
+	cfg, label, err := pkcs11.ParseURI("pkcs11:token=fleet-ca;object=issuing-1" +
+		"?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/d2c/ca.pin")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(cfg.TokenLabel, label, cfg.PINFile)
+
+	_, _, err = pkcs11.ParseURI("pkcs11:token=fleet-ca;object=issuing-1" +
+		"?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=123456")
+	fmt.Println(errors.Is(err, pkcs11.ErrUnsupportedURI))
+	// Output:
+	// fleet-ca issuing-1 /etc/d2c/ca.pin
+	// true
+}
+
+// ExampleOpenURI signs a fleet CA's certificates and CRLs with an issuing
+// key kept in a token. It needs the token, so it is compiled but not run
+// by go test.
+func ExampleOpenURI() {
+	key, closeKey, err := pkcs11.OpenURI(context.Background(), "pkcs11:token=fleet-ca;object=issuing-1"+
+		"?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/d2c/ca.pin")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer closeKey()
+	ca, err := identity.LoadCA("/srv/d2c/ca", identity.CAConfig{IssuingKey: key})
+	if err != nil {
+		log.Fatal(err)
+	}
+	crl, err := ca.CRL()
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("CRL of %d bytes, signed in the token\n", len(crl))
 }

@@ -7,14 +7,11 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
@@ -23,9 +20,6 @@ import (
 )
 
 var _ identity.Keystore = (*Keystore)(nil)
-
-// maxKeyLabel bounds a key label (CKA_LABEL).
-const maxKeyLabel = 128
 
 // Keystore keeps device keys in one PKCS#11 token. It is safe for
 // concurrent use; Create and Delete are serialized with each other and
@@ -124,6 +118,20 @@ func (ks *Keystore) Close() error {
 // (CKA_SENSITIVE) nor exported (CKA_EXTRACTABLE false), and may only sign.
 // Other key types are refused with [identity.ErrUnsupportedKey].
 func (ks *Keystore) Create(ctx context.Context, label string, kt identity.KeyType) (crypto.Signer, error) {
+	return ks.create(ctx, label, kt, true)
+}
+
+// CreateNew is [Keystore.Create] for a key that must replace nothing, such
+// as a fleet CA's issuing key under a label an operator chose: if any
+// object in the token carries label as its CKA_LABEL, or its CKA_ID, it
+// fails with an error wrapping [ErrKeyExists] and destroys nothing.
+func (ks *Keystore) CreateNew(ctx context.Context, label string, kt identity.KeyType) (crypto.Signer, error) {
+	return ks.create(ctx, label, kt, false)
+}
+
+// create generates the key pair under label, first destroying what is
+// there if replace, else refusing to if anything is.
+func (ks *Keystore) create(ctx context.Context, label string, kt identity.KeyType, replace bool) (crypto.Signer, error) {
 	if kt != identity.ECDSAP256 {
 		return nil, fmt.Errorf("%w: pkcs11: the token makes ECDSA P-256 keys only, not %v", identity.ErrUnsupportedKey, kt)
 	}
@@ -138,7 +146,15 @@ func (ks *Keystore) Create(ctx context.Context, label string, kt identity.KeyTyp
 	if ks.closed {
 		return nil, ErrClosed
 	}
-	if err := ks.destroy(label); err != nil {
+	if !replace {
+		n, err := ks.count(label)
+		if err != nil {
+			return nil, fmt.Errorf("pkcs11: create key %q: look for objects under the label: %w", label, err)
+		}
+		if n > 0 {
+			return nil, fmt.Errorf("%w: %d object(s) under label %q or its CKA_ID in token %q", ErrKeyExists, n, label, ks.token)
+		}
+	} else if err := ks.destroy(label); err != nil {
 		return nil, fmt.Errorf("pkcs11: create key %q: replace old objects: %w", label, err)
 	}
 	id := keyID(label)
@@ -180,6 +196,12 @@ func (ks *Keystore) Create(ctx context.Context, label string, kt identity.KeyTyp
 // A key that is not ECDSA P-256, or that is or ever was extractable or
 // not sensitive, is refused with [ErrNotHardwareKey].
 func (ks *Keystore) Open(ctx context.Context, label string) (crypto.Signer, error) {
+	return ks.open(ctx, keyID(label), label)
+}
+
+// open returns the one key pair whose private half has label as CKA_LABEL
+// and, unless id is nil, id as its CKA_ID, under the checks of Open.
+func (ks *Keystore) open(ctx context.Context, id []byte, label string) (crypto.Signer, error) {
 	if err := checkLabel(label); err != nil {
 		return nil, err
 	}
@@ -191,7 +213,7 @@ func (ks *Keystore) Open(ctx context.Context, label string) (crypto.Signer, erro
 	if ks.closed {
 		return nil, ErrClosed
 	}
-	pairs, err := ks.ctx.FindKeyPairs(keyID(label), []byte(label))
+	pairs, err := ks.ctx.FindKeyPairs(id, []byte(label))
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11: open key %q in token %q: %w", label, ks.token, err)
 	}
@@ -229,6 +251,42 @@ func (ks *Keystore) Delete(ctx context.Context, label string) error {
 	return nil
 }
 
+// count returns how many objects have label as CKA_LABEL or keyID(label)
+// as CKA_ID. The caller holds ks.mu.
+func (ks *Keystore) count(label string) (int, error) {
+	sh, err := ks.raw.OpenSession(ks.slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		return 0, fmt.Errorf("open session: %w", err)
+	}
+	defer func() { _ = ks.raw.CloseSession(sh) }()
+	handles, err := labelled(ks.raw, sh, label)
+	if err != nil {
+		return 0, err
+	}
+	seen := map[pkcs11.ObjectHandle]bool{}
+	for _, h := range handles {
+		seen[h] = true
+	}
+	return len(seen), nil
+}
+
+// labelled returns the handles of the objects whose CKA_LABEL is label or
+// whose CKA_ID is keyID(label); an object with both appears twice.
+func labelled(raw *pkcs11.Ctx, sh pkcs11.SessionHandle, label string) ([]pkcs11.ObjectHandle, error) {
+	var handles []pkcs11.ObjectHandle
+	for _, tmpl := range [][]*pkcs11.Attribute{
+		{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
+		{pkcs11.NewAttribute(pkcs11.CKA_ID, keyID(label))},
+	} {
+		hs, err := findObjects(raw, sh, tmpl)
+		if err != nil {
+			return nil, err
+		}
+		handles = append(handles, hs...)
+	}
+	return handles, nil
+}
+
 // destroy destroys every object whose CKA_LABEL is label or whose CKA_ID
 // is keyID(label). The caller holds ks.mu for writing.
 func (ks *Keystore) destroy(label string) error {
@@ -237,16 +295,9 @@ func (ks *Keystore) destroy(label string) error {
 		return fmt.Errorf("open session: %w", err)
 	}
 	defer func() { _ = ks.raw.CloseSession(sh) }()
-	var handles []pkcs11.ObjectHandle
-	for _, tmpl := range [][]*pkcs11.Attribute{
-		{pkcs11.NewAttribute(pkcs11.CKA_LABEL, label)},
-		{pkcs11.NewAttribute(pkcs11.CKA_ID, keyID(label))},
-	} {
-		hs, err := findObjects(ks.raw, sh, tmpl)
-		if err != nil {
-			return err
-		}
-		handles = append(handles, hs...)
+	handles, err := labelled(ks.raw, sh, label)
+	if err != nil {
+		return err
 	}
 	// Private keys first, so that an interruption never leaves a private
 	// key whose public half is gone (crypto11 cannot open such a key).
@@ -383,21 +434,4 @@ func (k *key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 		return nil, fmt.Errorf("%w: pkcs11: sign with key %q in token %q: %w", identity.ErrKeystore, k.label, k.ks.token, err)
 	}
 	return sig, nil
-}
-
-// checkLabel refuses a key label the keystore does not store.
-func checkLabel(label string) error {
-	if label == "" || len(label) > maxKeyLabel || !utf8.ValidString(label) || strings.ContainsRune(label, 0) {
-		return fmt.Errorf("pkcs11: invalid key label %q (1 to %d bytes of UTF-8, no NUL)", label, maxKeyLabel)
-	}
-	return nil
-}
-
-// keyID derives the CKA_ID of the key pair under label, so that both
-// halves are found by label and by ID, and a tool listing the token shows
-// which objects belong together. It is the first 16 bytes of
-// SHA-256("d2c key id\x00" || label).
-func keyID(label string) []byte {
-	sum := sha256.Sum256([]byte("d2c key id\x00" + label))
-	return sum[:16]
 }

@@ -31,8 +31,18 @@ func (ks *Keystore) Create(context.Context, string, identity.KeyType) (crypto.Si
 	return nil, errNoCgo
 }
 
+// CreateNew fails: built without cgo.
+func (ks *Keystore) CreateNew(context.Context, string, identity.KeyType) (crypto.Signer, error) {
+	return nil, errNoCgo
+}
+
 // Open fails: built without cgo.
 func (ks *Keystore) Open(context.Context, string) (crypto.Signer, error) {
+	return nil, errNoCgo
+}
+
+// open fails: built without cgo.
+func (ks *Keystore) open(context.Context, []byte, string) (crypto.Signer, error) {
 	return nil, errNoCgo
 }
 
