@@ -230,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 			start("update timestamp", refresh)
 		}
 	}
-	start("fleet gauges", func(ctx context.Context) error { s.fleetGauges(ctx); return nil })
+	reg.MustRegister(&fleetCollector{store: cfg.Store, log: log})
 	if c := cfg.CRL; c != nil {
 		if err := s.publishCRL(ctx, c); err != nil {
 			cancel()
@@ -475,8 +475,6 @@ func (s *service) opsHandler(reg *prometheus.Registry) http.Handler {
 type metrics struct {
 	readings, enrollments, renewals prometheus.Counter
 	commandsSent, commandResults    prometheus.Counter
-	devicesConnected                prometheus.Gauge
-	certificates                    *prometheus.GaugeVec
 	refused                         *prometheus.CounterVec
 	storeSeconds                    prometheus.Histogram
 	crlNumber, crlNextUpdate        prometheus.Gauge
@@ -496,14 +494,10 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		crlNextUpdate:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_crl_next_update_timestamp_seconds", Help: "When the last CRL written goes stale (Unix time)."}),
 		commandsSent:   prometheus.NewCounter(prometheus.CounterOpts{Name: "d2c_commands_sent_total", Help: "Signed commands the command API handed to the broker."}),
 		commandResults: prometheus.NewCounter(prometheus.CounterOpts{Name: "d2c_command_results_total", Help: "Command results accepted from devices (signed records of d2c.cmdres)."}),
-		devicesConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "d2c_devices_connected",
-			Help: "Devices that had a fresh message accepted, by any replica, within the last 5 minutes: the fleet connected, as the cloud sees it."}),
-		certificates: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "d2c_certificates",
-			Help: "Device certificates in the store that have not expired, by status (valid, superseded, revoked)."}, []string{"status"}),
-		reg: reg,
+		reg:            reg,
 	}
 	reg.MustRegister(m.readings, m.enrollments, m.renewals, m.refused, m.storeSeconds, m.crlNumber, m.crlNextUpdate,
-		m.commandsSent, m.commandResults, m.devicesConnected, m.certificates)
+		m.commandsSent, m.commandResults)
 	return m
 }
 
@@ -527,30 +521,56 @@ func (m *metrics) watchVerifier(v *transport.Verifier) {
 // count as connected.
 const connectedWindow = 5 * time.Minute
 
-// fleetGauges refreshes the gauges read from the store (devices
-// connected, certificates by status) every 15 seconds until ctx ends.
-func (s *service) fleetGauges(ctx context.Context) {
-	t := time.NewTicker(15 * time.Second)
-	defer t.Stop()
-	for {
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if n, err := s.cfg.Store.DevicesSeen(qctx, time.Now().Add(-connectedWindow)); err == nil {
-			s.m.devicesConnected.Set(float64(n))
-		} else if ctx.Err() == nil {
-			s.log.Warn("devices connected not counted", "err", err)
+// fleetCacheTTL is how long the fleet gauges read from the store are
+// reused between scrapes.
+const fleetCacheTTL = 5 * time.Second
+
+var (
+	devicesConnectedDesc = prometheus.NewDesc("d2c_devices_connected",
+		"Devices that had a fresh message accepted, by any replica, within the last 5 minutes: the fleet connected, as the cloud sees it.", nil, nil)
+	certificatesDesc = prometheus.NewDesc("d2c_certificates",
+		"Device certificates in the store that have not expired, by status (valid, superseded, revoked).", []string{"status"}, nil)
+)
+
+// fleetCollector reads the fleet's gauges (devices connected,
+// certificates by status) from the store when scraped, at most once per
+// fleetCacheTTL, so every replica reports the whole fleet's figures.
+type fleetCollector struct {
+	store *store.Store
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	read     time.Time
+	devices  int
+	statuses map[string]int
+}
+
+func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- devicesConnectedDesc
+	ch <- certificatesDesc
+}
+
+func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := time.Now(); now.Sub(c.read) >= fleetCacheTTL {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := c.store.DevicesSeen(ctx, now.Add(-connectedWindow))
+		var counts map[string]int
+		if err == nil {
+			counts, err = c.store.CertificateCounts(ctx)
 		}
-		if counts, err := s.cfg.Store.CertificateCounts(qctx); err == nil {
-			for _, st := range []string{"valid", "superseded", "revoked"} {
-				s.m.certificates.WithLabelValues(st).Set(float64(counts[st]))
-			}
-		} else if ctx.Err() == nil {
-			s.log.Warn("certificates not counted", "err", err)
-		}
-		cancel()
-		select {
-		case <-ctx.Done():
+		if err != nil {
+			// No sample is better than a stale one.
+			c.log.Warn("fleet gauges not read from the store", "err", err)
+			c.read = time.Time{}
 			return
-		case <-t.C:
 		}
+		c.read, c.devices, c.statuses = now, n, counts
+	}
+	ch <- prometheus.MustNewConstMetric(devicesConnectedDesc, prometheus.GaugeValue, float64(c.devices))
+	for _, st := range []string{"valid", "superseded", "revoked"} {
+		ch <- prometheus.MustNewConstMetric(certificatesDesc, prometheus.GaugeValue, float64(c.statuses[st]), st)
 	}
 }

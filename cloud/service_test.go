@@ -96,6 +96,17 @@ func TestServiceAllRoles(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The fleet's gauges come from the store (cached 5 s between scrapes).
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		_, body := get("/metrics")
+		if metric(body, "d2c_devices_connected") == "1" && metric(body, `d2c_certificates{status="valid"}`) == "1" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fleet gauges: devices connected %q, valid certificates %q", metric(body, "d2c_devices_connected"),
+				metric(body, `d2c_certificates{status="valid"}`))
+		}
+	}
 	for _, path := range []string{"/healthz", "/readyz"} {
 		if code, body := get(path); code != http.StatusOK {
 			t.Errorf("GET %s: %d %s", path, code, body)
