@@ -156,14 +156,17 @@ type resultJSON struct {
 }
 
 func (a *commandAPI) toJSON(c store.Command) commandJSON {
+	// Milliseconds, as the store keeps them: the same command reads the
+	// same from POST and GET.
+	ms := func(t time.Time) time.Time { return t.UTC().Truncate(time.Millisecond) }
 	j := commandJSON{Device: c.Device, ID: strconv.FormatUint(c.ID, 10), Name: c.Name, Body: c.Body, Client: c.Client,
-		State: string(c.State(a.now())), Reserved: c.Reserved.UTC(), Expires: c.Expires.UTC()}
+		State: string(c.State(a.now())), Reserved: ms(c.Reserved), Expires: ms(c.Expires)}
 	if !c.Sent.IsZero() {
-		t := c.Sent.UTC()
+		t := ms(c.Sent)
 		j.Sent = &t
 	}
 	if c.Result != nil {
-		j.Result = &resultJSON{Failed: c.Result.Failed, Output: c.Result.Output, Time: c.Result.Time.UTC()}
+		j.Result = &resultJSON{Failed: c.Result.Failed, Output: c.Result.Output, Time: ms(c.Result.Time)}
 	}
 	return j
 }
@@ -208,7 +211,7 @@ func (a *commandAPI) send(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	chains, err := a.store.DeviceCertificates(ctx, device)
-	if err != nil && !errors.Is(err, transport.ErrUnknownDevice) {
+	if err != nil && !errors.Is(err, transport.ErrUnknownDevice) && !errors.Is(err, identity.ErrRevoked) {
 		apiError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}

@@ -106,6 +106,8 @@ func refusalKind(err error) string {
 		return "wrong-device"
 	case errors.Is(err, transport.ErrUnknownDevice):
 		return "unknown-device"
+	case errors.Is(err, identity.ErrRevoked):
+		return "revoked"
 	case errors.Is(err, transport.ErrMalformed):
 		return "malformed"
 	}

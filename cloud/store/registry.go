@@ -264,6 +264,12 @@ func (s *Store) FreshDeviceCertificates(ctx context.Context, device string) ([][
 		return nil, fmt.Errorf("store: read certificates: %w", err)
 	}
 	if len(out) == 0 {
+		// Say why: a revoked device is refused as revoked, not unknown.
+		var revoked int
+		if err := s.db.QueryRowContext(ctx, s.q("SELECT COUNT(*) FROM certificates WHERE device = ? AND status = ?"),
+			device, statusRevoked).Scan(&revoked); err == nil && revoked > 0 {
+			return nil, fmt.Errorf("%w: every certificate of %q is revoked", identity.ErrRevoked, device)
+		}
 		return nil, fmt.Errorf("%w: %q", transport.ErrUnknownDevice, device)
 	}
 	s.certCache.put(device, out, now.Add(certCacheTTL), gen)

@@ -283,7 +283,7 @@ func TestDeviceCertificatesCache(t *testing.T) {
 				get = s.FreshDeviceCertificates
 			}
 			chains, err := get(t.Context(), "cached-1")
-			if errors.Is(err, transport.ErrUnknownDevice) {
+			if errors.Is(err, transport.ErrUnknownDevice) || errors.Is(err, identity.ErrRevoked) {
 				return nil
 			}
 			if err != nil {
@@ -325,6 +325,13 @@ func TestDeviceCertificatesCache(t *testing.T) {
 		}
 		if got := leaves(other, true); got != nil {
 			t.Fatalf("revoked, read past the cache: %d chains served, want none", len(got))
+		}
+		// The lookup says why: the device is revoked, not unknown.
+		if _, err := other.FreshDeviceCertificates(t.Context(), "cached-1"); !errors.Is(err, identity.ErrRevoked) {
+			t.Fatalf("lookup of a revoked device: %v, want ErrRevoked", err)
+		}
+		if _, err := other.FreshDeviceCertificates(t.Context(), "never-1"); !errors.Is(err, transport.ErrUnknownDevice) {
+			t.Fatalf("lookup of an unknown device: %v, want ErrUnknownDevice", err)
 		}
 		// What the other process may still serve from its cache, the
 		// verifier's revocation check refuses (it has not asked about this

@@ -208,7 +208,7 @@ mosquitto -c /etc/mosquitto/d2c/mosquitto.conf`,
 			crlFile := fl.String("crl", "", "fleet CRL, PEM, from d2c ca crl (recommended)")
 			var services stringList
 			fl.Var(&services, "service", "cloud service and its rights, NAME or NAME:read=F,...;write=F,...; repeatable")
-			persistence := fl.String("persistence", "", "directory where mosquitto keeps sessions and queued messages across restarts")
+			persistence := fl.String("persistence", "", "directory where mosquitto keeps sessions and queued messages across restarts (created 0700 if missing; the broker's user must own it)")
 			maxPacket := fl.Int("max-packet-size", 0, fmt.Sprintf("largest MQTT packet accepted, bytes, at most the default (0: %d)", transport.DefaultMaxPacketSize))
 			maxQueuedMessages := fl.Int("max-queued-messages", 0, fmt.Sprintf("QoS 1 messages queued for one client that is away or slow (0: %d)", transport.DefaultMaxQueuedMessages))
 			maxQueuedBytes := fl.Int("max-queued-bytes", 0, fmt.Sprintf("payload bytes queued for one client that is away or slow (0: %d)", transport.DefaultMaxQueuedBytes))
@@ -285,6 +285,13 @@ mosquitto -c /etc/mosquitto/d2c/mosquitto.conf`,
 				}
 				if err := os.MkdirAll(outDir, 0o755); err != nil {
 					return err
+				}
+				if mc.PersistenceDir != "" {
+					// mosquitto does not create it, and fails only when it
+					// first saves (at shutdown).
+					if err := os.MkdirAll(mc.PersistenceDir, 0o700); err != nil {
+						return fmt.Errorf("--persistence: %w", err)
+					}
 				}
 				for _, f := range []struct {
 					path string

@@ -138,13 +138,15 @@ func (k signsNothing) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error)
 func caInitCommand() *command {
 	return &command{
 		path:    "ca init",
-		summary: "create a fleet CA (root, issuing CA, token key)",
+		summary: "create a fleet CA (root, issuing CA, token key, command key)",
 		usage:   "--dir DIR [--fleet NAME] [--issuing-key pkcs11:URI]",
 		details: `
 Creates, in DIR (mode 0700), an offline root (ECDSA P-256, 20 years), an
 issuing intermediate (10 years) that signs device and server certificates and
-CRLs, and the key that signs enrollment tokens (DIR/token.key). It refuses to
-overwrite an existing CA.
+CRLs, the key that signs enrollment tokens (DIR/token.key), and the key
+that signs commands to devices (DIR/command.key; the cloud service's command
+API signs with it, and devices are configured with DIR/command.pub). It
+refuses to overwrite an existing CA.
 
 The issuing key is DIR/issuing.key, unless --issuing-key names a key in a
 PKCS#11 token by its RFC 7512 URI:
@@ -199,6 +201,8 @@ d2c ca init --dir /srv/d2c/ca --fleet "acme sensors" \
 				fmt.Fprintf(s.stderr, "warning: %s is the fleet root key: move it offline now; the CA never needs it again\n",
 					filepath.Join(*dir, identity.CARootKeyFile))
 				fmt.Fprintf(s.stderr, "devices bootstrap trust with: d2c device enroll --fingerprint %s ...\n", fp)
+				fmt.Fprintf(s.stderr, "commands are signed with %s (d2c cloud serve); devices check them with %s\n",
+					filepath.Join(*dir, identity.CACommandKeyFile), filepath.Join(*dir, identity.CACommandPublicKeyFile))
 				return nil
 			}
 		},
@@ -383,8 +387,9 @@ from this command.`,
 				fmt.Fprintf(s.stdout, "service certificate for %s\n", cert.Subject.CommonName)
 				fmt.Fprintf(s.stdout, "serial:  %x\nexpires: %s\ncert:    %s\nkey:     %s\n",
 					cert.SerialNumber, cert.NotAfter.UTC().Format(time.RFC3339), *certOut, *keyOut)
-				fmt.Fprintf(s.stderr, "the broker grants %s the rights of --service %s (d2c broker config, d2c dev broker), no others\n",
-					cert.Subject.CommonName, *name)
+				fmt.Fprintf(s.stderr, "on the broker, %s has the rights of --service %s (d2c broker config, d2c dev broker), no others; "+
+					"on the service's command API, it may send commands if %q is among \"clients\" (d2c cloud serve)\n",
+					cert.Subject.CommonName, *name, *name)
 				return nil
 			}
 		},
@@ -542,7 +547,7 @@ func caCRLCommand() *command {
 		details: `
 Signs a new CRL (RFC 5280) listing every revoked certificate, with a CRL
 number one higher than the last, and writes it PEM-encoded ("X509 CRL")
-to FILE atomically, mode 0600 (give the broker's user read access). mosquitto
+to FILE atomically, mode 0644 (a CRL is public; the broker's user reads it). mosquitto
 reads it as its crlfile. A CRL is valid for 7 days: run this at least daily,
 for example from cron, and after every revocation.
 

@@ -556,6 +556,10 @@ func (d *device) healthCheck(ctx context.Context, client *transport.Client) erro
 func (d *device) onCommand(ctx context.Context, c transport.Command) {
 	if a := d.agent.Load(); a != nil {
 		update.CommandHandler(a, d.appCommand)(ctx, c)
+		if c.Name == update.CheckCommand {
+			// The outcome comes later on the "update" stream.
+			d.report(ctx, c, commandResult{OK: true, Detail: "update check started"})
+		}
 		return
 	}
 	d.appCommand(ctx, c)
@@ -590,6 +594,11 @@ func (d *device) appCommand(ctx context.Context, c transport.Command) {
 	default:
 		res.Error = "unknown command"
 	}
+	d.report(ctx, c, res)
+}
+
+// report logs a command's result and reports it to the cloud.
+func (d *device) report(ctx context.Context, c transport.Command, res commandResult) {
 	d.log.Info("command", "id", c.ID, "name", c.Name, "ok", res.OK, "detail", res.Detail, "error", res.Error)
 	out := res.Detail
 	if !res.OK {

@@ -13,10 +13,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,13 +200,20 @@ func TestDevice(t *testing.T) {
 	// and confirmed, each step reported.
 	repo.publish(t, 1, []byte("firmware v1\n"))
 	send(update.CheckCommand, "")
+	want := map[string]func(transport.Record) bool{
+		"the update.check result": func(r transport.Record) bool {
+			res, err := transport.ParseCommandResult(r)
+			return err == nil && !res.Failed && string(res.Output) == "update check started"
+		},
+	}
 	for _, event := range []string{"installed", "confirmed"} {
-		expect(t, records, func(r transport.Record) bool {
+		want["update "+event] = func(r transport.Record) bool {
 			var res update.Result
 			return r.Stream == update.ReportStream && json.Unmarshal(r.Readings[0].Body, &res) == nil &&
 				res.Event == event && res.Version == 1
-		}, "update "+event)
+		}
 	}
+	expectAll(t, records, want)
 	img, err := os.ReadFile(filepath.Join(dir, "device", "slots", "current", "image"))
 	if err != nil || string(img) != "firmware v1\n" {
 		t.Errorf("current image %q, %v", img, err)
@@ -248,6 +257,24 @@ func expect(t *testing.T, records <-chan transport.Record, ok func(transport.Rec
 			}
 		case <-deadline:
 			t.Fatalf("no %s", what)
+		}
+	}
+}
+
+// expectAll waits for records matching each of want, in any order.
+func expectAll(t *testing.T, records <-chan transport.Record, want map[string]func(transport.Record) bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for len(want) > 0 {
+		select {
+		case r := <-records:
+			for what, ok := range want {
+				if ok(r) {
+					delete(want, what)
+				}
+			}
+		case <-deadline:
+			t.Fatalf("none of %v", slices.Collect(maps.Keys(want)))
 		}
 	}
 }

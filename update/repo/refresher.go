@@ -102,7 +102,7 @@ func (r Refresher) Run(ctx context.Context) error {
 		return err
 	}
 	c := r.withDefaults()
-	c.Logger.Info("timestamp refresher started", "dir", c.Dir, "validity", c.Validity, "every", c.Every)
+	c.Logger.Info("timestamp refresher started", "dir", c.Dir, "validity", c.Validity.String(), "every", c.Every.String())
 	tick := time.NewTicker(c.Every)
 	defer tick.Stop()
 	for {
@@ -123,10 +123,16 @@ func (r Refresher) refresh(ctx context.Context, now time.Time) {
 	sctx, cancel := context.WithTimeout(ctx, min(maxLockWait, max(r.Every, 10*time.Second)))
 	defer cancel()
 	ts, err := SignTimestamp(sctx, r.Dir, r.Keys, r.Validity, now)
-	if err != nil {
-		if ctx.Err() == nil {
-			r.Logger.Error("timestamp not signed; the one in place stays", "dir", r.Dir, "err", err, "retry_in", r.Every)
-		}
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return
+	case errors.Is(err, ErrNoRelease):
+		// A new repository: nothing to name yet, nothing wrong.
+		r.Logger.Debug("no release to sign a timestamp for yet", "dir", r.Dir, "retry_in", r.Every.String())
+		return
+	default:
+		r.Logger.Error("timestamp not signed; the one in place, if any, stays", "dir", r.Dir, "err", err, "retry_in", r.Every.String())
 		return
 	}
 	r.Logger.Info("timestamp signed", "dir", r.Dir, "version", ts.Version, "release", ts.Release.Version,
