@@ -242,10 +242,10 @@ func (a *commandAPI) send(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusServiceUnavailable, "broker did not take the command: "+err.Error())
 		return
 	}
-	if err := a.store.CommandSent(ctx, device, c.ID); err != nil {
+	if sent, err := a.store.CommandSent(ctx, device, c.ID); err != nil {
 		a.log.Warn("command sent, not marked so", "device", device, "id", c.ID, "err", err)
 	} else {
-		c.Sent = a.now()
+		c.Sent = sent
 	}
 	a.m.commandsSent.Inc()
 	a.log.Info("command sent", "device", device, "id", c.ID, "name", req.Name, "client", client, "expires", c.Expires)

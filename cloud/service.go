@@ -250,8 +250,8 @@ func Run(ctx context.Context, cfg Config) error {
 		srv := &http.Server{Handler: s.opsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 		start("ops", func(ctx context.Context) error { return serve(ctx, srv, ln, false) })
 	}
-	log.Info("cloud service running", "registrar", addrs.Registrar, "verifier", cfg.Verifier != nil, "commands", addrs.Commands,
-		"crl", cfg.CRL != nil, "update", cfg.Update != nil, "ops", addrs.Ops)
+	log.Info("cloud service running", "registrar", addrString(addrs.Registrar), "verifier", cfg.Verifier != nil,
+		"commands", addrString(addrs.Commands), "crl", cfg.CRL != nil, "update", addrString(addrs.Update), "ops", addrString(addrs.Ops))
 	if cfg.Ready != nil {
 		cfg.Ready(addrs)
 	}
@@ -573,4 +573,12 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range []string{"valid", "superseded", "revoked"} {
 		ch <- prometheus.MustNewConstMetric(certificatesDesc, prometheus.GaugeValue, float64(c.statuses[st]), st)
 	}
+}
+
+// addrString is a's host:port, or "" for none.
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

@@ -388,11 +388,14 @@ func (c *Cloud) open(ctx context.Context, b *cloudBatch) {
 func (c *Cloud) decide(ctx context.Context, log *slog.Logger, b *cloudBatch) bool {
 	if o := b.opened; o != nil {
 		for attempt := 1; ; attempt++ {
+			if attempt > 1 {
+				c.cfg.Verifier.reopenBatch(ctx, o)
+			}
 			c.cfg.Verifier.acceptBatch(ctx, o)
-			if len(o.pending) == 0 {
+			if len(o.pending) == 0 && len(o.unopen) == 0 {
 				break
 			}
-			log.Error("replay state unavailable; messages held unacknowledged", "messages", len(o.pending), "attempt", attempt)
+			log.Error("verifier state unavailable; messages held unacknowledged", "messages", len(o.pending)+len(o.unopen), "attempt", attempt)
 			sleepCtx(ctx, c.retry.after(attempt))
 			if ctx.Err() != nil {
 				return false

@@ -206,9 +206,11 @@ type Inbound struct {
 // VerifyBatch verifies msgs as [Verifier.Verify] does, in order, and
 // decides the freshness of all their records in one call to
 // [ReplayState.Accept] (one transaction with a shared store). It returns
-// a record and an error per message. If the replay state fails (its
-// database unreachable), every telemetry message's error wraps
-// [ErrReplayState] and nothing of them was accepted: retry later.
+// a record and an error per message. If the verifier's shared state
+// fails (its database unreachable: replay windows, registry, revocations,
+// session keys), the error of each message it could not decide wraps
+// [ErrReplayState] and nothing of it was accepted: verify it again later
+// (DialCloud holds its acknowledgement and does).
 //
 // With a [SessionKeys] that parks envelopes ([EnvelopeParking]), an
 // envelope whose session key no verifier has received yet (its delivery
@@ -228,6 +230,7 @@ type openedBatch struct {
 	msgs    []Inbound
 	recs    []Record
 	errs    []error
+	unopen  []int    // messages the first stage could not decide: open again
 	pending []int    // messages whose freshness is still to decide
 	fresh   []Record // their records
 }
@@ -236,22 +239,50 @@ type openedBatch struct {
 // kept, envelopes parked), leaving freshness to acceptBatch.
 func (v *Verifier) openBatch(ctx context.Context, msgs []Inbound) *openedBatch {
 	b := &openedBatch{msgs: msgs, recs: make([]Record, len(msgs)), errs: make([]error, len(msgs))}
-	parking, _ := v.cfg.SessionKeys.(EnvelopeParking)
-	for i, m := range msgs {
-		rec, err := v.open(ctx, m.Topic, m.Payload)
-		var uk *unknownKeyError
-		if parking != nil && errors.As(err, &uk) {
-			err = v.park(ctx, parking, uk, m)
-		}
-		if err != nil || rec.Device == "" {
-			b.errs[i] = err
-			v.count(m.Topic, rec, err)
-			continue
-		}
-		b.pending = append(b.pending, i)
-		b.fresh = append(b.fresh, rec)
+	for i := range msgs {
+		v.openOne(ctx, b, i)
 	}
 	return b
+}
+
+// reopenBatch opens again the messages the first stage left undecided.
+func (v *Verifier) reopenBatch(ctx context.Context, b *openedBatch) {
+	unopen := b.unopen
+	b.unopen = nil
+	for _, i := range unopen {
+		v.openOne(ctx, b, i)
+	}
+}
+
+// openOne opens message i of b. What the verifier's shared state could
+// not decide (a registry, key or revocation lookup that failed, wrapping
+// [ErrReplayState], or anything once ctx has ended) is neither accepted
+// nor refused: it goes to b.unopen, to be opened again, so that a cloud
+// service holds its acknowledgement instead of losing it.
+func (v *Verifier) openOne(ctx context.Context, b *openedBatch, i int) {
+	m := b.msgs[i]
+	rec, err := v.open(ctx, m.Topic, m.Payload)
+	var uk *unknownKeyError
+	if parking, ok := v.cfg.SessionKeys.(EnvelopeParking); ok && errors.As(err, &uk) {
+		err = v.park(ctx, parking, uk, m)
+	}
+	if err != nil && (errors.Is(err, ErrReplayState) || ctx.Err() != nil) {
+		if !errors.Is(err, ErrReplayState) {
+			err = fmt.Errorf("%w: %w", ErrReplayState, err)
+		}
+		b.errs[i] = err
+		b.unopen = append(b.unopen, i)
+		v.count(m.Topic, Record{}, err)
+		return
+	}
+	if err != nil || rec.Device == "" {
+		b.errs[i] = err
+		v.count(m.Topic, rec, err)
+		return
+	}
+	b.errs[i] = nil
+	b.pending = append(b.pending, i)
+	b.fresh = append(b.fresh, rec)
 }
 
 // acceptBatch decides the freshness of the batch's pending records in one
@@ -292,7 +323,9 @@ var ErrParked = errors.New("transport: envelope parked until its session key arr
 type EnvelopeParking interface {
 	SessionKeys
 	// Park keeps an envelope of device sealed under keyID. A full parking
-	// (per device) gives an error: the envelope is refused.
+	// (per device) gives an error: the envelope is refused. An error
+	// wrapping [ErrReplayState] (the parking unreachable) leaves it
+	// undecided: it is verified again.
 	Park(ctx context.Context, device, keyID string, m Inbound) error
 	// Parked returns up to max envelopes parked under keys whose delivery
 	// is now kept, with the IDs to pass to Unpark once they are decided.
@@ -366,9 +399,10 @@ func (v *Verifier) VerifyParked(ctx context.Context, max int) ([]Record, error) 
 	return out, nil
 }
 
-// ErrReplayState: the replay state could not decide (a shared store
-// unreachable); the message was neither accepted nor refused and may be
-// verified again.
+// ErrReplayState: the verifier's state could not decide (a shared store
+// unreachable: the replay windows, the registry of certificates, the
+// revocations, the session keys or the parking); the message was neither
+// accepted nor refused and may be verified again.
 var ErrReplayState = errors.New("transport: replay state unavailable")
 
 // count counts and logs one outcome.
@@ -502,6 +536,10 @@ func (v *Verifier) checkSignedWith(ctx context.Context, device string, b []byte,
 	if err != nil {
 		if _, _, perr := parseJWS(b, typ); perr != nil {
 			return nil, perr // a malformed envelope is malformed for unknown devices too
+		}
+		if !errors.Is(err, ErrUnknownDevice) && !errors.Is(err, identity.ErrRevoked) && !errors.Is(err, ErrReplayState) {
+			// The registry did not answer: undecided, not refused.
+			err = fmt.Errorf("%w: certificates of %q: %w", ErrReplayState, device, err)
 		}
 		return nil, err
 	}

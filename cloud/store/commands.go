@@ -111,19 +111,23 @@ func (s *Store) ReserveCommand(ctx context.Context, c Command) (Command, error) 
 	return c, err
 }
 
-// CommandSent records that the broker took the command.
-func (s *Store) CommandSent(ctx context.Context, device string, id uint64) error {
+// CommandSent records that the broker took the command, and returns the
+// time it recorded.
+func (s *Store) CommandSent(ctx context.Context, device string, id uint64) (time.Time, error) {
+	now := time.UnixMilli(s.now().UnixMilli())
 	res, err := s.db.ExecContext(ctx, s.q("UPDATE commands SET sent_ms = ? WHERE device = ? AND id = ? AND sent_ms IS NULL"),
-		s.now().UnixMilli(), device, int64(id))
+		now.UnixMilli(), device, int64(id))
 	if err != nil {
-		return fmt.Errorf("store: command sent: %w", err)
+		return time.Time{}, fmt.Errorf("store: command sent: %w", err)
 	}
 	if n, err := res.RowsAffected(); err == nil && n == 0 {
-		if _, err := s.Command(ctx, device, id); err != nil {
-			return err
+		c, err := s.Command(ctx, device, id)
+		if err != nil {
+			return time.Time{}, err
 		}
+		return c.Sent, nil
 	}
-	return nil
+	return now, nil
 }
 
 // Command returns the command id of device ([ErrNoSuchCommand] if none).

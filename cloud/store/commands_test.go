@@ -86,10 +86,14 @@ func TestCommandLifecycle(t *testing.T) {
 		if got.State(now.Add(time.Hour)) != CommandExpired {
 			t.Fatalf("state past expiry: %s", got.State(now.Add(time.Hour)))
 		}
-		if err := b.CommandSent(t.Context(), "dev-c", c.ID); err != nil {
+		sent, err := b.CommandSent(t.Context(), "dev-c", c.ID)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := b.CommandSent(t.Context(), "dev-c", c.ID+1); !errors.Is(err, ErrNoSuchCommand) {
+		if again, err := a.CommandSent(t.Context(), "dev-c", c.ID); err != nil || !again.Equal(sent) {
+			t.Fatalf("sent twice: %v then %v (%v), want the first kept", sent, again, err)
+		}
+		if _, err := b.CommandSent(t.Context(), "dev-c", c.ID+1); !errors.Is(err, ErrNoSuchCommand) {
 			t.Fatalf("sent of an unknown command: %v", err)
 		}
 		if _, err := a.Command(t.Context(), "dev-x", c.ID); !errors.Is(err, ErrNoSuchCommand) {
@@ -108,7 +112,7 @@ func TestCommandLifecycle(t *testing.T) {
 			t.Fatalf("verdicts %v", v)
 		}
 		got, err = a.Command(t.Context(), "dev-c", c.ID)
-		if err != nil || got.State(now) != CommandSucceeded || string(got.Result.Output) != "on" || got.Sent.IsZero() ||
+		if err != nil || got.State(now) != CommandSucceeded || string(got.Result.Output) != "on" || !got.Sent.Equal(sent) ||
 			!got.Result.Time.Equal(time.UnixMilli(1_700_000_000_500)) {
 			t.Fatalf("answered: %+v %v", got, err)
 		}

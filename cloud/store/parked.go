@@ -31,7 +31,7 @@ var ErrParkingFull = errors.New("store: too many envelopes parked for the device
 // day are deleted.
 func (s *Store) Park(ctx context.Context, device, keyID string, m transport.Inbound) error {
 	now := s.now()
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, s.q("DELETE FROM parked WHERE received_ms < ?"), now.Add(-parkedFor).UnixMilli()); err != nil {
 			return fmt.Errorf("store: park: %w", err)
 		}
@@ -48,6 +48,11 @@ func (s *Store) Park(ctx context.Context, device, keyID string, m transport.Inbo
 		}
 		return nil
 	})
+	if err != nil && !errors.Is(err, ErrParkingFull) {
+		// Not kept, not refused: the verifier holds the message.
+		err = fmt.Errorf("%w: %w", transport.ErrReplayState, err)
+	}
+	return err
 }
 
 // Parked implements [transport.EnvelopeParking]: up to max envelopes

@@ -378,7 +378,8 @@ func (c *revCache) forget(serial string) {
 // CheckRevoked implements [identity.RevocationChecker] from the registry:
 // an error wrapping [identity.ErrRevoked] for a revoked certificate. A
 // certificate the registry does not know is not revoked by it. If the
-// database cannot answer, the check fails closed (revoked). A revocation
+// database cannot answer, the check fails closed (revoked) with an error
+// that also wraps [transport.ErrReplayState]: undecided, for a verifier. A revocation
 // made in another process takes effect here within 5 seconds.
 func (s *Store) CheckRevoked(cert *x509.Certificate) error {
 	sn, now := serial(cert), time.Now()
@@ -391,7 +392,9 @@ func (s *Store) CheckRevoked(cert *x509.Certificate) error {
 		switch {
 		case errNoRows(err):
 		case err != nil:
-			return fmt.Errorf("%w: revocation status unavailable (failing closed): %v", identity.ErrRevoked, err)
+			// Fail closed (revoked), and say it is undecided: a verifier
+			// holds the message instead of refusing it for good.
+			return fmt.Errorf("%w: %w: revocation status unavailable (failing closed): %v", identity.ErrRevoked, transport.ErrReplayState, err)
 		}
 		st = revStatus{revoked: status == statusRevoked, until: now.Add(revocationCacheTTL)}
 		s.revCache.put(sn, st)
