@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -77,6 +78,7 @@ type Cloud struct {
 
 	subscribed     chan struct{} // closed at the first SUBACK
 	subscribedOnce sync.Once
+	conns          atomic.Uint64 // connections made: a subscription retry ends when its connection is replaced
 }
 
 // DialCloud connects a cloud service to the broker in the background.
@@ -140,15 +142,28 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 			if len(filters) == 0 {
 				return
 			}
+			conn := c.conns.Add(1)
 			go func() {
 				var subs []paho.SubscribeOptions
 				for _, f := range filters {
 					subs = append(subs, paho.SubscribeOptions{Topic: f, QoS: 1})
 				}
-				sa, err := cm.Subscribe(runCtx, &paho.Subscribe{Subscriptions: subs})
-				if err != nil && sa == nil {
-					log.Warn("cloud subscribe", "err", err)
-					return
+				// A busy broker may not answer in time: ask again on the
+				// same connection (with the persistent session it may
+				// deliver meanwhile), until it answers or the connection
+				// is replaced (the next one subscribes itself).
+				var sa *paho.Suback
+				for attempt := 1; ; attempt++ {
+					var err error
+					sa, err = cm.Subscribe(runCtx, &paho.Subscribe{Subscriptions: subs})
+					if err == nil || sa != nil {
+						break
+					}
+					log.Warn("cloud subscribe: no answer; trying again", "err", err, "attempt", attempt)
+					sleepCtx(runCtx, c.retry.after(attempt))
+					if runCtx.Err() != nil || c.conns.Load() != conn {
+						return
+					}
 				}
 				// With a SUBACK (even one refusing a filter, which paho
 				// also returns as an error) the broker has answered.

@@ -654,3 +654,26 @@ func TestRogueBrokerFlood(t *testing.T) {
 		check(t, peak, int(refused.Load()))
 	})
 }
+
+// TestRogueBrokerLateSuback: a broker too busy to answer the cloud
+// service's first SUBSCRIBE in time (paho gives up after 10 s) is asked
+// again on the same connection, so the service comes up instead of
+// waiting for a SUBACK that will never come.
+func TestRogueBrokerLateSuback(t *testing.T) {
+	f := newE2EFleet(t)
+	s := f.rogueServer(roguebroker.LateSuback, nil)
+	c, err := transport.DialCloud(t.Context(), transport.CloudConfig{Broker: s.Addr(), Certificate: f.serviceCert("verifier"),
+		Roots: f.roots, Verifier: f.verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := c.AwaitConnection(ctx); err != nil {
+		t.Fatalf("the service never subscribed: %v", err)
+	}
+	if n := len(s.Connects()); n != 1 {
+		t.Errorf("%d connections, want the subscription asked again on the first", n)
+	}
+}

@@ -141,11 +141,15 @@ const (
 	// SessionTakeover sends a CONNACK and then DISCONNECT with reason
 	// 0x8E, session taken over (section 3.14.2.1), at every connection.
 	SessionTakeover
+
+	// LateSuback behaves honestly but never answers the first SUBSCRIBE
+	// of each connection, as a broker too busy to answer in time.
+	LateSuback
 )
 
 var behaviourNames = [...]string{"Honest", "HugeLength", "OversizedPublish", "ReservedType", "LongLength", "Truncated",
 	"RepeatedProperties", "ForbiddenProperty", "ZeroReceiveMaximum", "TopicAlias", "Unsolicited", "Retained", "Commands",
-	"Flood", "UnknownPuback", "DuplicatePuback", "NoConnack", "DisconnectStorm", "SessionTakeover"}
+	"Flood", "UnknownPuback", "DuplicatePuback", "NoConnack", "DisconnectStorm", "SessionTakeover", "LateSuback"}
 
 func (b Behaviour) String() string {
 	if b >= 0 && int(b) < len(behaviourNames) {
@@ -370,6 +374,7 @@ type conn struct {
 	nextID         uint16 // the server's packet identifiers, for its QoS 1 PUBLISH
 	sessionPresent bool
 	broken         bool // the server sent bytes that end the protocol: answer nothing more
+	subscribes     int  // SUBSCRIBE packets read on this connection
 }
 
 func (s *Server) serve(raw net.Conn) {
@@ -500,7 +505,7 @@ func (c *conn) handle(cp *packets.ControlPacket) error {
 		if len(p.Subscriptions) == 0 {
 			return errHangUp // a protocol error (section 3.8.3)
 		}
-		if c.broken {
+		if c.subscribes++; c.broken || c.b == LateSuback && c.subscribes == 1 {
 			return nil
 		}
 		sa := &packets.Suback{PacketID: p.PacketID, Properties: &packets.Properties{}}
