@@ -19,7 +19,6 @@ import (
 	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/identity"
-	"github.com/d2c-iot/d2c/transport"
 )
 
 func main() { lab.Main(run) }
@@ -161,11 +160,11 @@ func run(ctx context.Context, out io.Writer) error {
 	if err := renew(copies[0], identity.ErrRevoked, "ErrRevoked"); err != nil {
 		return err
 	}
-	if _, err := registry.DeviceCertificates(ctx, "pump-3"); !errors.Is(err, transport.ErrUnknownDevice) {
+	if _, err := registry.DeviceCertificates(ctx, "pump-3"); !errors.Is(err, identity.ErrRevoked) {
 		return lab.Succeeded("the registry still lists a certificate of pump-3 for verifying telemetry (%v)", err)
 	}
-	n.D2C("the registry lists no certificate of pump-3 any more (transport.ErrUnknownDevice): none of its keys\n" +
-		"renews, and none signs a reading the verifier accepts")
+	n.D2C("the registry lists no certificate of pump-3 any more, and says why (identity.ErrRevoked): none of its\n" +
+		"keys renews, and none signs a reading the verifier accepts")
 
 	n.Stopped("none of the kept certificates renewed: the first was superseded, the others revoked")
 	return nil
