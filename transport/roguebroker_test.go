@@ -128,10 +128,14 @@ func memDuring(fn func()) (total, peak uint64) {
 	return after.TotalAlloc - before.TotalAlloc, maxHeap.Load()
 }
 
-// livePeak runs fn and returns the most heap seen live (HeapAlloc just
-// after a collection, every 20 ms) meanwhile: what the process holds, not
-// what it has yet to collect.
+// livePeak runs fn and returns how far the live heap (HeapAlloc just
+// after a collection, every 20 ms) rose above what was live before it:
+// what fn made the process hold, not what earlier tests left or what it
+// has yet to collect.
 func livePeak(fn func()) uint64 {
+	var base runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&base)
 	var stop atomic.Bool
 	var peak atomic.Uint64
 	done := make(chan struct{})
@@ -145,12 +149,10 @@ func livePeak(fn func()) uint64 {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	defer func() {
-		stop.Store(true)
-		<-done
-	}()
 	fn()
-	return peak.Load()
+	stop.Store(true)
+	<-done
+	return peak.Load() - min(peak.Load(), base.HeapAlloc)
 }
 
 // waitConnects waits until the rogue broker has read n CONNECTs.
