@@ -60,12 +60,9 @@ type Config struct {
 	// timestamp fresh.
 	Update *UpdateRole
 	// Ops is the address of the operations endpoint: /healthz, /readyz and
-	// /metrics (Prometheus), plain HTTP: keep it on a private interface.
-	// Default: none.
+	// /metrics (Prometheus, from a registry of the service's own), plain
+	// HTTP: keep it on a private interface. Default: none.
 	Ops string
-	// Metrics registers the service's metrics. Default: a new registry,
-	// served on Ops.
-	Metrics *prometheus.Registry
 	// Logger receives the service's events. Default: none.
 	Logger *slog.Logger
 	// Ready, if set, is called once every role is listening or connected,
@@ -142,10 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	reg := cfg.Metrics
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-	}
+	reg := prometheus.NewRegistry()
 	s := &service{cfg: cfg, log: log, m: newMetrics(reg)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -201,7 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			cancel()
 			wg.Wait()
-			return fmt.Errorf("cloud: verifier: connect to %s: %w", v.Broker, err)
+			return fmt.Errorf("cloud: verifier: %w", err) // names the broker and why it was not reached
 		}
 		s.verifierUp.Store(true)
 	}

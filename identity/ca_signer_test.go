@@ -76,7 +76,7 @@ func TestCAIssuingKeySigner(t *testing.T) {
 	}
 
 	// An issuing.key beside the signer, even the right key's, is refused.
-	if err := identity.WriteKeyFile(nil, filepath.Join(dir, identity.CAIssuingKeyFile), key); err != nil {
+	if err := identity.WriteKeyFile(filepath.Join(dir, identity.CAIssuingKeyFile), key); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := identity.LoadCA(dir, identity.CAConfig{IssuingKey: key}); !errors.Is(err, fs.ErrExist) {
@@ -110,7 +110,7 @@ func TestInitCAIssuingKeyRefusals(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := identity.WriteKeyFile(nil, filepath.Join(dir, identity.CAIssuingKeyFile), key); err != nil {
+	if err := identity.WriteKeyFile(filepath.Join(dir, identity.CAIssuingKeyFile), key); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := identity.InitCA(dir, identity.CAConfig{IssuingKey: key}); !errors.Is(err, fs.ErrExist) {

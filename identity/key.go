@@ -111,8 +111,15 @@ func ParsePrivateKey(pemBytes []byte) (crypto.Signer, error) {
 }
 
 // WriteKeyFile writes a software key to path as PKCS#8 PEM, mode 0600,
-// atomically, through fsys (nil: the operating system).
-func WriteKeyFile(fsys atomicfile.FS, path string, k crypto.Signer) error {
+// atomically (a temporary file, fsynced, renamed over path, the directory
+// fsynced).
+func WriteKeyFile(path string, k crypto.Signer) error {
+	return writeKeyFile(nil, path, k)
+}
+
+// writeKeyFile is [WriteKeyFile] through fsys (nil: the operating system),
+// so that the store's crash tests can cut the power inside it.
+func writeKeyFile(fsys atomicfile.FS, path string, k crypto.Signer) error {
 	b, err := MarshalPrivateKey(k)
 	if err != nil {
 		return err

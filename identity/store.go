@@ -289,7 +289,7 @@ func (s *Store) newKey(ctx context.Context, g int, kt KeyType) (crypto.Signer, e
 		if err != nil {
 			return nil, err
 		}
-		return key, WriteKeyFile(s.fsys, s.keyPath(g), key)
+		return key, writeKeyFile(s.fsys, s.keyPath(g), key)
 	}
 	label := s.keyLabel(g)
 	if err := atomicfile.WriteFile(s.fsys, s.keyPath(g), []byte(label+"\n")); err != nil {

@@ -87,7 +87,7 @@ func (ti TokenIssuer) Issue(id string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(ti.Key)},
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: cryptosigner.Opaque(ti.Key)},
 		(&jose.SignerOptions{}).WithType(TokenType).WithHeader(jose.HeaderKey("kid"), kid))
 	if err != nil {
 		return "", fmt.Errorf("identity: token signer: %w", err)
@@ -148,7 +148,7 @@ func (tv TokenVerifier) Verify(token string) (Token, error) {
 	if key == nil {
 		return Token{}, fmt.Errorf("%w: unknown key ID %q", ErrTokenInvalid, truncate(h.KeyID))
 	}
-	if alg, err := JWSAlgorithm(key); err != nil || string(alg) != h.Algorithm {
+	if alg, err := JWSAlgorithm(key); err != nil || alg != h.Algorithm {
 		return Token{}, fmt.Errorf("%w: algorithm %q does not match the key", ErrTokenInvalid, truncate(h.Algorithm))
 	}
 	var c jwt.Claims
@@ -197,20 +197,20 @@ func KeyID(pub crypto.PublicKey) (string, error) {
 }
 
 // JWSAlgorithm maps a public key to the one JWS algorithm d2c signs and
-// verifies with it: ES256 for ECDSA P-256 (RFC 7518), EdDSA for Ed25519
-// (RFC 8037). Any other key is refused with [ErrUnsupportedKey]: every
-// d2c signature format (tokens, telemetry, update metadata, attestation,
-// audit heads) uses this one mapping, so no key ever signs with a second
-// algorithm.
-func JWSAlgorithm(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
+// verifies with it, as the "alg" header value names it: "ES256" for ECDSA
+// P-256 (RFC 7518), "EdDSA" for Ed25519 (RFC 8037). Any other key is
+// refused with [ErrUnsupportedKey]: every d2c signature format (tokens,
+// telemetry, update metadata, attestation, audit heads) uses this one
+// mapping, so no key ever signs with a second algorithm.
+func JWSAlgorithm(pub crypto.PublicKey) (string, error) {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k != nil && k.Curve == elliptic.P256() {
-			return jose.ES256, nil
+			return string(jose.ES256), nil
 		}
 	case ed25519.PublicKey:
 		if len(k) == ed25519.PublicKeySize {
-			return jose.EdDSA, nil
+			return string(jose.EdDSA), nil
 		}
 	}
 	return "", fmt.Errorf("%w: %T for JWS", ErrUnsupportedKey, pub)

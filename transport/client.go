@@ -127,6 +127,7 @@ type Client struct {
 
 	retry          reconnectBackoff
 	conn           atomic.Pointer[connScope] // ends when the current connection goes down
+	up             atomic.Bool               // connected
 	receiveMax     atomic.Int32
 	lastConnectErr atomic.Pointer[error]
 	wake           chan struct{}
@@ -279,6 +280,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 			c.connects.Add(1)
+			c.up.Store(true)
 			c.retry.connected()
 			if ack.Properties != nil && ack.Properties.ReceiveMaximum != nil {
 				c.receiveMax.Store(int32(*ack.Properties.ReceiveMaximum))
@@ -303,6 +305,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			// Publishes awaiting a PUBACK on the lost connection give up
 			// now instead of at paho's packet timeout: their messages stay
 			// stored and go again on the next connection.
+			c.up.Store(false)
 			c.conn.Swap(newConnScope(runCtx)).cancel()
 			return true
 		},
@@ -398,9 +401,20 @@ func (c *Client) LastConnectError() error {
 // With OnCommand set it also waits until the broker has answered the first
 // subscription to the command topic, so that a command sent after
 // AwaitConnection returns is not lost.
+//
+// If ctx ends first, the error wraps ctx's error and the last failed
+// connection attempt's ([Client.LastConnectError]), so that it says why
+// and both errors.Is(err, context.DeadlineExceeded) and, say,
+// errors.Is(err, ErrCertificateRejected) hold:
+//
+//	transport: not connected to mqtt.example.net:8883: context deadline exceeded:
+//	last failed attempt: failed to connect to tls://mqtt.example.net:8883:
+//	tls: failed to verify certificate: x509: certificate is valid for broker.example.com, not mqtt.example.net
+//
+// (one line, wrapped here).
 func (c *Client) AwaitConnection(ctx context.Context) error {
 	if err := c.cm.AwaitConnection(ctx); err != nil {
-		return err
+		return notConnected(c.cfg.Broker, ctx.Err(), err, c.LastConnectError())
 	}
 	if c.cmds == nil {
 		return nil
@@ -409,8 +423,49 @@ func (c *Client) AwaitConnection(ctx context.Context) error {
 	case <-c.subscribed:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("transport: connected to %s, but the broker has not answered the command subscription: %w", c.cfg.Broker, ctx.Err())
 	}
+}
+
+// notConnected is AwaitConnection's error when the wait ended without a
+// connection: ctxErr is the context's error (nil if the client was closed
+// instead, then err says so), last the latest failed attempt's (or nil).
+func notConnected(broker string, ctxErr, err, last error) error {
+	switch {
+	case ctxErr == nil:
+		return fmt.Errorf("transport: not connected to %s: %w", broker, err)
+	case last == nil:
+		return fmt.Errorf("transport: not connected to %s: %w (no connection attempt has failed yet)", broker, ctxErr)
+	default:
+		return fmt.Errorf("transport: not connected to %s: %w: last failed attempt: %w", broker, ctxErr, last)
+	}
+}
+
+// Flush waits until every message stored before the call (every Publish
+// that had returned, and the client's own messages: key deliveries,
+// consent events, security reports) has left the outbox: acknowledged by
+// the broker, refused by it for good ([ClientConfig].OnRefused), expired
+// ([PublishOptions].TTL) or purged by a consent withdrawal. Flush sends
+// nothing itself; the delivery loop does, while connected, so an offline
+// client makes Flush wait for the connection.
+//
+// If ctx ends first, the error wraps ctx's error and says how many of those
+// messages remain; while the client is not connected it also wraps the last
+// failed connection attempt's error. After Close, Flush returns
+// [ErrOutboxClosed].
+func (c *Client) Flush(ctx context.Context) error {
+	n, err := c.outbox.flush(ctx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() == nil:
+		return fmt.Errorf("transport: flush: %w", err)
+	}
+	if last := c.LastConnectError(); last != nil && !c.up.Load() {
+		return fmt.Errorf("transport: flush: %d messages not yet acknowledged by the broker: %w (not connected to %s: last failed attempt: %w)",
+			n, err, c.cfg.Broker, last)
+	}
+	return fmt.Errorf("transport: flush: %d messages not yet acknowledged by the broker: %w", n, err)
 }
 
 // Publish seals readings of stream into one envelope (one signature for the

@@ -79,6 +79,7 @@ type Cloud struct {
 	subscribed     chan struct{} // closed at the first SUBACK
 	subscribedOnce sync.Once
 	conns          atomic.Uint64 // connections made: a subscription retry ends when its connection is replaced
+	lastConnectErr atomic.Pointer[error]
 }
 
 // DialCloud connects a cloud service to the broker in the background.
@@ -175,7 +176,11 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 				}
 			}()
 		},
-		OnConnectError: func(err error) { log.Warn("cloud connect failed", "err", classifyDialError(err)) },
+		OnConnectError: func(err error) {
+			err = classifyDialError(err)
+			c.lastConnectErr.Store(&err)
+			log.Warn("cloud connect failed", "err", err)
+		},
 		ClientConfig: paho.ClientConfig{
 			ClientID: cfg.ClientID,
 			// Messages are acknowledged once verified and accepted (a
@@ -452,9 +457,16 @@ func (c *Cloud) decide(ctx context.Context, log *slog.Logger, b *cloudBatch) boo
 // AwaitConnection waits until the service is connected and, with a
 // Verifier, until the broker has answered its first subscription, so that
 // telemetry published after it returns reaches the service.
+//
+// If ctx ends first, the error wraps ctx's error and the last failed
+// connection attempt's, as [Client.AwaitConnection]'s does.
 func (c *Cloud) AwaitConnection(ctx context.Context) error {
 	if err := c.cm.AwaitConnection(ctx); err != nil {
-		return err
+		var last error
+		if p := c.lastConnectErr.Load(); p != nil {
+			last = *p
+		}
+		return notConnected(c.cfg.Broker, ctx.Err(), err, last)
 	}
 	if c.cfg.Verifier == nil {
 		return nil
@@ -463,7 +475,7 @@ func (c *Cloud) AwaitConnection(ctx context.Context) error {
 	case <-c.subscribed:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return fmt.Errorf("transport: connected to %s, but the broker has not answered the subscription: %w", c.cfg.Broker, ctx.Err())
 	}
 }
 

@@ -2,64 +2,14 @@ package transport_test
 
 import (
 	"context"
-	"crypto"
-	"crypto/sha256"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
-	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
 )
-
-// exampleDevice enrolls a device with a throwaway fleet CA and registrar,
-// and returns its identity store.
-func exampleDevice(dir, id string) *identity.Store {
-	ca, err := identity.InitCA(filepath.Join(dir, "ca"), identity.CAConfig{Fleet: "Example Fleet"})
-	if err != nil {
-		log.Fatal(err)
-	}
-	tokenKey, err := identity.ReadKeyFile(filepath.Join(dir, "ca", identity.CATokenKeyFile))
-	if err != nil {
-		log.Fatal(err)
-	}
-	used, err := identity.OpenUsedTokens(filepath.Join(dir, "used-tokens.state"), nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	reg, err := identity.NewRegistrar(identity.RegistrarConfig{CA: ca, TokenKeys: []crypto.PublicKey{tokenKey.Public()}, UsedTokens: used})
-	if err != nil {
-		log.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(reg)
-	srvKey, _ := identity.GenerateKey(identity.ECDSAP256)
-	srvCert, err := ca.IssueServer(srvKey.Public(), "127.0.0.1")
-	if err != nil {
-		log.Fatal(err)
-	}
-	srv.TLS = reg.TLSConfig(tls.Certificate{Certificate: [][]byte{srvCert.Raw, ca.Issuing().Raw}, PrivateKey: srvKey})
-	srv.StartTLS()
-	defer srv.Close()
-	store, err := identity.OpenStore(filepath.Join(dir, "device"), identity.StoreConfig{})
-	if err != nil {
-		log.Fatal(err)
-	}
-	token, err := identity.TokenIssuer{Key: tokenKey}.Issue(id)
-	if err != nil {
-		log.Fatal(err)
-	}
-	fp := sha256.Sum256(ca.Root().Raw)
-	est := identity.ESTClient{URL: srv.URL, BootstrapFingerprint: fp[:]}
-	if _, err := store.Enroll(context.Background(), est, identity.EnrollRequest{DeviceID: id, Auth: identity.EnrollAuth{Token: token}}); err != nil {
-		log.Fatal(err)
-	}
-	return store
-}
 
 // Example_consent declares a stream that carries personal data: it is
 // refused until the user consents to its purpose, and withdrawing consent
@@ -72,7 +22,7 @@ func Example_consent() {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	store := exampleDevice(dir, "wearable-7")
+	store := newExampleFleet(dir).device("wearable-7")
 
 	const purpose = "heart-rate alerts to the wearer's doctor"
 	dev, err := transport.Dial(ctx, transport.ClientConfig{

@@ -14,10 +14,14 @@
 // stored envelopes at QoS 1, at most the broker's Receive Maximum in flight,
 // and removes each only after a successful PUBACK; a PUBACK reason the
 // broker will not change its mind about (0x87 not authorized...) drops the
-// message and tells [ClientConfig.OnRefused]. Reconnection uses exponential
-// backoff with full jitter. Signed commands from the cloud run through
+// message and tells [ClientConfig.OnRefused]. [Client.Flush] waits until
+// everything stored so far has been acknowledged. Reconnection uses
+// exponential backoff with full jitter; [Client.AwaitConnection] waits for
+// the broker and, when it is not reached in time, says why (the last failed
+// attempt). Signed commands from the cloud run through
 // [ClientConfig.OnCommand] once verified, unexpired, and newer than the
-// last.
+// last; update/updatetransport hands update.check commands to an update
+// agent.
 //
 // # Cloud half
 //

@@ -151,7 +151,7 @@ func newJWSSigner(key crypto.Signer, kid, typ string) (jose.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(key)},
+	return jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: cryptosigner.Opaque(key)},
 		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader(jose.HeaderKey("kid"), kid))
 }
 
@@ -225,7 +225,7 @@ func verifyJWS(jws *jose.JSONWebSignature, pub crypto.PublicKey) ([]byte, error)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
-	if got := jws.Signatures[0].Protected.Algorithm; got != string(alg) {
+	if got := jws.Signatures[0].Protected.Algorithm; got != alg {
 		return nil, fmt.Errorf("%w: algorithm %q for a %s key", ErrBadSignature, clip(got), alg)
 	}
 	payload, err := jws.Verify(pub)

@@ -32,12 +32,12 @@ var b64 = base64.RawURLEncoding
 
 // canonicalHeader returns the base64url protected header d2c writes for
 // (alg, kid, typ).
-func canonicalHeader(alg jose.SignatureAlgorithm, kid, typ string) (string, error) {
+func canonicalHeader(alg, kid, typ string) (string, error) {
 	h, err := json.Marshal(struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 		Typ string `json:"typ"`
-	}{string(alg), kid, typ})
+	}{alg, kid, typ})
 	if err != nil {
 		return "", err
 	}
@@ -60,7 +60,7 @@ func newFastSigner(key crypto.Signer, kid, typ string) (*fastSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fastSigner{key: key, alg: alg, header: h}, nil
+	return &fastSigner{key: key, alg: jose.SignatureAlgorithm(alg), header: h}, nil
 }
 
 // sign returns header.payload.signature.

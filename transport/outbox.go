@@ -224,8 +224,9 @@ type Outbox struct {
 	closed     bool
 	busy       bool // the committer is working
 	avail      chan struct{}
-	pend       *batch // accepting calls and removals
-	inflight   *batch // being committed
+	gone       chan struct{} // closed at the next removal; nil while no flush waits
+	pend       *batch        // accepting calls and removals
+	inflight   *batch        // being committed
 	nextID     uint64
 	lastSeq    seqPair           // highest (boot, seq) appended or found
 	window     uint64            // sendWindow; tests lower it
@@ -1269,6 +1270,10 @@ func (o *Outbox) removeLocked(e *entry) {
 	e.seg.liveBytes -= int64(e.n)
 	o.queues[e.prio].dead++ // compacted by trim, never while iterating
 	o.pend.acks = append(o.pend.acks, e.id)
+	if o.gone != nil {
+		close(o.gone)
+		o.gone = nil
+	}
 }
 
 // Ack removes messages after their successful delivery (PUBACK success).
@@ -1395,6 +1400,136 @@ func (o *Outbox) Wait() <-chan struct{} {
 	return o.avail
 }
 
+// flush waits until every message stored before the call (its Append
+// returned) is removed: acknowledged, dropped, expired or purged. It
+// returns ErrOutboxClosed if the outbox closes first, and ctx's error with
+// the number of those messages still stored if ctx ends first.
+//
+// IDs rise with every Append, so the messages to wait for are the live
+// ones below the next ID at the call, and the wait is over once the lowest
+// live ID in any priority queue is at or above it. Each removal wakes the
+// waiter (o.gone); an expiry wakes it by a timer, since while the client is
+// offline no Next meets the expired message to remove it.
+func (o *Outbox) flush(ctx context.Context) (remaining int, err error) {
+	o.mu.Lock()
+	mark := o.nextID
+	var (
+		timer  *time.Timer
+		expiry <-chan time.Time
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for scan := true; ; {
+		if o.closed {
+			o.mu.Unlock()
+			return 0, ErrOutboxClosed
+		}
+		if scan {
+			if timer != nil {
+				timer.Stop()
+				timer, expiry = nil, nil
+			}
+			if next, ok := o.expireBelowLocked(mark); ok {
+				timer = time.NewTimer(max(time.Duration(next-o.cfg.Now().UnixMilli())*time.Millisecond, time.Millisecond))
+				expiry = timer.C
+			}
+			scan = false
+		}
+		if o.lowestLiveLocked() >= mark {
+			o.mu.Unlock()
+			return 0, nil
+		}
+		if o.gone == nil {
+			o.gone = make(chan struct{})
+		}
+		gone := o.gone
+		o.mu.Unlock()
+		select {
+		case <-gone:
+		case <-expiry:
+			scan = true
+		case <-ctx.Done():
+			o.mu.Lock()
+			n := o.countBelowLocked(mark)
+			o.mu.Unlock()
+			return n, ctx.Err()
+		}
+		o.mu.Lock()
+	}
+}
+
+// lowestLiveLocked returns the lowest ID of a live, committed message, or
+// the maximum uint64 if there is none.
+func (o *Outbox) lowestLiveLocked() uint64 {
+	low := ^uint64(0)
+	for _, q := range o.queues {
+		if q == nil {
+			continue
+		}
+		for _, e := range q.items[q.head:] {
+			if !e.removed {
+				low = min(low, e.id)
+				break
+			}
+		}
+	}
+	return low
+}
+
+// countBelowLocked counts the live, committed messages with an ID below
+// mark.
+func (o *Outbox) countBelowLocked(mark uint64) int {
+	n := 0
+	for _, q := range o.queues {
+		if q == nil {
+			continue
+		}
+		for _, e := range q.items[q.head:] {
+			if e.id >= mark {
+				break
+			}
+			if !e.removed {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// expireBelowLocked removes, as Next would, the live messages with an ID
+// below mark that have expired, and returns the earliest expiry (Unix ms)
+// of those left, if one of them has any.
+func (o *Outbox) expireBelowLocked(mark uint64) (next int64, ok bool) {
+	now := o.cfg.Now().UnixMilli()
+	removed := false
+	for _, q := range o.queues {
+		if q == nil {
+			continue
+		}
+		for _, e := range q.items[q.head:] {
+			if e.id >= mark {
+				break
+			}
+			switch {
+			case e.removed || e.expires == 0:
+			case e.expires <= now:
+				o.removeLocked(e)
+				o.st.Expired++
+				removed = true
+			case !ok || e.expires < next:
+				next, ok = e.expires, true
+			}
+		}
+	}
+	if removed {
+		o.kick()
+	}
+	return next, ok
+}
+
 // Stats returns the outbox's content and counters.
 func (o *Outbox) Stats() OutboxStats {
 	o.mu.Lock()
@@ -1416,6 +1551,10 @@ func (o *Outbox) Close() error {
 	}
 	o.closed = true
 	close(o.avail)
+	if o.gone != nil {
+		close(o.gone)
+		o.gone = nil
+	}
 	o.mu.Unlock()
 	o.kick()
 	<-o.stopped

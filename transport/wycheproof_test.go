@@ -229,7 +229,7 @@ func wpSigningKeys(t *testing.T, raw json.RawMessage) (keys []crypto.PublicKey, 
 			continue // not a key type d2c signs with: verifyJWS would refuse it anyway
 		}
 		if meta.Use != "" && meta.Use != "sig" || meta.KeyOps != nil && !slices.Contains(meta.KeyOps, "verify") ||
-			meta.Alg != "" && meta.Alg != string(alg) {
+			meta.Alg != "" && meta.Alg != alg {
 			leftOut = true
 			continue
 		}
@@ -504,7 +504,7 @@ func wpCheckSignature(pub crypto.PublicKey, input, sig []byte) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadSignature, err)
 	}
-	switch alg {
+	switch jose.SignatureAlgorithm(alg) {
 	case jose.ES256:
 		if len(sig) != 64 {
 			return fmt.Errorf("%w: %d-byte ES256 signature", ErrBadSignature, len(sig))

@@ -20,7 +20,6 @@ import (
 
 	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
-	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update/internal/fetch"
 	"github.com/d2c-iot/d2c/update/slot"
 )
@@ -93,8 +92,8 @@ type AgentConfig struct {
 	// trial; nil leaves the restart to the application.
 	Reboot func(ctx context.Context) error
 	// Report receives each outcome (installed, confirmed, reverted,
-	// refused, failed); [TelemetryReporter] publishes them as signed
-	// telemetry.
+	// refused, failed); update/updatetransport.TelemetryReporter publishes
+	// them as signed telemetry.
 	Report func(ctx context.Context, r Result)
 	// Logger receives the agent's events; nil discards them.
 	Logger *slog.Logger
@@ -999,7 +998,7 @@ func (a *Agent) abortLocked(ctx context.Context) (*Result, error) {
 }
 
 // Notify asks a running [Agent.Run] to check now, for example when the
-// cloud announces a release through a signed command ([CommandHandler]).
+// cloud announces a release through a signed command ([CheckCommand]).
 // It never blocks.
 func (a *Agent) Notify() {
 	select {
@@ -1042,23 +1041,10 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 }
 
 // CheckCommand is the name of the signed command by which the cloud asks a
-// device to check for an update now (transport.CommandSigner).
+// device to check for an update now (transport.CommandSigner);
+// update/updatetransport.CommandHandler turns it into [Agent.Notify].
 const CheckCommand = "update.check"
 
-// CommandHandler returns a transport ClientConfig.OnCommand that notifies
-// the agent on a [CheckCommand] and passes every other command to next
-// (which may be nil). The command arrived verified (signed by the fleet's
-// command key, for this device, unexpired, never replayed); it only
-// triggers a check: what gets installed is still decided by the signed
-// update metadata alone.
-func CommandHandler(a *Agent, next func(context.Context, transport.Command)) func(context.Context, transport.Command) {
-	return func(ctx context.Context, c transport.Command) {
-		if c.Name == CheckCommand {
-			a.Notify()
-			return
-		}
-		if next != nil {
-			next(ctx, c)
-		}
-	}
-}
+// ReportStream is the telemetry stream update results are published on
+// (update/updatetransport.TelemetryReporter publishes them there).
+const ReportStream = "update"

@@ -260,7 +260,7 @@ func TestAgentDiskFull(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("umount", mnt).Run() })
 	repo := newAgentRepo(t)
 	dev := &agentDevice{t: t, repo: repo, dir: mnt, clock: &fakeClock{t: repo.now}}
-	if err := slot.InitDirSlots(nil, filepath.Join(mnt, "slots"), bytes.NewReader(factoryImage)); err != nil {
+	if err := slot.InitDirSlots(filepath.Join(mnt, "slots"), bytes.NewReader(factoryImage)); err != nil {
 		t.Fatal(err)
 	}
 	dev.restart()

@@ -45,7 +45,7 @@ func TestHelperAgentProcess(t *testing.T) {
 		if agent != nil {
 			agent.Close()
 		}
-		s, err := slot.OpenDirSlots(nil, filepath.Join(dir, "slots"))
+		s, err := slot.OpenDirSlots(filepath.Join(dir, "slots"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestAgentKilled(t *testing.T) {
 		t.Run(point, func(t *testing.T) {
 			dev := &agentDevice{t: t, repo: repo, dir: t.TempDir(), clock: &fakeClock{t: repo.now}}
 			dev.clock.t = time.Now() // the child uses the system clock
-			if err := slot.InitDirSlots(nil, filepath.Join(dev.dir, "slots"), bytes.NewReader(factoryImage)); err != nil {
+			if err := slot.InitDirSlots(filepath.Join(dev.dir, "slots"), bytes.NewReader(factoryImage)); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.WriteFile(filepath.Join(dev.dir, "root.json"), repo.roots[1], 0o600); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
+	"github.com/d2c-iot/d2c/update/internal/slothook"
 	"github.com/d2c-iot/d2c/update/slot"
 )
 
@@ -29,11 +30,11 @@ func (d *agentDevice) openOn(fsys atomicfile.FS) error {
 		d.agent.Close()
 		d.agent = nil
 	}
-	s, err := slot.OpenDirSlots(fsys, filepath.Join(d.dir, "slots"))
+	s, err := slothook.OpenDirSlots(fsys, filepath.Join(d.dir, "slots"))
 	if err != nil {
 		return err
 	}
-	d.slots = s
+	d.slots = s.(*slot.DirSlots)
 	cfg := d.config()
 	cfg.fs = fsys
 	a, err := NewAgent(d.t.Context(), cfg)

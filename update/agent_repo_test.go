@@ -215,7 +215,7 @@ var factoryImage = []byte("factory image v0\n")
 func newAgentDevice(t testing.TB, repo *agentRepo, tweak func(*AgentConfig)) *agentDevice {
 	t.Helper()
 	d := &agentDevice{t: t, repo: repo, dir: t.TempDir(), clock: &fakeClock{t: repo.now}, tweak: tweak}
-	if err := slot.InitDirSlots(nil, filepath.Join(d.dir, "slots"), bytes.NewReader(factoryImage)); err != nil {
+	if err := slot.InitDirSlots(filepath.Join(d.dir, "slots"), bytes.NewReader(factoryImage)); err != nil {
 		t.Fatal(err)
 	}
 	d.restart()
@@ -243,7 +243,7 @@ func (d *agentDevice) restart() {
 	if d.agent != nil {
 		d.agent.Close()
 	}
-	s, err := slot.OpenDirSlots(nil, filepath.Join(d.dir, "slots"))
+	s, err := slot.OpenDirSlots(filepath.Join(d.dir, "slots"))
 	if err != nil {
 		d.t.Fatal(err)
 	}

@@ -1,15 +1,21 @@
 package update_test
 
 import (
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
 	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/update"
+	"github.com/d2c-iot/d2c/update/slot"
 )
 
 // exampleKeys generates throwaway keys. In production, root keys are
@@ -177,4 +183,106 @@ func ExampleRoot_Next() {
 	// Output:
 	// trusted root 2 <nil> release floor reset to 0
 	// true
+}
+
+// The device half end to end: an agent with the pinned root installs a
+// signed release from a repository into the inactive slot, the application
+// restarts into it on trial, and its health check confirms it. (The
+// repository here is plain HTTP on 127.0.0.1; production repositories are
+// HTTPS, the default of AgentConfig.Client.)
+func ExampleNewAgent() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "d2c-agent-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	// The vendor: a root pinned at manufacture, and release 2 signed and
+	// published in a repository directory (`d2c update …` in practice).
+	now := time.Now()
+	k := exampleKeys(3)
+	rootKey, releaseKey, timestampKey := k[0], k[1], k[2]
+	root := &update.Root{Version: 1, Expires: now.AddDate(1, 0, 0)}
+	_ = root.SetRole(update.RoleRoot, 1, rootKey.Public())
+	_ = root.SetRole(update.RoleRelease, 1, releaseKey.Public())
+	_ = root.SetRole(update.RoleTimestamp, 1, timestampKey.Public())
+	pinned, err := root.Sign(rootKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	image := "application v2\n"
+	art, _ := update.NewArtifact("app", "app-2.img", strings.NewReader(image), nil)
+	rel, err := (&update.Release{Version: 2, SecurityCounter: 1, HardwareClass: "gw-x86",
+		Artifacts: []update.Artifact{art}, Expires: now.AddDate(0, 1, 0)}).Sign(releaseKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ts, _ := update.NewTimestamp(1, now.Add(time.Hour), rel)
+	signedTS, err := ts.Sign(timestampKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	repoDir := filepath.Join(dir, "repo")
+	_ = os.Mkdir(repoDir, 0o755)
+	for name, b := range map[string][]byte{"1.root.json": pinned, "2.release.json": rel,
+		"timestamp.json": signedTS, "app-2.img": []byte(image)} {
+		if err := os.WriteFile(filepath.Join(repoDir, name), b, 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+	srv := httptest.NewServer(http.FileServer(http.Dir(repoDir)))
+	defer srv.Close()
+
+	// The device: slot a holds the factory version 0.
+	slots := filepath.Join(dir, "slots")
+	if err := slot.InitDirSlots(slots, strings.NewReader("application v0\n")); err != nil {
+		log.Fatal(err)
+	}
+	start := func() *update.Agent { // at every start of the application
+		s, err := slot.OpenDirSlots(slots)
+		if err != nil {
+			log.Fatal(err)
+		}
+		a, err := update.NewAgent(ctx, update.AgentConfig{
+			Dir:           filepath.Join(dir, "agent"),
+			Root:          pinned,
+			HardwareClass: "gw-x86",
+			Slots:         s,
+			Source:        &update.HTTPSource{BaseURL: srv.URL + "/"},
+			Client:        &http.Client{}, // may speak plain http: for this example only
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+		st, err := a.Start(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("start: confirmed v%d, pending v%d, phase %s\n", st.Installed.Version, st.Pending, st.Phase)
+		return a
+	}
+
+	a := start()
+	installed, err := a.Update(ctx) // check, download into slot b while hashing, switch on trial
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("installed:", installed, "restart needed:", a.Status().RebootNeeded)
+	a.Close()
+
+	a = start() // the application restarted from slots/current/image
+	defer a.Close()
+	running, _ := os.ReadFile(filepath.Join(slots, "current", "image"))
+	fmt.Printf("running %q\n", running)
+	if err := a.Confirm(ctx); err != nil { // after the application's own health check
+		log.Fatal(err)
+	}
+	fmt.Printf("confirmed: v%d, phase %s\n", a.Status().Installed.Version, a.Status().Phase)
+	// Output:
+	// start: confirmed v0, pending v0, phase idle
+	// installed: true restart needed: true
+	// start: confirmed v0, pending v2, phase trial
+	// running "application v2\n"
+	// confirmed: v2, phase idle
 }

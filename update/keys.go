@@ -34,7 +34,7 @@ func keyAlg(pub crypto.PublicKey) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: key type %T (want ECDSA P-256 or Ed25519)", ErrAlgorithm, pub)
 	}
-	return string(alg), nil
+	return alg, nil
 }
 
 // keyID returns the key ID of a public key: its RFC 7638 JWK SHA-256

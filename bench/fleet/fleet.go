@@ -263,7 +263,7 @@ func (f *fleet) setup(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := identity.WriteKeyFile(nil, path("cloud.key"), cloudKey); err != nil {
+	if err := identity.WriteKeyFile(path("cloud.key"), cloudKey); err != nil {
 		return err
 	}
 	pub, err := identity.MarshalPublicKey(cloudKey.Public())

@@ -263,7 +263,7 @@ func fileKey(dir string) (crypto.Signer, error) {
 		return nil, err
 	}
 	path := filepath.Join(dir, "key.pem")
-	if err := identity.WriteKeyFile(nil, path, key); err != nil {
+	if err := identity.WriteKeyFile(path, key); err != nil {
 		return nil, err
 	}
 	return identity.ReadKeyFile(path)

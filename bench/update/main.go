@@ -283,10 +283,10 @@ func (r *repo) install(dir string, img []byte, count int) (best time.Duration, a
 	}
 	for i := range count {
 		d := filepath.Join(dir, fmt.Sprint(i))
-		if err := slot.InitDirSlots(nil, filepath.Join(d, "slots"), bytes.NewReader([]byte("v0"))); err != nil {
+		if err := slot.InitDirSlots(filepath.Join(d, "slots"), bytes.NewReader([]byte("v0"))); err != nil {
 			return 0, 0, 0, err
 		}
-		s, err := slot.OpenDirSlots(nil, filepath.Join(d, "slots"))
+		s, err := slot.OpenDirSlots(filepath.Join(d, "slots"))
 		if err != nil {
 			return 0, 0, 0, err
 		}

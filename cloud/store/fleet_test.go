@@ -119,7 +119,7 @@ func newFleet(t *testing.T, url string, procs bool) *fleet {
 	if f.cloudKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 		t.Fatal(err)
 	}
-	if err := identity.WriteKeyFile(nil, filepath.Join(f.dir, "cloud.key"), f.cloudKey); err != nil {
+	if err := identity.WriteKeyFile(filepath.Join(f.dir, "cloud.key"), f.cloudKey); err != nil {
 		t.Fatal(err)
 	}
 	f.roots = x509.NewCertPool()

@@ -230,7 +230,7 @@ func writeTLSFiles(t *testing.T, dir, name string, c tls.Certificate) {
 	if err := os.WriteFile(filepath.Join(dir, name+".pem"), chain, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := identity.WriteKeyFile(nil, filepath.Join(dir, name+".key"), c.PrivateKey.(crypto.Signer)); err != nil {
+	if err := identity.WriteKeyFile(filepath.Join(dir, name+".key"), c.PrivateKey.(crypto.Signer)); err != nil {
 		t.Fatal(err)
 	}
 }

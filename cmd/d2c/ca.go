@@ -306,7 +306,7 @@ atomically. Devices verify the chain against the fleet root.`,
 				if err != nil {
 					return err
 				}
-				if err := identity.WriteKeyFile(nil, *keyOut, key); err != nil {
+				if err := identity.WriteKeyFile(*keyOut, key); err != nil {
 					return err
 				}
 				if err := atomicfile.WriteFileMode(nil, *certOut, identity.EncodeCertificatesPEM(cert, ca.Issuing()), 0o644); err != nil {
@@ -378,7 +378,7 @@ from this command.`,
 				if err != nil {
 					return err
 				}
-				if err := identity.WriteKeyFile(nil, *keyOut, key); err != nil {
+				if err := identity.WriteKeyFile(*keyOut, key); err != nil {
 					return err
 				}
 				if err := atomicfile.WriteFileMode(nil, *certOut, identity.EncodeCertificatesPEM(cert, ca.Issuing()), 0o644); err != nil {

@@ -210,13 +210,13 @@ func openAgent(ctx context.Context, s streams, o deviceUpdateOptions, cfg update
 	if err != nil {
 		return nil, nil, fmt.Errorf("pinned root: %w", err)
 	}
-	slots, err := slot.OpenDirSlots(nil, o.slots)
+	slots, err := slot.OpenDirSlots(o.slots)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err = slot.InitDirSlots(nil, o.slots, nil); err != nil {
+		if err = slot.InitDirSlots(o.slots, nil); err != nil {
 			return nil, nil, err
 		}
 		fmt.Fprintf(s.stderr, "created A/B slots in %s: slot a holds an empty image and boots\n", o.slots)
-		slots, err = slot.OpenDirSlots(nil, o.slots)
+		slots, err = slot.OpenDirSlots(o.slots)
 	}
 	if err != nil {
 		return nil, nil, err

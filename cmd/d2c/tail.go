@@ -289,7 +289,7 @@ func serviceCertificate(certFile, keyFile string, fleet []*x509.Certificate) (tl
 
 // runTail connects and prints until ctx is done.
 func runTail(ctx context.Context, s streams, o tailOptions) error {
-	out := &tailPrinter{stdout: s.stdout, stderr: s.stderr, device: o.device, stream: o.stream}
+	out := &tailPrinter{stdout: s.stdout, stderr: s.stderr, device: o.device, stream: o.stream, decrypting: o.decrypt != nil}
 	log := slog.New(&warningHandler{note: out.note})
 	v, err := transport.NewVerifier(transport.VerifierConfig{
 		Certificates:  o.devices,
@@ -624,7 +624,8 @@ type tailPrinter struct {
 	mu             sync.Mutex
 	stdout, stderr io.Writer
 	device, stream string
-	printed        int // records printed
+	decrypting     bool // --decrypt-key was given
+	printed        int  // records printed
 }
 
 func (p *tailPrinter) record(_ context.Context, r transport.Record) {
@@ -655,7 +656,7 @@ func (p *tailPrinter) refused(topic string, err error) {
 		return
 	}
 	line := fmt.Sprintf("refused %s: %v", printable(topic), err)
-	if h := refusalHint(err); h != "" {
+	if h := refusalHint(err, p.decrypting); h != "" {
 		line += " (" + h + ")"
 	}
 	p.note(line)
@@ -667,13 +668,19 @@ func (p *tailPrinter) note(line string) {
 	fmt.Fprintln(p.stderr, line)
 }
 
-// refusalHint says what a refused message means for the operator.
-func refusalHint(err error) string {
+// refusalHint says what a refused message means for the operator;
+// decrypting tells whether tail has a decryption key (--decrypt-key).
+func refusalHint(err error, decrypting bool) string {
 	switch {
 	case errors.Is(err, transport.ErrUnknownDevice):
 		return "its certificate is not in --devices: copy it there (d2c device show --cert-out on the device)"
-	case errors.Is(err, transport.ErrDecrypt):
+	case errors.Is(err, transport.ErrDecrypt) && !decrypting:
 		return "encrypted to a cloud key: give its private key with --decrypt-key"
+	case errors.Is(err, transport.ErrUnknownSessionKey):
+		return "under a session key tail has not received: one the device sent before tail started (tail decrypts " +
+			"from the device's next key, at its next start or within a day), or one refused above"
+	case errors.Is(err, transport.ErrDecrypt):
+		return "it does not decrypt with --decrypt-key: encrypted to another cloud key, or altered on the way"
 	case errors.Is(err, identity.ErrRevoked):
 		return "the device's certificate is revoked"
 	case errors.Is(err, transport.ErrReplay):

@@ -444,7 +444,7 @@ d2c update keys gen --role timestamp --out keys --type ed25519`,
 				if err != nil {
 					return err
 				}
-				if err := identity.WriteKeyFile(nil, keyFile, key); err != nil {
+				if err := identity.WriteKeyFile(keyFile, key); err != nil {
 					return err
 				}
 				if err := atomicfile.WriteFileMode(nil, pubFile, pub, 0o644); err != nil {

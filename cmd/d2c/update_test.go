@@ -396,3 +396,71 @@ func TestParseAt(t *testing.T) {
 		}
 	}
 }
+
+// TestUpdateVerifyReleaseCopy checks that "update verify" refuses a
+// repository whose release.json, from which the timestamp is re-signed,
+// is not the release the timestamp names: modified, missing, or a newer
+// release whose publication stopped before its timestamp; and that the
+// hint repairs each.
+func TestUpdateVerifyReleaseCopy(t *testing.T) {
+	dir, keys := newTestRepo(t, []byte("firmware"))
+	relCopy, versioned := filepath.Join(dir, "release.json"), filepath.Join(dir, "3.release.json")
+	verify := []string{"update", "verify", "--repo", dir, "--root", filepath.Join(dir, "1.root.json"), "--hardware-class", "hw"}
+	d2cRun(t, verify...)
+	refused := func(want ...string) {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		code := run(t.Context(), verify, &stdout, &stderr)
+		for _, w := range want {
+			if !strings.Contains(stderr.String(), w) {
+				t.Errorf("exit %d, stderr %q; want %q", code, stderr.String(), w)
+			}
+		}
+		if code != exitError || stdout.Len() != 0 {
+			t.Errorf("exit %d, stdout %q; want exit 1 and nothing", code, stdout.String())
+		}
+	}
+	restore := "hint: restore it: cp " + versioned + " " + relCopy
+
+	// Garbage, and a signed release with one byte changed.
+	good, err := os.ReadFile(relCopy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range [][]byte{[]byte("garbage"), append(bytes.Clone(good), '\n')} {
+		if err := os.WriteFile(relCopy, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		refused(relCopy+" differs from "+versioned+", the release version 3 that timestamp.json names", restore)
+	}
+	if err := os.Remove(relCopy); err != nil {
+		t.Fatal(err)
+	}
+	refused(relCopy+" is missing", restore)
+	if err := os.WriteFile(relCopy, good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d2cRun(t, verify...)
+
+	// Release 4 signed, but the timestamp naming release 3 still in place.
+	oldTimestamp, err := os.ReadFile(filepath.Join(dir, "timestamp.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "fw4.bin")
+	if err := os.WriteFile(img, []byte("firmware 4"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d2cRun(t, "update", "release", "sign", "--repo", dir, "--key", filepath.Join(keys, "release.key"),
+		"--version", "4", "--security-counter", "1", "--hardware-class", "hw", "--image", img,
+		"--timestamp-key", filepath.Join(keys, "timestamp.key"), "--progress=false")
+	if err := os.WriteFile(filepath.Join(dir, "timestamp.json"), oldTimestamp, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	refused("differs from "+versioned, "hint: release.json holds release 4, which no timestamp names yet",
+		"`d2c update timestamp --repo "+dir+" --key FILE`")
+	d2cRun(t, "update", "timestamp", "--repo", dir, "--key", filepath.Join(keys, "timestamp.key"))
+	if out := d2cRun(t, verify...); !strings.Contains(out, "release:   version 4 ") {
+		t.Errorf("after update timestamp:\n%s", out)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -27,10 +28,14 @@ func updateVerifyCommand() *command {
 Runs the device's verification sequence (update.Trusted) over the repository
 in DIR: the pinned root given with --root, then DIR/<N+1>.root.json,
 DIR/<N+2>.root.json, ... one rotation at a time, then DIR/timestamp.json, then
-DIR/release.json, then the device's own checks: hardware class, security
-counter floor, a release not older than the installed one. Finally it checks
-the artifact's length and SHA-256: the file given with --image, or, for a
-relative URI, the file in DIR that "update serve" would send.
+DIR/<V>.release.json, the release version V that the timestamp names (the
+file devices fetch), then the device's own checks: hardware class, security
+counter floor, a release not older than the installed one. It checks that
+DIR/release.json, from which "update timestamp" and the cloud service
+re-sign the timestamp, holds the same bytes as DIR/<V>.release.json.
+Finally it checks the artifact's length and SHA-256: the file given with
+--image, or, for a relative URI, the file in DIR that "update serve" would
+send.
 
 A refusal exits with status 1 and names the attack the device would suspect
 (freeze: expired; rollback; mix-and-match; arbitrary software: digest ...),
@@ -150,6 +155,9 @@ func verifyRepo(ctx context.Context, s streams, o verifyOptions) error {
 	if err != nil {
 		return withHint(fmt.Errorf("%s: %w", relPath, err), releaseHint(err, o, root, filepath.Base(relPath)))
 	}
+	if err := checkReleaseCopy(o.repo, relPath, b, rel.Version); err != nil {
+		return err
+	}
 	newer, err := rel.Newer(o.installed)
 	if err != nil {
 		return withHint(err, fmt.Sprintf("devices at version %d refuse release %d: sign a release with --version %d or more",
@@ -178,6 +186,39 @@ func verifyRepo(ctx context.Context, s streams, o verifyOptions) error {
 		fmt.Fprintf(s.stdout, "verdict:   a device at version %d is up to date\n", o.installed)
 	}
 	return nil
+}
+
+// checkReleaseCopy checks that DIR/release.json holds signed, the bytes
+// of release version, which the timestamp names and devices fetch from
+// relPath. Devices never read DIR/release.json, but "update timestamp"
+// and the service's timestamp refresher re-sign the timestamp for the
+// release it holds (update/repo.SignTimestamp): one that is missing,
+// modified or another release stops the timestamp from being re-signed,
+// and devices see a freeze once the timestamp in place expires.
+func checkReleaseCopy(repo, relPath string, signed []byte, version uint64) error {
+	path := filepath.Join(repo, repoRelease)
+	const why = "devices fetch the release by its version, but `d2c update timestamp` and the cloud service re-sign the timestamp from release.json"
+	restore := fmt.Sprintf("restore it: cp %s %s", relPath, path)
+	b, err := readMeta(path, limits.UpdateRelease)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return withHint(fmt.Errorf("%s is missing (%s)", path, why), restore)
+	case errors.Is(err, update.ErrTooLarge):
+		return withHint(fmt.Errorf("%w (%s)", err, why), restore)
+	case err != nil:
+		return err
+	case bytes.Equal(b, signed):
+		return nil
+	}
+	err = fmt.Errorf("%s differs from %s, the release version %d that timestamp.json names (%s)", path, relPath, version, why)
+	// A release signed after the timestamp in place: its publication
+	// stopped before it wrote the timestamp.
+	if p, _, perr := peekMeta(path, limits.UpdateRelease); perr == nil && p.Version > version {
+		return withHint(err, fmt.Sprintf("release.json holds release %d, which no timestamp names yet (an interrupted "+
+			"publication?): if you signed it, publish it with `d2c update timestamp --repo %s --key FILE`; else %s",
+			p.Version, repo, restore))
+	}
+	return withHint(err, restore)
 }
 
 // pickArtifact returns the named artifact, or the only one.

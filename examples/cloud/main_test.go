@@ -59,7 +59,7 @@ func TestCloud(t *testing.T) {
 	cloudKey := generateKey(t)
 	file := func(name string) string { return filepath.Join(dir, name) }
 	for name, k := range map[string]crypto.Signer{"verifier.key": svcKey, "cloud.key": cloudKey} {
-		if err := identity.WriteKeyFile(nil, file(name), k); err != nil {
+		if err := identity.WriteKeyFile(file(name), k); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -45,7 +45,7 @@
 //
 // On the stream set by --stream (default "temperature") a reading
 // {"celsius":21.37} every --interval; on "update" the update agent's
-// results (update.TelemetryReporter); and the result of each command it
+// results (updatetransport.TelemetryReporter); and the result of each command it
 // runs (transport.Client.ReportCommandResult: failed or not, and a line of
 // text), which the cloud service's command API shows to the application.
 //
@@ -98,6 +98,7 @@ import (
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
+	"github.com/d2c-iot/d2c/update/updatetransport"
 )
 
 // Streams the device publishes on, besides its sensor stream and
@@ -492,13 +493,13 @@ func (d *device) renew(ctx context.Context, client *transport.Client) {
 // openAgent opens the slots (creating them on first start) and the update
 // agent.
 func (d *device) openAgent(ctx context.Context, client *transport.Client) (*update.Agent, error) {
-	slots, err := slot.OpenDirSlots(nil, d.s.slotsDir)
+	slots, err := slot.OpenDirSlots(d.s.slotsDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err = slot.InitDirSlots(nil, d.s.slotsDir, nil); err != nil {
+		if err = slot.InitDirSlots(d.s.slotsDir, nil); err != nil {
 			return nil, err
 		}
 		d.log.Info("created A/B slots: an empty factory image in slot a", "dir", d.s.slotsDir)
-		slots, err = slot.OpenDirSlots(nil, d.s.slotsDir)
+		slots, err = slot.OpenDirSlots(d.s.slotsDir)
 	}
 	if err != nil {
 		return nil, err
@@ -506,7 +507,7 @@ func (d *device) openAgent(ctx context.Context, client *transport.Client) (*upda
 	cfg := update.AgentConfig{
 		Dir: filepath.Join(d.s.stateDir, "update"), Root: d.root, HardwareClass: d.s.hardwareClass,
 		Slots: slots, Source: &update.HTTPSource{BaseURL: d.s.updateURL},
-		Clock: d.store.Clock(), Report: update.TelemetryReporter(client, d.log), Logger: d.log,
+		Clock: d.store.Clock(), Report: updatetransport.TelemetryReporter(client, d.log), Logger: d.log,
 	}
 	if d.s.updateInsecureHTTP {
 		cfg.Client = &http.Client{} // may speak plain http; MinRate bounds a stalled download
@@ -555,7 +556,7 @@ func (d *device) healthCheck(ctx context.Context, client *transport.Client) erro
 // the others to appCommand.
 func (d *device) onCommand(ctx context.Context, c transport.Command) {
 	if a := d.agent.Load(); a != nil {
-		update.CommandHandler(a, d.appCommand)(ctx, c)
+		updatetransport.CommandHandler(a, d.appCommand)(ctx, c)
 		if c.Name == update.CheckCommand {
 			// The outcome comes later on the "update" stream.
 			d.report(ctx, c, commandResult{OK: true, Detail: "update check started"})

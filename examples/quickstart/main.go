@@ -58,6 +58,7 @@ import (
 	"github.com/d2c-iot/d2c/transport/devbroker"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
+	"github.com/d2c-iot/d2c/update/updatetransport"
 )
 
 // crlEvery is how often the service writes a fresh CRL here (its default
@@ -611,7 +612,7 @@ func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x
 	n.Say("repository %s (HTTPS): 1.root.json, 2.release.json, timestamp.json, firmware-2.bin", srv.URL)
 
 	slots := filepath.Join(dir, "slots")
-	if err := slot.InitDirSlots(nil, slots, bytes.NewReader(firmware(1))); err != nil {
+	if err := slot.InitDirSlots(slots, bytes.NewReader(firmware(1))); err != nil {
 		return err
 	}
 	var agent *update.Agent
@@ -619,14 +620,14 @@ func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x
 		if agent != nil {
 			agent.Close()
 		}
-		s, err := slot.OpenDirSlots(nil, slots)
+		s, err := slot.OpenDirSlots(slots)
 		if err != nil {
 			return update.Status{}, err
 		}
 		agent, err = update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(dir, "update"), Root: pinned,
 			HardwareClass: "quickstart-sensor", Slots: s, Clock: devStore.Clock(),
 			Source: &update.HTTPSource{BaseURL: srv.URL + "/", Client: httpsClient(roots)}, Client: httpsClient(roots),
-			Report: update.TelemetryReporter(dev, nil)})
+			Report: updatetransport.TelemetryReporter(dev, nil)})
 		if err != nil {
 			return update.Status{}, err
 		}

@@ -129,7 +129,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	n.Step("The device: factory firmware v0 in slot a, slot b empty, an update agent")
 	slots := filepath.Join(dir, "device", "slots")
-	if err := slot.InitDirSlots(nil, slots, bytes.NewReader([]byte("firmware v0\n"))); err != nil {
+	if err := slot.InitDirSlots(slots, bytes.NewReader([]byte("firmware v0\n"))); err != nil {
 		return err
 	}
 	var agent *update.Agent
@@ -137,7 +137,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if agent != nil {
 			agent.Close()
 		}
-		s, err := slot.OpenDirSlots(nil, slots)
+		s, err := slot.OpenDirSlots(slots)
 		if err != nil {
 			return update.Status{}, err
 		}

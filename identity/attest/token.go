@@ -110,7 +110,7 @@ func Sign(signer crypto.Signer, deviceID string, ev Evidence, now time.Time) ([]
 	if err != nil {
 		return nil, err
 	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(signer)},
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: cryptosigner.Opaque(signer)},
 		(&jose.SignerOptions{}).WithType(TokenType).WithHeader(jose.HeaderKey("kid"), kid))
 	if err != nil {
 		return nil, fmt.Errorf("attest: signer: %w", err)

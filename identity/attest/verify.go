@@ -258,7 +258,7 @@ func (v *Verifier) Verify(ctx context.Context, token []byte, p Policy) (*Result,
 		return nil, fmt.Errorf("%w: kid %q names no certificate registered for %s", ErrSignature, clip(t.kid), t.device)
 	}
 	key := chain[0].PublicKey
-	if alg, err := identity.JWSAlgorithm(key); err != nil || alg != t.alg {
+	if alg, err := identity.JWSAlgorithm(key); err != nil || alg != string(t.alg) {
 		return nil, fmt.Errorf("%w: algorithm %s does not match the registered key", ErrSignature, t.alg)
 	}
 	if _, err := t.jws.Verify(key); err != nil {

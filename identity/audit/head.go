@@ -89,7 +89,7 @@ func signHead(signer crypto.Signer, h SignedHead) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: sign head: %w", err)
 	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(signer)},
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: cryptosigner.Opaque(signer)},
 		(&jose.SignerOptions{}).WithType(HeadType).WithHeader(jose.HeaderKey("kid"), kid))
 	if err != nil {
 		return nil, fmt.Errorf("audit: sign head: %w", err)
@@ -163,7 +163,7 @@ func VerifyHead(token []byte, cert *x509.Certificate) (SignedHead, error) {
 	if err != nil {
 		return SignedHead{}, err
 	}
-	if string(alg) != hdr.Alg {
+	if alg != hdr.Alg {
 		return SignedHead{}, fmt.Errorf("%w: algorithm %q, the certificate's key needs %s", ErrSignature, clip(hdr.Alg), alg)
 	}
 	kid, err := identity.KeyID(cert.PublicKey)

@@ -62,7 +62,7 @@ func signRaw(t testing.TB, key crypto.Signer, typ string, kid string, payload []
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: cryptosigner.Opaque(key)},
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: cryptosigner.Opaque(key)},
 		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader("kid", kid))
 	if err != nil {
 		t.Fatal(err)

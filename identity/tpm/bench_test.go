@@ -67,7 +67,7 @@ func BenchmarkSignFile(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := identity.WriteKeyFile(nil, path, key); err != nil {
+	if err := identity.WriteKeyFile(path, key); err != nil {
 		b.Fatal(err)
 	}
 	k, err := identity.ReadKeyFile(path)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/update/internal/slothook"
 )
 
 // Names inside a [DirSlots] directory.
@@ -51,13 +52,24 @@ var _ Slots = (*DirSlots)(nil)
 // current names a, not on trial. It refuses a dir that already has a
 // current link (an error wrapping [fs.ErrExist]). A crash before it returns
 // leaves dir without the link, and InitDirSlots can run again.
-//
-// fsys is nil in production (the operating system's file system); tests
-// pass a crash simulation.
-func InitDirSlots(fsys atomicfile.FS, dir string, image io.Reader) error {
-	if fsys == nil {
-		fsys = atomicfile.OS{}
+func InitDirSlots(dir string, image io.Reader) error {
+	return initDirSlots(atomicfile.OS{}, dir, image)
+}
+
+func init() {
+	slothook.InitDirSlots = initDirSlots
+	slothook.OpenDirSlots = func(fsys atomicfile.FS, dir string) (any, error) {
+		s, err := openDirSlots(fsys, dir)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return s, nil
 	}
+}
+
+// initDirSlots is [InitDirSlots] on fsys: the operating system's file
+// system in production, a crash simulation in tests (through slothook).
+func initDirSlots(fsys atomicfile.FS, dir string, image io.Reader) error {
 	link := filepath.Join(dir, currentLink)
 	if _, err := os.Lstat(link); err == nil {
 		return fmt.Errorf("slot: init %s: %w", dir, fs.ErrExist)
@@ -110,13 +122,12 @@ func InitDirSlots(fsys atomicfile.FS, dir string, image io.Reader) error {
 // at that moment is the booted slot. It removes the temporary links and
 // files an interrupted switch left behind. A dir without a current link is
 // refused with an error wrapping [fs.ErrNotExist].
-//
-// fsys is nil in production (the operating system's file system); tests
-// pass a crash simulation.
-func OpenDirSlots(fsys atomicfile.FS, dir string) (*DirSlots, error) {
-	if fsys == nil {
-		fsys = atomicfile.OS{}
-	}
+func OpenDirSlots(dir string) (*DirSlots, error) {
+	return openDirSlots(atomicfile.OS{}, dir)
+}
+
+// openDirSlots is [OpenDirSlots] on fsys.
+func openDirSlots(fsys atomicfile.FS, dir string) (*DirSlots, error) {
 	s := &DirSlots{dir: dir, fsys: fsys}
 	cur, err := s.current()
 	if err != nil {

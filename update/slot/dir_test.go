@@ -13,13 +13,26 @@ import (
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
+	"github.com/d2c-iot/d2c/update/internal/slothook"
 	"github.com/d2c-iot/d2c/update/slot"
 )
+
+// openDirSlots is slot.OpenDirSlots on fsys (nil: the operating system).
+func openDirSlots(fsys atomicfile.FS, dir string) (*slot.DirSlots, error) {
+	if fsys == nil {
+		return slot.OpenDirSlots(dir)
+	}
+	s, err := slothook.OpenDirSlots(fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	return s.(*slot.DirSlots), nil
+}
 
 func initDir(t *testing.T, image string) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "slots")
-	if err := slot.InitDirSlots(nil, dir, strings.NewReader(image)); err != nil {
+	if err := slot.InitDirSlots(dir, strings.NewReader(image)); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -27,7 +40,7 @@ func initDir(t *testing.T, image string) string {
 
 func openDir(t *testing.T, fsys atomicfile.FS, dir string) *slot.DirSlots {
 	t.Helper()
-	s, err := slot.OpenDirSlots(fsys, dir)
+	s, err := openDirSlots(fsys, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,16 +266,16 @@ func TestDirSlotsSwitchNeedsImage(t *testing.T) {
 
 func TestDirSlotsInitAndOpenErrors(t *testing.T) {
 	dir := initDir(t, "v1")
-	if err := slot.InitDirSlots(nil, dir, nil); !errors.Is(err, fs.ErrExist) {
+	if err := slot.InitDirSlots(dir, nil); !errors.Is(err, fs.ErrExist) {
 		t.Fatalf("InitDirSlots twice = %v, want ErrExist", err)
 	}
-	if _, err := slot.OpenDirSlots(nil, t.TempDir()); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := slot.OpenDirSlots(t.TempDir()); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("OpenDirSlots on an empty dir = %v, want ErrNotExist", err)
 	}
 	link := filepath.Join(dir, "current")
 	os.Remove(link)
 	os.Symlink("../etc", link)
-	if _, err := slot.OpenDirSlots(nil, dir); !errors.Is(err, slot.ErrBadState) {
+	if _, err := slot.OpenDirSlots(dir); !errors.Is(err, slot.ErrBadState) {
 		t.Fatalf("current -> ../etc: %v, want ErrBadState", err)
 	}
 
@@ -289,7 +302,7 @@ func TestDirSlotsContext(t *testing.T) {
 // writing slot b, fsync, switch on trial, restart, confirm.
 func crashUpdate(fsys atomicfile.FS, dir string, image []byte) error {
 	ctx := context.Background()
-	s, err := slot.OpenDirSlots(fsys, dir)
+	s, err := openDirSlots(fsys, dir)
 	if err != nil {
 		return err
 	}
@@ -315,7 +328,7 @@ func crashUpdate(fsys atomicfile.FS, dir string, image []byte) error {
 	if err := s.Switch(ctx, "b", true); err != nil {
 		return err
 	}
-	s, err = slot.OpenDirSlots(fsys, dir) // the application restarts
+	s, err = openDirSlots(fsys, dir) // the application restarts
 	if err != nil {
 		return err
 	}
@@ -333,7 +346,7 @@ func TestDirSlotsCrashAtEveryStep(t *testing.T) {
 	newImg := bytes.Repeat([]byte("new image "), 3000)
 	prepare := func(t *testing.T) string {
 		dir := filepath.Join(t.TempDir(), "slots")
-		if err := slot.InitDirSlots(nil, dir, bytes.NewReader(oldImg)); err != nil {
+		if err := slot.InitDirSlots(dir, bytes.NewReader(oldImg)); err != nil {
 			t.Fatal(err)
 		}
 		// An earlier attempt left the first third of the new image.
@@ -355,7 +368,7 @@ func TestDirSlotsCrashAtEveryStep(t *testing.T) {
 		if err := crashUpdate(cfs, dir, newImg); !errors.Is(err, crashfs.ErrCrash) {
 			t.Fatalf("crash at %d/%d: err %v, want ErrCrash", i, total, err)
 		}
-		s, err := slot.OpenDirSlots(nil, dir)
+		s, err := slot.OpenDirSlots(dir)
 		if err != nil {
 			t.Fatalf("crash at %d: reopen: %v", i, err)
 		}
@@ -409,17 +422,17 @@ func TestDirSlotsCrashAtEveryStep(t *testing.T) {
 func TestInitDirSlotsCrashAtEveryStep(t *testing.T) {
 	image := bytes.Repeat([]byte("factory "), 1000)
 	count := &crashfs.FS{}
-	if err := slot.InitDirSlots(count, filepath.Join(t.TempDir(), "s"), bytes.NewReader(image)); err != nil {
+	if err := slothook.InitDirSlots(count, filepath.Join(t.TempDir(), "s"), bytes.NewReader(image)); err != nil {
 		t.Fatal(err)
 	}
 	total := count.Ops()
 	for i := 1; i <= total; i++ {
 		dir := filepath.Join(t.TempDir(), "s")
-		if err := slot.InitDirSlots(&crashfs.FS{FailAt: i}, dir, bytes.NewReader(image)); !errors.Is(err, crashfs.ErrCrash) {
+		if err := slothook.InitDirSlots(&crashfs.FS{FailAt: i}, dir, bytes.NewReader(image)); !errors.Is(err, crashfs.ErrCrash) {
 			t.Fatalf("crash at %d: %v", i, err)
 		}
 		if _, err := os.Lstat(filepath.Join(dir, "current")); errors.Is(err, fs.ErrNotExist) {
-			if err := slot.InitDirSlots(nil, dir, bytes.NewReader(image)); err != nil {
+			if err := slot.InitDirSlots(dir, bytes.NewReader(image)); err != nil {
 				t.Fatalf("crash at %d: init again: %v", i, err)
 			}
 		}

@@ -24,12 +24,12 @@ func ExampleDirSlots() {
 	dir := filepath.Join(base, "app")
 
 	// Once, at installation: slot a holds the factory version.
-	if err := slot.InitDirSlots(nil, dir, strings.NewReader("app v1")); err != nil {
+	if err := slot.InitDirSlots(dir, strings.NewReader("app v1")); err != nil {
 		log.Fatal(err)
 	}
 
 	// At each start of the application.
-	s, err := slot.OpenDirSlots(nil, dir)
+	s, err := slot.OpenDirSlots(dir)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func ExampleDirSlots() {
 	}
 
 	// The application restarts from dir/current/image.
-	s, _ = slot.OpenDirSlots(nil, dir)
+	s, _ = slot.OpenDirSlots(dir)
 	b, _ := os.ReadFile(filepath.Join(dir, "current", "image"))
 	booted, _ = s.Booted(ctx)
 	_, trial, _ := s.Next(ctx)

@@ -157,7 +157,7 @@ func NewUpdateDevice(ctx context.Context, dir string, repo *Repo, clock update.C
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := slot.InitDirSlots(nil, filepath.Join(dir, "slots"), bytes.NewReader(Firmware(0))); err != nil {
+	if err := slot.InitDirSlots(filepath.Join(dir, "slots"), bytes.NewReader(Firmware(0))); err != nil {
 		return nil, err
 	}
 	if _, err := d.Boot(ctx); err != nil {
@@ -170,7 +170,7 @@ func NewUpdateDevice(ctx context.Context, dir string, repo *Repo, clock update.C
 // does its start-up work.
 func (d *UpdateDevice) Boot(ctx context.Context) (update.Status, error) {
 	d.Close()
-	s, err := slot.OpenDirSlots(nil, filepath.Join(d.dir, "slots"))
+	s, err := slot.OpenDirSlots(filepath.Join(d.dir, "slots"))
 	if err != nil {
 		return update.Status{}, err
 	}
@@ -207,7 +207,7 @@ func (d *UpdateDevice) InstallAndConfirm(ctx context.Context) error {
 }
 
 // LastReport returns what the agent last reported (it would go to the
-// cloud as signed telemetry with update.TelemetryReporter).
+// cloud as signed telemetry with updatetransport.TelemetryReporter).
 func (d *UpdateDevice) LastReport() (update.Result, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

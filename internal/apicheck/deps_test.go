@@ -1,0 +1,115 @@
+package apicheck
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// importRule says that the packages matching from must not link any
+// package matching one of never (prefixes of import paths; a d2c path is
+// relative to the module).
+type importRule struct {
+	why    string
+	from   []string
+	except []string
+	never  []string
+}
+
+var (
+	mqtt     = []string{"transport", "github.com/eclipse/paho.golang", "github.com/mochi-mqtt/server"}
+	cloudish = []string{"cloud", "github.com/jackc/pgx", "modernc.org/sqlite", "github.com/prometheus"}
+)
+
+// importRules are the one-way dependencies of docs/architecture.md.
+var importRules = []importRule{
+	{
+		why:   "identity imports neither transport nor update",
+		from:  []string{"identity"},
+		never: append([]string{"update"}, mqtt...),
+	},
+	{
+		why:    "update does not import transport: an update-only agent links no MQTT (update/updatetransport wires the two)",
+		from:   []string{"update"},
+		except: []string{"update/updatetransport"},
+		never:  mqtt,
+	},
+	{
+		why:    "transport never imports update, and its core links no broker",
+		from:   []string{"transport"},
+		except: []string{"transport/devbroker", "transport/mochihook"},
+		never:  []string{"update", "github.com/mochi-mqtt/server"},
+	},
+	{
+		why:   "no device package links a database driver, Prometheus or the cloud service",
+		from:  []string{"identity", "transport", "update"},
+		never: cloudish,
+	},
+	{
+		why:   "no library package imports cmd/ or examples/",
+		from:  []string{"identity", "transport", "update", "cloud"},
+		never: []string{"cmd", "examples", "bench"},
+	},
+}
+
+// TestImportRules checks every rule over `go list -deps` of the module's
+// packages (tests excluded: a test may wire anything).
+func TestImportRules(t *testing.T) {
+	pkgs := goList(t)
+	checked := 0
+	for _, rule := range importRules {
+		for path, p := range pkgs {
+			if p.Module == nil || p.Module.Path != modulePath {
+				continue
+			}
+			rel := strings.TrimPrefix(strings.TrimPrefix(path, modulePath), "/")
+			if !under(rel, rule.from) || under(rel, rule.except) {
+				continue
+			}
+			checked++
+			var bad []string
+			for _, dep := range p.Deps {
+				d := dep
+				if d == modulePath || strings.HasPrefix(d, modulePath+"/") {
+					d = strings.TrimPrefix(strings.TrimPrefix(d, modulePath), "/")
+				}
+				if under(d, rule.never) && !under(d, rule.except) {
+					bad = append(bad, dep)
+				}
+			}
+			if len(bad) > 0 {
+				if len(bad) > 3 {
+					bad = append(bad[:3], fmt.Sprintf("and %d more", len(bad)-3))
+				}
+				t.Errorf("%s links %s: %s", rel, strings.Join(bad, ", "), rule.why)
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no package checked")
+	}
+}
+
+// TestUpdateLinksNoTransport is the rule for package update itself, spelled
+// out: `go list -deps ./update` names no transport or paho package.
+func TestUpdateLinksNoTransport(t *testing.T) {
+	p, ok := goList(t)[modulePath+"/update"]
+	if !ok || len(p.Deps) == 0 {
+		t.Fatal("no dependencies listed for update")
+	}
+	for _, dep := range p.Deps {
+		if strings.HasPrefix(dep, modulePath+"/transport") || strings.Contains(dep, "paho") {
+			t.Errorf("update links %s", dep)
+		}
+	}
+}
+
+// under reports whether path is one of prefixes or below one.
+func under(path string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if path == p || strings.HasPrefix(path, p+"/") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,20 @@
+// Package slothook lets d2c's own tests create and open directory slots
+// (update/slot.DirSlots) through a fault-injecting file system, such as
+// internal/atomicfile/crashfs, without a file-system parameter in slot's
+// exported API. Package slot sets the hooks when it is initialised; nothing
+// else may.
+package slothook
+
+import (
+	"io"
+
+	"github.com/d2c-iot/d2c/internal/atomicfile"
+)
+
+var (
+	// InitDirSlots is slot.InitDirSlots on fsys.
+	InitDirSlots func(fsys atomicfile.FS, dir string, image io.Reader) error
+	// OpenDirSlots is slot.OpenDirSlots on fsys; the value is a
+	// *slot.DirSlots (this package cannot name the type: slot imports it).
+	OpenDirSlots func(fsys atomicfile.FS, dir string) (any, error)
+)
