@@ -28,7 +28,7 @@ func auditVerifyCommand() *command {
 	return &command{
 		path:    "audit verify",
 		summary: "check a device's audit log: its hash chain, and the heads it signed",
-		usage:   "--log DIR [--head FILE ... --cert FILE]",
+		usage:   "--log DIR [--head FILE ... --cert FILE] [--json]",
 		details: `
 Walks the audit log in DIR (a copy of the device's log directory) and checks
 that it is one unbroken chain: every record intact, sequence numbers
@@ -46,14 +46,24 @@ trusted as given: use the certificate the fleet registered for the device.
 The chain alone cannot show that records were cut off the end or that the
 whole log was rewritten by someone with root on the device: only the signed
 heads can. Nothing in DIR is modified; a torn last record (a power cut during
-an append that never returned) is reported and ignored.`,
+an append that never returned) is reported and ignored.
+
+With --json, a log that verifies is one object: "log" (DIR), "records",
+"segments", "first" and "last" (sequence numbers), "first_time" and
+"last_time" (RFC 3339, null for an empty log), "head" (hex SHA-256 of the last
+record), "from_genesis" (false if older records were compacted away),
+"torn_bytes", and "signed_heads": a list of {"device", "seq", "time",
+"checked"} ("checked" is false for a head older than the records kept). A log
+that fails prints nothing on stdout: the fault is on stderr, with exit status 1.`,
 		example: `d2c audit verify --log ./sensor-0042/audit
-d2c audit verify --log ./sensor-0042/audit --head sensor-0042.head.jws --cert sensor-0042.crt`,
+d2c audit verify --log ./sensor-0042/audit --head sensor-0042.head.jws --cert sensor-0042.crt
+d2c audit verify --log ./sensor-0042/audit --json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			dir := fl.String("log", "", "audit log directory (required)")
 			var heads stringList
 			fl.Var(&heads, "head", "a signed head (compact JWS file) of the device; repeatable; needs --cert")
 			certFile := fl.String("cert", "", "the device certificate (PEM, leaf first) the signed heads are checked against")
+			asJSON := fl.Bool("json", false, "print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" {
 					return usageErrorf("--log is required")
@@ -68,6 +78,9 @@ d2c audit verify --log ./sensor-0042/audit --head sensor-0042.head.jws --cert se
 				rep, err := audit.VerifyAgainstHead(*dir, signed...)
 				if err != nil {
 					return withHint(err, auditHint(err))
+				}
+				if *asJSON {
+					return writeJSON(s.stdout, auditReportJSON(*dir, rep, signed))
 				}
 				printAuditReport(s.stdout, *dir, rep, signed)
 				return nil
@@ -155,6 +168,43 @@ func printAuditReport(w io.Writer, dir string, rep audit.Report, heads []audit.S
 	}
 }
 
+// auditReport is "audit verify --json"; its field names are stable.
+type auditReport struct {
+	Log         string            `json:"log"`
+	Records     int               `json:"records"`
+	Segments    int               `json:"segments"`
+	First       uint64            `json:"first"`
+	Last        uint64            `json:"last"`
+	FirstTime   *string           `json:"first_time"`
+	LastTime    *string           `json:"last_time"`
+	Head        string            `json:"head"`
+	FromGenesis bool              `json:"from_genesis"`
+	TornBytes   int64             `json:"torn_bytes"`
+	SignedHeads []auditSignedHead `json:"signed_heads"`
+}
+
+type auditSignedHead struct {
+	Device  string `json:"device"`
+	Seq     uint64 `json:"seq"`
+	Time    string `json:"time"`
+	Checked bool   `json:"checked"`
+}
+
+func auditReportJSON(dir string, rep audit.Report, heads []audit.SignedHead) auditReport {
+	r := auditReport{Log: dir, Records: rep.Records, Segments: rep.Segments, First: rep.First, Last: rep.Last,
+		Head: hex.EncodeToString(rep.Head[:]), FromGenesis: rep.FromGenesis, TornBytes: rep.TornBytes,
+		SignedHeads: []auditSignedHead{}}
+	if rep.Records > 0 {
+		ft, lt := rep.FirstTime.UTC().Format(time.RFC3339Nano), rep.LastTime.UTC().Format(time.RFC3339Nano)
+		r.FirstTime, r.LastTime = &ft, &lt
+	}
+	for _, h := range heads {
+		r.SignedHeads = append(r.SignedHeads, auditSignedHead{Device: h.Device, Seq: h.Seq,
+			Time: h.Time.UTC().Format(time.RFC3339Nano), Checked: h.Seq >= rep.First})
+	}
+	return r
+}
+
 func plural(n int) string {
 	if n == 1 {
 		return ""
@@ -166,7 +216,7 @@ func auditShowCommand() *command {
 	return &command{
 		path:    "audit show",
 		summary: "list the records of a device's audit log",
-		usage:   "--log DIR [--kind KIND]",
+		usage:   "--log DIR [--kind KIND] [--json]",
 		details: `
 Prints the records of the audit log in DIR, oldest first: sequence number,
 time (the device's clock), kind and detail. --kind keeps one kind ("consent")
@@ -174,26 +224,50 @@ or a family ("update" keeps update.install, update.confirm, ...).
 
 The records are checked as they are read, as "audit verify" does: if the chain
 is broken, the records before the fault are listed, then the fault, with exit
-status 1.`,
-		example: `d2c audit show --log ./sensor-0042/audit --kind update`,
+status 1.
+
+With --json, one object {"records": [...]}, each record {"seq", "time" (RFC
+3339, UTC, milliseconds), "kind", "detail" (an object of strings, {} when
+none)}; on a broken chain, the records before the fault, and the fault on
+stderr with exit status 1.`,
+		example: `d2c audit show --log ./sensor-0042/audit --kind update
+d2c audit show --log ./sensor-0042/audit --json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			dir := fl.String("log", "", "audit log directory (required)")
 			kind := fl.String("kind", "", "only records of this kind, or of this family (the part before a '.')")
+			asJSON := fl.Bool("json", false, "print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" {
 					return usageErrorf("--log is required")
 				}
 				recs, _, err := audit.ReadDir(*dir)
-				tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tDETAIL")
-				for _, r := range recs {
+				recs = slices.DeleteFunc(recs, func(r audit.Record) bool {
 					k := string(r.Kind)
-					if *kind != "" && k != *kind && !strings.HasPrefix(k, *kind+".") {
-						continue
+					return *kind != "" && k != *kind && !strings.HasPrefix(k, *kind+".")
+				})
+				if *asJSON {
+					out := struct {
+						Records []auditRecord `json:"records"`
+					}{Records: []auditRecord{}}
+					for _, r := range recs {
+						d := r.Detail
+						if d == nil {
+							d = audit.Detail{}
+						}
+						out.Records = append(out.Records, auditRecord{Seq: r.Seq, Time: r.Time.UTC().Format(time.RFC3339Nano),
+							Kind: string(r.Kind), Detail: d})
 					}
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), k, formatDetail(r.Detail))
+					if jerr := writeJSON(s.stdout, out); jerr != nil {
+						return jerr
+					}
+				} else {
+					tw := tabwriter.NewWriter(s.stdout, 0, 0, 2, ' ', 0)
+					fmt.Fprintln(tw, "SEQ\tTIME\tKIND\tDETAIL")
+					for _, r := range recs {
+						fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Kind, formatDetail(r.Detail))
+					}
+					tw.Flush()
 				}
-				tw.Flush()
 				if err != nil {
 					return withHint(err, auditHint(err))
 				}
@@ -201,6 +275,15 @@ status 1.`,
 			}
 		},
 	}
+}
+
+// auditRecord is a record of "audit show --json"; its field names are
+// stable.
+type auditRecord struct {
+	Seq    uint64            `json:"seq"`
+	Time   string            `json:"time"`
+	Kind   string            `json:"kind"`
+	Detail map[string]string `json:"detail"`
 }
 
 // formatDetail prints a detail as key=value pairs sorted by key, quoting

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
@@ -89,6 +90,28 @@ func TestAuditCommands(t *testing.T) {
 	_, stderr := d2c(verify, exitError, "--log", dir, "--head", forgedFile, "--cert", certFile)
 	match("forged head", stderr, `audit: head signature invalid: signed by another key`)
 	match("forged head", stderr, `(?m)^hint: the head does not verify against --cert`)
+
+	// --json: the documented fields.
+	stdout, _ = d2c(verify, exitOK, "--log", dir, "--head", headFile, "--cert", certFile, "--json")
+	var rep auditReport
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	dec.DisallowUnknownFields()
+	must(dec.Decode(&rep))
+	if rep.Log != dir || rep.Records != 5 || rep.First != 1 || rep.Last != 5 || !rep.FromGenesis || len(rep.Head) != 64 ||
+		rep.LastTime == nil || *rep.LastTime != "2026-11-01T12:00:05Z" || len(rep.SignedHeads) != 1 ||
+		rep.SignedHeads[0] != (auditSignedHead{Device: "sensor-1", Seq: 5, Time: "2026-11-01T12:00:06Z", Checked: true}) {
+		t.Errorf("audit verify --json: %+v\n%s", rep, stdout)
+	}
+	stdout, _ = d2c(show, exitOK, "--log", dir, "--kind", "update", "--json")
+	var shown struct {
+		Records []map[string]any `json:"records"`
+	}
+	must(json.Unmarshal([]byte(stdout), &shown))
+	if len(shown.Records) != 2 || shown.Records[1]["seq"] != 4.0 || shown.Records[1]["kind"] != "update.refused" ||
+		shown.Records[1]["time"] != "2026-11-01T12:00:04Z" ||
+		shown.Records[1]["detail"].(map[string]any)["reason"] != "rollback: release 5 below the floor 7" {
+		t.Errorf("audit show --json:\n%s", stdout)
+	}
 
 	d2c(verify, exitUsage, "--log", dir, "--head", headFile)
 	d2c(verify, exitUsage)

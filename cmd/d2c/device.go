@@ -159,17 +159,24 @@ func deviceShowCommand() *command {
 	return &command{
 		path:    "device show",
 		summary: "show a device's current identity",
-		usage:   "--dir DIR [--cert-out FILE]",
+		usage:   "--dir DIR [--cert-out FILE] [--json]",
 		details: `
 Prints the device ID, the generation (how many times the key was renewed),
 the certificate's serial number, issuer and validity, and the trusted-time
 floor: the latest time the device has proven, below which its clock is never
 believed. --cert-out writes the current certificate chain to a file, for
-example to revoke it with "d2c ca revoke".`,
-		example: `d2c device show --dir /var/lib/d2c --cert-out current.pem`,
+example to revoke it with "d2c ca revoke".
+
+With --json, one object with these fields: "device", "generation", "serial"
+(hex), "key_type", "issuer", "not_before", "not_after" (RFC 3339, UTC),
+"status" ("valid", "not yet valid" or "expired") and "time_floor" (RFC 3339,
+or null when the device has proven no time yet).`,
+		example: `d2c device show --dir /var/lib/d2c --cert-out current.pem
+d2c device show --dir /var/lib/d2c --json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			dir := fl.String("dir", "", "device store directory (required)")
 			certOut := fl.String("cert-out", "", "write the current certificate chain to this file, PEM")
+			asJSON := fl.Bool("json", false, "print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" {
 					return usageErrorf("--dir is required")
@@ -195,8 +202,24 @@ example to revoke it with "d2c ca revoke".`,
 					status = "expired"
 				}
 				floor := "none"
+				var floorJSON *string
 				if f := store.Clock().Floor(); !f.IsZero() {
 					floor = f.UTC().Format(time.RFC3339)
+					floorJSON = &floor
+				}
+				if *asJSON {
+					return writeJSON(s.stdout, struct {
+						Device     string  `json:"device"`
+						Generation uint64  `json:"generation"`
+						Serial     string  `json:"serial"`
+						KeyType    string  `json:"key_type"`
+						Issuer     string  `json:"issuer"`
+						NotBefore  string  `json:"not_before"`
+						NotAfter   string  `json:"not_after"`
+						Status     string  `json:"status"`
+						TimeFloor  *string `json:"time_floor"`
+					}{id.DeviceID, uint64(id.Generation), fmt.Sprintf("%x", leaf.SerialNumber), keyTypeName(id), leaf.Issuer.CommonName,
+						leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), status, floorJSON})
 				}
 				fmt.Fprintf(s.stdout, "device:      %s\n", id.DeviceID)
 				fmt.Fprintf(s.stdout, "generation:  %d\n", id.Generation)

@@ -35,7 +35,7 @@ func deviceUpdateCommand() *command {
 		path:    "device update",
 		summary: "check for an update and install it, or confirm, roll back, show status",
 		usage: "--dir DIR --root FILE --hardware-class H --slots DIR [--state DIR] " +
-			"(--repo-url URL [--ca-roots FILE] [--insecure-http] [--progress] | --confirm | --rollback | --status)",
+			"(--repo-url URL [--ca-roots FILE] [--insecure-http] [--progress] | --confirm | --rollback | --status [--json])",
 		details: `
 Runs the device's update agent (update.Agent) once, on A/B directory slots
 (update/slot.DirSlots in --slots: the application runs SLOTS/current/image).
@@ -56,7 +56,12 @@ back to the previous slot instead. A release on trial that is not confirmed
 within 3 starts or 30 minutes is reverted: every run of this command (but
 --status) counts as a start of the software on trial, since with directory
 slots the slot that current names when it runs is the one running.
---status prints the agent's state and changes nothing.
+--status prints the agent's state and changes nothing. With --json it is one
+object: "phase", "installed" {"version", "security_counter", "slot"},
+"pending" (the release on trial or being installed, 0 if none), "starts"
+(starts counted on trial), "next_slot", "next_on_trial", and "last", the
+last event, null or {"event", "version", "from", "time" (RFC 3339, UTC),
+"reason"}.
 
 The state lives in --state (default DIR/update). Slots missing in --slots are
 created, with an empty image in slot a. --repo-url must be https, with the
@@ -83,6 +88,7 @@ d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class 
 			confirm := fl.Bool("confirm", false, "confirm the release on trial: the new software is healthy")
 			rollback := fl.Bool("rollback", false, "roll the release on trial back: the previous slot boots next")
 			status := fl.Bool("status", false, "print the agent's state; change nothing")
+			asJSON := fl.Bool("json", false, "with --status: print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *rootFile == "" || *hardware == "" || *slotsDir == "" {
 					return usageErrorf("--dir, --root, --hardware-class and --slots are required")
@@ -95,6 +101,9 @@ d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class 
 				}
 				if modes > 1 {
 					return usageErrorf("give at most one of --confirm, --rollback and --status")
+				}
+				if *asJSON && !*status {
+					return usageErrorf("--json goes with --status")
 				}
 				if modes == 0 && *repoURL == "" {
 					return usageErrorf("--repo-url is required to check for an update")
@@ -117,7 +126,7 @@ d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class 
 				}
 				switch {
 				case *status:
-					return deviceUpdateStatus(ctx, s, o)
+					return deviceUpdateStatus(ctx, s, o, *asJSON)
 				case *confirm:
 					return deviceUpdateConfirm(ctx, s, o)
 				case *rollback:
@@ -415,7 +424,7 @@ func deviceUpdateRollback(ctx context.Context, s streams, o deviceUpdateOptions)
 }
 
 // deviceUpdateStatus prints the agent's state.
-func deviceUpdateStatus(ctx context.Context, s streams, o deviceUpdateOptions) error {
+func deviceUpdateStatus(ctx context.Context, s streams, o deviceUpdateOptions, asJSON bool) error {
 	a, slots, err := openAgent(ctx, s, o, update.AgentConfig{})
 	if err != nil {
 		return err
@@ -425,6 +434,9 @@ func deviceUpdateStatus(ctx context.Context, s streams, o deviceUpdateOptions) e
 	next, trial, err := slots.Next(ctx)
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		return writeJSON(s.stdout, updateStatusJSON(st, next, trial))
 	}
 	w := s.stdout
 	fmt.Fprintf(w, "phase:      %s\n", st.Phase)
@@ -450,6 +462,40 @@ func deviceUpdateStatus(ctx context.Context, s streams, o deviceUpdateOptions) e
 		fmt.Fprintln(w)
 	}
 	return nil
+}
+
+// updateStatus is "device update --status --json"; its field names are
+// stable.
+type updateStatus struct {
+	Phase     string `json:"phase"`
+	Installed struct {
+		Version         uint64 `json:"version"`
+		SecurityCounter uint64 `json:"security_counter"`
+		Slot            string `json:"slot"`
+	} `json:"installed"`
+	Pending     uint64             `json:"pending"`
+	Starts      int                `json:"starts"`
+	NextSlot    string             `json:"next_slot"`
+	NextOnTrial bool               `json:"next_on_trial"`
+	Last        *updateStatusEvent `json:"last"`
+}
+
+type updateStatusEvent struct {
+	Event   string `json:"event"`
+	Version uint64 `json:"version"`
+	From    uint64 `json:"from"`
+	Time    string `json:"time"`
+	Reason  string `json:"reason"`
+}
+
+func updateStatusJSON(st update.Status, next string, trial bool) updateStatus {
+	r := updateStatus{Phase: fmt.Sprint(st.Phase), Pending: st.Pending, Starts: st.Starts, NextSlot: next, NextOnTrial: trial}
+	r.Installed.Version, r.Installed.SecurityCounter, r.Installed.Slot = st.Installed.Version, st.Installed.SecurityCounter, st.Installed.Slot
+	if l := st.Last; l != nil {
+		r.Last = &updateStatusEvent{Event: l.Event, Version: l.Version, From: l.From,
+			Time: time.UnixMilli(l.Time).UTC().Format(time.RFC3339Nano), Reason: l.Reason}
+	}
+	return r
 }
 
 // deviceUpdateHint says what to do about a failed check or install, from

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -67,6 +68,19 @@ func TestDeviceUpdate(t *testing.T) {
 	match("status", stdout, `(?m)^pending: +release 3, start 0 of 3$`)
 	match("status", stdout, `(?m)^next start: slot b, on trial$`)
 	match("status", stdout, `(?m)^last: +installed release 3 \(from 0\) at 20`)
+	stdout, _ = d2c(exitOK, append(base, "--status", "--json")...)
+	var st updateStatus
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		t.Fatalf("--status --json: %v\n%s", err, stdout)
+	}
+	if st.Phase != "trial" || st.Pending != 3 || st.NextSlot != "b" || !st.NextOnTrial || st.Last == nil ||
+		st.Last.Event != "installed" || st.Last.Version != 3 || !strings.HasPrefix(st.Last.Time, "20") {
+		t.Errorf("--status --json: %+v\n%s", st, stdout)
+	}
+	_, stderr = d2c(exitUsage, append(base, "--confirm", "--json")...)
+	match("stderr", stderr, "--json goes with --status")
 
 	// On trial, a check is refused until the release is confirmed.
 	_, stderr = d2c(exitError, check...)

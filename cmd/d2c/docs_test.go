@@ -244,8 +244,8 @@ func newCommandTable() *commandTable {
 // checked.
 func (t *commandTable) check(inv invocation) []string {
 	words, args := commandWords(inv)
-	if len(words) > 0 && words[0] == "help" { // d2c help [COMMAND]
-		if len(words) == 1 && len(args) == 0 {
+	if len(words) > 0 && words[0] == "help" { // d2c help [COMMAND | environment]
+		if len(words) == 1 && len(args) == 0 || slices.Equal(words, []string{"help", "environment"}) && len(args) == 0 {
 			return nil
 		}
 		return t.check(invocation{args: append(slices.Concat(words[1:], args), "--help"), strict: inv.strict})

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -54,7 +55,7 @@ func tailCommand() *command {
 		path:    "tail",
 		summary: "print verified telemetry live: from the cloud store, or from the broker",
 		usage: "(--db URL [--since DURATION|TIME] | --broker HOST:PORT (--ca DIR | --roots FILE [--crl FILE]) --cert FILE --key FILE " +
-			"--devices DIR [--decrypt-key FILE] [--server-name NAME]) [--device ID] [--stream NAME]",
+			"--devices DIR [--decrypt-key FILE] [--server-name NAME]) [--device ID] [--stream NAME] [--json]",
 		details: `
 With --db (the normal way), prints the records the cloud service ("d2c
 cloud serve") verified, as it keeps them in the fleet's cloud store: --db
@@ -76,6 +77,11 @@ counter and the record's sequence number (with #i for the i-th reading of a
 record holding several), BODY the reading as text if it is printable UTF-8,
 else "hex:" and its bytes in hex. --device and --stream print only that
 device or stream.
+
+With --json, one JSON object per line instead (JSON Lines), per reading:
+"time" (RFC 3339, UTC, milliseconds), "device", "stream", "boot", "seq",
+"index" (1 to n for a record of n readings, 0 for a record of one), and
+either "body" (the reading as text, if printable UTF-8) or "body_hex".
 
 With --broker instead, tail is a verifier of its own: it connects to the
 broker as a cloud service (transport.DialCloud), with the service
@@ -126,6 +132,7 @@ d2c tail --broker mqtt.example.com:8883 --ca /srv/d2c/ca --cert tail.crt --key t
 			device := fl.String("device", "", "print only this device")
 			stream := fl.String("stream", "", "print only this stream")
 			decryptKey := fl.String("decrypt-key", "", "cloud P-256 private key, PEM, to decrypt encrypted telemetry (with --broker)")
+			asJSON := fl.Bool("json", false, "print one JSON object per reading and line (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *device != "" {
 					if err := identity.ValidateDeviceID(*device); err != nil {
@@ -140,7 +147,7 @@ d2c tail --broker mqtt.example.com:8883 --ca /srv/d2c/ca --cert tail.crt --key t
 				if *db != "" {
 					var brokerFlags []string
 					fl.Visit(func(f *flag.Flag) {
-						if !slices.Contains([]string{"db", "since", "device", "stream"}, f.Name) {
+						if !slices.Contains([]string{"db", "since", "device", "stream", "json"}, f.Name) {
 							brokerFlags = append(brokerFlags, "--"+f.Name)
 						}
 					})
@@ -151,7 +158,7 @@ d2c tail --broker mqtt.example.com:8883 --ca /srv/d2c/ca --cert tail.crt --key t
 					if err != nil {
 						return err
 					}
-					return runTailDB(ctx, s, tailDBOptions{url: *db, since: from, device: *device, stream: *stream})
+					return runTailDB(ctx, s, tailDBOptions{url: *db, since: from, device: *device, stream: *stream, json: *asJSON})
 				}
 				if *since != "" {
 					return usageErrorf("--since goes with --db (from the broker, tail prints what arrives from now on)")
@@ -168,7 +175,7 @@ d2c tail --broker mqtt.example.com:8883 --ca /srv/d2c/ca --cert tail.crt --key t
 				if *crlFile != "" && *rootsFile == "" {
 					return usageErrorf("--crl goes with --roots (with --ca, revocation comes from the CA)")
 				}
-				o := tailOptions{broker: *broker, serverName: *serverName, device: *device, stream: *stream}
+				o := tailOptions{broker: *broker, serverName: *serverName, device: *device, stream: *stream, json: *asJSON}
 				var err error
 				if o.roots, o.rootCerts, o.revocation, err = tailTrust(s, *caDir, *rootsFile, *crlFile); err != nil {
 					return err
@@ -212,6 +219,7 @@ type tailOptions struct {
 	devices            *dirCertificates
 	deviceCount        int
 	device, stream     string
+	json               bool // JSON Lines on stdout
 }
 
 // tailTrust returns the fleet roots and the revocation checker of --ca or
@@ -289,7 +297,7 @@ func serviceCertificate(certFile, keyFile string, fleet []*x509.Certificate) (tl
 
 // runTail connects and prints until ctx is done.
 func runTail(ctx context.Context, s streams, o tailOptions) error {
-	out := &tailPrinter{stdout: s.stdout, stderr: s.stderr, device: o.device, stream: o.stream, decrypting: o.decrypt != nil}
+	out := &tailPrinter{stdout: s.stdout, stderr: s.stderr, device: o.device, stream: o.stream, decrypting: o.decrypt != nil, json: o.json}
 	log := slog.New(&warningHandler{note: out.note})
 	v, err := transport.NewVerifier(transport.VerifierConfig{
 		Certificates:  o.devices,
@@ -344,6 +352,7 @@ type tailDBOptions struct {
 	url            string
 	since          time.Time // zero: from now on
 	device, stream string
+	json           bool // JSON Lines on stdout
 }
 
 // parseSince reads --since: a duration back from now, or an RFC 3339 time.
@@ -367,7 +376,7 @@ func runTailDB(ctx context.Context, s streams, o tailDBOptions) error {
 		return err
 	}
 	defer table.db.Close()
-	out := &tailPrinter{stdout: s.stdout, stderr: s.stderr, device: o.device, stream: o.stream}
+	out := &tailPrinter{stdout: s.stdout, stderr: s.stderr, device: o.device, stream: o.stream, json: o.json}
 	f := &recordFollower{table: table, print: out.record, warn: out.note, holes: map[int64]time.Time{}}
 	from := "from now on"
 	if o.since.IsZero() {
@@ -625,7 +634,20 @@ type tailPrinter struct {
 	stdout, stderr io.Writer
 	device, stream string
 	decrypting     bool // --decrypt-key was given
+	json           bool // --json: JSON Lines
 	printed        int  // records printed
+}
+
+// tailReading is a line of "tail --json"; its field names are stable.
+type tailReading struct {
+	Time    string  `json:"time"`
+	Device  string  `json:"device"`
+	Stream  string  `json:"stream"`
+	Boot    uint64  `json:"boot"`
+	Seq     uint64  `json:"seq"`
+	Index   int     `json:"index"`
+	Body    *string `json:"body,omitempty"`     // printable UTF-8
+	BodyHex string  `json:"body_hex,omitempty"` // otherwise
 }
 
 func (p *tailPrinter) record(_ context.Context, r transport.Record) {
@@ -641,6 +663,22 @@ func (p *tailPrinter) record(_ context.Context, r transport.Record) {
 		t := rd.Time
 		if t.IsZero() {
 			t = r.Time
+		}
+		if p.json {
+			line := tailReading{Time: t.UTC().Format("2006-01-02T15:04:05.000Z07:00"), Device: r.Device, Stream: r.Stream,
+				Boot: uint64(r.Boot), Seq: uint64(r.Seq)}
+			if len(r.Readings) > 1 {
+				line.Index = i + 1
+			}
+			if isText(rd.Body) {
+				body := string(rd.Body)
+				line.Body = &body
+			} else {
+				line.BodyHex = hex.EncodeToString(rd.Body)
+			}
+			j, _ := json.Marshal(line) // cannot fail: strings and numbers
+			b.Write(append(j, '\n'))
+			continue
 		}
 		fmt.Fprintf(&b, "%s %s %s %s %s\n", t.UTC().Format("2006-01-02T15:04:05.000Z07:00"), r.Device, r.Stream, pos, bodyText(rd.Body))
 	}
@@ -697,10 +735,15 @@ func bodyText(b []byte) string {
 	if len(b) == 0 {
 		return `""`
 	}
-	if utf8.Valid(b) && !strings.ContainsFunc(string(b), func(r rune) bool { return !unicode.IsPrint(r) }) {
+	if isText(b) {
 		return string(b)
 	}
 	return "hex:" + hex.EncodeToString(b)
+}
+
+// isText reports whether b is printable UTF-8 on one line.
+func isText(b []byte) bool {
+	return utf8.Valid(b) && !strings.ContainsFunc(string(b), func(r rune) bool { return !unicode.IsPrint(r) })
 }
 
 // printable quotes s if it holds anything but printable characters.

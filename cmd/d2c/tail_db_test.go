@@ -187,6 +187,35 @@ func TestTailDBSinceAndFilters(t *testing.T) {
 	}
 }
 
+// TestTailDBJSON: --json prints one object per reading and line, with
+// the documented fields.
+func TestTailDBJSON(t *testing.T) {
+	rs := newRecordStore(t, sqliteURL(t))
+	t0 := time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
+	stdout, _, _ := startTailDB(t, rs.url, "--json")
+	rs.accept(t, testRecord("sensor-2", "humidity", 0, t0, "40", ""), testRecord("sensor-1", "raw", 3, t0, "\x00\x01\xfe"))
+	text := waitFor(t, 10*time.Second, "3 lines of tail --json", func() (string, bool) {
+		s := stdout.String()
+		return s, strings.Count(s, "\n") >= 3
+	})
+	var got []map[string]any
+	for _, line := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("tail --json line %q: %v", line, err)
+		}
+		got = append(got, m)
+	}
+	want := []map[string]any{
+		{"time": "2025-03-04T05:06:07.000Z", "device": "sensor-1", "stream": "raw", "boot": 1.0, "seq": 3.0, "index": 0.0, "body_hex": "0001fe"},
+		{"time": "2025-03-04T05:06:07.000Z", "device": "sensor-2", "stream": "humidity", "boot": 1.0, "seq": 0.0, "index": 1.0, "body": "40"},
+		{"time": "2025-03-04T05:06:07.001Z", "device": "sensor-2", "stream": "humidity", "boot": 1.0, "seq": 0.0, "index": 2.0, "body": ""},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("tail --json:\n%s\nwant\n%v", text, want)
+	}
+}
+
 // TestTailDBLateCommit: a record numbered below one already printed,
 // committed later (two verifiers on PostgreSQL take their IDs in one
 // order and may commit in the other), is printed when it appears, once.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,7 +24,7 @@ func updateVerifyCommand() *command {
 		path:    "update verify",
 		summary: "verify a repository exactly as a device would",
 		usage: "--repo DIR --root PINNED_ROOT --hardware-class H [--installed-version V] [--security-counter C] " +
-			"[--image FILE] [--name NAME] [--at TIME]",
+			"[--image FILE] [--name NAME] [--at TIME] [--json]",
 		details: `
 Runs the device's verification sequence (update.Trusted) over the repository
 in DIR: the pinned root given with --root, then DIR/<N+1>.root.json,
@@ -43,9 +44,19 @@ followed by what to do. Success prints a summary and what a device at
 --installed-version would do.
 
 --at checks at another time than now, as RFC 3339 or now+DURATION: for
-example now+20h tells whether the current timestamp still holds tomorrow.`,
+example now+20h tells whether the current timestamp still holds tomorrow.
+
+With --json, success is one object: "root" {"version", "pinned_version",
+"expires"}, "timestamp" {"version", "expires"}, "release" {"version",
+"hardware_class", "security_counter", "expires"}, "artifact" {"name",
+"length", "sha256" (hex), "uri", "checked_file" (the file whose digest was
+checked, or null)}, "installed_version" and "installs" (true if a device at
+--installed-version installs this release). Times are RFC 3339, UTC. A
+refusal prints nothing on stdout: the refusal and its hint are on stderr,
+with exit status 1.`,
 		example: `d2c update verify --repo /srv/updates/fleet --root factory/root.json \
-    --hardware-class sensor-v2 --installed-version 6 --security-counter 1`,
+    --hardware-class sensor-v2 --installed-version 6 --security-counter 1
+d2c update verify --repo /srv/updates/fleet --root factory/root.json --hardware-class sensor-v2 --json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory (required)")
 			rootFile := fl.String("root", "", "the root pinned in the device, as signed (required)")
@@ -55,6 +66,7 @@ example now+20h tells whether the current timestamp still holds tomorrow.`,
 			image := fl.String("image", "", "image file to check against the signed artifact (default: the one in DIR, for a relative URI)")
 			name := fl.String("name", "", "artifact to check (default: the release's only artifact)")
 			at := fl.String("at", "now", "trusted time of the check: RFC 3339, or now+DURATION")
+			asJSON := fl.Bool("json", false, "print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *repo == "" || *rootFile == "" || *hardware == "" {
 					return usageErrorf("--repo, --root and --hardware-class are required")
@@ -67,7 +79,7 @@ example now+20h tells whether the current timestamp still holds tomorrow.`,
 					return err
 				}
 				return verifyRepo(ctx, s, verifyOptions{repo: *repo, rootFile: *rootFile, hardware: *hardware,
-					installed: *installed, counter: *counter, image: *image, name: *name, now: now})
+					installed: *installed, counter: *counter, image: *image, name: *name, now: now, json: *asJSON})
 			}
 		},
 	}
@@ -100,6 +112,7 @@ type verifyOptions struct {
 	installed, counter       uint64
 	image, name              string
 	now                      time.Time
+	json                     bool // print the summary as JSON
 }
 
 // verifyRepo is "update verify": each refusal carries the hint for the
@@ -169,9 +182,16 @@ func verifyRepo(ctx context.Context, s streams, o verifyOptions) error {
 	if err != nil {
 		return err
 	}
-	checked, err := checkArtifact(ctx, o, art)
+	checkedFile, err := checkArtifact(ctx, o, art)
 	if err != nil {
 		return err
+	}
+	if o.json {
+		return writeJSON(s.stdout, verifyJSON(root, pinnedVersion, ts, rel, art, checkedFile, o.installed, newer))
+	}
+	checked := "not checked (not a file of the repository; give --image)"
+	if checkedFile != "" {
+		checked = "verified (" + checkedFile + ")"
 	}
 
 	fmt.Fprintf(s.stdout, "root:      version %d (pinned %d, %d rotation(s) walked), expires %s\n",
@@ -237,14 +257,15 @@ func pickArtifact(rel *update.Release, name string) (update.Artifact, error) {
 }
 
 // checkArtifact streams the image (--image, or the artifact's file in the
-// repository) through the artifact's verifier. It returns what was
-// checked, for the summary.
+// repository) through the artifact's verifier. It returns the file it
+// checked, or "" if there is none to check (the URI is not a file of the
+// repository, and no --image).
 func checkArtifact(ctx context.Context, o verifyOptions, art update.Artifact) (string, error) {
 	path := o.image
 	if path == "" {
 		dest, err := artifactPath(o.repo, art.URI)
 		if err != nil || dest == "" {
-			return "not checked (not a file of the repository; give --image)", nil
+			return "", nil
 		}
 		path = dest
 	}
@@ -265,7 +286,7 @@ func checkArtifact(ctx context.Context, o verifyOptions, art update.Artifact) (s
 		}
 		return "", fmt.Errorf("%s: %w", path, err)
 	}
-	return "verified (" + path + ")", nil
+	return path, nil
 }
 
 // rootHint says what to do about a refused rotation to version v.
@@ -317,4 +338,48 @@ func releaseHint(err error, o verifyOptions, root *update.Root, name string) str
 			"sign the release with --security-counter %d or more", o.counter, o.counter)
 	}
 	return "release.json is not a release as `d2c update release sign` writes it: sign it again"
+}
+
+// verifyReport is "update verify --json"; its field names are stable.
+type verifyReport struct {
+	Root struct {
+		Version       uint64 `json:"version"`
+		PinnedVersion uint64 `json:"pinned_version"`
+		Expires       string `json:"expires"`
+	} `json:"root"`
+	Timestamp struct {
+		Version uint64 `json:"version"`
+		Expires string `json:"expires"`
+	} `json:"timestamp"`
+	Release struct {
+		Version         uint64 `json:"version"`
+		HardwareClass   string `json:"hardware_class"`
+		SecurityCounter uint64 `json:"security_counter"`
+		Expires         string `json:"expires"`
+	} `json:"release"`
+	Artifact struct {
+		Name        string  `json:"name"`
+		Length      int64   `json:"length"`
+		SHA256      string  `json:"sha256"`
+		URI         string  `json:"uri"`
+		CheckedFile *string `json:"checked_file"`
+	} `json:"artifact"`
+	InstalledVersion uint64 `json:"installed_version"`
+	Installs         bool   `json:"installs"`
+}
+
+func verifyJSON(root *update.Root, pinned uint64, ts *update.Timestamp, rel *update.Release, art update.Artifact,
+	checkedFile string, installed uint64, newer bool) verifyReport {
+	var r verifyReport
+	r.Root.Version, r.Root.PinnedVersion, r.Root.Expires = root.Version, pinned, root.Expires.UTC().Format(time.RFC3339)
+	r.Timestamp.Version, r.Timestamp.Expires = ts.Version, ts.Expires.UTC().Format(time.RFC3339)
+	r.Release.Version, r.Release.HardwareClass = rel.Version, rel.HardwareClass
+	r.Release.SecurityCounter, r.Release.Expires = rel.SecurityCounter, rel.Expires.UTC().Format(time.RFC3339)
+	r.Artifact.Name, r.Artifact.Length, r.Artifact.URI = art.Name, art.Length, art.URI
+	r.Artifact.SHA256 = hex.EncodeToString(art.SHA256[:])
+	if checkedFile != "" {
+		r.Artifact.CheckedFile = &checkedFile
+	}
+	r.InstalledVersion, r.Installs = installed, newer
+	return r
 }
