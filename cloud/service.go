@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package cloud runs the cloud half of d2c as one service on the fleet's
 // cloud store (cloud/store): the EST registrar, the telemetry verifier
 // (joined to a shared subscription), the command API for the application,

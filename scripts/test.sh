@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Copyright 2026 The d2c Authors
+
 # Runs the whole d2c test suite, including the tests against real peers
 # (openssl, curl, mosquitto, softhsm2, swtpm, PostgreSQL; zsh and fish check the
 # completion scripts). Run as root on a Debian machine and it installs

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 package transport
 
 // Consent per telemetry stream, device half (ETSI EN 303 645 provisions

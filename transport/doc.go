@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package transport carries telemetry from devices to the cloud, and
 // commands back, over MQTT v5 with mutual TLS 1.3, so that the cloud trusts
 // the device, not the broker.

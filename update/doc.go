@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package update delivers software to devices over a hostile channel: a
 // compromised mirror or CDN, a network attacker, even a stolen signing key
 // cannot make a device install software the fleet's owner did not sign for

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command device measures the resident memory of the device program
 // (examples/device) at steady state. It runs the program as a separate
 // process against a fleet built in a temporary directory on 127.0.0.1 (a

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command fleet measures a whole d2c fleet at scale on one machine, end
 // to end, with the real programs (issue 13, "a fleet at scale"):
 // thousands of devices, each with its own key, enroll through the cloud

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command identity measures what d2c's device identity operations cost next
 // to the cryptographic primitives they are built from, and prints the two
 // side by side:

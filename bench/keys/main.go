@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command keys measures what keeping the device key in hardware costs, side
 // by side for three keys: a software key as identity.Store keeps it in a
 // file (PKCS#8, loaded into memory), a key in a PKCS#11 token

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command store measures what the shared cloud store costs a verifier:
 // verified readings per second of ONE transport.Verifier, fed batches of
 // 32 messages as transport.DialCloud feeds it (its Receive Maximum, one

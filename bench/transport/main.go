@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command transport measures what d2c's telemetry path costs next to what
 // it is built from, and prints the comparisons side by side, in one run:
 //

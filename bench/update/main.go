@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command update measures what installing an update costs next to the
 // primitives it is bound by, and prints them side by side:
 //

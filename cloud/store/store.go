@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package store keeps the fleet's cloud state in one database: devices and
 // every certificate issued to them, revocations and CRL numbers, used
 // enrollment tokens, replay windows, session-key deliveries (as received,

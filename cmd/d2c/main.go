@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // D2c is the operator tool of a d2c fleet: it runs the fleet certificate
 // authority, issues enrollment tokens, serves the EST registrar, configures
 // or runs the MQTT broker, shows verified telemetry live, enrolls, renews

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command cloud is the cloud half of d2c as a program of your own: one
 // cloud.Run on the fleet's store with the roles its flags ask for, and the
 // application's handling of each verified record (here: printing it).

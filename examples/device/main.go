@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command device is the device half of a d2c deployment: the program a
 // device maker adapts and ships. It enrolls over EST on its first start
 // (the store has no identity yet), keeps its certificate renewed, publishes

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command hardware runs the device half of d2c with its key in hardware,
 // narrated: the device generates its key inside the keystore, enrolls over
 // EST, connects to the broker with mutual TLS 1.3 (the handshake signed

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command quickstart runs the whole d2c loop on this machine, narrated, with
 // nothing to install or configure. The cloud half is one call, cloud.Run,
 // on an SQLite store in a temporary directory: the EST registrar, the

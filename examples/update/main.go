@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command update runs the over-the-air update loop on this machine,
 // narrated, and then the attacks it stops: release keys and a pinned root,
 // a signed release served on 127.0.0.1, a device that downloads it into its

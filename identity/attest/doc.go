@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package attest lets a device prove to its cloud which software it runs,
 // with an Entity Attestation Token (EAT, RFC 9711) in its JWT form, signed
 // by the device key and answering a fresh challenge.

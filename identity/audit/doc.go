@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package audit is the device's tamper-evident audit log: an append-only
 // chain of security events (enrollment, renewal, attestation, update
 // install / confirm / revert / refusal, refused commands and messages,

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package pkcs11 keeps d2c keys inside a PKCS#11 token (a smart card, a
 // USB security key, an HSM, a secure element with a PKCS#11 driver, or
 // softhsm2 for development), where they are generated and used but never

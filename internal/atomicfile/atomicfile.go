@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package atomicfile writes files so that a crash or power cut at any instant
 // leaves either the old content or the new content, never a mix.
 //

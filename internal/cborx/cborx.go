@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package cborx holds the CBOR encoding and decoding modes shared by d2c.
 //
 // Encoding is RFC 8949 section 4.2.1 core deterministic encoding. Decoding is

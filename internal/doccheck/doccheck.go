@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package doccheck reads the code of Markdown documents, for the tests
 // that keep the documentation true: [CodeBlocks] returns the fenced code
 // blocks of a document and [CodeSpans] its inline code, each with the

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 package doccheck_test
 
 // The Go snippets of README.md, each the body of a function below that

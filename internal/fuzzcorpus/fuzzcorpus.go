@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package fuzzcorpus checks, in tests, that every fuzz target of a package
 // has a committed seed corpus of well-formed files: a seed glob that matches
 // nothing would otherwise pass silently.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package hwpeer starts the software stand-ins for device key hardware that
 // d2c is tested and measured against: a softhsm2 PKCS#11 token
 // ([StartSoftHSM]) and a swtpm TPM 2.0 simulator ([StartSWTPM]).

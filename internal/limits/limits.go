@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package limits is the one table of input bounds used across d2c.
 //
 // Every decoder of bytes from outside the process reads at most the bound

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package pgpeer starts a throwaway PostgreSQL cluster on 127.0.0.1, for
 // the cloud store's tests and benchmarks.
 //

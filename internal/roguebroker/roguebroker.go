@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package roguebroker is an MQTT v5 server that misbehaves on purpose, for
 // tests and for the attack lab (examples/attacks/rogue-broker). d2c's threat
 // model does not trust the broker: this is the broker an attacker would run.

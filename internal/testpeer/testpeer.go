@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package testpeer locates and starts the real peers that d2c's interop
 // tests run against: openssl, curl, mosquitto, softhsm2, swtpm.
 //

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package testpki issues throwaway certificates from a fleet CA for tests:
 // a fresh key per certificate, returned as a tls.Certificate with the
 // issuing CA in its chain, ready for a TLS client or server.

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package devbroker runs an embedded MQTT broker (mochi-mqtt v2) for
 // development, the quickstart, examples and tests: one MQTT v5 listener
 // over TLS 1.3 with mutual authentication, enforcing d2c's broker policy

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package mochihook enforces d2c's broker policy in a mochi-mqtt v2 server
 // (github.com/mochi-mqtt/server/v2): the same rules as the mosquitto
 // configuration of [transport.MosquittoConfig], as a mochi hook.

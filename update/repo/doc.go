@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package repo is the cloud half of an update repository: a directory of
 // signed metadata and artifacts, as devices fetch it through
 // [update.HTTPSource] and verify it with [update.Trusted]

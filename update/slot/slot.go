@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package slot holds the A/B slots an update is installed into.
 //
 // A device has two slots, "a" and "b". It runs from one (the booted slot)

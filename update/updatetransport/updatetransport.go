@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package updatetransport connects an update agent ([update.Agent]) to a
 // d2c transport client ([transport.Client]): the agent's results go to the
 // cloud as signed telemetry ([TelemetryReporter]) and the cloud's signed

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package benchutil holds what the side-by-side benchmark programs under
 // bench/ share: running a measurement and describing the machine.
 package benchutil

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package fstype names the file system holding a directory, for the
 // machine facts the bench programs print beside their figures (an fsync's
 // cost depends on it).

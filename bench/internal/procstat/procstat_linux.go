@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package procstat reads the CPU time of processes and of the machine
 // from /proc, for the bench programs' "CPU per message" columns. Off
 // Linux every figure is 0 (and the load average "unknown").

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 //go:build !linux
 
 // Package procstat reads the CPU time of processes and of the machine

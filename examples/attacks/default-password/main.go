@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command default-password plays the oldest IoT attack (Mirai's): log in
 // to the broker with a default user name and password. d2c has no password
 // path: the broker requires a fleet client certificate in the TLS

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command eavesdrop plays an eavesdropping broker: a service subscribed to
 // every d2c topic with broker-level access. Without end-to-end encryption
 // it reads the readings in clear (a signature proves who wrote them, it

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command forge plays an attacker who makes up a device: its own key, a
 // certificate from a CA of its own naming a real device, and telemetry
 // signed with that key claiming the device's ID. The broker refuses the

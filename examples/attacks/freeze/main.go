@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command freeze plays a mirror that freezes a device on stale metadata:
 // it keeps serving an expired timestamp, so that the device never learns of
 // newer releases (security fixes). The update agent refuses expired

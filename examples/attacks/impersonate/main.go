@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command impersonate plays an attacker who owns device A and wants to
 // speak for device B: A's firmware publishes on B's topic (the broker
 // refuses it, and the d2c client reports ErrRefusedByBroker), A subscribes

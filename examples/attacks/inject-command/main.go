@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command inject-command plays an attacker with broker-level access who
 // sends commands to a device: unsigned, signed by a key of its own,
 // replayed, and meant for another device. The device refuses each one and

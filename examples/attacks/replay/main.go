@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command replay publishes a captured telemetry envelope again, as an
 // attacker with access to the broker can, and shows the cloud verifier
 // tell a harmless QoS 1 duplicate (dropped quietly) from a replay older than

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command retained-flood plays an attacker who owns one device and tries to
 // exhaust the broker without breaking a single ACL rule: it publishes
 // retained messages, 80 of 900 KiB, on topics of its own subtree. A broker

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command revocation-bypass plays a device owner (or a thief with its
 // backups) who keeps every key: the device enrolls and renews twice, a copy
 // of its identity store taken before each renewal; the operator revokes the

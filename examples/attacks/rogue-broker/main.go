@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command rogue-broker plays an attacker who runs the broker a device
 // connects to: it announces a 256 MiB packet in 8 bytes after every
 // CONNACK, then sends unsigned and foreign-signed commands on the device's

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command rollback plays a compromised update mirror that offers a device
 // an older release, validly signed by the vendor (say one with a known
 // vulnerability), to install over the newer one. The update agent refuses

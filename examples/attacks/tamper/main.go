@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command tamper plays an attacker in the middle (a compromised broker)
 // who changes one byte of a telemetry envelope in transit: in a signed
 // envelope the signature no longer verifies; in an encrypted one the

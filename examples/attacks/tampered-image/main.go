@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command tampered-image plays a mirror (or a network attacker) that
 // changes one byte of a signed firmware image on its way to the device. The
 // update agent refuses the image by its SHA-256, clears the slot it wrote

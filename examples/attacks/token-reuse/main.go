@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Command token-reuse plays an attacker who got hold of a device's
 // enrollment token after the device used it, and tries to enroll a machine
 // of its own with it: before and after a registrar restart, and under

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package flagenv gives the example programs one way to be configured:
 // flags, then environment variables, then a file.
 package flagenv

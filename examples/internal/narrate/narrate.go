@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package narrate prints the numbered, indented story the example programs
 // tell as they run.
 package narrate

@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package crashfs is an [atomicfile.FS] for tests that simulates a power cut
 // after a chosen number of file-system operations.
 //

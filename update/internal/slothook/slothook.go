@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package slothook lets d2c's own tests create and open directory slots
 // (update/slot.DirSlots) through a fault-injecting file system, such as
 // internal/atomicfile/crashfs, without a file-system parameter in slot's

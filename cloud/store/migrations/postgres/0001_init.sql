@@ -1,3 +1,6 @@
+-- SPDX-License-Identifier: Apache-2.0
+-- Copyright 2026 The d2c Authors
+
 -- d2c cloud store, schema version 1 (PostgreSQL). Never edit a released
 -- migration: add the next one. Times are Unix milliseconds.
 

@@ -1,3 +1,6 @@
+-- SPDX-License-Identifier: Apache-2.0
+-- Copyright 2026 The d2c Authors
+
 -- Commands sent through the service's command API and the results the
 -- devices reported (signed records of the reserved stream d2c.cmdres,
 -- applied in the transaction that accepts them).

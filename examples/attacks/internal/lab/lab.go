@@ -1,3 +1,6 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
 // Package lab is the shared bench of the attack programs in examples/attacks:
 // a whole d2c fleet on 127.0.0.1 in a temporary directory, built only from
 // d2c's public API, the attacker's tools, and a narrator.
