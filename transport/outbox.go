@@ -1441,7 +1441,7 @@ func (o *Outbox) flush(ctx context.Context) (remaining int, err error) {
 			}
 			scan = false
 		}
-		if o.lowestLiveLocked() >= mark {
+		if o.countBelowLocked(mark) == 0 {
 			o.mu.Unlock()
 			return 0, nil
 		}
@@ -1462,24 +1462,6 @@ func (o *Outbox) flush(ctx context.Context) (remaining int, err error) {
 		}
 		o.mu.Lock()
 	}
-}
-
-// lowestLiveLocked returns the lowest ID of a live, committed message, or
-// the maximum uint64 if there is none.
-func (o *Outbox) lowestLiveLocked() uint64 {
-	low := ^uint64(0)
-	for _, q := range o.queues {
-		if q == nil {
-			continue
-		}
-		for _, e := range q.items[q.head:] {
-			if !e.removed {
-				low = min(low, e.id)
-				break
-			}
-		}
-	}
-	return low
 }
 
 // countBelowLocked counts the live, committed messages with an ID below

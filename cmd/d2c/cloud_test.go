@@ -28,10 +28,6 @@ func TestCloudServe(t *testing.T) {
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
 	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "cloud serve test")
-	fp, err := os.ReadFile(filepath.Join(ca, rootFingerprintFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	config := filepath.Join(dir, "cloud.json")
 	if err := os.WriteFile(config, []byte(`{
 		"ca": "ca",
@@ -47,9 +43,7 @@ func TestCloudServe(t *testing.T) {
 	if err := json.Unmarshal([]byte(waitFile(t, readyFile)), &addrs); err != nil {
 		t.Fatal(err)
 	}
-	tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", ca, "--device", "cam-7"))
-	d2cRun(t, "device", "enroll", "--dir", filepath.Join(dir, "cam-7"), "--url", "https://"+addrs.Registrar, "--device", "cam-7",
-		"--token", tok, "--fingerprint", strings.TrimSpace(string(fp)))
+	enrollWithCLI(t, ca, "https://"+addrs.Registrar, "cam-7", filepath.Join(dir, "cam-7"))
 	resp, err := http.Get("http://" + addrs.Ops + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +85,6 @@ func TestCloudServeCommandsAndUpdate(t *testing.T) {
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
 	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "cloud serve test")
-	fp, err := os.ReadFile(filepath.Join(ca, rootFingerprintFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	brokerAddr := filepath.Join(dir, "broker.addr")
 	runInBackground(t, "dev", "broker", "--ca", ca, "--listen", "127.0.0.1:0", "--addr-file", brokerAddr,
 		"--service", "cloud:read=d2c/v1/dev/+/up/#;write=d2c/v1/dev/+/down/cmd")
@@ -134,9 +124,7 @@ func TestCloudServeCommandsAndUpdate(t *testing.T) {
 	if err := json.Unmarshal([]byte(waitFile(t, readyFile)), &addrs); err != nil {
 		t.Fatal(err)
 	}
-	tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", ca, "--device", "valve-3"))
-	d2cRun(t, "device", "enroll", "--dir", filepath.Join(dir, "valve-3"), "--url", "https://"+addrs.Registrar, "--device", "valve-3",
-		"--token", tok, "--fingerprint", strings.TrimSpace(string(fp)))
+	enrollWithCLI(t, ca, "https://"+addrs.Registrar, "valve-3", filepath.Join(dir, "valve-3"))
 
 	root := filepath.Join(ca, "root.crt")
 	curlAs := func(name string, args ...string) (string, error) {

@@ -34,16 +34,26 @@ type testFleet struct {
 // fleet.devices) and unregistered (certificates kept elsewhere) through
 // "registrar serve" and "device enroll", and issues the service
 // certificate svc:tail.
+// enrollWithCLI issues a token from the CA in caDir and enrolls device
+// into store through the registrar at url with "device enroll", trusting
+// the CA's root fingerprint; extra are more flags of "device enroll".
+func enrollWithCLI(t *testing.T, caDir, url, device, store string, extra ...string) {
+	t.Helper()
+	fp, err := os.ReadFile(filepath.Join(caDir, rootFingerprintFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", caDir, "--device", device))
+	d2cRun(t, append([]string{"device", "enroll", "--dir", store, "--url", url, "--device", device, "--token", tok,
+		"--fingerprint", strings.TrimSpace(string(fp))}, extra...)...)
+}
+
 func newTestFleet(t *testing.T, registered, unregistered []string) *testFleet {
 	t.Helper()
 	dir := t.TempDir()
 	f := &testFleet{dir: dir, ca: filepath.Join(dir, "ca"), devices: filepath.Join(dir, "devices"), stores: map[string]string{},
 		svcCert: filepath.Join(dir, "tail.crt"), svcKey: filepath.Join(dir, "tail.key")}
 	d2cRun(t, "ca", "init", "--dir", f.ca, "--fleet", "cli test")
-	fp, err := os.ReadFile(filepath.Join(f.ca, rootFingerprintFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	if err := os.Mkdir(f.devices, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -52,10 +62,8 @@ func newTestFleet(t *testing.T, registered, unregistered []string) *testFleet {
 		"--listen", "127.0.0.1:0", "--url-file", urlFile)
 	url := waitFile(t, urlFile)
 	enroll := func(id, certOut string) {
-		tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", f.ca, "--device", id))
 		f.stores[id] = filepath.Join(dir, "dev-"+id)
-		d2cRun(t, "device", "enroll", "--dir", f.stores[id], "--url", url, "--device", id, "--token", tok,
-			"--fingerprint", strings.TrimSpace(string(fp)), "--cert-out", certOut)
+		enrollWithCLI(t, f.ca, url, id, f.stores[id], "--cert-out", certOut)
 	}
 	for _, id := range registered {
 		enroll(id, filepath.Join(f.devices, id+".pem"))

@@ -116,10 +116,8 @@ func TestCAIssuingKeyInToken(t *testing.T) {
 	}
 	srv := testpki.Registrar(t, ca, tokenPub, filepath.Join(dir, "used.state"))
 
-	enrollToken := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", caDir, "--device", "sensor-1"))
 	certFile := filepath.Join(dir, "sensor-1.pem")
-	d2cRun(t, "device", "enroll", "--dir", filepath.Join(dir, "device"), "--url", srv.URL, "--device", "sensor-1",
-		"--token", enrollToken, "--fingerprint", fingerprint(ca.Root()), "--cert-out", certFile)
+	enrollWithCLI(t, caDir, srv.URL, "sensor-1", filepath.Join(dir, "device"), "--cert-out", certFile)
 	b, err := atomicfile.ReadFile(certFile, 1<<20)
 	if err != nil {
 		t.Fatal(err)
@@ -283,13 +281,7 @@ func TestCloudServeKeysInToken(t *testing.T) {
 	if err := json.Unmarshal([]byte(waitFile(t, readyFile)), &addrs); err != nil {
 		t.Fatal(err)
 	}
-	fp, err := os.ReadFile(filepath.Join(caDir, rootFingerprintFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok2 := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", caDir, "--device", "pump-1"))
-	d2cRun(t, "device", "enroll", "--dir", filepath.Join(dir, "pump-1"), "--url", "https://"+addrs.Registrar, "--device", "pump-1",
-		"--token", tok2, "--fingerprint", strings.TrimSpace(string(fp)))
+	enrollWithCLI(t, caDir, "https://"+addrs.Registrar, "pump-1", filepath.Join(dir, "pump-1"))
 	b, err := os.ReadFile(filepath.Join(dir, "crl.pem"))
 	if err != nil {
 		t.Fatal(err)

@@ -319,10 +319,6 @@ func TestTailDBFromService(t *testing.T) {
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
 	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "tail db test")
-	fp, err := os.ReadFile(filepath.Join(ca, rootFingerprintFile))
-	if err != nil {
-		t.Fatal(err)
-	}
 	brokerAddr := filepath.Join(dir, "broker.addr")
 	runInBackground(t, "dev", "broker", "--ca", ca, "--listen", "127.0.0.1:0", "--service", "verifier", "--addr-file", brokerAddr)
 	addr := waitFile(t, brokerAddr)
@@ -344,9 +340,7 @@ func TestTailDBFromService(t *testing.T) {
 	}
 
 	f := &testFleet{stores: map[string]string{"meter-9": filepath.Join(dir, "meter-9")}}
-	tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", ca, "--device", "meter-9"))
-	d2cRun(t, "device", "enroll", "--dir", f.stores["meter-9"], "--url", "https://"+addrs.Registrar, "--device", "meter-9",
-		"--token", tok, "--fingerprint", strings.TrimSpace(string(fp)))
+	enrollWithCLI(t, ca, "https://"+addrs.Registrar, "meter-9", f.stores["meter-9"])
 	stdout, _, _ := startTailDB(t, "sqlite:"+filepath.Join(dir, "fleet.db"), "--device", "meter-9")
 	dev := f.dialDevice(t, "meter-9", addr)
 	publishUntil(t, dev, "power", []byte("1.2kW"), stdout, tailLine("meter-9", "power", "1.2kW"))
