@@ -23,7 +23,7 @@
 // the broker and, when it is not reached in time, says why (the last failed
 // attempt). Signed commands from the cloud run through
 // [ClientConfig.OnCommand] once verified, unexpired, and newer than the
-// last; update/updatetransport hands update.check commands to an update
+// last; updatelink hands update.check commands to an update
 // agent.
 //
 // # Cloud half

@@ -95,7 +95,7 @@ type AgentConfig struct {
 	// trial; nil leaves the restart to the application.
 	Reboot func(ctx context.Context) error
 	// Report receives each outcome (installed, confirmed, reverted,
-	// refused, failed); update/updatetransport.TelemetryReporter publishes
+	// refused, failed); updatelink.TelemetryReporter publishes
 	// them as signed telemetry.
 	Report func(ctx context.Context, r Result)
 	// Logger receives the agent's events; nil discards them.
@@ -1045,9 +1045,9 @@ func (a *Agent) Run(ctx context.Context, interval time.Duration) error {
 
 // CheckCommand is the name of the signed command by which the cloud asks a
 // device to check for an update now (transport.CommandSigner);
-// update/updatetransport.CommandHandler turns it into [Agent.Notify].
+// updatelink.CommandHandler turns it into [Agent.Notify].
 const CheckCommand = "update.check"
 
 // ReportStream is the telemetry stream update results are published on
-// (update/updatetransport.TelemetryReporter publishes them there).
+// (updatelink.TelemetryReporter publishes them there).
 const ReportStream = "update"

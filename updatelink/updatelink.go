@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-// Package updatetransport connects an update agent ([update.Agent]) to a
+// Package updatelink connects an update agent ([update.Agent]) to a
 // d2c transport client ([transport.Client]): the agent's results go to the
 // cloud as signed telemetry ([TelemetryReporter]) and the cloud's signed
 // "update.check" command makes the agent check at once ([CommandHandler]).
@@ -16,10 +16,10 @@
 //	})
 //	agent, err := update.NewAgent(ctx, update.AgentConfig{
 //		…,
-//		Report: updatetransport.TelemetryReporter(client, logger),
+//		Report: updatelink.TelemetryReporter(client, logger),
 //	})
-//	handler = updatetransport.CommandHandler(agent, appCommands)
-package updatetransport
+//	handler = updatelink.CommandHandler(agent, appCommands)
+package updatelink
 
 import (
 	"context"

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package updatetransport_test
+package updatelink_test
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
-	"github.com/d2c-iot/d2c/update/updatetransport"
+	"github.com/d2c-iot/d2c/updatelink"
 )
 
 type recordingPublisher struct {
@@ -46,7 +46,7 @@ func (p *recordingPublisher) Publish(_ context.Context, stream string, rs ...tra
 // a failure to store it is logged.
 func TestTelemetryReporter(t *testing.T) {
 	p := &recordingPublisher{}
-	report := updatetransport.TelemetryReporter(p, nil)
+	report := updatelink.TelemetryReporter(p, nil)
 	at := time.UnixMilli(1795000000123)
 	report(t.Context(), update.Result{Event: "installed", Version: 7, From: 6, Time: at.UnixMilli()})
 	if len(p.readings) != 1 || p.streams[0] != update.ReportStream || !p.readings[0].Time.Equal(at) {
@@ -59,7 +59,7 @@ func TestTelemetryReporter(t *testing.T) {
 
 	var logged strings.Builder
 	p.err = transport.ErrOutboxFull
-	report = updatetransport.TelemetryReporter(p, slog.New(slog.NewTextHandler(&logged, nil)))
+	report = updatelink.TelemetryReporter(p, slog.New(slog.NewTextHandler(&logged, nil)))
 	report(t.Context(), update.Result{Event: "refused", Version: 8, Reason: "rollback"})
 	if !strings.Contains(logged.String(), "outbox full") || !strings.Contains(logged.String(), "event=refused") {
 		t.Fatalf("a failed report logged %q", logged.String())
@@ -125,7 +125,7 @@ func TestCommandHandler(t *testing.T) {
 	check("at the start of Run")
 
 	var passed []string
-	h := updatetransport.CommandHandler(a, func(_ context.Context, c transport.Command) { passed = append(passed, c.Name) })
+	h := updatelink.CommandHandler(a, func(_ context.Context, c transport.Command) { passed = append(passed, c.Name) })
 	h(ctx, transport.Command{Name: "reboot"})
 	select {
 	case <-src.checks:
@@ -137,5 +137,5 @@ func TestCommandHandler(t *testing.T) {
 	if len(passed) != 1 || passed[0] != "reboot" {
 		t.Fatalf("commands passed on: %q, want only reboot", passed)
 	}
-	updatetransport.CommandHandler(a, nil)(ctx, transport.Command{Name: "reboot"}) // no next: ignored
+	updatelink.CommandHandler(a, nil)(ctx, transport.Command{Name: "reboot"}) // no next: ignored
 }

@@ -48,7 +48,7 @@
 //
 // On the stream set by --stream (default "temperature") a reading
 // {"celsius":21.37} every --interval; on "update" the update agent's
-// results (updatetransport.TelemetryReporter); and the result of each command it
+// results (updatelink.TelemetryReporter); and the result of each command it
 // runs (transport.Client.ReportCommandResult: failed or not, and a line of
 // text), which the cloud service's command API shows to the application.
 //
@@ -101,7 +101,7 @@ import (
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
-	"github.com/d2c-iot/d2c/update/updatetransport"
+	"github.com/d2c-iot/d2c/updatelink"
 )
 
 // Streams the device publishes on, besides its sensor stream and
@@ -510,7 +510,7 @@ func (d *device) openAgent(ctx context.Context, client *transport.Client) (*upda
 	cfg := update.AgentConfig{
 		Dir: filepath.Join(d.s.stateDir, "update"), Root: d.root, HardwareClass: d.s.hardwareClass,
 		Slots: slots, Source: &update.HTTPSource{BaseURL: d.s.updateURL},
-		Clock: d.store.Clock(), Report: updatetransport.TelemetryReporter(client, d.log), Logger: d.log,
+		Clock: d.store.Clock(), Report: updatelink.TelemetryReporter(client, d.log), Logger: d.log,
 	}
 	if d.s.updateInsecureHTTP {
 		cfg.Client = &http.Client{} // may speak plain http; MinRate bounds a stalled download
@@ -559,7 +559,7 @@ func (d *device) healthCheck(ctx context.Context, client *transport.Client) erro
 // the others to appCommand.
 func (d *device) onCommand(ctx context.Context, c transport.Command) {
 	if a := d.agent.Load(); a != nil {
-		updatetransport.CommandHandler(a, d.appCommand)(ctx, c)
+		updatelink.CommandHandler(a, d.appCommand)(ctx, c)
 		if c.Name == update.CheckCommand {
 			// The outcome comes later on the "update" stream.
 			d.report(ctx, c, commandResult{OK: true, Detail: "update check started"})

@@ -61,7 +61,7 @@ import (
 	"github.com/d2c-iot/d2c/transport/devbroker"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
-	"github.com/d2c-iot/d2c/update/updatetransport"
+	"github.com/d2c-iot/d2c/updatelink"
 )
 
 // crlEvery is how often the service writes a fresh CRL here (its default
@@ -630,7 +630,7 @@ func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x
 		agent, err = update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(dir, "update"), Root: pinned,
 			HardwareClass: "quickstart-sensor", Slots: s, Clock: devStore.Clock(),
 			Source: &update.HTTPSource{BaseURL: srv.URL + "/", Client: httpsClient(roots)}, Client: httpsClient(roots),
-			Report: updatetransport.TelemetryReporter(dev, nil)})
+			Report: updatelink.TelemetryReporter(dev, nil)})
 		if err != nil {
 			return update.Status{}, err
 		}

@@ -31,7 +31,7 @@
 //
 //	agentCfg.Report = func(ctx context.Context, r update.Result) {
 //		_ = log.UpdateResult(ctx, r.Event, r.Version, r.From, r.Reason)
-//		telemetryReport(ctx, r) // updatetransport.TelemetryReporter, if also wanted
+//		telemetryReport(ctx, r) // updatelink.TelemetryReporter, if also wanted
 //	}
 //
 // Refusals seen by the transport client: [Log.MessageRefused] shows the

@@ -28,7 +28,7 @@ import (
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
-	"github.com/d2c-iot/d2c/update/updatetransport"
+	"github.com/d2c-iot/d2c/updatelink"
 )
 
 // readmeSnippets are the functions whose bodies are README.md's Go
@@ -108,8 +108,8 @@ func updateDeviceSide(ctx context.Context, pinnedRoot []byte, store *identity.St
 	agent, _ := update.NewAgent(ctx, update.AgentConfig{
 		Dir: "/data/update", Root: pinnedRoot, HardwareClass: "gateway-v1",
 		Slots: slots, Source: &update.HTTPSource{BaseURL: "https://updates.acme.example/gw/"},
-		Clock:  store.Clock(),                                  // stale metadata noticed even at 1970
-		Report: updatetransport.TelemetryReporter(dev, logger), // results as signed telemetry
+		Clock:  store.Clock(),                             // stale metadata noticed even at 1970
+		Report: updatelink.TelemetryReporter(dev, logger), // results as signed telemetry
 	})
 	st, _ := agent.Start(ctx) // at every start: counts trial starts, reverts, finishes what a power cut interrupted
 	if st.Phase == update.PhaseTrial && healthy() {

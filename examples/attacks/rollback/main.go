@@ -72,7 +72,7 @@ func run(ctx context.Context, out io.Writer) error {
 	}
 	n.D2C("the agent refused: %v", err)
 	if r, ok := dev.LastReport(); ok {
-		n.D2C("and reported it (AgentConfig.Report; updatetransport.TelemetryReporter signs it to the cloud): %s %q", r.Event, r.Reason)
+		n.D2C("and reported it (AgentConfig.Report; updatelink.TelemetryReporter signs it to the cloud): %s %q", r.Event, r.Reason)
 	}
 	after := dev.Agent.Status()
 	if after.Installed.Version != 2 || after.Phase != update.PhaseIdle || after.RebootNeeded {

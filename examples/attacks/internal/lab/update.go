@@ -210,7 +210,7 @@ func (d *UpdateDevice) InstallAndConfirm(ctx context.Context) error {
 }
 
 // LastReport returns what the agent last reported (it would go to the
-// cloud as signed telemetry with updatetransport.TelemetryReporter).
+// cloud as signed telemetry with updatelink.TelemetryReporter).
 func (d *UpdateDevice) LastReport() (update.Result, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
