@@ -9,3 +9,6 @@ package store
 // pure-Go SQLite does not build for this GOARCH, so only PostgreSQL is
 // available (the cloud store runs on servers; devices never open it).
 const sqliteBuilt = false
+
+// sqliteBusy reports false: there is no SQLite in this build.
+func sqliteBusy(error) bool { return false }

@@ -130,7 +130,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	if err := db.PingContext(ctx); err != nil {
+	if err := s.connect(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: connect to %s: %w", d.name, err)
 	}
@@ -140,6 +140,29 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	return s, nil
 }
+
+// connect makes the first connection. SQLite's SQLITE_BUSY at connect
+// (processes opening one new file together) is retried for up to the busy
+// timeout, as the busy handler would have waited for any other lock.
+func (s *Store) connect(ctx context.Context) error {
+	deadline := time.Now().Add(sqliteBusyTimeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		err := s.db.PingContext(ctx)
+		if err == nil || !sqliteBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// sqliteBusyTimeout is how long an SQLite writer waits for the lock.
+const sqliteBusyTimeout = 10 * time.Second
 
 // parseURL picks the backend and the driver's data source name.
 func parseURL(u string) (dialect, string, string, error) {
@@ -164,7 +187,7 @@ func parseURL(u string) (dialect, string, string, error) {
 	// WAL with synchronous=FULL: a committed transaction survives a power
 	// cut. Writes take the lock at BEGIN (_txlock=immediate), so two
 	// writers never deadlock upgrading a read lock.
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+	dsn := "file:" + path + "?_pragma=busy_timeout(" + strconv.Itoa(int(sqliteBusyTimeout.Milliseconds())) + ")&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
 		"&_pragma=foreign_keys(1)&_txlock=immediate"
 	return sqlite, "sqlite", dsn, nil
 }
