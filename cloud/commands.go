@@ -23,6 +23,7 @@ import (
 	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // CommandRole configures the command API: HTTPS (TLS 1.3) on which the
@@ -214,7 +215,7 @@ func (a *commandAPI) send(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	chains, err := a.store.DeviceCertificates(ctx, device)
-	if err != nil && !errors.Is(err, transport.ErrUnknownDevice) && !errors.Is(err, identity.ErrRevoked) {
+	if err != nil && !errors.Is(err, wire.ErrUnknownDevice) && !errors.Is(err, identity.ErrRevoked) {
 		apiError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}

@@ -29,6 +29,8 @@ import (
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestServiceCommands: an application sends a command through the
@@ -39,7 +41,7 @@ import (
 // sends a command too.
 func TestServiceCommands(t *testing.T) {
 	curl := testpeer.Require(t, "curl")
-	f := newFleet(t, transport.ServiceRights{Name: "cloud", Read: []string{transport.AllUp}, Write: []string{transport.TopicPrefix + "+/down/cmd"}})
+	f := newFleet(t, broker.ServiceRights{Name: "cloud", Read: []string{wire.AllUp}, Write: []string{wire.TopicPrefix + "+/down/cmd"}})
 	cmdKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 	"github.com/d2c-iot/d2c/cloud/store"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
 )
 
@@ -35,7 +35,7 @@ type fleet struct {
 }
 
 // newFleet starts the broker, giving the services the rights listed.
-func newFleet(t *testing.T, services ...transport.ServiceRights) *fleet {
+func newFleet(t *testing.T, services ...broker.ServiceRights) *fleet {
 	f := &fleet{t: t, dir: t.TempDir()}
 	var err error
 	if f.ca, err = identity.InitCA(filepath.Join(f.dir, "ca"), identity.CAConfig{Fleet: "service test"}); err != nil {

@@ -39,6 +39,8 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Config configures [Run]. Store is required; each role runs when its
@@ -358,7 +360,7 @@ func (s *service) verifier(ctx context.Context, v *VerifierRole) (*transport.Clo
 		Verifier: ver, Group: v.Group, Logger: s.log.With("role", "verifier"),
 		OnRecord: func(ctx context.Context, r transport.Record) {
 			switch r.Stream {
-			case transport.CommandResultStream:
+			case wire.CommandResultStream:
 				s.m.commandResults.Inc()
 			default:
 				s.m.readings.Add(float64(len(r.Readings)))
@@ -394,9 +396,9 @@ func refusalReason(err error) string {
 		name string
 		err  error
 	}{
-		{"replay", transport.ErrReplay}, {"no_consent", transport.ErrNoConsent}, {"revoked", identity.ErrRevoked},
-		{"bad_signature", transport.ErrBadSignature}, {"decrypt", transport.ErrDecrypt}, {"wrong_device", transport.ErrWrongDevice},
-		{"unknown_device", transport.ErrUnknownDevice}, {"malformed", transport.ErrMalformed}, {"topic", transport.ErrInvalidTopic},
+		{"replay", wire.ErrReplay}, {"no_consent", consent.ErrNoConsent}, {"revoked", identity.ErrRevoked},
+		{"bad_signature", wire.ErrBadSignature}, {"decrypt", wire.ErrDecrypt}, {"wrong_device", wire.ErrWrongDevice},
+		{"unknown_device", wire.ErrUnknownDevice}, {"malformed", wire.ErrMalformed}, {"topic", wire.ErrInvalidTopic},
 	} {
 		if errors.Is(err, r.err) {
 			return r.name

@@ -22,6 +22,8 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestServiceAllRoles runs the registrar, verifier and CRL roles in one
@@ -30,7 +32,7 @@ import (
 // counted as verified; the CRL is written; health, readiness and metrics
 // answer; cancelling the context stops the service cleanly.
 func TestServiceAllRoles(t *testing.T) {
-	f := newFleet(t, transport.ServiceRights{Name: "verifier", Read: []string{transport.AllUp}})
+	f := newFleet(t, broker.ServiceRights{Name: "verifier", Read: []string{wire.AllUp}})
 	cloudKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

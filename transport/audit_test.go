@@ -13,6 +13,7 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
 )
 
 // TestClientAudit: a command injected through the broker (signed by a key
@@ -30,7 +31,7 @@ func TestClientAudit(t *testing.T) {
 	defer log.Close()
 	dev, err := transport.Dial(t.Context(), transport.ClientConfig{Broker: f.broker.Addr(), Store: store,
 		CommandKeys: []crypto.PublicKey{f.cmdKey.Public()}, OnCommand: func(context.Context, transport.Command) {},
-		Streams: []transport.StreamPolicy{{Stream: "location", Purpose: "find my device", Personal: true}},
+		Streams: []consent.Policy{{Stream: "location", Purpose: "find my device", Personal: true}},
 		Audit:   log})
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Envelope benchmarks: the device's encode + sign (+ encrypt) of one
@@ -164,7 +165,7 @@ func benchVerify(b *testing.B, enc func(*bnFixture) *Encryption, n int) {
 	}
 	s := bf.f.sealer(bnDevice, e)
 	v := bf.f.verifier(nil)
-	topic := TelemetryTopic(bnDevice, bnStream)
+	topic := wire.TelemetryTopic(bnDevice, bnStream)
 	var pool [][]byte
 	var seq uint64
 	refill := func() {
@@ -176,7 +177,7 @@ func benchVerify(b *testing.B, enc func(*bnFixture) *Encryption, n int) {
 			}
 			seq++
 			if out.KeyDelivery != nil {
-				if _, err := v.Verify(b.Context(), KeyTopic(bnDevice), out.KeyDelivery); err != nil {
+				if _, err := v.Verify(b.Context(), wire.KeyTopic(bnDevice), out.KeyDelivery); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -27,40 +27,41 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/internal/testpki"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // testServices are the cloud services of the broker tests.
-var testServices = []transport.ServiceRights{
-	{Name: "verifier", Read: []string{transport.AllUp}},
-	{Name: "commander", Read: []string{transport.AllCommandResults}, Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+var testServices = []broker.ServiceRights{
+	{Name: "verifier", Read: []string{wire.AllUp}},
+	{Name: "commander", Read: []string{wire.AllCommandResults}, Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 }
 
 func TestAuthorize(t *testing.T) {
 	const (
 		a   = "dev-a"
 		b   = "dev-b"
-		r   = transport.AccessRead
-		w   = transport.AccessWrite
-		rw  = transport.AccessRead | transport.AccessWrite
+		r   = broker.AccessRead
+		w   = broker.AccessWrite
+		rw  = broker.AccessRead | broker.AccessWrite
 		ver = "svc:verifier"
 		cmd = "svc:commander"
 	)
-	tele := func(dev string) string { return transport.TelemetryTopic(dev, "temp") }
+	tele := func(dev string) string { return wire.TelemetryTopic(dev, "temp") }
 	tests := []struct {
 		user, topic string
-		access      transport.Access
+		access      broker.Access
 		want        bool
 	}{
 		// A device writes only under its own up/ subtree.
 		{a, tele(a), w, true},
-		{a, transport.KeyTopic(a), w, true},
-		{a, transport.CommandResultTopic(a), w, true},
+		{a, wire.KeyTopic(a), w, true},
+		{a, wire.CommandResultTopic(a), w, true},
 		{a, "d2c/v1/dev/dev-a/up", w, true}, // the parent of up/#, as mosquitto's pattern allows
 		{a, tele(b), w, false},
-		{a, transport.CommandTopic(a), w, false}, // its own commands are the cloud's to write
-		{a, transport.CommandTopic(b), w, false},
+		{a, wire.CommandTopic(a), w, false}, // its own commands are the cloud's to write
+		{a, wire.CommandTopic(b), w, false},
 		{a, "d2c/v1/dev/dev-a", w, false},
 		{a, "d2c/v1/dev/dev-ab/up/tele/x", w, false}, // a prefix of another ID is not its own
 		{"dev-ab", "d2c/v1/dev/dev-a/up/tele/x", w, false},
@@ -69,13 +70,13 @@ func TestAuthorize(t *testing.T) {
 		{a, "d2c/v1/dev/dev-a/up/+", w, false}, // no wildcards in a published topic
 		{a, "d2c/v1/dev/dev-a/up/#", w, false},
 		// A device reads only under its own down/ subtree.
-		{a, transport.CommandTopic(a), r, true},
+		{a, wire.CommandTopic(a), r, true},
 		{a, "d2c/v1/dev/dev-a/down/#", r, true},
 		{a, "d2c/v1/dev/dev-a/down/+", r, true},
 		{a, "d2c/v1/dev/dev-a/down", r, true},
-		{a, transport.CommandTopic(b), r, false},
+		{a, wire.CommandTopic(b), r, false},
 		{a, tele(a), r, false}, // not even its own telemetry
-		{a, transport.CommandTopic(a), rw, false},
+		{a, wire.CommandTopic(a), rw, false},
 		// Wildcard filters are allowed only inside the device's subtree.
 		{a, "#", r, false},
 		{a, "+", r, false},
@@ -118,27 +119,27 @@ func TestAuthorize(t *testing.T) {
 		{ver, "d2c/v1/dev/dev-a/up/#", r, true},
 		{ver, "$share/verifiers/d2c/v1/dev/+/up/#", r, true},
 		{ver, tele(a), r, true},
-		{ver, transport.AllCommandResults, r, true},
+		{ver, wire.AllCommandResults, r, true},
 		{ver, "d2c/v1/dev/#", r, false},
 		{ver, "d2c/v1/dev/+/#", r, false},
 		{ver, "d2c/v1/dev/+/+/#", r, false},
 		{ver, "#", r, false},
-		{ver, transport.CommandTopic(a), r, false},
-		{ver, transport.CommandTopic(a), w, false},
+		{ver, wire.CommandTopic(a), r, false},
+		{ver, wire.CommandTopic(a), w, false},
 		{ver, tele(a), w, false},
-		{cmd, transport.CommandTopic(a), w, true},
-		{cmd, transport.CommandTopic(b), w, true},
-		{cmd, transport.CommandTopic(a), r, false},
-		{cmd, transport.CommandResultTopic(a), r, true},
-		{cmd, transport.AllCommandResults, r, true},
-		{cmd, transport.AllUp, r, false},
+		{cmd, wire.CommandTopic(a), w, true},
+		{cmd, wire.CommandTopic(b), w, true},
+		{cmd, wire.CommandTopic(a), r, false},
+		{cmd, wire.CommandResultTopic(a), r, true},
+		{cmd, wire.AllCommandResults, r, true},
+		{cmd, wire.AllUp, r, false},
 		{cmd, tele(a), r, false},
 		// Unknown or malformed identities have no rights.
 		{"svc:ghost", tele(a), r, false},
 		{"svc:", tele(a), r, false},
 		{"svc:verifier:x", tele(a), r, false},
 		{"svc:Verifier", tele(a), r, false},
-		{"verifier", transport.AllUp, r, false},
+		{"verifier", wire.AllUp, r, false},
 		{"", "d2c/v1/dev//up/x", w, false},
 		{"", "d2c/v1/dev//down/x", r, false},
 		{"+", "d2c/v1/dev/+/up/x", w, false},
@@ -152,7 +153,7 @@ func TestAuthorize(t *testing.T) {
 		{a, tele(a), w | 4, false},
 	}
 	for _, tc := range tests {
-		if got := transport.Authorize(tc.user, tc.topic, tc.access, testServices); got != tc.want {
+		if got := broker.Authorize(tc.user, tc.topic, tc.access, testServices); got != tc.want {
 			t.Errorf("Authorize(%q, %q, %d) = %v, want %v", tc.user, clipTest(tc.topic), tc.access, got, tc.want)
 		}
 	}
@@ -165,63 +166,12 @@ func TestAuthorize(t *testing.T) {
 		}
 	}
 	// A service's rights never come from a malformed entry.
-	bad := []transport.ServiceRights{{Name: "verifier", Read: []string{"d2c/#/x", "$SYS/#", "#x"}}}
+	bad := []broker.ServiceRights{{Name: "verifier", Read: []string{"d2c/#/x", "$SYS/#", "#x"}}}
 	for _, f := range []string{"d2c/v1/dev/dev-a/up/x", "$SYS/x", "#x"} {
-		if transport.Authorize(ver, f, r, bad) {
+		if broker.Authorize(ver, f, r, bad) {
 			t.Errorf("malformed grant allowed %q", f)
 		}
 	}
-}
-
-func ExampleAuthorize() {
-	services := []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}
-	// The username is the client certificate's CN.
-	fmt.Println(transport.Authorize("dev-1", transport.TelemetryTopic("dev-1", "temp"), transport.AccessWrite, services))
-	fmt.Println(transport.Authorize("dev-1", transport.TelemetryTopic("dev-2", "temp"), transport.AccessWrite, services))
-	fmt.Println(transport.Authorize("dev-1", transport.CommandTopic("dev-1"), transport.AccessRead, services))
-	fmt.Println(transport.Authorize("dev-1", "d2c/v1/dev/+/down/cmd", transport.AccessRead, services))
-	fmt.Println(transport.Authorize("svc:verifier", "$share/verifiers/"+transport.AllUp, transport.AccessRead, services))
-	// Output:
-	// true
-	// false
-	// true
-	// false
-	// true
-}
-
-func ExampleMosquittoConfig() {
-	c := transport.MosquittoConfig{
-		Listen:   "0.0.0.0:8883",
-		CAFile:   "/etc/mosquitto/d2c/ca.pem", // fleet root and issuing CA
-		CertFile: "/etc/mosquitto/d2c/server.pem",
-		KeyFile:  "/etc/mosquitto/d2c/server.key",
-		CRLFile:  "/etc/mosquitto/d2c/crl.pem",
-		ACLFile:  "/etc/mosquitto/d2c/acl",
-		Services: []transport.ServiceRights{
-			{Name: "verifier", Read: []string{transport.AllUp}},
-			{Name: "commander", Read: []string{transport.AllCommandResults}, Write: []string{transport.TopicPrefix + "+/down/cmd"}},
-		},
-	}
-	acl, err := c.ACL()
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	// Write c.Conf() to mosquitto.conf and acl to c.ACLFile. The rules,
-	// without their comments:
-	for _, line := range strings.Split(acl, "\n") {
-		if line != "" && !strings.HasPrefix(line, "#") {
-			fmt.Println(line)
-		}
-	}
-	// Output:
-	// pattern write d2c/v1/dev/%u/up/#
-	// pattern read d2c/v1/dev/%u/down/#
-	// user svc:verifier
-	// topic read d2c/v1/dev/+/up/#
-	// user svc:commander
-	// topic read d2c/v1/dev/+/up/cmdres
-	// topic write d2c/v1/dev/+/down/cmd
 }
 
 func clipTest(s string) string {
@@ -232,11 +182,11 @@ func clipTest(s string) string {
 }
 
 func TestAuthorizeServiceRightsValidate(t *testing.T) {
-	good := transport.ServiceRights{Name: "verifier", Read: []string{transport.AllUp, "a/+/b"}, Write: []string{"x/y"}}
+	good := broker.ServiceRights{Name: "verifier", Read: []string{wire.AllUp, "a/+/b"}, Write: []string{"x/y"}}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []transport.ServiceRights{
+	for _, s := range []broker.ServiceRights{
 		{Name: ""},
 		{Name: "svc:verifier"},
 		{Name: "a b"},
@@ -256,7 +206,7 @@ func TestAuthorizeServiceRightsValidate(t *testing.T) {
 }
 
 func TestBrokerMosquittoConfig(t *testing.T) {
-	valid := transport.MosquittoConfig{
+	valid := broker.MosquittoConfig{
 		Listen: "127.0.0.1:8883", CAFile: "/etc/d2c/ca.pem", CertFile: "/etc/d2c/server.pem",
 		KeyFile: "/etc/d2c/server.key", ACLFile: "/etc/d2c/acl", Services: testServices,
 	}
@@ -276,12 +226,12 @@ func TestBrokerMosquittoConfig(t *testing.T) {
 		"certfile /etc/d2c/server.pem", "keyfile /etc/d2c/server.key", "require_certificate true",
 		"use_identity_as_username true", "use_username_as_clientid true", "tls_version tlsv1.3",
 		"allow_anonymous false", "set_tcp_nodelay true", "acl_file /etc/d2c/acl",
-		fmt.Sprintf("max_packet_size %d", transport.DefaultMaxPacketSize),
+		fmt.Sprintf("max_packet_size %d", broker.DefaultMaxPacketSize),
 		"retain_available false", "max_qos 1",
-		fmt.Sprintf("max_queued_messages %d", transport.DefaultMaxQueuedMessages),
-		fmt.Sprintf("max_queued_bytes %d", transport.DefaultMaxQueuedBytes),
-		fmt.Sprintf("max_inflight_bytes %d", transport.DefaultMaxPacketSize),
-		fmt.Sprintf("memory_limit %d", transport.DefaultMemoryLimit),
+		fmt.Sprintf("max_queued_messages %d", broker.DefaultMaxQueuedMessages),
+		fmt.Sprintf("max_queued_bytes %d", broker.DefaultMaxQueuedBytes),
+		fmt.Sprintf("max_inflight_bytes %d", broker.DefaultMaxPacketSize),
+		fmt.Sprintf("memory_limit %d", broker.DefaultMemoryLimit),
 	} {
 		if !contains(directives, want) {
 			t.Errorf("Conf lacks %q:\n%s", want, conf)
@@ -350,45 +300,45 @@ func TestBrokerMosquittoConfig(t *testing.T) {
 		t.Errorf("ACL rules:\n%s\nwant:\n%s", strings.Join(rules, "\n"), strings.Join(wantRules, "\n"))
 	}
 
-	for name, mod := range map[string]func(*transport.MosquittoConfig){
-		"no Listen":            func(c *transport.MosquittoConfig) { c.Listen = "" },
-		"no host":              func(c *transport.MosquittoConfig) { c.Listen = ":8883" },
-		"no port":              func(c *transport.MosquittoConfig) { c.Listen = "127.0.0.1" },
-		"port 0":               func(c *transport.MosquittoConfig) { c.Listen = "127.0.0.1:0" },
-		"port name":            func(c *transport.MosquittoConfig) { c.Listen = "127.0.0.1:mqtts" },
-		"port too large":       func(c *transport.MosquittoConfig) { c.Listen = "127.0.0.1:65536" },
-		"host with newline":    func(c *transport.MosquittoConfig) { c.Listen = "127.0.0.1\nlistener:1883" },
-		"no CAFile":            func(c *transport.MosquittoConfig) { c.CAFile = "" },
-		"no CertFile":          func(c *transport.MosquittoConfig) { c.CertFile = "" },
-		"no KeyFile":           func(c *transport.MosquittoConfig) { c.KeyFile = "" },
-		"no ACLFile":           func(c *transport.MosquittoConfig) { c.ACLFile = "" },
-		"relative CAFile":      func(c *transport.MosquittoConfig) { c.CAFile = "ca.pem" },
-		"relative CRLFile":     func(c *transport.MosquittoConfig) { c.CRLFile = "crl.pem" },
-		"newline in KeyFile":   func(c *transport.MosquittoConfig) { c.KeyFile = "/k\nlistener 1883" },
-		"trailing space":       func(c *transport.MosquittoConfig) { c.ACLFile = "/etc/acl " },
-		"relative persistence": func(c *transport.MosquittoConfig) { c.PersistenceDir = "db" },
-		"packet size small":    func(c *transport.MosquittoConfig) { c.MaxPacketSize = 10 },
-		"packet size negative": func(c *transport.MosquittoConfig) { c.MaxPacketSize = -1 },
-		"packet size huge":     func(c *transport.MosquittoConfig) { c.MaxPacketSize = 1 << 30 },
-		"packet size over what clients read": func(c *transport.MosquittoConfig) {
-			c.MaxPacketSize = transport.DefaultMaxPacketSize + 1
+	for name, mod := range map[string]func(*broker.MosquittoConfig){
+		"no Listen":            func(c *broker.MosquittoConfig) { c.Listen = "" },
+		"no host":              func(c *broker.MosquittoConfig) { c.Listen = ":8883" },
+		"no port":              func(c *broker.MosquittoConfig) { c.Listen = "127.0.0.1" },
+		"port 0":               func(c *broker.MosquittoConfig) { c.Listen = "127.0.0.1:0" },
+		"port name":            func(c *broker.MosquittoConfig) { c.Listen = "127.0.0.1:mqtts" },
+		"port too large":       func(c *broker.MosquittoConfig) { c.Listen = "127.0.0.1:65536" },
+		"host with newline":    func(c *broker.MosquittoConfig) { c.Listen = "127.0.0.1\nlistener:1883" },
+		"no CAFile":            func(c *broker.MosquittoConfig) { c.CAFile = "" },
+		"no CertFile":          func(c *broker.MosquittoConfig) { c.CertFile = "" },
+		"no KeyFile":           func(c *broker.MosquittoConfig) { c.KeyFile = "" },
+		"no ACLFile":           func(c *broker.MosquittoConfig) { c.ACLFile = "" },
+		"relative CAFile":      func(c *broker.MosquittoConfig) { c.CAFile = "ca.pem" },
+		"relative CRLFile":     func(c *broker.MosquittoConfig) { c.CRLFile = "crl.pem" },
+		"newline in KeyFile":   func(c *broker.MosquittoConfig) { c.KeyFile = "/k\nlistener 1883" },
+		"trailing space":       func(c *broker.MosquittoConfig) { c.ACLFile = "/etc/acl " },
+		"relative persistence": func(c *broker.MosquittoConfig) { c.PersistenceDir = "db" },
+		"packet size small":    func(c *broker.MosquittoConfig) { c.MaxPacketSize = 10 },
+		"packet size negative": func(c *broker.MosquittoConfig) { c.MaxPacketSize = -1 },
+		"packet size huge":     func(c *broker.MosquittoConfig) { c.MaxPacketSize = 1 << 30 },
+		"packet size over what clients read": func(c *broker.MosquittoConfig) {
+			c.MaxPacketSize = broker.DefaultMaxPacketSize + 1
 		},
-		"queued messages < 0": func(c *transport.MosquittoConfig) { c.MaxQueuedMessages = -1 },
-		"queued bytes < 0":    func(c *transport.MosquittoConfig) { c.MaxQueuedBytes = -1 },
-		"queued bytes < packet": func(c *transport.MosquittoConfig) {
-			c.MaxQueuedBytes = transport.DefaultMaxPacketSize - 1
+		"queued messages < 0": func(c *broker.MosquittoConfig) { c.MaxQueuedMessages = -1 },
+		"queued bytes < 0":    func(c *broker.MosquittoConfig) { c.MaxQueuedBytes = -1 },
+		"queued bytes < packet": func(c *broker.MosquittoConfig) {
+			c.MaxQueuedBytes = broker.DefaultMaxPacketSize - 1
 		},
-		"queued bytes over int": func(c *transport.MosquittoConfig) { c.MaxQueuedBytes, c.MemoryLimit = 1<<31, 1<<33 },
-		"memory < 0":            func(c *transport.MosquittoConfig) { c.MemoryLimit = -1 },
-		"memory < 2x queue":     func(c *transport.MosquittoConfig) { c.MemoryLimit = 2*transport.DefaultMaxQueuedBytes - 1 },
-		"queue over default memory": func(c *transport.MosquittoConfig) {
-			c.MaxQueuedBytes = transport.DefaultMemoryLimit/2 + 1
+		"queued bytes over int": func(c *broker.MosquittoConfig) { c.MaxQueuedBytes, c.MemoryLimit = 1<<31, 1<<33 },
+		"memory < 0":            func(c *broker.MosquittoConfig) { c.MemoryLimit = -1 },
+		"memory < 2x queue":     func(c *broker.MosquittoConfig) { c.MemoryLimit = 2*broker.DefaultMaxQueuedBytes - 1 },
+		"queue over default memory": func(c *broker.MosquittoConfig) {
+			c.MaxQueuedBytes = broker.DefaultMemoryLimit/2 + 1
 		},
-		"duplicate service": func(c *transport.MosquittoConfig) {
-			c.Services = []transport.ServiceRights{{Name: "v"}, {Name: "v"}}
+		"duplicate service": func(c *broker.MosquittoConfig) {
+			c.Services = []broker.ServiceRights{{Name: "v"}, {Name: "v"}}
 		},
-		"bad service filter": func(c *transport.MosquittoConfig) {
-			c.Services = []transport.ServiceRights{{Name: "v", Read: []string{"a\ntopic readwrite #"}}}
+		"bad service filter": func(c *broker.MosquittoConfig) {
+			c.Services = []broker.ServiceRights{{Name: "v", Read: []string{"a\ntopic readwrite #"}}}
 		},
 	} {
 		c := valid
@@ -448,7 +398,7 @@ func (f *brokerFleet) device(t *testing.T, id string) tls.Certificate {
 func (f *brokerFleet) service(t *testing.T, name string) tls.Certificate {
 	t.Helper()
 	tc := testpki.Service(t, f.ca, name)
-	f.certs[transport.ServiceName(name)] = tc
+	f.certs[broker.ServiceName(name)] = tc
 	return tc
 }
 
@@ -731,29 +681,29 @@ func runBrokerScenarios(t *testing.T, f *brokerFleet, addr string, want brokerEx
 	commander := f.mustConnect(t, addr, "svc:commander")
 	devA := f.mustConnect(t, addr, a)
 	devB := f.mustConnect(t, addr, b)
-	if got := verifier.subscribe(t, transport.AllUp); got != 1 {
-		t.Fatalf("verifier subscribe %s: SUBACK %#x, want 1", transport.AllUp, got)
+	if got := verifier.subscribe(t, wire.AllUp); got != 1 {
+		t.Fatalf("verifier subscribe %s: SUBACK %#x, want 1", wire.AllUp, got)
 	}
 	for _, d := range []*mqttClient{devA, devB} {
-		if got := d.subscribe(t, transport.CommandTopic(d.name)); got != 1 {
+		if got := d.subscribe(t, wire.CommandTopic(d.name)); got != 1 {
 			t.Fatalf("%s subscribe to its commands: SUBACK %#x, want 1", d.name, got)
 		}
 	}
 
 	t.Run("own telemetry delivered", func(t *testing.T) {
-		if got := devA.publish(t, transport.TelemetryTopic(a, "temp"), "a1"); got != 0 {
+		if got := devA.publish(t, wire.TelemetryTopic(a, "temp"), "a1"); got != 0 {
 			t.Fatalf("PUBACK %#x, want 0", got)
 		}
-		verifier.expectNext(t, transport.TelemetryTopic(a, "temp"), "a1")
+		verifier.expectNext(t, wire.TelemetryTopic(a, "temp"), "a1")
 	})
 
 	t.Run("foreign publish refused", func(t *testing.T) {
 		for _, topic := range []string{
-			transport.TelemetryTopic(b, "temp"), // another device's telemetry
-			transport.KeyTopic(b),               // another device's session key
-			transport.CommandTopic(b),           // a command to another device
-			transport.CommandTopic(a),           // a command to itself
-			"d2c/v1/dev/dev-a",                  // outside up/
+			wire.TelemetryTopic(b, "temp"), // another device's telemetry
+			wire.KeyTopic(b),               // another device's session key
+			wire.CommandTopic(b),           // a command to another device
+			wire.CommandTopic(a),           // a command to itself
+			"d2c/v1/dev/dev-a",             // outside up/
 			"unrelated/topic",
 		} {
 			if got := devA.publish(t, topic, "forged"); got != 0x87 {
@@ -761,69 +711,69 @@ func runBrokerScenarios(t *testing.T, f *brokerFleet, addr string, want brokerEx
 			}
 		}
 		// Services are bound by their rights too.
-		if got := verifier.publish(t, transport.CommandTopic(b), "forged"); got != 0x87 {
+		if got := verifier.publish(t, wire.CommandTopic(b), "forged"); got != 0x87 {
 			t.Errorf("verifier publish command: PUBACK %#x, want 0x87", got)
 		}
-		if got := devA.publish(t, transport.TelemetryTopic(a, "temp"), "a2"); got != 0 {
+		if got := devA.publish(t, wire.TelemetryTopic(a, "temp"), "a2"); got != 0 {
 			t.Fatalf("PUBACK %#x, want 0", got)
 		}
-		verifier.expectNext(t, transport.TelemetryTopic(a, "temp"), "a2")
+		verifier.expectNext(t, wire.TelemetryTopic(a, "temp"), "a2")
 		devB.expectNothing(t)
 	})
 
 	t.Run("foreign subscribe never delivers", func(t *testing.T) {
 		for _, filter := range []string{
-			transport.CommandTopic(b),
-			transport.TopicPrefix + "+/down/#",
-			"$share/g/" + transport.CommandTopic(b),
+			wire.CommandTopic(b),
+			wire.TopicPrefix + "+/down/#",
+			"$share/g/" + wire.CommandTopic(b),
 			"#",
-			transport.AllUp,
+			wire.AllUp,
 		} {
 			if got := devA.subscribe(t, filter); got != want.foreignSubscribe {
 				t.Errorf("%s subscribe %s: SUBACK %#x, want %#x", a, filter, got, want.foreignSubscribe)
 			}
 		}
-		if got := commander.publish(t, transport.CommandTopic(b), "cmd-b"); got != 0 {
+		if got := commander.publish(t, wire.CommandTopic(b), "cmd-b"); got != 0 {
 			t.Fatalf("commander publish: PUBACK %#x, want 0", got)
 		}
-		if got := devB.publish(t, transport.TelemetryTopic(b, "temp"), "b1"); got != 0 {
+		if got := devB.publish(t, wire.TelemetryTopic(b, "temp"), "b1"); got != 0 {
 			t.Fatalf("PUBACK %#x, want 0", got)
 		}
-		if got := commander.publish(t, transport.CommandTopic(a), "cmd-a"); got != 0 {
+		if got := commander.publish(t, wire.CommandTopic(a), "cmd-a"); got != 0 {
 			t.Fatalf("commander publish: PUBACK %#x, want 0", got)
 		}
-		devB.expectNext(t, transport.CommandTopic(b), "cmd-b")
-		verifier.expectNext(t, transport.TelemetryTopic(b, "temp"), "b1")
+		devB.expectNext(t, wire.CommandTopic(b), "cmd-b")
+		verifier.expectNext(t, wire.TelemetryTopic(b, "temp"), "b1")
 		// dev-a receives its own command first, not cmd-b or b1, which the
 		// broker handled before. Its wildcard subscriptions, where granted,
 		// may deliver cmd-a more than once.
-		devA.expectNext(t, transport.CommandTopic(a), "cmd-a")
-		devA.expectOnly(t, transport.CommandTopic(a), "cmd-a")
+		devA.expectNext(t, wire.CommandTopic(a), "cmd-a")
+		devA.expectOnly(t, wire.CommandTopic(a), "cmd-a")
 	})
 
 	t.Run("publish agrees with Authorize", func(t *testing.T) {
 		topics := []string{
-			transport.TelemetryTopic(a, "x"), transport.KeyTopic(a), transport.CommandResultTopic(a),
+			wire.TelemetryTopic(a, "x"), wire.KeyTopic(a), wire.CommandResultTopic(a),
 			"d2c/v1/dev/dev-a/up", "d2c/v1/dev/dev-a/up/", "d2c/v1/dev/dev-a/up//x", "d2c/v1/dev/dev-a/upx",
 			"d2c/v1/dev/dev-a/down/x", "d2c/v1/dev/dev-a/x", "d2c/v1/dev/dev-ab/up/x", "d2c/v1/dev/dev-A/up/x",
 			"d2c/v1/dev//up/x", "d2c/v1/dev/dev-a/up/tele/y/z", "D2C/v1/dev/dev-a/up/x", "/d2c/v1/dev/dev-a/up/x",
 		}
 		for _, topic := range topics {
-			allowed := transport.Authorize(a, topic, transport.AccessWrite, testServices)
+			allowed := broker.Authorize(a, topic, broker.AccessWrite, testServices)
 			got := devA.publish(t, topic, "p:"+topic)
 			if (got < 0x80) != allowed {
 				t.Errorf("%s publish %q: PUBACK %#x; Authorize says %v", a, topic, got, allowed)
 			}
 		}
 		// The verifier received the allowed ones only.
-		marker := transport.TelemetryTopic(a, "marker")
+		marker := wire.TelemetryTopic(a, "marker")
 		devA.publish(t, marker, "end")
 		for done := false; !done; {
 			select {
 			case p := <-verifier.msgs:
 				if p.Topic == marker {
 					done = true
-				} else if string(p.Payload) != "p:"+p.Topic || !transport.Authorize(a, p.Topic, transport.AccessWrite, testServices) {
+				} else if string(p.Payload) != "p:"+p.Topic || !broker.Authorize(a, p.Topic, broker.AccessWrite, testServices) {
 					t.Errorf("verifier received %q on %q", p.Payload, p.Topic)
 				}
 			case <-time.After(brokerTimeout):
@@ -856,7 +806,7 @@ func runBrokerScenarios(t *testing.T, f *brokerFleet, addr string, want brokerEx
 		if err != nil {
 			t.Fatalf("connect: %v (CONNACK %+v)", err, ack)
 		}
-		if got := m.publish(t, transport.TelemetryTopic(b, "temp"), "forged"); got != 0x87 {
+		if got := m.publish(t, wire.TelemetryTopic(b, "temp"), "forged"); got != 0x87 {
 			t.Errorf("publish as claimed username: PUBACK %#x, want 0x87", got)
 		}
 		// It took over dev-a's session (the client ID is the CN).
@@ -879,10 +829,10 @@ func runBrokerScenarios(t *testing.T, f *brokerFleet, addr string, want brokerEx
 				t.Fatalf("connect with client ID %s: %v (CONNACK %+v)", id, err, ack)
 			}
 		}
-		if got := devB.publish(t, transport.TelemetryTopic(b, "temp"), "b2"); got != 0 {
+		if got := devB.publish(t, wire.TelemetryTopic(b, "temp"), "b2"); got != 0 {
 			t.Errorf("dev-b after the attempt: PUBACK %#x, want 0", got)
 		}
-		verifier.expectNext(t, transport.TelemetryTopic(b, "temp"), "b2")
+		verifier.expectNext(t, wire.TelemetryTopic(b, "temp"), "b2")
 		for _, m := range []*mqttClient{devB, verifier} {
 			select {
 			case how := <-m.lost:
@@ -894,13 +844,13 @@ func runBrokerScenarios(t *testing.T, f *brokerFleet, addr string, want brokerEx
 
 	t.Run("will only on own topics", func(t *testing.T) {
 		// A will on the device's own telemetry reaches the verifier...
-		topic := transport.TelemetryTopic(a, "will")
+		topic := wire.TelemetryTopic(a, "will")
 		if got := f.connectWithWill(t, addr, f.certs[a], topic, "gone"); got != 0 {
 			t.Fatalf("connect with a will on %s: CONNACK %#x, want 0", topic, got)
 		}
 		verifier.expectNext(t, topic, "gone")
 		// ...one on another device's commands never reaches that device.
-		topic = transport.CommandTopic(b)
+		topic = wire.CommandTopic(b)
 		if got := f.connectWithWill(t, addr, f.certs[a], topic, "forged"); got != want.foreignWill {
 			t.Errorf("connect with a will on %s: CONNACK %#x, want %#x", topic, got, want.foreignWill)
 		}
@@ -920,17 +870,17 @@ func runBrokerScenarios(t *testing.T, f *brokerFleet, addr string, want brokerEx
 			t.Fatalf("svc:ghost: CONNACK %#x (%v), want %#x", got, err, want.unknownService)
 		}
 		if m != nil {
-			if got := m.publish(t, transport.CommandTopic(b), "forged"); got != 0x87 {
+			if got := m.publish(t, wire.CommandTopic(b), "forged"); got != 0x87 {
 				t.Errorf("svc:ghost publish: PUBACK %#x, want 0x87", got)
 			}
 		}
 	})
 
 	// Whatever was refused above delivered nothing to dev-b.
-	if got := commander.publish(t, transport.CommandTopic(b), "cmd-b2"); got != 0 {
+	if got := commander.publish(t, wire.CommandTopic(b), "cmd-b2"); got != 0 {
 		t.Fatalf("commander publish: PUBACK %#x, want 0", got)
 	}
-	devB.expectNext(t, transport.CommandTopic(b), "cmd-b2")
+	devB.expectNext(t, wire.CommandTopic(b), "cmd-b2")
 }
 
 // scenarioFleet makes the fleet runBrokerScenarios expects.
@@ -952,7 +902,7 @@ func scenarioFleet(t *testing.T) *brokerFleet {
 // that MosquittoConfig generates.
 func TestBrokerMosquitto(t *testing.T) {
 	f := scenarioFleet(t)
-	conf := mosquittoConf(t, f.ca, f.server, testServices, transport.MosquittoConfig{})
+	conf := mosquittoConf(t, f.ca, f.server, testServices, broker.MosquittoConfig{})
 	broker := testpeer.Mosquitto(t, conf)
 	// mosquitto opens exactly the configured listener: a listener option
 	// before the listener line would open a default one on port 1883 of

@@ -25,6 +25,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // FuzzBrokerBytes is the device's inbound path from a hostile broker:
@@ -82,7 +83,7 @@ func FuzzBrokerBytes(f *testing.F) {
 				continue
 			}
 			want, ok := cmds[d.ran.ID]
-			if d.retain || d.topic != CommandTopic(fzDevice) || !ok || d.ran.Name != want.Name || !bytes.Equal(d.ran.Body, want.Body) {
+			if d.retain || d.topic != wire.CommandTopic(fzDevice) || !ok || d.ran.Name != want.Name || !bytes.Equal(d.ran.Body, want.Body) {
 				t.Fatalf("ran %+v from a PUBLISH on %q (retain %v)", *d.ran, d.topic, d.retain)
 			}
 		}
@@ -234,7 +235,7 @@ func fzBrokerSeeds(tb testing.TB) []fzNamed {
 		}
 	}
 	props := func() *packets.Properties { return &packets.Properties{} }
-	topic := CommandTopic(fzDevice)
+	topic := wire.CommandTopic(fzDevice)
 	command := pkt(&packets.Publish{Topic: topic, QoS: 1, PacketID: 1, Payload: valid, Properties: props()})
 	alias := uint16(1)
 	half := pkt(&packets.Publish{Topic: topic, QoS: 1, PacketID: 2, Payload: valid, Properties: props()})
@@ -255,7 +256,7 @@ func fzBrokerSeeds(tb testing.TB) []fzNamed {
 		{"command-qos0", pkt(&packets.Publish{Topic: topic, Payload: valid, Properties: props()})},
 		{"command-retained", pkt(&packets.Publish{Topic: topic, QoS: 1, PacketID: 3, Retain: true, Payload: valid, Properties: props()})},
 		{"command-qos2", pkt(&packets.Publish{Topic: topic, QoS: 2, PacketID: 4, Payload: valid, Properties: props()})},
-		{"command-other-topic", pkt(&packets.Publish{Topic: TelemetryTopic(fzDevice, fzStream), QoS: 1, PacketID: 5, Payload: valid, Properties: props()})},
+		{"command-other-topic", pkt(&packets.Publish{Topic: wire.TelemetryTopic(fzDevice, fzStream), QoS: 1, PacketID: 5, Payload: valid, Properties: props()})},
 		{"topic-alias", append(pkt(&packets.Publish{Topic: topic, QoS: 1, PacketID: 6, Payload: valid, Properties: &packets.Properties{TopicAlias: &alias}}),
 			pkt(&packets.Publish{QoS: 1, PacketID: 7, Payload: valid, Properties: &packets.Properties{TopicAlias: &alias}})...)},
 		{"puback-unknown", pkt(&packets.Puback{PacketID: 9, Properties: props()})},

@@ -26,6 +26,10 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // ClientConfig configures a device [Client]. Zero fields take the documented
@@ -60,7 +64,7 @@ type ClientConfig struct {
 	// audit log.
 	Audit *audit.Log
 	// Outbox bounds the durable queue (Dir is set from StateDir).
-	Outbox OutboxConfig
+	Outbox outbox.Config
 	// KeepAlive is the MQTT keep-alive. Default 30 s.
 	KeepAlive time.Duration
 	// SessionExpiry is how long the broker keeps the session (command
@@ -74,12 +78,12 @@ type ClientConfig struct {
 	Logger *slog.Logger
 	// Streams declares streams that carry personal data, with their
 	// purpose: Publish refuses a stream declared Personal with
-	// [ErrNoConsent] unless the user's consent to its purpose is in force
+	// [consent.ErrNoConsent] unless the user's consent to its purpose is in force
 	// ([Client.GrantConsent]). Streams not listed need no consent. Default:
 	// none.
-	Streams []StreamPolicy
+	Streams []consent.Policy
 	// SecurityReportInterval is how often the client reports its security
-	// metrics on [SecurityStream] (only when a counter changed).
+	// metrics on [wire.SecurityStream] (only when a counter changed).
 	// Default 5 min; negative: never.
 	SecurityReportInterval time.Duration
 }
@@ -113,7 +117,7 @@ type ClientStats struct {
 type Client struct {
 	cfg    ClientConfig
 	log    *slog.Logger
-	outbox *Outbox
+	outbox *outbox.Outbox
 	seq    *sequence
 	cmds   *commandVerifier
 	cm     *autopaho.ConnectionManager
@@ -222,7 +226,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if ocfg.Logger == nil {
 		ocfg.Logger = log
 	}
-	if c.outbox, err = OpenOutbox(ocfg); err != nil {
+	if c.outbox, err = outbox.Open(ocfg); err != nil {
 		return nil, err
 	}
 	cstore, err := openConsentStore(nil, filepath.Join(cfg.StateDir, "consent.state"))
@@ -455,9 +459,9 @@ func notConnected(broker string, ctxErr, err, last error) error {
 // If ctx ends first, the error wraps ctx's error and says how many of those
 // messages remain; while the client is not connected it also wraps the last
 // failed connection attempt's error. After Close, Flush returns
-// [ErrOutboxClosed].
+// [outbox.ErrClosed].
 func (c *Client) Flush(ctx context.Context) error {
-	n, err := c.outbox.flush(ctx)
+	n, err := c.outbox.Flush(ctx)
 	switch {
 	case err == nil:
 		return nil
@@ -476,7 +480,7 @@ func (c *Client) Flush(ctx context.Context) error {
 // disk. Delivery happens in the background.
 //
 // A stream declared Personal in [ClientConfig.Streams] is refused with
-// [ErrNoConsent], nothing stored, unless consent is in force; the
+// [consent.ErrNoConsent], nothing stored, unless consent is in force; the
 // reserved "d2c." streams are refused.
 func (c *Client) Publish(ctx context.Context, stream string, readings ...Reading) error {
 	return c.PublishWith(ctx, PublishOptions{Stream: stream}, readings...)
@@ -496,10 +500,10 @@ type PublishOptions struct {
 
 // PublishWith is Publish with options.
 func (c *Client) PublishWith(ctx context.Context, o PublishOptions, readings ...Reading) error {
-	if err := ValidateStream(o.Stream); err != nil {
+	if err := wire.ValidateStream(o.Stream); err != nil {
 		return err
 	}
-	if isReservedStream(o.Stream) {
+	if wire.IsReserved(o.Stream) {
 		return fmt.Errorf("transport: stream %q is reserved for the SDK", o.Stream)
 	}
 	// Held from the consent check until the envelope is stored, so that a
@@ -527,7 +531,7 @@ type sealRequest struct {
 // outside it, so that concurrent calls share it (group commit).
 func (c *Client) store(ctx context.Context, reqs ...sealRequest) ([]uint64, error) {
 	c.sealMu.Lock()
-	var msgs []Message
+	var msgs []outbox.Message
 	for _, r := range reqs {
 		m, err := c.seal(r.opts, r.readings)
 		if err != nil {
@@ -536,14 +540,14 @@ func (c *Client) store(ctx context.Context, reqs ...sealRequest) ([]uint64, erro
 		}
 		msgs = append(msgs, m...)
 	}
-	a, err := c.outbox.enqueue(msgs)
+	a, err := c.outbox.Enqueue(msgs)
 	c.sealMu.Unlock()
 	var ids []uint64
 	if err == nil {
-		ids, err = a.wait(ctx)
+		ids, err = a.Wait(ctx)
 	}
 	if err != nil {
-		if errors.Is(err, ErrOutboxFull) {
+		if errors.Is(err, outbox.ErrFull) {
 			c.outboxFull.Add(1)
 		}
 		return nil, err
@@ -555,7 +559,7 @@ func (c *Client) store(ctx context.Context, reqs ...sealRequest) ([]uint64, erro
 // seal seals readings of o.Stream into the messages to store: the
 // envelope, preceded by a session-key delivery when a new key starts.
 // Called with sealMu held.
-func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
+func (c *Client) seal(o PublishOptions, readings []Reading) ([]outbox.Message, error) {
 	s := c.sealer.Load()
 	now := c.cfg.Store.Clock().Now()
 	seq := c.seq.take(1)
@@ -567,15 +571,15 @@ func (c *Client) seal(o PublishOptions, readings []Reading) ([]Message, error) {
 	if o.TTL > 0 {
 		exp = now.Add(o.TTL)
 	}
-	topic := TelemetryTopic(s.Device(), o.Stream)
-	if o.Stream == CommandResultStream {
-		topic = CommandResultTopic(s.Device())
+	topic := wire.TelemetryTopic(s.Device(), o.Stream)
+	if o.Stream == wire.CommandResultStream {
+		topic = wire.CommandResultTopic(s.Device())
 	}
-	msgs := []Message{{Topic: topic, Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream,
+	msgs := []outbox.Message{{Topic: topic, Payload: out.Envelope, Priority: o.Priority, Expires: exp, Stream: o.Stream,
 		Boot: c.seq.boot, Seq: seq}}
 	if out.KeyDelivery != nil {
 		// The key goes first (top priority), in the same durable append.
-		msgs = append([]Message{{Topic: KeyTopic(s.Device()), Payload: out.KeyDelivery, Priority: 255}}, msgs...)
+		msgs = append([]outbox.Message{{Topic: wire.KeyTopic(s.Device()), Payload: out.KeyDelivery, Priority: 255}}, msgs...)
 	}
 	return msgs, nil
 }
@@ -595,7 +599,7 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 }
 
 // WithdrawConsent withdraws consent for a personal stream, in this order:
-// it stops the stream (Publish refuses it with [ErrNoConsent], the delivery
+// it stops the stream (Publish refuses it with [consent.ErrNoConsent], the delivery
 // loop starts no PUBLISH of it), waits (within ctx) for the messages of the
 // stream already handed to the connection to be answered, records the
 // withdrawal durably, removes the stream's queued, unsent messages from the
@@ -608,7 +612,7 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 // Messages written before the withdrawal (at most the broker's Receive
 // Maximum) cannot be recalled and may still arrive. They were sealed
 // before the withdrawal, so their (boot, seq) is below the consent
-// event's, and a cloud service using [ConsentLedger] discards them.
+// event's, and a cloud service using [consent.Ledger] discards them.
 //
 // On error the stream is stopped in this process in any case; the error
 // says what did not complete, and Dial completes it (purge, event) after a
@@ -637,7 +641,7 @@ func (c *Client) audited(ctx context.Context, record func(context.Context, *audi
 
 // Consent returns the consent recorded for stream; Granted reports consent
 // in force (granted for the stream's declared purpose, its event queued).
-func (c *Client) Consent(stream string) Consent { return c.consent.consent(stream) }
+func (c *Client) Consent(stream string) consent.State { return c.consent.consent(stream) }
 
 func (c *Client) signal() {
 	select {
@@ -658,7 +662,7 @@ func (c *Client) deliver(ctx context.Context) {
 		free := int(c.receiveMax.Load()) - len(c.inflight)
 		barrier := c.inflightKeyLocked()
 		c.mu.Unlock()
-		var batch []Message
+		var batch []outbox.Message
 		if free > 0 && !barrier {
 			batch = c.outbox.Next(free, c.isInflight)
 		}
@@ -692,13 +696,13 @@ func (c *Client) deliver(ctx context.Context) {
 }
 
 func isKeyTopic(topic string) bool {
-	p, err := ParseTopic(topic)
-	return err == nil && p.Kind == KindKey
+	p, err := wire.ParseTopic(topic)
+	return err == nil && p.Kind == wire.KindKey
 }
 
 // isBarrier reports a message that goes alone: nothing else is sent until
 // its PUBACK.
-func isBarrier(m Message) bool { return m.Stream == ConsentStream || isKeyTopic(m.Topic) }
+func isBarrier(m outbox.Message) bool { return m.Stream == wire.ConsentStream || isKeyTopic(m.Topic) }
 
 func (c *Client) inflightKeyLocked() bool { return len(c.inflightKeys) > 0 }
 
@@ -718,7 +722,7 @@ func permanent(reason byte) bool {
 	return false
 }
 
-func (c *Client) publish(ctx context.Context, m Message) {
+func (c *Client) publish(ctx context.Context, m outbox.Message) {
 	defer c.pubs.Done()
 	defer func() {
 		c.mu.Lock()
@@ -732,7 +736,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 	}
 	defer c.consent.endSend(m.Stream)
 	c.sent.Add(1)
-	ct := ContentType
+	ct := wire.ContentType
 	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: m.Topic, Payload: m.Payload,
 		Properties: &paho.PublishProperties{ContentType: ct}})
 	switch {
@@ -747,7 +751,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		if err := c.outbox.Ack(m.ID); err != nil {
 			c.log.Error("outbox ack", "err", err)
 		}
-		if m.Stream == SecurityStream {
+		if m.Stream == wire.SecurityStream {
 			c.securityDelivered(m.ID)
 		}
 	case resp != nil && permanent(resp.ReasonCode):
@@ -760,7 +764,7 @@ func (c *Client) publish(ctx context.Context, m Message) {
 		if err := c.outbox.Drop(m.ID, reason); err != nil {
 			c.log.Error("outbox drop", "err", err)
 		}
-		if m.Stream == SecurityStream {
+		if m.Stream == wire.SecurityStream {
 			c.securityDelivered(m.ID)
 		}
 		c.audited(ctx, func(ctx context.Context, l *audit.Log) error { return l.MessageRefused(ctx, m.Topic, reason) })
@@ -795,7 +799,7 @@ func newConnScope(parent context.Context) *connScope {
 // subscribe (re)subscribes to the command topic, when the broker has no
 // session for the device.
 func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) {
-	topic := CommandTopic(c.ident.Load().DeviceID)
+	topic := wire.CommandTopic(c.ident.Load().DeviceID)
 	sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}})
 	if err != nil && sa == nil {
 		c.log.Warn("subscribe to commands", "err", err)
@@ -820,9 +824,9 @@ func (c *Client) subscribe(ctx context.Context, cm *autopaho.ConnectionManager) 
 // message on a topic the client never subscribed to, or any message when
 // the client takes no commands.
 func (c *Client) onPublish(ctx context.Context, p *paho.Publish) {
-	if c.cmds == nil || p.Retain || p.Topic != CommandTopic(c.ident.Load().DeviceID) {
+	if c.cmds == nil || p.Retain || p.Topic != wire.CommandTopic(c.ident.Load().DeviceID) {
 		c.unexpected.Add(1)
-		c.log.Warn("unexpected message ignored", "topic", clip(p.Topic), "retain", p.Retain)
+		c.log.Warn("unexpected message ignored", "topic", textutil.Clip(p.Topic), "retain", p.Retain)
 		return
 	}
 	cmd, err := c.cmds.verify(p.Payload)
@@ -830,7 +834,7 @@ func (c *Client) onPublish(ctx context.Context, p *paho.Publish) {
 		c.cmdRefused.Add(1)
 		c.log.Warn("command refused", "err", err)
 		c.audited(ctx, func(ctx context.Context, l *audit.Log) error {
-			return l.CommandRefused(ctx, clip(p.Topic), err.Error())
+			return l.CommandRefused(ctx, textutil.Clip(p.Topic), err.Error())
 		})
 		if c.cfg.OnRefused != nil {
 			c.cfg.OnRefused(Refusal{Topic: p.Topic, Reason: "command refused", Err: err})

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/wire"
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 )
@@ -60,10 +62,6 @@ type CloudConfig struct {
 	Logger *slog.Logger
 }
 
-// ErrInsecureGroup is returned by [DialCloud] for a shared-subscription
-// group name a device could guess (see [CloudConfig].Group).
-var ErrInsecureGroup = errors.New("transport: insecure shared-subscription group")
-
 // minGroupLen is the shortest shared-subscription group name accepted.
 const minGroupLen = 16
 
@@ -106,7 +104,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	}
 	if cfg.Group != "" && (len(cfg.Group) < minGroupLen || strings.ContainsAny(cfg.Group, "/+#\x00")) {
 		return nil, fmt.Errorf("%w: shared-subscription group %q: want an unguessable name of at least %d characters without / + # (a device that guesses it can make the broker drop a share of the fleet's messages)",
-			ErrInsecureGroup, clip(cfg.Group), minGroupLen)
+			ErrInsecureGroup, textutil.Clip(cfg.Group), minGroupLen)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -121,7 +119,7 @@ func DialCloud(ctx context.Context, cfg CloudConfig) (*Cloud, error) {
 	c.retry.min, c.retry.max = 500*time.Millisecond, 30*time.Second
 	var filters []string
 	if cfg.Verifier != nil {
-		filters = []string{AllTelemetry, AllKeys, AllCommandResults}
+		filters = []string{wire.AllTelemetry, wire.AllKeys, wire.AllCommandResults}
 		if cfg.Group != "" {
 			for i, f := range filters {
 				filters[i] = "$share/" + cfg.Group + "/" + f
@@ -396,7 +394,7 @@ func (c *Cloud) open(ctx context.Context, b *cloudBatch) {
 			if b.refused == nil {
 				b.refused = map[int]error{}
 			}
-			b.refused[i] = fmt.Errorf("%w: a retained message (d2c never publishes one)", ErrReplay)
+			b.refused[i] = fmt.Errorf("%w: a retained message (d2c never publishes one)", wire.ErrReplay)
 			continue
 		}
 		b.verified = append(b.verified, i)
@@ -427,7 +425,7 @@ func (c *Cloud) decide(ctx context.Context, log *slog.Logger, b *cloudBatch) boo
 		for j := range b.verified {
 			err := o.errs[j]
 			switch {
-			case errors.Is(err, ErrDuplicate), errors.Is(err, ErrParked):
+			case errors.Is(err, wire.ErrDuplicate), errors.Is(err, ErrParked):
 			case err != nil:
 				if c.cfg.OnRefused != nil {
 					c.cfg.OnRefused(o.msgs[j].Topic, err)
@@ -485,8 +483,8 @@ func (c *Cloud) AwaitConnection(ctx context.Context) error {
 // SendCommand publishes a signed command envelope (from
 // [CommandSigner.Sign]) to device at QoS 1 and waits for the PUBACK.
 func (c *Cloud) SendCommand(ctx context.Context, device string, envelope []byte) error {
-	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: CommandTopic(device), Payload: envelope,
-		Properties: &paho.PublishProperties{ContentType: ContentType}})
+	resp, err := c.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: wire.CommandTopic(device), Payload: envelope,
+		Properties: &paho.PublishProperties{ContentType: wire.ContentType}})
 	if err != nil {
 		return fmt.Errorf("transport: send command: %w", err)
 	}

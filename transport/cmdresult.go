@@ -6,26 +6,16 @@ package transport
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
-)
 
-// CommandResultStream is the reserved stream of command results: a device
-// reports the outcome of a command it ran as a signed record of this
-// stream, on its command-result topic ([CommandResultTopic]), one result a
-// record ([ParseCommandResult]). Like telemetry it is sequenced, stored
-// durably and replay-checked by the cloud, which trusts the device's
-// signature, not the broker.
-const CommandResultStream = "d2c.cmdres"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/wire"
+)
 
 // MaxCommandOutput bounds [CommandResult.Output], so that a result with
 // its JSON and base64 overhead fits one reading.
 const MaxCommandOutput = 16 << 10
-
-// ErrNoSuchCommand is returned by [Client.ReportCommandResult] for a
-// command this device has not run.
-var ErrNoSuchCommand = errors.New("transport: no such command")
 
 // CommandResult is what a device reports after running a command.
 type CommandResult struct {
@@ -50,7 +40,7 @@ type cmdResultBody struct {
 }
 
 // ReportCommandResult reports the outcome of a command the device ran: it
-// seals the result into a signed record of [CommandResultStream] and stores
+// seals the result into a signed record of [wire.CommandResultStream] and stores
 // it durably in the outbox, at a high priority; it returns once the record
 // is on disk, and delivery follows as for telemetry. The ID must be of a
 // command this client ran ([ErrNoSuchCommand]).
@@ -71,32 +61,32 @@ func (c *Client) ReportCommandResult(ctx context.Context, r CommandResult) error
 	if err != nil {
 		return err
 	}
-	_, err = c.store(ctx, sealRequest{PublishOptions{Stream: CommandResultStream, Priority: 254}, []Reading{{Time: r.Time, Body: body}}})
+	_, err = c.store(ctx, sealRequest{PublishOptions{Stream: wire.CommandResultStream, Priority: 254}, []Reading{{Time: r.Time, Body: body}}})
 	return err
 }
 
 // ParseCommandResult decodes the command result of a verified record of
-// [CommandResultStream] (one reading, a JSON body). The decoding is
+// [wire.CommandResultStream] (one reading, a JSON body). The decoding is
 // strict: unknown fields, another version, a zero ID or an output over
-// [MaxCommandOutput] are refused with an error wrapping [ErrMalformed].
+// [MaxCommandOutput] are refused with an error wrapping [wire.ErrMalformed].
 func ParseCommandResult(r Record) (CommandResult, error) {
-	if r.Stream != CommandResultStream {
-		return CommandResult{}, fmt.Errorf("%w: command result: record of stream %q, want %q", ErrMalformed, clip(r.Stream), CommandResultStream)
+	if r.Stream != wire.CommandResultStream {
+		return CommandResult{}, fmt.Errorf("%w: command result: record of stream %q, want %q", wire.ErrMalformed, textutil.Clip(r.Stream), wire.CommandResultStream)
 	}
 	if len(r.Readings) != 1 {
-		return CommandResult{}, fmt.Errorf("%w: command result: %d readings, want 1", ErrMalformed, len(r.Readings))
+		return CommandResult{}, fmt.Errorf("%w: command result: %d readings, want 1", wire.ErrMalformed, len(r.Readings))
 	}
 	var b cmdResultBody
-	if err := decodeStrictJSON(r.Readings[0].Body, &b); err != nil {
-		return CommandResult{}, fmt.Errorf("%w: command result: %v", ErrMalformed, err)
+	if err := textutil.DecodeStrictJSON(r.Readings[0].Body, &b); err != nil {
+		return CommandResult{}, fmt.Errorf("%w: command result: %v", wire.ErrMalformed, err)
 	}
 	switch {
 	case b.V != 1:
-		return CommandResult{}, fmt.Errorf("%w: command result: version %d, want 1", ErrMalformed, b.V)
+		return CommandResult{}, fmt.Errorf("%w: command result: version %d, want 1", wire.ErrMalformed, b.V)
 	case b.ID == 0:
-		return CommandResult{}, fmt.Errorf("%w: command result: ID 0", ErrMalformed)
+		return CommandResult{}, fmt.Errorf("%w: command result: ID 0", wire.ErrMalformed)
 	case len(b.Output) > MaxCommandOutput:
-		return CommandResult{}, fmt.Errorf("%w: command result: output of %d bytes, at most %d", ErrMalformed, len(b.Output), MaxCommandOutput)
+		return CommandResult{}, fmt.Errorf("%w: command result: output of %d bytes, at most %d", wire.ErrMalformed, len(b.Output), MaxCommandOutput)
 	}
 	return CommandResult{ID: b.ID, Failed: b.Failed, Output: b.Output, Time: r.Readings[0].Time}, nil
 }

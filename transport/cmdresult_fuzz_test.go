@@ -8,21 +8,23 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // FuzzCommandResult feeds reading bodies to ParseCommandResult: it never
-// panics, refuses with ErrMalformed, and what it accepts re-encodes to a
+// panics, refuses with wire.ErrMalformed, and what it accepts re-encodes to a
 // body that parses to the same result.
 func FuzzCommandResult(f *testing.F) {
 	for _, s := range fzCommandResultSeeds() {
 		f.Add(s.data)
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		rec := Record{Device: "dev-1", Stream: CommandResultStream, Boot: 1, Seq: 1, Time: time.UnixMilli(1),
+		rec := Record{Device: "dev-1", Stream: wire.CommandResultStream, Boot: 1, Seq: 1, Time: time.UnixMilli(1),
 			Readings: []Reading{{Time: time.UnixMilli(2), Body: body}}}
 		r, err := ParseCommandResult(rec)
 		if err != nil {
-			if !errors.Is(err, ErrMalformed) {
+			if !errors.Is(err, wire.ErrMalformed) {
 				t.Fatalf("error %v does not wrap ErrMalformed", err)
 			}
 			return

@@ -14,14 +14,9 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/statefile"
-)
-
-// Command errors; each refused command wraps one.
-var (
-	// ErrCommandExpired: the command's expiry has passed (trusted time).
-	ErrCommandExpired = errors.New("transport: command expired")
-	// ErrCommandReplayed: the command's ID is not above the last executed.
-	ErrCommandReplayed = errors.New("transport: command replayed")
+	"github.com/d2c-iot/d2c/transport/internal/jws"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Command is a cloud-to-device instruction.
@@ -87,7 +82,7 @@ func (s *CommandSigner) Sign(cmd Command) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	signer, err := newJWSSigner(s.Key, kid, CommandType)
+	signer, err := jws.NewSigner(s.Key, kid, wire.CommandType)
 	if err != nil {
 		return nil, err
 	}
@@ -100,11 +95,11 @@ func (s *CommandSigner) Sign(cmd Command) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	jws, err := signer.Sign(payload)
+	sig, err := signer.Sign(payload)
 	if err != nil {
 		return nil, fmt.Errorf("transport: sign command: %w", err)
 	}
-	out, err := jws.CompactSerialize()
+	out, err := sig.CompactSerialize()
 	return []byte(out), err
 }
 
@@ -158,24 +153,24 @@ func newCommandVerifier(fsys atomicfile.FS, path, device string, keys []crypto.P
 // verify checks a command envelope and, if it is acceptable, records its ID
 // as executed before returning it.
 func (cv *commandVerifier) verify(b []byte) (Command, error) {
-	jws, kid, err := parseJWS(b, CommandType)
+	obj, kid, err := jws.Parse(b, wire.CommandType)
 	if err != nil {
 		return Command{}, err
 	}
 	key, ok := cv.keys[kid]
 	if !ok {
-		return Command{}, fmt.Errorf("%w: command signed by unknown key %q", ErrBadSignature, clip(kid))
+		return Command{}, fmt.Errorf("%w: command signed by unknown key %q", wire.ErrBadSignature, textutil.Clip(kid))
 	}
-	payload, err := verifyJWS(jws, key)
+	payload, err := jws.Verify(obj, key)
 	if err != nil {
 		return Command{}, err
 	}
 	var w wireCommand
 	if err := cv.cbor.m.Dec.Unmarshal(payload, &w); err != nil {
-		return Command{}, fmt.Errorf("%w: command: %v", ErrMalformed, err)
+		return Command{}, fmt.Errorf("%w: command: %v", wire.ErrMalformed, err)
 	}
 	if w.Device != cv.device {
-		return Command{}, fmt.Errorf("%w: command for %q received by %q", ErrWrongDevice, clip(w.Device), cv.device)
+		return Command{}, fmt.Errorf("%w: command for %q received by %q", wire.ErrWrongDevice, textutil.Clip(w.Device), cv.device)
 	}
 	cmd := Command{ID: w.ID, Device: w.Device, Name: w.Name, Body: w.Body, Issued: time.UnixMilli(w.Issued), Expires: time.UnixMilli(w.Expires)}
 	if now := cv.now(); !now.Before(cmd.Expires) {

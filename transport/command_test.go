@@ -15,6 +15,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func TestCommands(t *testing.T) {
@@ -58,12 +59,12 @@ func TestCommands(t *testing.T) {
 		env  []byte
 		want error
 	}{
-		"another device's command":      {forB, ErrWrongDevice},
-		"signed by an unknown key":      {fromRogue, ErrBadSignature},
-		"tampered signature":            {tampered, ErrBadSignature},
+		"another device's command":      {forB, wire.ErrWrongDevice},
+		"signed by an unknown key":      {fromRogue, wire.ErrBadSignature},
+		"tampered signature":            {tampered, wire.ErrBadSignature},
 		"expired":                       {expired, ErrCommandExpired},
-		"signature removed":             {unsigned, ErrBadSignature},
-		"telemetry envelope as command": {[]byte("e30.e30.sig"), ErrMalformed},
+		"signature removed":             {unsigned, wire.ErrBadSignature},
+		"telemetry envelope as command": {[]byte("e30.e30.sig"), wire.ErrMalformed},
 	} {
 		if _, err := cv.verify(tc.env); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", name, err, tc.want)

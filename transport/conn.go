@@ -87,17 +87,6 @@ func (c *packetConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ErrPacketTooLarge: the broker sent an MQTT packet larger than the
-// Maximum Packet Size the client advertised in CONNECT (limits.MQTTPacket,
-// MQTT v5 section 3.1.2.11.4). The client drops the connection before
-// allocating the packet, logs the violation and reconnects with a growing
-// backoff. A broker doing this is broken or hostile.
-var ErrPacketTooLarge = errors.New("transport: broker sent a packet over the client's Maximum Packet Size")
-
-// ErrBrokerProtocol: the broker sent bytes that are not an MQTT v5 packet
-// header (a reserved packet type or a malformed remaining length).
-var ErrBrokerProtocol = errors.New("transport: broker broke the MQTT protocol")
-
 // readFirstPacket reads the broker's first packet, bounded by max bytes
 // before anything is allocated, and checks it: a CONNACK whose flags and
 // properties are as MQTT v5 section 3.2 allows, or a DISCONNECT.
@@ -327,16 +316,6 @@ func (c *packetConn) Write(p []byte) (int, error) {
 	}
 	return c.Conn.Write(p)
 }
-
-// ErrCertificateRejected: the broker refused the device certificate during
-// or right after the TLS handshake (revoked, expired, unknown CA). The
-// device backs off and keeps its queue; an operator must act (renew,
-// re-enroll, check the broker's CA and CRL).
-var ErrCertificateRejected = errors.New("transport: broker rejected the device certificate")
-
-// ErrRefusedByBroker: the broker answered a publish or subscribe with a
-// reason code that retrying cannot fix (for example 0x87, not authorized).
-var ErrRefusedByBroker = errors.New("transport: broker refused the message")
 
 // classifyDialError wraps TLS alerts about the client certificate in
 // ErrCertificateRejected, naming the alert.

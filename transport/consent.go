@@ -3,13 +3,12 @@
 
 package transport
 
-// Consent per telemetry stream, device half (ETSI EN 303 645 provisions
+// consent.State per telemetry stream, device half (ETSI EN 303 645 provisions
 // 5.8 and 5.11, OWASP IoT I6). The cloud half, the consent events and the
 // ledger that applies them, is in consent_ledger.go.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,100 +19,33 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/statefile"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
-
-// Streams of the SDK itself. Every stream whose name starts with "d2c." is
-// reserved: [Client.Publish] refuses it and [ClientConfig.Streams] cannot
-// declare it.
-const (
-	// ConsentStream carries the device's consent events, one per record
-	// ([ParseConsentEvent]).
-	ConsentStream = "d2c.consent"
-	// SecurityStream carries the device's security-metrics reports
-	// ([ParseSecurityReport]).
-	SecurityStream = "d2c.security"
-
-	reservedStreamPrefix = "d2c."
-)
-
-// ErrNoConsent is returned by [Client.Publish] for a stream declared
-// Personal in [ClientConfig.Streams] while no consent for its declared
-// purpose is in force. Nothing is stored.
-var ErrNoConsent = errors.New("transport: no consent for this personal stream")
-
-// Bounds of consent state.
-const (
-	// maxPurpose bounds a purpose, in bytes.
-	maxPurpose = 256
-	// maxConsentStreams bounds the streams a ConsentStore records and the
-	// entries of ClientConfig.Streams.
-	maxConsentStreams = 256
-)
-
-// StreamPolicy declares what a telemetry stream is for (see
-// [ClientConfig.Streams]).
-type StreamPolicy struct {
-	// Stream is the stream name ([ValidateStream]); not one of the
-	// reserved "d2c." streams. Required.
-	Stream string
-	// Purpose says what the stream's data is used for, in the words the
-	// user is shown when asked for consent: 1 to 256 bytes of UTF-8
-	// without control characters. Required when Personal.
-	Purpose string
-	// Personal marks a stream that carries personal data: it is sent only
-	// while the user's consent to Purpose is in force
-	// ([Client.GrantConsent]). Default false: the stream (device health,
-	// for example) needs no consent.
-	Personal bool
-}
-
-// Consent is the consent recorded for one stream.
-type Consent struct {
-	Stream  string
-	Purpose string // the purpose consented to (or withdrawn from)
-	// Granted reports consent in force: granted, and its consent event
-	// stored in the outbox. [Client.Consent] also requires Purpose to be
-	// the stream's declared purpose.
-	Granted bool
-	Time    time.Time // when it last changed, by the device's trusted clock
-	// Change is the store's change counter at the last change: it rises
-	// by one at every grant or withdrawal of any stream, and never
-	// decreases.
-	Change uint64
-}
-
-func isReservedStream(stream string) bool { return strings.HasPrefix(stream, reservedStreamPrefix) }
-
-func validatePurpose(p string) error {
-	if p == "" || len(p) > maxPurpose || !utf8.ValidString(p) || strings.ContainsFunc(p, unicode.IsControl) {
-		return fmt.Errorf("transport: purpose %q: want 1 to %d bytes of UTF-8 without control characters", clip(p), maxPurpose)
-	}
-	return nil
-}
 
 // validateStreamPolicies checks ClientConfig.Streams and indexes it.
-func validateStreamPolicies(ps []StreamPolicy) (map[string]StreamPolicy, error) {
-	if len(ps) > maxConsentStreams {
-		return nil, fmt.Errorf("transport: ClientConfig.Streams: %d streams, at most %d", len(ps), maxConsentStreams)
+func validateStreamPolicies(ps []consent.Policy) (map[string]consent.Policy, error) {
+	if len(ps) > consent.MaxStreams {
+		return nil, fmt.Errorf("transport: ClientConfig.Streams: %d streams, at most %d", len(ps), consent.MaxStreams)
 	}
-	m := make(map[string]StreamPolicy, len(ps))
+	m := make(map[string]consent.Policy, len(ps))
 	for _, p := range ps {
-		if err := ValidateStream(p.Stream); err != nil {
+		if err := wire.ValidateStream(p.Stream); err != nil {
 			return nil, fmt.Errorf("transport: ClientConfig.Streams: %w", err)
 		}
-		if isReservedStream(p.Stream) {
+		if wire.IsReserved(p.Stream) {
 			return nil, fmt.Errorf("transport: ClientConfig.Streams: stream %q is reserved", p.Stream)
 		}
 		if _, dup := m[p.Stream]; dup {
 			return nil, fmt.Errorf("transport: ClientConfig.Streams: stream %q declared twice", p.Stream)
 		}
 		if p.Personal || p.Purpose != "" {
-			if err := validatePurpose(p.Purpose); err != nil {
+			if err := consent.ValidatePurpose(p.Purpose); err != nil {
 				return nil, fmt.Errorf("transport: ClientConfig.Streams: stream %q: %w", p.Stream, err)
 			}
 		}
@@ -125,13 +57,13 @@ func validateStreamPolicies(ps []StreamPolicy) (map[string]StreamPolicy, error) 
 // ---------------------------------------------------------------------------
 // The store
 
-// ConsentStore is the device's durable record of consent per stream: the
+// consentStore is the device's durable record of consent per stream: the
 // file consent.state in the client's state directory, a checksummed CBOR
 // state file replaced atomically at every change, so that a power cut
 // leaves the old or the new record, never a mix. The [Client] owns it and
 // changes it only through [Client.GrantConsent] and
-// [Client.WithdrawConsent]; [OpenConsentStore] reads it, for tools.
-type ConsentStore struct {
+// [Client.WithdrawConsent].
+type consentStore struct {
 	path  string
 	fs    atomicfile.FS
 	codec *statefile.Codec
@@ -157,25 +89,19 @@ type consentRecord struct {
 	Pending bool `cbor:"6,keyasint"`
 }
 
-func (r consentRecord) public() Consent {
-	return Consent{Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted && !r.Pending,
+func (r consentRecord) public() consent.State {
+	return consent.State{Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted && !r.Pending,
 		Time: time.UnixMilli(r.Time), Change: r.Change}
 }
 
 const consentStateKind = "d2c.consent.v1"
 
-// OpenConsentStore reads the consent store at path (a client's is
-// "consent.state" in its StateDir). A missing file is an empty store; a
-// corrupt one is an error. The store read is a snapshot: a running client
-// does not update it.
-func OpenConsentStore(path string) (*ConsentStore, error) { return openConsentStore(nil, path) }
-
-func openConsentStore(fsys atomicfile.FS, path string) (*ConsentStore, error) {
-	codec, err := statefile.New(consentStateKind, maxConsentStreams)
+func openConsentStore(fsys atomicfile.FS, path string) (*consentStore, error) {
+	codec, err := statefile.New(consentStateKind, consent.MaxStreams)
 	if err != nil {
 		return nil, err
 	}
-	s := &ConsentStore{path: path, fs: fsys, codec: codec}
+	s := &consentStore{path: path, fs: fsys, codec: codec}
 	switch err := codec.Load(path, &s.st); {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -191,14 +117,14 @@ func openConsentStore(fsys atomicfile.FS, path string) (*ConsentStore, error) {
 
 func (st *consentState) check() error {
 	for i, r := range st.Streams {
-		if err := ValidateStream(r.Stream); err != nil {
+		if err := wire.ValidateStream(r.Stream); err != nil {
 			return err
 		}
 		if i > 0 && st.Streams[i-1].Stream >= r.Stream {
 			return errors.New("streams not sorted or repeated")
 		}
 		if r.Purpose != "" {
-			if err := validatePurpose(r.Purpose); err != nil {
+			if err := consent.ValidatePurpose(r.Purpose); err != nil {
 				return err
 			}
 		}
@@ -209,28 +135,28 @@ func (st *consentState) check() error {
 	return nil
 }
 
-// Consent returns the consent recorded for stream, and whether there is
+// consent.State returns the consent recorded for stream, and whether there is
 // one.
-func (s *ConsentStore) Consent(stream string) (Consent, bool) {
+func (s *consentStore) Consent(stream string) (consent.State, bool) {
 	r, ok := s.get(stream)
 	if !ok {
-		return Consent{Stream: stream}, false
+		return consent.State{Stream: stream}, false
 	}
 	return r.public(), true
 }
 
 // List returns every stream's consent, by stream name.
-func (s *ConsentStore) List() []Consent {
+func (s *consentStore) List() []consent.State {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]Consent, len(s.st.Streams))
+	out := make([]consent.State, len(s.st.Streams))
 	for i, r := range s.st.Streams {
 		out[i] = r.public()
 	}
 	return out
 }
 
-func (s *ConsentStore) get(stream string) (consentRecord, bool) {
+func (s *consentStore) get(stream string) (consentRecord, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i, ok := s.find(stream)
@@ -240,7 +166,7 @@ func (s *ConsentStore) get(stream string) (consentRecord, bool) {
 	return s.st.Streams[i], true
 }
 
-func (s *ConsentStore) find(stream string) (int, bool) {
+func (s *consentStore) find(stream string) (int, bool) {
 	return slices.BinarySearchFunc(s.st.Streams, stream, func(r consentRecord, t string) int { return strings.Compare(r.Stream, t) })
 }
 
@@ -248,7 +174,7 @@ func (s *ConsentStore) find(stream string) (int, bool) {
 // and returns it. Memory changes only once the file is durable; the change
 // counter rises even on error, so that a number that may have reached the
 // disk is never given to another change.
-func (s *ConsentStore) put(r consentRecord) (consentRecord, error) {
+func (s *consentStore) put(r consentRecord) (consentRecord, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	next := consentState{Change: s.st.Change + 1, Streams: slices.Clone(s.st.Streams)}
@@ -257,7 +183,7 @@ func (s *ConsentStore) put(r consentRecord) (consentRecord, error) {
 	switch {
 	case ok:
 		next.Streams[i] = r
-	case len(next.Streams) >= maxConsentStreams:
+	case len(next.Streams) >= consent.MaxStreams:
 		return r, fmt.Errorf("transport: consent store holds %d streams, the limit", len(next.Streams))
 	default:
 		next.Streams = slices.Insert(next.Streams, i, r)
@@ -271,7 +197,7 @@ func (s *ConsentStore) put(r consentRecord) (consentRecord, error) {
 }
 
 // pending returns the records whose consent event is not yet queued.
-func (s *ConsentStore) pending() []consentRecord {
+func (s *consentStore) pending() []consentRecord {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []consentRecord
@@ -286,7 +212,7 @@ func (s *ConsentStore) pending() []consentRecord {
 // reported clears the pending flag of the given changes, in memory at
 // once and then on disk. A failed write only means the events are sent
 // again after a restart, which the cloud tolerates.
-func (s *ConsentStore) reported(recs []consentRecord) error {
+func (s *consentStore) reported(recs []consentRecord) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	next := consentState{Change: s.st.Change, Streams: slices.Clone(s.st.Streams)}
@@ -314,9 +240,9 @@ type consentGate struct {
 	// is below that of any later consent event), and exclusively by a
 	// consent change.
 	mu       sync.RWMutex
-	store    *ConsentStore
-	policies map[string]StreamPolicy
-	outbox   *Outbox
+	store    *consentStore
+	policies map[string]consent.Policy
+	outbox   *outbox.Outbox
 	now      func() time.Time
 	log      *slog.Logger
 	// seal seals records of SDK streams and stores them in one durable
@@ -337,9 +263,9 @@ type consentGate struct {
 	sending map[string]int
 }
 
-func newConsentGate(store *ConsentStore, policies map[string]StreamPolicy, outbox *Outbox, now func() time.Time, log *slog.Logger,
+func newConsentGate(store *consentStore, policies map[string]consent.Policy, ob *outbox.Outbox, now func() time.Time, log *slog.Logger,
 	seal func(context.Context, ...sealRequest) ([]uint64, error)) *consentGate {
-	g := &consentGate{store: store, policies: policies, outbox: outbox, now: now, log: log, seal: seal, stopped: map[string]bool{}}
+	g := &consentGate{store: store, policies: policies, outbox: ob, now: now, log: log, seal: seal, stopped: map[string]bool{}}
 	g.refresh()
 	return g
 }
@@ -445,7 +371,7 @@ func (g *consentGate) awaitSent(ctx context.Context, stream string) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%d message(s) of the stream were already handed to the broker connection and may still be sent "+
-				"(their sequence numbers are below the withdrawal's: a ConsentLedger drops them): %w", n, ctx.Err())
+				"(their sequence numbers are below the withdrawal's: a consent.Ledger drops them): %w", n, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -460,16 +386,16 @@ func (g *consentGate) hold(stream string) (release func(), err error) {
 	g.mu.RLock()
 	if !(*g.open.Load())[stream] {
 		g.mu.RUnlock()
-		return nil, fmt.Errorf("%w: %q", ErrNoConsent, stream)
+		return nil, fmt.Errorf("%w: %q", consent.ErrNoConsent, stream)
 	}
 	return g.mu.RUnlock, nil
 }
 
 // consent reports a stream's consent, Granted meaning in force.
-func (g *consentGate) consent(stream string) Consent {
+func (g *consentGate) consent(stream string) consent.State {
 	r, ok := g.store.get(stream)
 	if !ok {
-		return Consent{Stream: stream}
+		return consent.State{Stream: stream}
 	}
 	c := r.public()
 	c.Granted = g.inForce(r) && (*g.open.Load())[stream]
@@ -481,10 +407,10 @@ func (g *consentGate) consent(stream string) Consent {
 func (g *consentGate) grant(ctx context.Context, stream, purpose string) error {
 	p, ok := g.policies[stream]
 	if !ok || !p.Personal {
-		return fmt.Errorf("transport: GrantConsent: stream %q is not declared personal in ClientConfig.Streams", clip(stream))
+		return fmt.Errorf("transport: GrantConsent: stream %q is not declared personal in ClientConfig.Streams", textutil.Clip(stream))
 	}
 	if purpose != p.Purpose {
-		return fmt.Errorf("transport: GrantConsent: purpose %q is not the declared purpose of stream %q", clip(purpose), stream)
+		return fmt.Errorf("transport: GrantConsent: purpose %q is not the declared purpose of stream %q", textutil.Clip(purpose), stream)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -530,7 +456,7 @@ func (g *consentGate) grant(ctx context.Context, stream, purpose string) error {
 func (g *consentGate) withdraw(ctx context.Context, stream string) error {
 	p, ok := g.policies[stream]
 	if !ok || !p.Personal {
-		return fmt.Errorf("transport: WithdrawConsent: stream %q is not declared personal in ClientConfig.Streams", clip(stream))
+		return fmt.Errorf("transport: WithdrawConsent: stream %q is not declared personal in ClientConfig.Streams", textutil.Clip(stream))
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -622,16 +548,6 @@ func (g *consentGate) retry(ctx context.Context) {
 	g.refresh()
 }
 
-// consentBody is the JSON body of a consent event (docs/protocol.md).
-type consentBody struct {
-	V       int    `json:"v"`
-	Stream  string `json:"stream"`
-	Purpose string `json:"purpose"`
-	Granted bool   `json:"granted"`
-	Change  uint64 `json:"change"`
-	Time    int64  `json:"time"`
-}
-
 // flush queues the consent events of every pending record in one durable
 // append (all or none), one record per event, at top priority, then
 // clears their pending flags. Called with mu held. The append is not
@@ -645,11 +561,11 @@ func (g *consentGate) flush(ctx context.Context) error {
 	}
 	var reqs []sealRequest
 	for _, r := range recs {
-		body, err := json.Marshal(consentBody{V: 1, Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted, Change: r.Change, Time: r.Time})
+		body, err := consent.Event{Stream: r.Stream, Purpose: r.Purpose, Granted: r.Granted, Change: r.Change, Time: time.UnixMilli(r.Time)}.Body()
 		if err != nil {
 			return err
 		}
-		reqs = append(reqs, sealRequest{PublishOptions{Stream: ConsentStream, Priority: 255}, []Reading{{Time: time.UnixMilli(r.Time), Body: body}}})
+		reqs = append(reqs, sealRequest{PublishOptions{Stream: wire.ConsentStream, Priority: 255}, []Reading{{Time: time.UnixMilli(r.Time), Body: body}}})
 	}
 	if _, err := g.seal(ctx, reqs...); err != nil {
 		return err

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // gateProxy forwards TCP connections to a broker while it is up; while it
@@ -116,7 +118,7 @@ func TestConsentEndToEnd(t *testing.T) {
 	f.dialCloud(f.broker.Addr(), col, v)
 	px := newGateProxy(t, f.broker.Addr())
 	cfg := transport.ClientConfig{Broker: px.Addr(), ServerName: "127.0.0.1", Store: store,
-		Streams: []transport.StreamPolicy{
+		Streams: []consent.Policy{
 			{Stream: "heart", Purpose: heartPurpose, Personal: true},
 			{Stream: "battery", Purpose: "device health"},
 		},
@@ -160,13 +162,13 @@ func TestConsentEndToEnd(t *testing.T) {
 
 	// 1. No consent: refused, nothing stored. Reserved streams and grants
 	// that do not match the declaration are refused too.
-	if err := publish(dev, "heart", "h-refused"); !errors.Is(err, transport.ErrNoConsent) {
+	if err := publish(dev, "heart", "h-refused"); !errors.Is(err, consent.ErrNoConsent) {
 		t.Fatalf("Publish to a personal stream without consent: %v, want ErrNoConsent", err)
 	}
 	if st := dev.Stats(); st.Stored != 0 {
 		t.Fatalf("refused Publish stored something: %+v", st)
 	}
-	if err := publish(dev, transport.ConsentStream, "{}"); err == nil {
+	if err := publish(dev, wire.ConsentStream, "{}"); err == nil {
 		t.Fatal("Publish on the reserved consent stream accepted")
 	}
 	if err := dev.GrantConsent(ctx, "heart", "marketing"); err == nil {
@@ -203,7 +205,7 @@ func TestConsentEndToEnd(t *testing.T) {
 	if err := dev.WithdrawConsent(ctx, "heart"); err != nil {
 		t.Fatal(err)
 	}
-	if err := publish(dev, "heart", "h-after"); !errors.Is(err, transport.ErrNoConsent) {
+	if err := publish(dev, "heart", "h-after"); !errors.Is(err, consent.ErrNoConsent) {
 		t.Fatalf("Publish after withdrawal: %v, want ErrNoConsent", err)
 	}
 	if st := dev.Stats(); st.QueueDepth != 2 { // b-1 and the withdrawal event
@@ -217,7 +219,7 @@ func TestConsentEndToEnd(t *testing.T) {
 	if c := dev.Consent("heart"); c.Granted || c.Change != 2 {
 		t.Fatalf("Consent after restart: %+v, want withdrawn at change 2", c)
 	}
-	if err := publish(dev, "heart", "h-restarted"); !errors.Is(err, transport.ErrNoConsent) {
+	if err := publish(dev, "heart", "h-restarted"); !errors.Is(err, consent.ErrNoConsent) {
 		t.Fatalf("Publish after restart: %v, want ErrNoConsent", err)
 	}
 	if st := dev.Stats(); st.QueueDepth != 2 {
@@ -240,11 +242,11 @@ func TestConsentEndToEnd(t *testing.T) {
 	time.Sleep(300 * time.Millisecond) // anything late would show now
 
 	// The cloud's view, in arrival order, through a ledger.
-	var ledger transport.ConsentLedger
-	var events []transport.ConsentEvent
+	var ledger consent.Ledger
+	var events []consent.Event
 	var kept, got []string
 	for _, r := range col.snapshot() {
-		if r.Stream == transport.ConsentStream {
+		if r.Stream == wire.ConsentStream {
 			ev, err := ledger.Observe(r)
 			if err != nil {
 				t.Fatal(err)

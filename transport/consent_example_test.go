@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
 )
 
 // Example_consent declares a stream that carries personal data: it is
@@ -31,7 +32,7 @@ func Example_consent() {
 	dev, err := transport.Dial(ctx, transport.ClientConfig{
 		Broker: "127.0.0.1:1",
 		Store:  store,
-		Streams: []transport.StreamPolicy{
+		Streams: []consent.Policy{
 			{Stream: "heart", Purpose: purpose, Personal: true},
 			{Stream: "battery", Purpose: "device health"}, // not personal: no consent needed
 		},
@@ -43,7 +44,7 @@ func Example_consent() {
 	reading := transport.Reading{Time: time.Now(), Body: []byte(`{"bpm":61}`)}
 
 	err = dev.Publish(ctx, "heart", reading)
-	fmt.Println("before consent:", errors.Is(err, transport.ErrNoConsent))
+	fmt.Println("before consent:", errors.Is(err, consent.ErrNoConsent))
 
 	// The application asked the user, showing the declared purpose.
 	if err := dev.GrantConsent(ctx, "heart", purpose); err != nil {
@@ -56,7 +57,7 @@ func Example_consent() {
 		log.Fatal(err)
 	}
 	err = dev.Publish(ctx, "heart", reading)
-	fmt.Println("withdrawn:", dev.Consent("heart").Granted, errors.Is(err, transport.ErrNoConsent))
+	fmt.Println("withdrawn:", dev.Consent("heart").Granted, errors.Is(err, consent.ErrNoConsent))
 	// Queued: the two consent events; the reading was purged.
 	fmt.Println("queued:", dev.Stats().QueueDepth)
 	// Output:
@@ -64,46 +65,4 @@ func Example_consent() {
 	// granted: true <nil>
 	// withdrawn: false true
 	// queued: 2
-}
-
-// ExampleConsentLedger shows a cloud service applying a device's consent
-// events to its telemetry: the records come from a Verifier (in a real
-// service, through CloudConfig.OnRecord) in the order they arrive.
-func ExampleConsentLedger() {
-	event := func(seq uint64, granted bool, change int) transport.Record {
-		body := fmt.Sprintf(`{"v":1,"stream":"heart","purpose":"heart-rate alerts","granted":%v,"change":%d,"time":1795000000000}`, granted, change)
-		return transport.Record{Device: "wearable-7", Stream: transport.ConsentStream, Boot: 4, Seq: seq,
-			Readings: []transport.Reading{{Body: []byte(body)}}}
-	}
-	reading := func(seq uint64) transport.Record {
-		return transport.Record{Device: "wearable-7", Stream: "heart", Boot: 4, Seq: seq}
-	}
-	var ledger transport.ConsentLedger
-	for _, r := range []transport.Record{
-		event(10, true, 1), // granted
-		reading(11),
-		reading(12),
-		event(14, false, 2), // withdrawn
-		reading(13),         // sealed before the withdrawal, in flight: discarded
-		event(20, true, 3),  // granted again
-		reading(21),
-	} {
-		if r.Stream == transport.ConsentStream {
-			ev, err := ledger.Observe(r)
-			if err != nil {
-				log.Fatal(err)
-			}
-			fmt.Printf("consent %d: granted=%v\n", ev.Change, ev.Granted)
-			continue
-		}
-		fmt.Printf("reading seq %d: keep=%v\n", r.Seq, ledger.Allowed(r))
-	}
-	// Output:
-	// consent 1: granted=true
-	// reading seq 11: keep=true
-	// reading seq 12: keep=true
-	// consent 2: granted=false
-	// reading seq 13: keep=false
-	// consent 3: granted=true
-	// reading seq 21: keep=true
 }

@@ -21,18 +21,22 @@ import (
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
 	"github.com/d2c-iot/d2c/internal/statefile"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/internal/outboxhook"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 const testPurpose = "heart-rate alerts to the wearer's doctor"
 
-var testPolicies = map[string]StreamPolicy{
+var testPolicies = map[string]consent.Policy{
 	"heart": {Stream: "heart", Purpose: testPurpose, Personal: true},
 	"temp":  {Stream: "temp"},
 }
 
 func TestConsentStoreRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "consent.state")
-	s, err := OpenConsentStore(path)
+	s, err := openConsentStore(nil, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,12 +56,12 @@ func TestConsentStoreRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s2, err := OpenConsentStore(path)
+	s2, err := openConsentStore(nil, path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := s2.List()
-	want := []Consent{
+	want := []consent.State{
 		{Stream: "gps", Purpose: "route history", Granted: false /* pending */, Time: at, Change: 2},
 		{Stream: "heart", Purpose: testPurpose, Granted: false, Time: at.Add(time.Minute), Change: 3},
 	}
@@ -80,11 +84,11 @@ func TestConsentStoreRoundTrip(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenConsentStore(path); !errors.Is(err, statefile.ErrCorrupt) {
+	if _, err := openConsentStore(nil, path); !errors.Is(err, statefile.ErrCorrupt) {
 		t.Fatalf("corrupt store: %v, want ErrCorrupt", err)
 	}
 	// So is a well-formed file that breaks the store's invariants.
-	codec, _ := statefile.New(consentStateKind, maxConsentStreams)
+	codec, _ := statefile.New(consentStateKind, consent.MaxStreams)
 	for name, st := range map[string]consentState{
 		"change above counter": {Change: 1, Streams: []consentRecord{{Stream: "a", Change: 2}}},
 		"unsorted":             {Change: 2, Streams: []consentRecord{{Stream: "b", Change: 1}, {Stream: "a", Change: 2}}},
@@ -93,27 +97,27 @@ func TestConsentStoreRoundTrip(t *testing.T) {
 		if err := codec.Save(nil, path, st); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := OpenConsentStore(path); !errors.Is(err, statefile.ErrCorrupt) {
+		if _, err := openConsentStore(nil, path); !errors.Is(err, statefile.ErrCorrupt) {
 			t.Errorf("%s: %v, want ErrCorrupt", name, err)
 		}
 	}
 }
 
 func TestStreamPoliciesValidated(t *testing.T) {
-	for name, ps := range map[string][]StreamPolicy{
-		"reserved":          {{Stream: ConsentStream}},
+	for name, ps := range map[string][]consent.Policy{
+		"reserved":          {{Stream: wire.ConsentStream}},
 		"reserved prefix":   {{Stream: "d2c.mine"}},
 		"invalid name":      {{Stream: "a/b"}},
 		"twice":             {{Stream: "a"}, {Stream: "a"}},
 		"personal, no why":  {{Stream: "a", Personal: true}},
 		"control character": {{Stream: "a", Purpose: "x\n", Personal: true}},
-		"purpose too long":  {{Stream: "a", Purpose: strings.Repeat("x", maxPurpose+1), Personal: true}},
+		"purpose too long":  {{Stream: "a", Purpose: strings.Repeat("x", consent.MaxPurpose+1), Personal: true}},
 	} {
 		if _, err := validateStreamPolicies(ps); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := validateStreamPolicies([]StreamPolicy{{Stream: "temp"}, {Stream: "heart", Purpose: testPurpose, Personal: true}}); err != nil {
+	if _, err := validateStreamPolicies([]consent.Policy{{Stream: "temp"}, {Stream: "heart", Purpose: testPurpose, Personal: true}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -131,7 +135,7 @@ func newConsentRig(t *testing.T) *consentRig {
 	return &consentRig{fleet: f}
 }
 
-func (r *consentRig) seal(o PublishOptions, rs []Reading) ([]Message, error) {
+func (r *consentRig) seal(o PublishOptions, rs []Reading) ([]outbox.Message, error) {
 	s, err := NewSealer("dev-1", r.fleet.devices["dev-1"], nil, func() time.Time { return r.fleet.now })
 	if err != nil {
 		return nil, err
@@ -141,14 +145,14 @@ func (r *consentRig) seal(o PublishOptions, rs []Reading) ([]Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []Message{{Topic: TelemetryTopic("dev-1", o.Stream), Payload: out.Envelope, Priority: o.Priority, Stream: o.Stream, Boot: 1, Seq: seq}}, nil
+	return []outbox.Message{{Topic: wire.TelemetryTopic("dev-1", o.Stream), Payload: out.Envelope, Priority: o.Priority, Stream: o.Stream, Boot: 1, Seq: seq}}, nil
 }
 
-func (r *consentRig) gate(store *ConsentStore, ob *Outbox) *consentGate {
+func (r *consentRig) gate(store *consentStore, ob *outbox.Outbox) *consentGate {
 	var mu sync.Mutex // as the client's sealMu: outbox IDs rise with seq
 	sealAndStore := func(ctx context.Context, reqs ...sealRequest) ([]uint64, error) {
 		mu.Lock()
-		var msgs []Message
+		var msgs []outbox.Message
 		for _, q := range reqs {
 			m, err := r.seal(q.opts, q.readings)
 			if err != nil {
@@ -157,24 +161,24 @@ func (r *consentRig) gate(store *ConsentStore, ob *Outbox) *consentGate {
 			}
 			msgs = append(msgs, m...)
 		}
-		a, err := ob.enqueue(msgs)
+		a, err := ob.Enqueue(msgs)
 		mu.Unlock()
 		if err != nil {
 			return nil, err
 		}
-		return a.wait(ctx)
+		return a.Wait(ctx)
 	}
 	return newConsentGate(store, testPolicies, ob, func() time.Time { return r.fleet.now }, slog.New(slog.DiscardHandler), sealAndStore)
 }
 
 // contents splits an outbox's messages into the bodies of plain messages
 // by stream and the consent events, verified and decoded.
-func (r *consentRig) contents(t *testing.T, ob *Outbox) (bodies map[string][]string, events []ConsentEvent) {
+func (r *consentRig) contents(t *testing.T, ob *outbox.Outbox) (bodies map[string][]string, events []consent.Event) {
 	t.Helper()
 	v := r.fleet.verifier(nil)
 	bodies = map[string][]string{}
 	for _, m := range obAll(ob) {
-		if m.Stream != ConsentStream {
+		if m.Stream != wire.ConsentStream {
 			bodies[m.Stream] = append(bodies[m.Stream], string(m.Payload))
 			continue
 		}
@@ -182,7 +186,7 @@ func (r *consentRig) contents(t *testing.T, ob *Outbox) (bodies map[string][]str
 		if err != nil {
 			t.Fatalf("consent event in the outbox: %v", err)
 		}
-		ev, err := ParseConsentEvent(rec)
+		ev, err := consent.ParseEvent(rec)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -198,12 +202,12 @@ func TestConsentGate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ob := obOpen(t, OutboxConfig{Dir: filepath.Join(dir, "outbox")})
+	ob := obOpen(t, outbox.Config{Dir: filepath.Join(dir, "outbox")})
 	defer obClose(t, ob)
 	g := r.gate(store, ob)
 	ctx := t.Context()
 
-	if _, err := g.hold("heart"); !errors.Is(err, ErrNoConsent) {
+	if _, err := g.hold("heart"); !errors.Is(err, consent.ErrNoConsent) {
 		t.Fatalf("personal stream without consent: %v", err)
 	}
 	if release, err := g.hold("temp"); err != nil {
@@ -265,7 +269,7 @@ func TestConsentGate(t *testing.T) {
 		t.Fatal("a stream that needs no consent is held back")
 	}
 	g.endSend("temp")
-	if _, err := g.hold("heart"); !errors.Is(err, ErrNoConsent) {
+	if _, err := g.hold("heart"); !errors.Is(err, consent.ErrNoConsent) {
 		t.Fatalf("after withdrawal: %v", err)
 	}
 	bodies, events := r.contents(t, ob)
@@ -276,7 +280,7 @@ func TestConsentGate(t *testing.T) {
 		t.Fatalf("consent events %+v", events)
 	}
 	// The events go first and alone.
-	if m := ob.Next(1, nil); len(m) != 1 || m[0].Stream != ConsentStream || m[0].Priority != 255 {
+	if m := ob.Next(1, nil); len(m) != 1 || m[0].Stream != wire.ConsentStream || m[0].Priority != 255 {
 		t.Fatalf("first message out: %+v", m)
 	}
 	// Withdrawing again purges, records nothing, sends nothing.
@@ -322,13 +326,13 @@ func TestConsentCrash(t *testing.T) {
 		if _, err := s.put(consentRecord{Stream: "heart", Purpose: testPurpose, Granted: true, Time: r.fleet.now.UnixMilli()}); err != nil {
 			t.Fatal(err)
 		}
-		ob := obOpen(t, OutboxConfig{Dir: filepath.Join(granted, "outbox")})
+		ob := obOpen(t, outbox.Config{Dir: filepath.Join(granted, "outbox")})
 		obAppend(t, ob, obMsg("heart", "h-0", 0), obMsg("temp", "t-0", 0), obMsg("heart", "h-1", 0))
 		obAppend(t, ob, obMsg("heart", "h-2", 0), obMsg("heart", "h-3", 0), obMsg("temp", "t-1", 0))
 		obClose(t, ob)
 	}
 	{
-		ob := obOpen(t, OutboxConfig{Dir: filepath.Join(none, "outbox")})
+		ob := obOpen(t, outbox.Config{Dir: filepath.Join(none, "outbox")})
 		obAppend(t, ob, obMsg("temp", "t-0", 0), obMsg("temp", "t-1", 0))
 		obClose(t, ob)
 	}
@@ -348,23 +352,24 @@ func TestConsentCrash(t *testing.T) {
 		if err != nil {
 			t.Fatal(err) // reading does not go through the FS
 		}
-		ob, err := OpenOutbox(OutboxConfig{Dir: filepath.Join(dir, "outbox"), fs: fsys})
+		o, err := outboxhook.Open(fsys, outbox.Config{Dir: filepath.Join(dir, "outbox")})
 		if err != nil {
 			return session{cfs, err, dir}
 		}
+		ob := o.(*outbox.Outbox)
 		err = op(r.gate(store, ob))
 		ob.Close()
 		return session{cfs, err, dir}
 	}
 	// restart opens the state as the next process does, checks what the
 	// interrupted call left, reconciles, and returns the outcome.
-	restart := func(t *testing.T, s session, check func(store *ConsentStore, bodies map[string][]string, events []ConsentEvent)) (*ConsentStore, map[string][]string, []ConsentEvent) {
+	restart := func(t *testing.T, s session, check func(store *consentStore, bodies map[string][]string, events []consent.Event)) (*consentStore, map[string][]string, []consent.Event) {
 		t.Helper()
 		store, err := openConsentStore(nil, filepath.Join(s.dir, "store", "consent.state"))
 		if err != nil {
 			t.Fatalf("consent store after the crash: %v", err)
 		}
-		ob := obOpen(t, OutboxConfig{Dir: filepath.Join(s.dir, "outbox")})
+		ob := obOpen(t, outbox.Config{Dir: filepath.Join(s.dir, "outbox")})
 		defer obClose(t, ob)
 		bodies, events := r.contents(t, ob)
 		check(store, bodies, events)
@@ -408,7 +413,7 @@ func TestConsentCrash(t *testing.T) {
 	t.Run("withdraw", func(t *testing.T) {
 		withdraw := func(g *consentGate) error { return g.withdraw(ctx, "heart") }
 		crashLoop(t, granted, withdraw, func(t *testing.T, s session) {
-			store, bodies, events := restart(t, s, func(store *ConsentStore, bodies map[string][]string, events []ConsentEvent) {
+			store, bodies, events := restart(t, s, func(store *consentStore, bodies map[string][]string, events []consent.Event) {
 				rec, _ := store.get("heart")
 				switch {
 				case rec.Change == 1 && rec.Granted && s.err != nil: // old state
@@ -442,7 +447,7 @@ func TestConsentCrash(t *testing.T) {
 	t.Run("grant", func(t *testing.T) {
 		grant := func(g *consentGate) error { return g.grant(ctx, "heart", testPurpose) }
 		crashLoop(t, none, grant, func(t *testing.T, s session) {
-			store, _, events := restart(t, s, func(store *ConsentStore, _ map[string][]string, events []ConsentEvent) {
+			store, _, events := restart(t, s, func(store *consentStore, _ map[string][]string, events []consent.Event) {
 				if s.err == nil {
 					if c, _ := store.Consent("heart"); c.Change == 0 {
 						t.Fatalf("grant returned nil, store holds %+v", c)
@@ -554,7 +559,7 @@ func (f *serialFile) Chmod(mode fs.FileMode) error {
 
 func consentRecordOf(t *testing.T, boot, seq uint64, body string) Record {
 	t.Helper()
-	return Record{Device: "dev-1", Stream: ConsentStream, Boot: boot, Seq: seq, Time: time.UnixMilli(1795000000000),
+	return Record{Device: "dev-1", Stream: wire.ConsentStream, Boot: boot, Seq: seq, Time: time.UnixMilli(1795000000000),
 		Readings: []Reading{{Time: time.UnixMilli(1795000000000), Body: []byte(body)}}}
 }
 
@@ -563,11 +568,11 @@ func consentJSON(stream string, granted bool, change int) string {
 }
 
 func TestParseConsentEvent(t *testing.T) {
-	ev, err := ParseConsentEvent(consentRecordOf(t, 3, 17, consentJSON("heart", true, 4)))
+	ev, err := consent.ParseEvent(consentRecordOf(t, 3, 17, consentJSON("heart", true, 4)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ConsentEvent{Device: "dev-1", Stream: "heart", Purpose: testPurpose, Granted: true, Change: 4,
+	want := consent.Event{Device: "dev-1", Stream: "heart", Purpose: testPurpose, Granted: true, Change: 4,
 		Time: time.UnixMilli(1795000000000), Boot: 3, Seq: 17}
 	if ev != want {
 		t.Fatalf("got %+v\nwant %+v", ev, want)
@@ -585,17 +590,17 @@ func TestParseConsentEvent(t *testing.T) {
 		"wrong type":     `{"v":1,"stream":"heart","purpose":"p","granted":"yes","change":1,"time":0}`,
 		"negative count": `{"v":1,"stream":"heart","purpose":"p","granted":true,"change":-1,"time":0}`,
 	} {
-		if _, err := ParseConsentEvent(consentRecordOf(t, 1, 1, body)); !errors.Is(err, ErrMalformed) {
+		if _, err := consent.ParseEvent(consentRecordOf(t, 1, 1, body)); !errors.Is(err, wire.ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
 		}
 	}
 	rec := consentRecordOf(t, 1, 1, consentJSON("heart", true, 1))
 	rec.Readings = append(rec.Readings, rec.Readings[0])
-	if _, err := ParseConsentEvent(rec); !errors.Is(err, ErrMalformed) {
+	if _, err := consent.ParseEvent(rec); !errors.Is(err, wire.ErrMalformed) {
 		t.Errorf("two readings: %v", err)
 	}
 	rec.Stream = "heart"
-	if _, err := ParseConsentEvent(rec); !errors.Is(err, ErrMalformed) {
+	if _, err := consent.ParseEvent(rec); !errors.Is(err, wire.ErrMalformed) {
 		t.Errorf("other stream: %v", err)
 	}
 }
@@ -604,7 +609,7 @@ func TestConsentLedger(t *testing.T) {
 	tele := func(boot, seq uint64) Record {
 		return Record{Device: "dev-1", Stream: "heart", Boot: boot, Seq: seq}
 	}
-	var l ConsentLedger
+	var l consent.Ledger
 	observe := func(boot, seq uint64, granted bool, change int) {
 		t.Helper()
 		if _, err := l.Observe(consentRecordOf(t, boot, seq, consentJSON("heart", granted, change))); err != nil {
@@ -655,12 +660,12 @@ func TestConsentLedger(t *testing.T) {
 	allowed(false, tele(5, 35), tele(5, 25), tele(5, 15))
 	// Other streams, devices and the reserved streams are not affected.
 	allowed(true, Record{Device: "dev-1", Stream: "temp", Boot: 2, Seq: 21}, Record{Device: "dev-2", Stream: "heart", Boot: 2, Seq: 21},
-		Record{Device: "dev-1", Stream: SecurityStream, Boot: 2, Seq: 21})
+		Record{Device: "dev-1", Stream: wire.SecurityStream, Boot: 2, Seq: 21})
 	l.Forget("dev-1")
 	allowed(true, tele(2, 21))
 
 	// Bounded: the least recently seen devices are forgotten.
-	small := ConsentLedger{MaxDevices: 3}
+	small := consent.Ledger{MaxDevices: 3}
 	for i := range 10 {
 		rec := consentRecordOf(t, 1, 1, consentJSON("heart", false, 1))
 		rec.Device = fmt.Sprintf("dev-%d", i)
@@ -675,9 +680,9 @@ func TestConsentLedger(t *testing.T) {
 		t.Fatal("eviction order")
 	}
 	// A device cannot grow its entry without bound.
-	for i := range maxConsentStreams + 1 {
+	for i := range consent.MaxStreams + 1 {
 		_, err := small.Observe(consentRecordOf(t, 1, uint64(i+1), consentJSON(fmt.Sprintf("s%d", i), true, i+1)))
-		if (err != nil) != (i == maxConsentStreams) {
+		if (err != nil) != (i == consent.MaxStreams) {
 			t.Fatalf("stream %d: %v", i, err)
 		}
 	}

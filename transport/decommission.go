@@ -5,7 +5,6 @@ package transport
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
@@ -13,27 +12,8 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/identity/audit"
 	"github.com/d2c-iot/d2c/internal/atomicfile"
+	"github.com/d2c-iot/d2c/transport/decommission"
 )
-
-// DecommissionCommand is the signed command by which the cloud tells a
-// device to leave the fleet and forget everything it holds for it. A
-// device runs [Decommission] when it receives it (verified like every
-// command: signed by the fleet's command key, for this device, unexpired,
-// never replayed).
-const DecommissionCommand = "decommission"
-
-// LifecycleStream carries the device's last words before it erases itself.
-const LifecycleStream = "lifecycle"
-
-// DecommissionOptions tune [Decommission].
-type DecommissionOptions struct {
-	// Notify publishes a "decommissioned" event on LifecycleStream and
-	// waits up to Timeout for the broker to acknowledge everything still
-	// queued, so that the cloud hears of it before the key is gone.
-	Notify bool
-	// Timeout bounds that wait; default 10 s.
-	Timeout time.Duration
-}
 
 // Decommission erases what the device holds for the fleet: it closes the
 // client, scrubs and removes the transport state directory (the outbox with
@@ -44,15 +24,15 @@ type DecommissionOptions struct {
 // agent's state (trusted root and anti-rollback floors, no personal data)
 // is kept so that a re-commissioned device cannot be rolled back.
 //
-// The cloud half is [ForgetDevice]. Decommission goes on past errors, so
+// The cloud half is [decommission.Forget]. It goes on past errors, so
 // that as much as possible is erased, and returns them joined.
 //
 // Run it in its own goroutine when a command asks for it, never inside
-// ClientConfig.OnCommand itself: it closes the client, which waits for the
-// command callback to return. With ClientConfig.Audit set, the decommission
+// [ClientConfig.OnCommand] itself: it closes the client, which waits for the
+// command callback to return. With [ClientConfig.Audit] set, the decommission
 // is recorded first; the audit log itself lives where the application put
 // it and is the application's to keep or erase.
-func Decommission(ctx context.Context, c *Client, store *identity.Store, opts DecommissionOptions) error {
+func (c *Client) Decommission(ctx context.Context, store *identity.Store, opts decommission.Options) error {
 	var errs []error
 	if opts.Notify {
 		if opts.Timeout <= 0 {
@@ -74,10 +54,10 @@ func Decommission(ctx context.Context, c *Client, store *identity.Store, opts De
 	return nil
 }
 
-// drainAfter publishes r on LifecycleStream and waits until the outbox is
+// drainAfter publishes r on decommission.LifecycleStream and waits until the outbox is
 // empty (everything acknowledged by the broker) or the timeout.
 func (c *Client) drainAfter(ctx context.Context, timeout time.Duration, r Reading) error {
-	if err := c.Publish(ctx, LifecycleStream, r); err != nil {
+	if err := c.Publish(ctx, decommission.LifecycleStream, r); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(timeout)
@@ -94,58 +74,6 @@ func (c *Client) drainAfter(ctx context.Context, timeout time.Duration, r Readin
 	return nil
 }
 
-// Revoker revokes certificates; *identity.CA implements it.
-type Revoker interface {
-	Revoke(cert *x509.Certificate, reason int) error
-}
+var _ decommission.CertificateRegistry = (*MemoryCertificates)(nil)
 
-// CertificateRegistry is a [Certificates] whose entries can be removed:
-// what [ForgetDevice] clears ([MemoryCertificates]). The fleet's cloud
-// store does the whole of ForgetDevice in its own transactions
-// (cloud/store's Store.ForgetDevice).
-type CertificateRegistry interface {
-	Certificates
-	Remove(device string)
-}
-
-var _ CertificateRegistry = (*MemoryCertificates)(nil)
-
-// ForgetDevice is the cloud half of a decommission or forget request:
-// every certificate registered for device is revoked (reason cessation of
-// operation, RFC 5280 5.3.1), so brokers (through the CRL) and the
-// registrar refuse it; the certificates leave the registry; and the
-// verifier drops its replay window, session keys and cached verifications
-// for it. Send the [DecommissionCommand] first, while the device can still
-// receive it. Telemetry already stored by the application is the
-// application's to delete, and so is the device's entry in a
-// [ConsentLedger] or [SecurityMonitor] (their Forget methods). On a failed
-// revocation the registry entry is kept, so that ForgetDevice can run
-// again.
-func ForgetDevice(ctx context.Context, device string, certs CertificateRegistry, ca Revoker, v *Verifier) error {
-	chains, err := certs.DeviceCertificates(ctx, device)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, chain := range chains {
-		if len(chain) > 0 {
-			if err := ca.Revoke(chain[0], reasonCessationOfOperation); err != nil && !errors.Is(err, identity.ErrRevoked) {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		// Keep the registry entry, so that a retry finds what to revoke.
-		return fmt.Errorf("transport: forget %s: run it again: %w", device, err)
-	}
-	certs.Remove(device)
-	if v != nil {
-		if err := v.Forget(ctx, device); err != nil {
-			return fmt.Errorf("transport: forget %s: %w", device, err)
-		}
-	}
-	return nil
-}
-
-// reasonCessationOfOperation is the CRL reason code of RFC 5280 5.3.1.
-const reasonCessationOfOperation = 5
+var _ decommission.Verifier = (*Verifier)(nil)

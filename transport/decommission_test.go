@@ -23,6 +23,8 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/decommission"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // keyMaterial returns byte strings that would betray the device's private
@@ -73,9 +75,9 @@ func TestDecommission(t *testing.T) {
 	dev, err = transport.Dial(t.Context(), transport.ClientConfig{Broker: f.broker.Addr(), Store: store,
 		CommandKeys: []crypto.PublicKey{f.cmdKey.Public()},
 		OnCommand: func(ctx context.Context, c transport.Command) {
-			if c.Name == transport.DecommissionCommand {
+			if c.Name == decommission.Command {
 				go func() {
-					done <- transport.Decommission(context.Background(), dev, store, transport.DecommissionOptions{Notify: true})
+					done <- dev.Decommission(context.Background(), store, decommission.Options{Notify: true})
 				}()
 			}
 		}})
@@ -92,7 +94,7 @@ func TestDecommission(t *testing.T) {
 	}
 	col.wait(t, 1, 10*time.Second)
 
-	env, err := (&transport.CommandSigner{Key: f.cmdKey, TTL: time.Minute}).Sign(transport.Command{Device: "retired-1", Name: transport.DecommissionCommand})
+	env, err := (&transport.CommandSigner{Key: f.cmdKey, TTL: time.Minute}).Sign(transport.Command{Device: "retired-1", Name: decommission.Command})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +114,7 @@ func TestDecommission(t *testing.T) {
 	col.mu.Lock()
 	last := col.recs[len(col.recs)-1]
 	col.mu.Unlock()
-	if last.Stream != transport.LifecycleStream || !bytes.Contains(last.Readings[0].Body, []byte("decommissioned")) {
+	if last.Stream != decommission.LifecycleStream || !bytes.Contains(last.Readings[0].Body, []byte("decommissioned")) {
 		t.Fatalf("last record %s %s, want the decommissioned event", last.Stream, last.Readings[0].Body)
 	}
 
@@ -151,10 +153,10 @@ func TestDecommission(t *testing.T) {
 	}
 
 	// The cloud forgets it and revokes it.
-	if err := transport.ForgetDevice(ctx, "retired-1", f.certs, f.ca, v); err != nil {
+	if err := decommission.Forget(ctx, "retired-1", f.certs, f.ca, v); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.certs.DeviceCertificates(ctx, "retired-1"); !errors.Is(err, transport.ErrUnknownDevice) {
+	if _, err := f.certs.DeviceCertificates(ctx, "retired-1"); !errors.Is(err, wire.ErrUnknownDevice) {
 		t.Fatalf("registry after ForgetDevice: %v", err)
 	}
 	if err := f.ca.CheckRevoked(oldCert.Leaf); !errors.Is(err, identity.ErrRevoked) {

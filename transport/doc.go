@@ -13,7 +13,7 @@
 // seals readings into an envelope: a CBOR record (device, stream, boot
 // counter, sequence number, time, readings) signed as a JWS by the device
 // key, optionally nested in a JWE to the cloud key ([Encryption]), and
-// stores it in a durable [Outbox] before returning. A delivery loop publishes
+// stores it in the durable outbox (package outbox) before returning. A delivery loop publishes
 // stored envelopes at QoS 1, at most the broker's Receive Maximum in flight,
 // and removes each only after a successful PUBACK; a PUBACK reason the
 // broker will not change its mind about (0x87 not authorized...) drops the
@@ -33,15 +33,29 @@
 // and topic agree, and classifies each (boot, seq) as fresh, duplicate (a
 // QoS 1 redelivery, dropped) or replay (refused). [DialCloud] subscribes a
 // cloud service, optionally through MQTT v5 shared subscriptions.
-// [CommandSigner] signs commands. [MosquittoConfig] generates the broker
-// configuration and ACL that confine each device to its own topics
-// ([Authorize] states the same rules for other brokers; transport/mochihook
-// applies them to the embedded broker of transport/devbroker).
+// [CommandSigner] signs commands.
 //
-// # Wire format
+// # Layout
 //
-// docs/protocol.md specifies topics, envelope fields and CBOR keys,
-// algorithms and replay rules, with a worked example.
+// This package is the happy path of both halves. The machinery lives in
+// subpackages named after one concept each, which import nothing of this
+// one (but decommission's interfaces, which it implements):
+//
+//   - wire: the wire format, the lowest layer: topics, reserved streams,
+//     records and their CBOR codec, media types, the errors every refusal
+//     wraps. docs/protocol.md specifies it, with a worked example.
+//   - outbox: the durable, crash-safe queue a client publishes from.
+//   - broker: the broker's policy: mosquitto's configuration and ACL
+//     ([broker.MosquittoConfig]) and the same rules as a function
+//     ([broker.Authorize]) for other brokers; transport/mochihook applies
+//     them to the embedded broker of transport/devbroker.
+//   - consent: per-stream consent: the policies a client declares and the
+//     cloud's ledger of consent events.
+//   - security: security metrics: the reports devices send and the cloud's
+//     monitor with alert thresholds.
+//   - replay: the in-memory replay window, the default [ReplayState].
+//   - decommission: the cloud half of a decommission
+//     ([decommission.Forget]); the device half is [Client.Decommission].
 //
 // # Compatibility
 //

@@ -23,7 +23,9 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // e2eFleet is a whole fleet on this machine: CA, registrar over HTTPS,
@@ -41,9 +43,9 @@ type e2eFleet struct {
 	roots    *x509.CertPool
 }
 
-var services = []transport.ServiceRights{
-	{Name: "verifier", Read: []string{transport.AllUp}},
-	{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+var services = []broker.ServiceRights{
+	{Name: "verifier", Read: []string{wire.AllUp}},
+	{Name: "commander", Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 }
 
 func newE2EFleet(t *testing.T) *e2eFleet {
@@ -272,7 +274,7 @@ func TestEndToEndEmbeddedBroker(t *testing.T) {
 	}
 	col.wait(t, n+1, 15*time.Second)
 	r := col.recs[n]
-	if r.Stream != transport.CommandResultStream || r.Device != "sensor-1" {
+	if r.Stream != wire.CommandResultStream || r.Device != "sensor-1" {
 		t.Fatalf("result record %+v", r)
 	}
 	res, err := transport.ParseCommandResult(r)
@@ -312,10 +314,10 @@ func TestCommandResultTopics(t *testing.T) {
 		env         []byte
 		want        error
 	}{
-		{"result on the telemetry topic", transport.TelemetryTopic("sensor-1", transport.CommandResultStream), seal(transport.CommandResultStream, 1, result), transport.ErrInvalidTopic},
-		{"telemetry on the result topic", transport.CommandResultTopic("sensor-1"), seal("temp", 2, "21.5"), transport.ErrMalformed},
-		{"result of another device's topic", transport.CommandResultTopic("sensor-2"), seal(transport.CommandResultStream, 3, result), transport.ErrWrongDevice},
-		{"result", transport.CommandResultTopic("sensor-1"), seal(transport.CommandResultStream, 4, result), nil},
+		{"result on the telemetry topic", wire.TelemetryTopic("sensor-1", wire.CommandResultStream), seal(wire.CommandResultStream, 1, result), wire.ErrInvalidTopic},
+		{"telemetry on the result topic", wire.CommandResultTopic("sensor-1"), seal("temp", 2, "21.5"), wire.ErrMalformed},
+		{"result of another device's topic", wire.CommandResultTopic("sensor-2"), seal(wire.CommandResultStream, 3, result), wire.ErrWrongDevice},
+		{"result", wire.CommandResultTopic("sensor-1"), seal(wire.CommandResultStream, 4, result), nil},
 	} {
 		rec, err := v.Verify(t.Context(), c.topic, c.env)
 		if !errors.Is(err, c.want) {

@@ -19,6 +19,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func TestSealVerifyRoundTrip(t *testing.T) {
@@ -50,11 +51,11 @@ func TestSealVerifyRoundTrip(t *testing.T) {
 					}
 				}
 				if out.KeyDelivery != nil {
-					if _, err := v.Verify(t.Context(), KeyTopic(tc.id), out.KeyDelivery); err != nil {
+					if _, err := v.Verify(t.Context(), wire.KeyTopic(tc.id), out.KeyDelivery); err != nil {
 						t.Fatalf("key delivery: %v", err)
 					}
 				}
-				rec, err := v.Verify(t.Context(), TelemetryTopic(tc.id, "temp"), out.Envelope)
+				rec, err := v.Verify(t.Context(), wire.TelemetryTopic(tc.id, "temp"), out.Envelope)
 				if err != nil {
 					t.Fatalf("seq %d: %v", seq, err)
 				}
@@ -63,7 +64,7 @@ func TestSealVerifyRoundTrip(t *testing.T) {
 					t.Fatalf("record %+v", rec)
 				}
 				// The same envelope again is a duplicate, dropped.
-				if _, err := v.Verify(t.Context(), TelemetryTopic(tc.id, "temp"), out.Envelope); !errors.Is(err, ErrDuplicate) {
+				if _, err := v.Verify(t.Context(), wire.TelemetryTopic(tc.id, "temp"), out.Envelope); !errors.Is(err, wire.ErrDuplicate) {
 					t.Fatalf("redelivery: %v, want ErrDuplicate", err)
 				}
 			}
@@ -89,7 +90,7 @@ func TestSessionKeyRotation(t *testing.T) {
 		}
 		if out.KeyDelivery != nil {
 			deliveries = append(deliveries, out.KeyDelivery)
-			if _, err := v.Verify(t.Context(), KeyTopic("dev-r"), out.KeyDelivery); err != nil {
+			if _, err := v.Verify(t.Context(), wire.KeyTopic("dev-r"), out.KeyDelivery); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -99,7 +100,7 @@ func TestSessionKeyRotation(t *testing.T) {
 		t.Fatalf("%d key deliveries for %d envelopes rotating every 2, want %d", len(deliveries), len(held), keptKeyDeliveries+1)
 	}
 	// The first delivery, replayed, is older than every key kept.
-	if _, err := v.Verify(t.Context(), KeyTopic("dev-r"), deliveries[0]); !errors.Is(err, ErrReplay) {
+	if _, err := v.Verify(t.Context(), wire.KeyTopic("dev-r"), deliveries[0]); !errors.Is(err, wire.ErrReplay) {
 		t.Fatalf("replayed first delivery: %v, want ErrReplay", err)
 	}
 	// A verifier sharing the kept deliveries (as verifier processes share
@@ -107,8 +108,8 @@ func TestSessionKeyRotation(t *testing.T) {
 	// from its delivery, and not those of the first key, no longer kept.
 	other := f.verifier(func(c *VerifierConfig) { c.SessionKeys = v.cfg.SessionKeys })
 	for i, env := range held {
-		_, err := other.Verify(t.Context(), TelemetryTopic("dev-r", "s"), env)
-		if i < 2 && !errors.Is(err, ErrDecrypt) || i >= 2 && err != nil {
+		_, err := other.Verify(t.Context(), wire.TelemetryTopic("dev-r", "s"), env)
+		if i < 2 && !errors.Is(err, wire.ErrDecrypt) || i >= 2 && err != nil {
 			t.Fatalf("envelope %d: %v", i, err)
 		}
 	}
@@ -156,8 +157,8 @@ func TestVerifierRefusals(t *testing.T) {
 		return []byte(c)
 	}
 	payloadA, _ := base64.RawURLEncoding.DecodeString(parts[1])
-	hdr := map[string]string{"kid": "dev-a", "typ": TelemetryType}
-	noneHeader, _ := json.Marshal(map[string]string{"alg": "none", "kid": "dev-a", "typ": TelemetryType})
+	hdr := map[string]string{"kid": "dev-a", "typ": wire.TelemetryType}
+	noneHeader, _ := json.Marshal(map[string]string{"alg": "none", "kid": "dev-a", "typ": wire.TelemetryType})
 	pubDER, _ := x509.MarshalPKIXPublicKey(f.devices["dev-a"].Public())
 
 	cases := []struct {
@@ -166,22 +167,22 @@ func TestVerifierRefusals(t *testing.T) {
 		env   []byte
 		want  error
 	}{
-		{"A's envelope on B's topic", TelemetryTopic("dev-b", "s"), good, ErrWrongDevice},
-		{"A's envelope on another stream", TelemetryTopic("dev-a", "other"), good, ErrMalformed},
-		{"flipped byte in the payload", TelemetryTopic("dev-a", "s"), []byte(parts[0] + "." + flip(parts[1]) + "." + parts[2]), ErrBadSignature},
-		{"flipped byte in the signature", TelemetryTopic("dev-a", "s"), []byte(parts[0] + "." + parts[1] + "." + flip(parts[2])), ErrBadSignature},
-		{"alg none", TelemetryTopic("dev-a", "s"), []byte(enc(noneHeader) + "." + parts[1] + "."), ErrMalformed},
-		{"HS256 keyed with a public value", TelemetryTopic("dev-a", "s"), forge(hdr, payloadA, pubDER, jose.HS256), ErrMalformed},
-		{"signed by another key", TelemetryTopic("dev-a", "s"), forge(hdr, payloadA, otherKey, jose.ES256), ErrBadSignature},
-		{"embedded jwk header", TelemetryTopic("dev-a", "s"), embedJWK(t, otherKey, payloadA), ErrMalformed},
-		{"unknown device", TelemetryTopic("dev-zz", "s"), forge(map[string]string{"kid": "dev-zz", "typ": TelemetryType}, payloadA, otherKey, jose.ES256), ErrUnknownDevice},
-		{"revoked device", TelemetryTopic("dev-revoked", "s"), sealedFor(t, f, "dev-revoked", 1), identity.ErrRevoked},
-		{"wrong typ", TelemetryTopic("dev-a", "s"), forge(map[string]string{"kid": "dev-a", "typ": CommandType}, payloadA, f.devices["dev-a"], jose.ES256), ErrMalformed},
-		{"truncated", TelemetryTopic("dev-a", "s"), good[:len(good)/2], ErrMalformed},
-		{"garbage", TelemetryTopic("dev-a", "s"), []byte("garbage"), ErrMalformed},
-		{"oversized", TelemetryTopic("dev-a", "s"), bytes.Repeat([]byte("a"), 300<<10), ErrMalformed},
-		{"not our topic", "other/dev-a/s", good, ErrInvalidTopic},
-		{"wildcard device level", "d2c/v1/dev/+/up/tele/s", good, ErrInvalidTopic},
+		{"A's envelope on B's topic", wire.TelemetryTopic("dev-b", "s"), good, wire.ErrWrongDevice},
+		{"A's envelope on another stream", wire.TelemetryTopic("dev-a", "other"), good, wire.ErrMalformed},
+		{"flipped byte in the payload", wire.TelemetryTopic("dev-a", "s"), []byte(parts[0] + "." + flip(parts[1]) + "." + parts[2]), wire.ErrBadSignature},
+		{"flipped byte in the signature", wire.TelemetryTopic("dev-a", "s"), []byte(parts[0] + "." + parts[1] + "." + flip(parts[2])), wire.ErrBadSignature},
+		{"alg none", wire.TelemetryTopic("dev-a", "s"), []byte(enc(noneHeader) + "." + parts[1] + "."), wire.ErrMalformed},
+		{"HS256 keyed with a public value", wire.TelemetryTopic("dev-a", "s"), forge(hdr, payloadA, pubDER, jose.HS256), wire.ErrMalformed},
+		{"signed by another key", wire.TelemetryTopic("dev-a", "s"), forge(hdr, payloadA, otherKey, jose.ES256), wire.ErrBadSignature},
+		{"embedded jwk header", wire.TelemetryTopic("dev-a", "s"), embedJWK(t, otherKey, payloadA), wire.ErrMalformed},
+		{"unknown device", wire.TelemetryTopic("dev-zz", "s"), forge(map[string]string{"kid": "dev-zz", "typ": wire.TelemetryType}, payloadA, otherKey, jose.ES256), wire.ErrUnknownDevice},
+		{"revoked device", wire.TelemetryTopic("dev-revoked", "s"), sealedFor(t, f, "dev-revoked", 1), identity.ErrRevoked},
+		{"wrong typ", wire.TelemetryTopic("dev-a", "s"), forge(map[string]string{"kid": "dev-a", "typ": wire.CommandType}, payloadA, f.devices["dev-a"], jose.ES256), wire.ErrMalformed},
+		{"truncated", wire.TelemetryTopic("dev-a", "s"), good[:len(good)/2], wire.ErrMalformed},
+		{"garbage", wire.TelemetryTopic("dev-a", "s"), []byte("garbage"), wire.ErrMalformed},
+		{"oversized", wire.TelemetryTopic("dev-a", "s"), bytes.Repeat([]byte("a"), 300<<10), wire.ErrMalformed},
+		{"not our topic", "other/dev-a/s", good, wire.ErrInvalidTopic},
+		{"wildcard device level", "d2c/v1/dev/+/up/tele/s", good, wire.ErrInvalidTopic},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -208,17 +209,17 @@ func TestVerifierRefusals(t *testing.T) {
 		old := seal(1, 0)
 		older := seal(1, 1)
 		for _, e := range [][]byte{old, older, seal(2, 0), seal(3, 0)} {
-			if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), e); err != nil {
+			if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), e); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), old); !errors.Is(err, ErrReplay) {
+		if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), old); !errors.Is(err, wire.ErrReplay) {
 			t.Fatalf("boot 1 after boot 3: %v, want ErrReplay", err)
 		}
 		for seq := uint64(1); seq <= 300; seq++ {
-			v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), seal(3, seq))
+			v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), seal(3, seq))
 		}
-		if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), seal(3, 10)); !errors.Is(err, ErrReplay) {
+		if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), seal(3, 10)); !errors.Is(err, wire.ErrReplay) {
 			t.Fatalf("seq far below the window: %v, want ErrReplay", err)
 		}
 		if st := v.Stats(); st.Replays != 2 {
@@ -227,7 +228,7 @@ func TestVerifierRefusals(t *testing.T) {
 	})
 	t.Run("plaintext where encryption is required", func(t *testing.T) {
 		v := f.verifier(func(c *VerifierConfig) { c.RequireEncryption = true })
-		if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), good); !errors.Is(err, ErrDecrypt) {
+		if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), good); !errors.Is(err, wire.ErrDecrypt) {
 			t.Fatalf("got %v, want ErrDecrypt", err)
 		}
 	})
@@ -239,14 +240,14 @@ func TestVerifierRefusals(t *testing.T) {
 			t.Fatal(err)
 		}
 		// B's key delivery presented on A's key topic is refused...
-		if _, err := v.Verify(t.Context(), KeyTopic("dev-a"), out.KeyDelivery); !errors.Is(err, ErrWrongDevice) {
+		if _, err := v.Verify(t.Context(), wire.KeyTopic("dev-a"), out.KeyDelivery); !errors.Is(err, wire.ErrWrongDevice) {
 			t.Fatalf("B's key on A's topic: %v, want ErrWrongDevice", err)
 		}
 		// ...and B's envelope cannot be opened as A's.
-		if _, err := v.Verify(t.Context(), KeyTopic("dev-b"), out.KeyDelivery); err != nil {
+		if _, err := v.Verify(t.Context(), wire.KeyTopic("dev-b"), out.KeyDelivery); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), out.Envelope); !errors.Is(err, ErrDecrypt) {
+		if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), out.Envelope); !errors.Is(err, wire.ErrDecrypt) {
 			t.Fatalf("B's envelope on A's topic: %v, want ErrDecrypt", err)
 		}
 	})
@@ -254,7 +255,7 @@ func TestVerifierRefusals(t *testing.T) {
 		v := f.verifier(nil)
 		s := f.sealer("dev-a", &Encryption{CloudKey: &otherKey.PublicKey, Mode: PerMessage})
 		out, _ := s.Seal(Record{Stream: "s", Boot: 1, Seq: 0, Time: f.now, Readings: reading("x")})
-		if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), out.Envelope); !errors.Is(err, ErrDecrypt) {
+		if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), out.Envelope); !errors.Is(err, wire.ErrDecrypt) {
 			t.Fatalf("got %v, want ErrDecrypt", err)
 		}
 	})
@@ -275,7 +276,7 @@ func flip(s string) string {
 // classic "trust the key in the token" attack.
 func embedJWK(t *testing.T, key *ecdsa.PrivateKey, payload []byte) []byte {
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key},
-		(&jose.SignerOptions{EmbedJWK: true}).WithType(TelemetryType).WithHeader("kid", "dev-a"))
+		(&jose.SignerOptions{EmbedJWK: true}).WithType(wire.TelemetryType).WithHeader("kid", "dev-a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,14 +292,14 @@ func TestEmptyBodyIsByteString(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := c.encodeRecord(Record{Device: "d", Stream: "s", Readings: []Reading{{}}})
+	b, err := c.EncodeRecord(Record{Device: "d", Stream: "s", Readings: []Reading{{}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Contains(b, []byte{0xf6}) || !bytes.HasSuffix(b, []byte{0x40}) {
 		t.Fatalf("encoding %x: the body must be h'' (0x40)", b)
 	}
-	if _, err := c.decodeRecord(b); err != nil {
+	if _, err := c.DecodeRecord(b); err != nil {
 		t.Fatal(err)
 	}
 }

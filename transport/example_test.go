@@ -22,7 +22,9 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // exampleFleet is a throwaway fleet for the examples, in dir: a fleet CA,
@@ -84,7 +86,7 @@ func (f *exampleFleet) serviceCert(name string) tls.Certificate {
 // telemetry.
 func (f *exampleFleet) startBroker(ctx context.Context) *devbroker.Broker {
 	b, err := devbroker.Start(ctx, devbroker.Config{Certificate: f.serverCert(), ClientRoots: f.roots,
-		Services: []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}})
+		Services: []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}}})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -275,12 +277,12 @@ func ExampleNewVerifier() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	topic := transport.TelemetryTopic("meter-9", "power")
+	topic := wire.TelemetryTopic("meter-9", "power")
 
 	rec, err := v.Verify(ctx, topic, sealed.Envelope)
 	fmt.Println(rec.Device, rec.Stream, rec.Boot, rec.Seq, string(rec.Readings[0].Body), err)
 	_, err = v.Verify(ctx, topic, sealed.Envelope) // the broker delivers it again
-	fmt.Println("again:", errors.Is(err, transport.ErrDuplicate))
+	fmt.Println("again:", errors.Is(err, wire.ErrDuplicate))
 
 	// Someone without meter-9's key claims to be meter-9.
 	forgerKey, err := identity.GenerateKey(identity.ECDSAP256)
@@ -297,7 +299,7 @@ func ExampleNewVerifier() {
 		log.Fatal(err)
 	}
 	_, err = v.Verify(ctx, topic, forged.Envelope)
-	fmt.Println("forged:", errors.Is(err, transport.ErrBadSignature))
+	fmt.Println("forged:", errors.Is(err, wire.ErrBadSignature))
 	// Output:
 	// meter-9 power 3 0 {"w":412} <nil>
 	// again: true

@@ -36,6 +36,8 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // ---------------------------------------------------------------------------
@@ -670,7 +672,7 @@ func TestFaultDeviceKilled(t *testing.T) {
 	receivedAtKill := col.count()
 
 	// What the dead process left in its outbox (its lock died with it).
-	ob, err := transport.OpenOutbox(transport.OutboxConfig{Dir: filepath.Join(store.Dir(), "transport", "outbox")})
+	ob, err := outbox.Open(outbox.Config{Dir: filepath.Join(store.Dir(), "transport", "outbox")})
 	if err != nil {
 		t.Fatalf("open the killed device's outbox: %v", err)
 	}
@@ -844,12 +846,12 @@ func TestFaultOutboxFull(t *testing.T) {
 	broker := f.startMosquitto()
 	store := f.enroll("full-1")
 	broker.Kill()
-	dev := dialDevice(t, transport.ClientConfig{Broker: broker.Addr, Store: store, Outbox: transport.OutboxConfig{MaxMessages: maxMsgs},
+	dev := dialDevice(t, transport.ClientConfig{Broker: broker.Addr, Store: store, Outbox: outbox.Config{MaxMessages: maxMsgs},
 		RetryMin: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond})
 	want := publishN(t, dev, "f", 0, maxMsgs)
 	for i := range 3 {
 		err := dev.Publish(t.Context(), "temp", transport.Reading{Time: time.Now(), Body: fmt.Appendf(nil, "over-%d", i)})
-		if !errors.Is(err, transport.ErrOutboxFull) {
+		if !errors.Is(err, outbox.ErrFull) {
 			t.Fatalf("Publish into a full outbox: %v, want ErrOutboxFull", err)
 		}
 	}
@@ -899,12 +901,12 @@ func TestFaultBrokerRefusalSurfaced(t *testing.T) {
 			if err := os.MkdirAll(stateDir, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			ob, err := transport.OpenOutbox(transport.OutboxConfig{Dir: filepath.Join(stateDir, "outbox")})
+			ob, err := outbox.Open(outbox.Config{Dir: filepath.Join(stateDir, "outbox")})
 			if err != nil {
 				t.Fatal(err)
 			}
-			foreign := transport.TelemetryTopic("someone-else", "temp")
-			ids, err := ob.Append(t.Context(), transport.Message{Topic: foreign, Payload: []byte("not mine"), Stream: "temp"})
+			foreign := wire.TelemetryTopic("someone-else", "temp")
+			ids, err := ob.Append(t.Context(), outbox.Message{Topic: foreign, Payload: []byte("not mine"), Stream: "temp"})
 			if err != nil {
 				t.Fatal(err)
 			}

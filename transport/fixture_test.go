@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // testFleet is a fleet CA with devices issued directly (enrollment is
@@ -98,3 +100,41 @@ func (f *testFleet) sealer(id string, enc *Encryption) *Sealer {
 func reading(body string) []Reading {
 	return []Reading{{Time: time.UnixMilli(1700000000000), Body: []byte(body)}}
 }
+
+// Outbox helpers for the consent gate's tests (the outbox's own tests have
+// theirs in package outbox).
+
+func obOpen(t testing.TB, cfg outbox.Config) *outbox.Outbox {
+	t.Helper()
+	o, err := outbox.Open(cfg)
+	if err != nil {
+		t.Fatalf("outbox.Open: %v", err)
+	}
+	return o
+}
+
+func obClose(t testing.TB, o *outbox.Outbox) {
+	t.Helper()
+	if err := o.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+// obMsg is a message of stream (the key topic when stream is empty).
+func obMsg(stream, body string, prio uint8) outbox.Message {
+	topic := wire.KeyTopic("dev-1")
+	if stream != "" {
+		topic = wire.TelemetryTopic("dev-1", stream)
+	}
+	return outbox.Message{Topic: topic, Payload: []byte(body), Priority: prio, Stream: stream}
+}
+
+func obAppend(t testing.TB, o *outbox.Outbox, msgs ...outbox.Message) {
+	t.Helper()
+	if _, err := o.Append(t.Context(), msgs...); err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+}
+
+// obAll returns every deliverable message.
+func obAll(o *outbox.Outbox) []outbox.Message { return o.Next(1<<30, nil) }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/outbox"
 )
 
 // freeAddr returns a loopback address nothing listens on (yet).
@@ -87,7 +88,7 @@ func TestClientFlush(t *testing.T) {
 	if err := dev.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if err := dev.Flush(t.Context()); !errors.Is(err, transport.ErrOutboxClosed) {
+	if err := dev.Flush(t.Context()); !errors.Is(err, outbox.ErrClosed) {
 		t.Fatalf("Flush after Close = %v, want ErrOutboxClosed", err)
 	}
 }

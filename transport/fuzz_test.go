@@ -31,6 +31,7 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/fuzzcorpus"
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // The fuzz targets below cover every parser of bytes that reach the
@@ -168,7 +169,7 @@ func newFzFleet(tb testing.TB) *fzFleet {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := f.v.Verify(tb.Context(), KeyTopic(fzDevice), []byte(fzKeyDelivery)); err != nil {
+	if _, err := f.v.Verify(tb.Context(), wire.KeyTopic(fzDevice), []byte(fzKeyDelivery)); err != nil {
 		tb.Fatalf("the fixed key delivery no longer verifies: %v", err)
 	}
 	f.session = slices.Clone(f.v.memKeys.m[fzDevice])
@@ -204,7 +205,7 @@ func (f *fzFleet) sealer(tb testing.TB, key crypto.Signer, enc *Encryption) *Sea
 	}
 	if enc != nil && enc.Mode == SessionKey {
 		sess, err := jose.NewEncrypter(jose.A256GCM, jose.Recipient{Algorithm: jose.DIRECT, Key: f.key, KeyID: f.keyID},
-			(&jose.EncrypterOptions{}).WithContentType(TelemetryType))
+			(&jose.EncrypterOptions{}).WithContentType(wire.TelemetryType))
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -291,7 +292,7 @@ func fzErrIs(t *testing.T, err error, sentinels ...error) {
 }
 
 // fzVerifyErrors are the sentinels a verifier refusal wraps.
-var fzVerifyErrors = []error{ErrMalformed, ErrBadSignature, ErrWrongDevice, ErrUnknownDevice, ErrDecrypt, ErrReplay, ErrDuplicate}
+var fzVerifyErrors = []error{wire.ErrMalformed, wire.ErrBadSignature, wire.ErrWrongDevice, wire.ErrUnknownDevice, wire.ErrDecrypt, wire.ErrReplay, wire.ErrDuplicate}
 
 func fzSameRecord(a, b Record) bool {
 	return a.Device == b.Device && a.Stream == b.Stream && a.Boot == b.Boot && a.Seq == b.Seq && a.Time.Equal(b.Time) &&
@@ -352,7 +353,7 @@ func FuzzVerifyTelemetry(f *testing.F) {
 		f.Add(s.data)
 	}
 	recs := fzRecords()
-	topic := TelemetryTopic(fzDevice, fzStream)
+	topic := wire.TelemetryTopic(fzDevice, fzStream)
 	f.Fuzz(func(t *testing.T, env []byte) {
 		fl.reset()
 		rec, err := fl.v.Verify(t.Context(), topic, env)
@@ -368,10 +369,10 @@ func FuzzVerifyTelemetry(f *testing.F) {
 			t.Fatalf("accepted a record the fixed keys never signed: %+v", rec)
 		}
 		if !isJWE(env) {
-			fzCheckAcceptedJWS(t, env, fl, TelemetryType)
+			fzCheckAcceptedJWS(t, env, fl, wire.TelemetryType)
 		}
 		// The same bytes again are a duplicate, never a second acceptance.
-		if _, err := fl.v.Verify(t.Context(), topic, env); !errors.Is(err, ErrDuplicate) {
+		if _, err := fl.v.Verify(t.Context(), topic, env); !errors.Is(err, wire.ErrDuplicate) {
 			t.Fatalf("second delivery: %v, want ErrDuplicate", err)
 		}
 	})
@@ -422,7 +423,7 @@ func FuzzKeyDelivery(f *testing.F) {
 	for _, s := range fzKeyDeliverySeeds(f, fl) {
 		f.Add(s.data)
 	}
-	topic := KeyTopic(fzDevice)
+	topic := wire.KeyTopic(fzDevice)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fl.v.Forget(context.Background(), fzDevice) // no session key
 		rec, err := fl.v.Verify(t.Context(), topic, b)
@@ -458,7 +459,7 @@ func fzRecordSeeds(tb testing.TB) []fzNamed {
 	}
 	recs := fzRecords()
 	enc := func(r Record) []byte {
-		b, err := c.encodeRecord(r)
+		b, err := c.EncodeRecord(r)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -485,7 +486,7 @@ func fzRecordSeeds(tb testing.TB) []fzNamed {
 }
 
 // FuzzDecodeRecord decodes a CBOR record. It never panics; it refuses with
-// ErrMalformed, or returns 1 to limits.Readings readings within the body
+// wire.ErrMalformed, or returns 1 to limits.Readings readings within the body
 // limit. Re-encoding what it decoded gives the input back byte for byte
 // when the input is in core deterministic encoding (what every sealer
 // sends). The decoder is not a canonical-form checker: it also accepts
@@ -503,9 +504,9 @@ func FuzzDecodeRecord(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		rec, err := c.decodeRecord(b)
+		rec, err := c.DecodeRecord(b)
 		if err != nil {
-			fzErrIs(t, err, ErrMalformed)
+			fzErrIs(t, err, wire.ErrMalformed)
 			return
 		}
 		if n := len(rec.Readings); n == 0 || n > limits.Readings {
@@ -516,18 +517,18 @@ func FuzzDecodeRecord(f *testing.F) {
 				t.Fatalf("decoded a %d-byte body", len(r.Body))
 			}
 		}
-		re, err := c.encodeRecord(rec)
+		re, err := c.EncodeRecord(rec)
 		if err != nil {
 			t.Fatalf("a decoded record does not re-encode: %v", err)
 		}
 		if bytes.Equal(re, b) {
 			return
 		}
-		back, err := c.decodeRecord(re)
+		back, err := c.DecodeRecord(re)
 		if err != nil || !fzSameRecord(rec, back) {
 			t.Fatalf("re-encoding %x decodes to %+v (%v), want %+v", re, back, err, rec)
 		}
-		again, err := c.encodeRecord(back)
+		again, err := c.EncodeRecord(back)
 		if err != nil || !bytes.Equal(again, re) {
 			t.Fatalf("re-encoding is not stable: %x then %x", re, again)
 		}
@@ -593,7 +594,7 @@ func FuzzCommand(f *testing.F) {
 		cv.mu.Unlock()
 		cmd, err := cv.verify(b)
 		if err != nil {
-			fzErrIs(t, err, ErrMalformed, ErrBadSignature, ErrWrongDevice, ErrCommandExpired, ErrCommandReplayed)
+			fzErrIs(t, err, wire.ErrMalformed, wire.ErrBadSignature, wire.ErrWrongDevice, ErrCommandExpired, ErrCommandReplayed)
 			return
 		}
 		want, ok := cmds[cmd.ID]
@@ -694,14 +695,14 @@ func TestFuzzSeedsGenuine(t *testing.T) {
 			cv.last = 0
 			switch target {
 			case "FuzzVerifyTelemetry":
-				_, err = fl.v.Verify(t.Context(), TelemetryTopic(fzDevice, fzStream), b)
+				_, err = fl.v.Verify(t.Context(), wire.TelemetryTopic(fzDevice, fzStream), b)
 			case "FuzzKeyDelivery":
 				fl.v.Forget(context.Background(), fzDevice)
-				_, err = fl.v.Verify(t.Context(), KeyTopic(fzDevice), b)
+				_, err = fl.v.Verify(t.Context(), wire.KeyTopic(fzDevice), b)
 			case "FuzzCommand":
 				_, err = cv.verify(b)
 			case "FuzzDecodeRecord":
-				_, err = c.decodeRecord(b)
+				_, err = c.DecodeRecord(b)
 			}
 			if want := slices.Contains(good, name); want != (err == nil) {
 				t.Errorf("%s/%s: accepted %v (err %v), want accepted %v", target, name, err == nil, err, want)

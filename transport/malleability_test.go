@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // highS returns the compact ES256 JWS env with its signature (r, s)
@@ -47,7 +48,7 @@ func highS(t *testing.T, env []byte) []byte {
 func TestMalleatedSignature(t *testing.T) {
 	f := newTestFleet(t)
 	f.device("dev-m", identity.ECDSAP256)
-	topic := TelemetryTopic("dev-m", "s")
+	topic := wire.TelemetryTopic("dev-m", "s")
 
 	v := f.verifier(nil)
 	env := sealedFor(t, f, "dev-m", 1)
@@ -58,7 +59,7 @@ func TestMalleatedSignature(t *testing.T) {
 	if _, err := v.Verify(t.Context(), topic, other); err != nil {
 		t.Fatalf("high-S envelope first: %v, want accepted", err)
 	}
-	if _, err := v.Verify(t.Context(), topic, env); !errors.Is(err, ErrDuplicate) {
+	if _, err := v.Verify(t.Context(), topic, env); !errors.Is(err, wire.ErrDuplicate) {
 		t.Fatalf("then the low-S original: %v, want ErrDuplicate", err)
 	}
 
@@ -67,7 +68,7 @@ func TestMalleatedSignature(t *testing.T) {
 	if _, err := v.Verify(t.Context(), topic, env); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Verify(t.Context(), topic, highS(t, env)); !errors.Is(err, ErrDuplicate) {
+	if _, err := v.Verify(t.Context(), topic, highS(t, env)); !errors.Is(err, wire.ErrDuplicate) {
 		t.Fatalf("malleated copy of an accepted envelope: %v, want ErrDuplicate", err)
 	}
 	if st := v.Stats(); st.Accepted != 1 || st.Duplicates != 1 {

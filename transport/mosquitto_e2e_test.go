@@ -18,6 +18,7 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 )
 
 // startMosquitto runs a real mosquitto with the configuration and ACL that
@@ -42,7 +43,7 @@ type mosquittoOptions struct {
 // startMosquittoWith is startMosquitto with extra configuration lines.
 func (f *e2eFleet) startMosquittoWith(o mosquittoOptions) *testpeer.Broker {
 	f.t.Helper()
-	var mc transport.MosquittoConfig
+	var mc broker.MosquittoConfig
 	if o.Persistence {
 		mc.PersistenceDir = filepath.Join(f.t.TempDir(), "persist")
 		if err := os.Mkdir(mc.PersistenceDir, 0o700); err != nil {
@@ -65,7 +66,7 @@ func (f *e2eFleet) startMosquittoWith(o mosquittoOptions) *testpeer.Broker {
 // CRL, the ACL for services) into a temporary directory, fills them into
 // mc, and returns the configuration mc generates, its listener on
 // testpeer's free-port placeholder.
-func mosquittoConf(t *testing.T, ca *identity.CA, server tls.Certificate, services []transport.ServiceRights, mc transport.MosquittoConfig) string {
+func mosquittoConf(t *testing.T, ca *identity.CA, server tls.Certificate, services []broker.ServiceRights, mc broker.MosquittoConfig) string {
 	t.Helper()
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {

@@ -34,6 +34,7 @@ import (
 	"github.com/d2c-iot/d2c/internal/limits"
 	"github.com/d2c-iot/d2c/internal/roguebroker"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // rogueMemoryBound bounds what a client may allocate in all (TotalAlloc,
@@ -207,7 +208,7 @@ func (f *e2eFleet) checkNoLoss(s *roguebroker.Server, d *rogueDevice, want []str
 			continue
 		}
 		rec, err := v.Verify(f.t.Context(), m.Topic, m.Payload)
-		if errors.Is(err, transport.ErrDuplicate) {
+		if errors.Is(err, wire.ErrDuplicate) {
 			continue
 		}
 		if err != nil {
@@ -429,9 +430,9 @@ func TestRogueBrokerInjects(t *testing.T) {
 	}{
 		{name: "retained-signed-commands", b: roguebroker.Retained, payloads: func(f *e2eFleet, d string) [][]byte { return f.signedCommands(d, 3) }, ignored: 3},
 		{name: "signed-commands-on-its-telemetry-topic", b: roguebroker.Unsolicited, payloads: func(f *e2eFleet, d string) [][]byte { return f.signedCommands(d, 3) },
-			topic: func(d string) string { return transport.TelemetryTopic(d, "temp") }, ignored: 6},
+			topic: func(d string) string { return wire.TelemetryTopic(d, "temp") }, ignored: 6},
 		{name: "signed-commands-on-another-command-topic", b: roguebroker.Unsolicited, payloads: func(f *e2eFleet, d string) [][]byte { return f.signedCommands(d, 3) },
-			topic: func(string) string { return transport.CommandTopic("someone-else") }, ignored: 6},
+			topic: func(string) string { return wire.CommandTopic("someone-else") }, ignored: 6},
 		// The first copy names the command topic (and an alias): refused
 		// as unsigned; the second has only the alias, no topic: ignored.
 		{name: "topic-alias", b: roguebroker.TopicAlias, payloads: func(f *e2eFleet, d string) [][]byte { return [][]byte{f.forgedCommands(d, attackerKey)[0]} },
@@ -568,14 +569,14 @@ func TestRogueBrokerCloud(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := f.rogueServer(roguebroker.Retained, func(c *roguebroker.Config) {
-			c.Topic, c.Payloads = transport.TelemetryTopic(id.DeviceID, "temp"), [][]byte{out.Envelope}
+			c.Topic, c.Payloads = wire.TelemetryTopic(id.DeviceID, "temp"), [][]byte{out.Envelope}
 		})
 		col := newCollector()
 		f.dialCloud(s.Addr(), col, f.verifier())
 		if !waitFor(5*time.Second, func() bool { return len(col.refusals()) > 0 }) {
 			t.Fatal("the retained envelope was not refused")
 		}
-		if errs := col.refusals(); !errors.Is(errs[0], transport.ErrReplay) {
+		if errs := col.refusals(); !errors.Is(errs[0], wire.ErrReplay) {
 			t.Errorf("refused with %v, want ErrReplay", errs[0])
 		}
 		if col.count() != 0 {
@@ -644,7 +645,7 @@ func TestRogueBrokerFlood(t *testing.T) {
 	})
 	t.Run("cloud", func(t *testing.T) {
 		f := fleet.forTest(t)
-		s := flood(f, transport.TelemetryTopic("flooded", "temp"))
+		s := flood(f, wire.TelemetryTopic("flooded", "temp"))
 		var refused atomic.Int64
 		c, err := transport.DialCloud(t.Context(), transport.CloudConfig{Broker: s.Addr(), Certificate: f.serviceCert("verifier"),
 			Roots: f.roots, Verifier: f.verifier(), OnRefused: func(string, error) { refused.Add(1); time.Sleep(time.Millisecond) }})

@@ -39,20 +39,21 @@ import (
 
 	"github.com/d2c-iot/d2c/internal/limits"
 	"github.com/d2c-iot/d2c/internal/testpeer"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // rogueServices are the cloud services of the suite: a verifier that stays
 // connected, an archive that keeps a session while it is away, a latecomer
 // that subscribes after the retained flood, a pool of verifiers sharing a
 // subscription, and the command sender.
-var rogueServices = []transport.ServiceRights{
-	{Name: "verifier", Read: []string{transport.AllUp}},
-	{Name: "archive", Read: []string{transport.AllUp}},
-	{Name: "latecomer", Read: []string{transport.AllUp}},
-	{Name: "pool", Read: []string{transport.AllUp}},
-	{Name: "commander", Read: []string{transport.AllCommandResults}, Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+var rogueServices = []broker.ServiceRights{
+	{Name: "verifier", Read: []string{wire.AllUp}},
+	{Name: "archive", Read: []string{wire.AllUp}},
+	{Name: "latecomer", Read: []string{wire.AllUp}},
+	{Name: "pool", Read: []string{wire.AllUp}},
+	{Name: "commander", Read: []string{wire.AllCommandResults}, Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 }
 
 const (
@@ -133,13 +134,13 @@ func rogueFleet(t *testing.T) *brokerFleet {
 // flood reaches them.
 func TestRogueDeviceMosquitto(t *testing.T) {
 	f := rogueFleet(t)
-	mc := transport.MosquittoConfig{MaxQueuedBytes: rogueMaxQueuedBytes, MemoryLimit: rogueMemoryLimit}
-	broker := startMosquittoFor(t, f, rogueServices, mc)
-	pid := broker.PID()
+	mc := broker.MosquittoConfig{MaxQueuedBytes: rogueMaxQueuedBytes, MemoryLimit: rogueMemoryLimit}
+	mq := startMosquittoFor(t, f, rogueServices, mc)
+	pid := mq.PID()
 	runRogueScenarios(t, f, rogueTarget{
 		name:      "mosquitto",
-		addr:      broker.Addr,
-		maxPacket: transport.DefaultMaxPacketSize,
+		addr:      mq.Addr,
+		maxPacket: broker.DefaultMaxPacketSize,
 		mem:       func(t *testing.T) int64 { return procRSS(t, pid) },
 		memWhat:   "mosquitto VmRSS",
 		memBound:  rogueMemoryLimit,
@@ -152,7 +153,7 @@ func TestRogueDeviceMosquitto(t *testing.T) {
 		poolLoses:   true,
 	})
 	if t.Failed() {
-		t.Logf("mosquitto output:\n%s", broker.Output())
+		t.Logf("mosquitto output:\n%s", mq.Output())
 	}
 }
 
@@ -174,7 +175,7 @@ func TestRogueDeviceDevMochi(t *testing.T) {
 	runRogueScenarios(t, f, rogueTarget{
 		name:      "embedded broker",
 		addr:      b.Addr(),
-		maxPacket: transport.DefaultMaxPacketSize,
+		maxPacket: broker.DefaultMaxPacketSize,
 		mem:       func(*testing.T) int64 { return liveHeapBytes() },
 		memWhat:   "live heap of the test process",
 		// What the broker may hold, and 16 MiB for the test's own clients.
@@ -191,16 +192,16 @@ func TestRogueDeviceDevMochi(t *testing.T) {
 
 // startMosquittoFor runs mosquitto with the configuration and ACL that mc
 // (its files filled in here) generates for the fleet f and services.
-func startMosquittoFor(t *testing.T, f *brokerFleet, services []transport.ServiceRights, mc transport.MosquittoConfig) *testpeer.Broker {
+func startMosquittoFor(t *testing.T, f *brokerFleet, services []broker.ServiceRights, mc broker.MosquittoConfig) *testpeer.Broker {
 	t.Helper()
 	return testpeer.Mosquitto(t, mosquittoConf(t, f.ca, f.server, services, mc))
 }
 
 func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 	addr := tgt.addr
-	verifier := f.subscribeCounting(t, addr, "svc:verifier", transport.AllUp)
+	verifier := f.subscribeCounting(t, addr, "svc:verifier", wire.AllUp)
 	victim := f.mustConnect(t, addr, victimID)
-	if got := victim.subscribe(t, transport.CommandTopic(victimID)); got != 1 {
+	if got := victim.subscribe(t, wire.CommandTopic(victimID)); got != 1 {
 		t.Fatalf("victim subscribe: SUBACK %#x, want 1", got)
 	}
 	commander := f.mustConnect(t, addr, "svc:commander")
@@ -232,7 +233,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 				if ack.ReasonCode != 0 {
 					t.Fatalf("rogue connect: CONNACK %#x", ack.ReasonCode)
 				}
-				_ = rc.write(&packets.Publish{Topic: transport.TelemetryTopic(rogueID, fmt.Sprintf("r%d", i)), QoS: 1, PacketID: 1,
+				_ = rc.write(&packets.Publish{Topic: wire.TelemetryTopic(rogueID, fmt.Sprintf("r%d", i)), QoS: 1, PacketID: 1,
 					Retain: true, Payload: payload, Properties: &packets.Properties{}})
 				ends[rc.outcome(t)]++
 				peak = max(peak, tgt.mem(t))
@@ -249,10 +250,10 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 		// A subscriber that arrives afterwards gets nothing retained: the
 		// first message it receives is a fresh one.
 		late := f.mustConnect(t, addr, "svc:latecomer")
-		if got := late.subscribe(t, transport.AllUp); got != 1 {
+		if got := late.subscribe(t, wire.AllUp); got != 1 {
 			t.Fatalf("latecomer subscribe: SUBACK %#x", got)
 		}
-		marker := transport.TelemetryTopic(honestIDs[0], "marker")
+		marker := wire.TelemetryTopic(honestIDs[0], "marker")
 		if got := honest[0].publish(t, marker, "after-retained"); got != 0 {
 			t.Fatalf("marker: PUBACK %#x", got)
 		}
@@ -266,7 +267,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 	t.Run("oversized publish refused", func(t *testing.T) {
 		before := tgt.mem(t)
 		rc, _ := f.rogueConnect(t, addr, rogueID, nil)
-		_ = rc.write(&packets.Publish{Topic: transport.TelemetryTopic(rogueID, "big"), QoS: 1, PacketID: 1, Retain: true,
+		_ = rc.write(&packets.Publish{Topic: wire.TelemetryTopic(rogueID, "big"), QoS: 1, PacketID: 1, Retain: true,
 			Payload: make([]byte, 900<<10), Properties: &packets.Properties{}})
 		end := rc.outcome(t)
 		t.Logf("retained PUBLISH of 900 KiB (over max_packet_size, %d): %s", tgt.maxPacket, end)
@@ -302,7 +303,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 		// Maximum: Receive Maximum of them would silence the verifier.
 		before := verifier.from(rogueID)
 		flooder := f.pahoSession(t, addr, rogueID, sessionClean, nil)
-		topic := transport.TelemetryTopic(rogueID, "largest")
+		topic := wire.TelemetryTopic(rogueID, "largest")
 		payload := bytes.Repeat([]byte{'L'}, tgt.maxPacket-len(topic)-16)
 		const n = 5
 		for range n {
@@ -313,7 +314,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 				t.Fatalf("publish of %d bytes: %v (%+v)", len(payload), err, resp)
 			}
 		}
-		if got := honest[0].publish(t, transport.TelemetryTopic(honestIDs[0], "temp"), "after-largest"); got != 0 {
+		if got := honest[0].publish(t, wire.TelemetryTopic(honestIDs[0], "temp"), "after-largest"); got != 0 {
 			t.Fatalf("honest publish: PUBACK %#x", got)
 		}
 		if missed := verifier.await([]string{"after-largest"}, brokerTimeout); len(missed) > 0 {
@@ -326,7 +327,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 
 	t.Run("QoS 2 publish holds nothing", func(t *testing.T) {
 		rc, _ := f.rogueConnect(t, addr, rogueID, nil)
-		_ = rc.write(&packets.Publish{Topic: transport.TelemetryTopic(rogueID, "qos2"), QoS: 2, PacketID: 7,
+		_ = rc.write(&packets.Publish{Topic: wire.TelemetryTopic(rogueID, "qos2"), QoS: 2, PacketID: 7,
 			Payload: []byte("qos2"), Properties: &packets.Properties{}})
 		got := rc.first(t)
 		t.Logf("QoS 2 PUBLISH: %s", got)
@@ -336,19 +337,19 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 	})
 
 	t.Run("wildcard and $share subscriptions read nothing", func(t *testing.T) {
-		pool := f.subscribeCounting(t, addr, "svc:pool", "$share/"+poolGroup+"/"+transport.AllUp)
+		pool := f.subscribeCounting(t, addr, "svc:pool", "$share/"+poolGroup+"/"+wire.AllUp)
 		spy := f.mustConnect(t, addr, rogueID)
-		if got := spy.subscribe(t, transport.CommandTopic(rogueID)); got != 1 {
+		if got := spy.subscribe(t, wire.CommandTopic(rogueID)); got != 1 {
 			t.Fatalf("rogue subscribe to its own commands: SUBACK %#x", got)
 		}
 		filters := []string{
-			"#", "+/#", "d2c/#", transport.TopicPrefix + "#",
-			transport.TopicPrefix + "+/down/#", transport.AllUp, transport.CommandTopic(victimID),
-			transport.TopicPrefix + rogueID + "/#", transport.TopicPrefix + "+/+/#",
-			"$share/" + poolGroup + "/" + transport.AllUp,
+			"#", "+/#", "d2c/#", wire.TopicPrefix + "#",
+			wire.TopicPrefix + "+/down/#", wire.AllUp, wire.CommandTopic(victimID),
+			wire.TopicPrefix + rogueID + "/#", wire.TopicPrefix + "+/+/#",
+			"$share/" + poolGroup + "/" + wire.AllUp,
 			"$share/" + poolGroup + "/#",
-			"$share/g/" + transport.TopicPrefix + "+/down/#",
-			"$share/g/" + transport.CommandTopic(victimID),
+			"$share/g/" + wire.TopicPrefix + "+/down/#",
+			"$share/g/" + wire.CommandTopic(victimID),
 			"$SYS/#",
 		}
 		subacks := map[byte][]string{}
@@ -360,26 +361,26 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 
 		const n = 20
 		for i := range n {
-			if got := honest[i%len(honest)].publish(t, transport.TelemetryTopic(honest[i%len(honest)].name, "temp"), fmt.Sprintf("share-%d", i)); got != 0 {
+			if got := honest[i%len(honest)].publish(t, wire.TelemetryTopic(honest[i%len(honest)].name, "temp"), fmt.Sprintf("share-%d", i)); got != 0 {
 				t.Fatalf("honest publish: PUBACK %#x", got)
 			}
 		}
-		if got := commander.publish(t, transport.CommandTopic(victimID), "cmd-victim"); got != 0 {
+		if got := commander.publish(t, wire.CommandTopic(victimID), "cmd-victim"); got != 0 {
 			t.Fatalf("commander: PUBACK %#x", got)
 		}
-		victim.expectNext(t, transport.CommandTopic(victimID), "cmd-victim")
-		if got := victim.publish(t, transport.TelemetryTopic(victimID, "temp"), "victim-1"); got != 0 {
+		victim.expectNext(t, wire.CommandTopic(victimID), "cmd-victim")
+		if got := victim.publish(t, wire.TelemetryTopic(victimID, "temp"), "victim-1"); got != 0 {
 			t.Fatalf("victim publish: PUBACK %#x", got)
 		}
 		// The rogue's own command comes last: it must be all the rogue
 		// receives (its wildcard subscriptions, where granted, may deliver
 		// it more than once).
-		if got := commander.publish(t, transport.CommandTopic(rogueID), "cmd-rogue"); got != 0 {
+		if got := commander.publish(t, wire.CommandTopic(rogueID), "cmd-rogue"); got != 0 {
 			t.Fatalf("commander: PUBACK %#x", got)
 		}
-		spy.expectNext(t, transport.CommandTopic(rogueID), "cmd-rogue")
+		spy.expectNext(t, wire.CommandTopic(rogueID), "cmd-rogue")
 		time.Sleep(200 * time.Millisecond)
-		spy.expectOnly(t, transport.CommandTopic(rogueID), "cmd-rogue")
+		spy.expectOnly(t, wire.CommandTopic(rogueID), "cmd-rogue")
 
 		// The verifier got everything; the pool, sharing its group with
 		// the rogue's subscription on mosquitto, may not.
@@ -409,13 +410,13 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 			qos    byte
 			want   byte
 		}{
-			{transport.CommandTopic(victimID), false, 1, tgt.foreignWill},
-			{transport.CommandTopic(rogueID), false, 1, tgt.foreignWill},
-			{transport.TelemetryTopic(victimID, "will"), false, 1, tgt.foreignWill},
-			{"$share/" + poolGroup + "/" + transport.TelemetryTopic(victimID, "will"), false, 1, tgt.foreignWill},
+			{wire.CommandTopic(victimID), false, 1, tgt.foreignWill},
+			{wire.CommandTopic(rogueID), false, 1, tgt.foreignWill},
+			{wire.TelemetryTopic(victimID, "will"), false, 1, tgt.foreignWill},
+			{"$share/" + poolGroup + "/" + wire.TelemetryTopic(victimID, "will"), false, 1, tgt.foreignWill},
 			// On its own topic, but retained or at QoS 2: refused.
-			{transport.TelemetryTopic(rogueID, "will"), true, 1, 0x9a},
-			{transport.TelemetryTopic(rogueID, "will"), false, 2, 0x9b},
+			{wire.TelemetryTopic(rogueID, "will"), true, 1, 0x9a},
+			{wire.TelemetryTopic(rogueID, "will"), false, 2, 0x9b},
 		} {
 			cp := &packets.Connect{WillFlag: true, WillTopic: w.topic, WillMessage: []byte(forged), WillQOS: w.qos, WillRetain: w.retain,
 				WillProperties: &packets.Properties{}}
@@ -428,11 +429,11 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 			// now, if it kept it.
 			_ = rc.conn.Close()
 		}
-		if got := commander.publish(t, transport.CommandTopic(victimID), "after-wills"); got != 0 {
+		if got := commander.publish(t, wire.CommandTopic(victimID), "after-wills"); got != 0 {
 			t.Fatalf("commander: PUBACK %#x", got)
 		}
-		victim.expectNext(t, transport.CommandTopic(victimID), "after-wills")
-		if got := honest[0].publish(t, transport.TelemetryTopic(honestIDs[0], "temp"), "after-wills"); got != 0 {
+		victim.expectNext(t, wire.CommandTopic(victimID), "after-wills")
+		if got := honest[0].publish(t, wire.TelemetryTopic(honestIDs[0], "temp"), "after-wills"); got != 0 {
 			t.Fatalf("honest publish: PUBACK %#x", got)
 		}
 		if missed := verifier.await([]string{"after-wills"}, brokerTimeout); len(missed) > 0 {
@@ -447,7 +448,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 		// The archive subscribes with a session that outlives its
 		// connection, then goes away: the broker queues for it.
 		archive := f.pahoSession(t, addr, "svc:archive", sessionKeep, nil)
-		if _, err := archive.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: transport.AllUp, QoS: 1}}}); err != nil {
+		if _, err := archive.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.AllUp, QoS: 1}}}); err != nil {
 			t.Fatalf("archive subscribe: %v", err)
 		}
 		if err := archive.Disconnect(&paho.Disconnect{}); err != nil {
@@ -488,7 +489,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 						payload := bytes.Repeat([]byte{'F'}, floodSize)
 						copy(payload, fmt.Sprintf("rogue-%06d:", i))
 						pctx, pcancel := context.WithTimeout(ctx, brokerTimeout)
-						resp, err := flooder.Publish(pctx, &paho.Publish{Topic: transport.TelemetryTopic(rogueID, "flood"), QoS: 1, Payload: payload})
+						resp, err := flooder.Publish(pctx, &paho.Publish{Topic: wire.TelemetryTopic(rogueID, "flood"), QoS: 1, Payload: payload})
 						pcancel()
 						what := "no PUBACK"
 						switch {
@@ -534,7 +535,7 @@ func runRogueScenarios(t *testing.T, f *brokerFleet, tgt rogueTarget) {
 		var after []string
 		for _, h := range honest {
 			payload := "after-flood-" + h.name
-			if got := h.publish(t, transport.TelemetryTopic(h.name, "temp"), payload); got != 0 {
+			if got := h.publish(t, wire.TelemetryTopic(h.name, "temp"), payload); got != 0 {
 				t.Errorf("%s after the flood: PUBACK %#x", h.name, got)
 			}
 			after = append(after, payload)
@@ -693,7 +694,7 @@ type readCounter struct {
 }
 
 func (c *readCounter) add(p *paho.Publish) {
-	dev := strings.SplitN(strings.TrimPrefix(p.Topic, transport.TopicPrefix), "/", 2)[0]
+	dev := strings.SplitN(strings.TrimPrefix(p.Topic, wire.TopicPrefix), "/", 2)[0]
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.byDevice[dev]++
@@ -860,7 +861,7 @@ func runHonest(t *testing.T, honest []*mqttClient, tag string, fn func()) honest
 				payload := fmt.Sprintf("%s-%s-%d", tag, h.name, i)
 				ctx, cancel := context.WithTimeout(t.Context(), brokerTimeout)
 				start := time.Now()
-				resp, err := h.c.Publish(ctx, &paho.Publish{Topic: transport.TelemetryTopic(h.name, "temp"), QoS: 1, Payload: []byte(payload)})
+				resp, err := h.c.Publish(ctx, &paho.Publish{Topic: wire.TelemetryTopic(h.name, "temp"), QoS: 1, Payload: []byte(payload)})
 				lat := time.Since(start)
 				cancel()
 				mu.Lock()

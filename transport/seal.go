@@ -14,6 +14,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/internal/jws"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // EncryptionMode chooses how envelopes are encrypted to the cloud.
@@ -55,7 +57,7 @@ type Encryption struct {
 // It is safe for concurrent use.
 type Sealer struct {
 	device string
-	signer *fastSigner
+	signer *jws.FastSigner
 	codec  codec
 	now    func() time.Time
 	enc    *Encryption
@@ -76,7 +78,7 @@ func NewSealer(id string, key crypto.Signer, enc *Encryption, now func() time.Ti
 	if err := identity.ValidateDeviceID(id); err != nil {
 		return nil, err
 	}
-	signer, err := newFastSigner(key, id, TelemetryType)
+	signer, err := jws.NewFastSigner(key, id, wire.TelemetryType)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +92,7 @@ func NewSealer(id string, key crypto.Signer, enc *Encryption, now func() time.Ti
 	s := &Sealer{device: id, signer: signer, codec: c, now: now}
 	if enc != nil {
 		e := *enc
-		pub, err := ecdhPublic(e.CloudKey)
+		pub, err := jws.ECDHPublic(e.CloudKey)
 		if err != nil {
 			return nil, err
 		}
@@ -103,11 +105,11 @@ func NewSealer(id string, key crypto.Signer, enc *Encryption, now func() time.Ti
 		s.enc, s.encPub = &e, pub
 		s.perMsg, err = jose.NewEncrypter(jose.A256GCM,
 			jose.Recipient{Algorithm: jose.ECDH_ES_A256KW, Key: pub, KeyID: e.CloudKeyID},
-			(&jose.EncrypterOptions{}).WithContentType(TelemetryType))
+			(&jose.EncrypterOptions{}).WithContentType(wire.TelemetryType))
 		if err != nil {
 			return nil, fmt.Errorf("transport: encrypter: %w", err)
 		}
-		s.keySigner, err = newJWSSigner(key, id, KeyDeliveryType)
+		s.keySigner, err = jws.NewSigner(key, id, wire.KeyDeliveryType)
 		if err != nil {
 			return nil, err
 		}
@@ -129,14 +131,14 @@ type Sealed struct {
 // the sealer's device.
 func (s *Sealer) Seal(rec Record) (Sealed, error) {
 	rec.Device = s.device
-	if err := ValidateStream(rec.Stream); err != nil {
+	if err := wire.ValidateStream(rec.Stream); err != nil {
 		return Sealed{}, err
 	}
-	payload, err := s.codec.encodeRecord(rec)
+	payload, err := s.codec.EncodeRecord(rec)
 	if err != nil {
 		return Sealed{}, err
 	}
-	compact, err := s.signer.sign(payload)
+	compact, err := s.signer.Sign(payload)
 	if err != nil {
 		return Sealed{}, err
 	}
@@ -196,17 +198,17 @@ func (s *Sealer) rotateLocked(boot uint64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	jws, err := s.keySigner.Sign(payload)
+	sig, err := s.keySigner.Sign(payload)
 	if err != nil {
 		return nil, fmt.Errorf("transport: sign key delivery: %w", err)
 	}
-	inner, err := jws.CompactSerialize()
+	inner, err := sig.CompactSerialize()
 	if err != nil {
 		return nil, err
 	}
 	enc, err := jose.NewEncrypter(jose.A256GCM,
 		jose.Recipient{Algorithm: jose.ECDH_ES_A256KW, Key: s.encPub, KeyID: s.enc.CloudKeyID},
-		(&jose.EncrypterOptions{}).WithContentType(KeyDeliveryType))
+		(&jose.EncrypterOptions{}).WithContentType(wire.KeyDeliveryType))
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +222,7 @@ func (s *Sealer) rotateLocked(boot uint64) ([]byte, error) {
 	}
 	sess, err := jose.NewEncrypter(jose.A256GCM,
 		jose.Recipient{Algorithm: jose.DIRECT, Key: key, KeyID: id},
-		(&jose.EncrypterOptions{}).WithContentType(TelemetryType))
+		(&jose.EncrypterOptions{}).WithContentType(wire.TelemetryType))
 	if err != nil {
 		return nil, err
 	}

@@ -5,140 +5,32 @@ package transport
 
 // Security metrics, device half (ETSI EN 303 645 provision 5.10): the
 // client counts security-relevant events and reports them periodically as
-// signed telemetry on SecurityStream. The cloud half is SecurityMonitor
+// signed telemetry on wire.SecurityStream. The cloud half is security.Monitor
 // (security_monitor.go).
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"sync"
 	"time"
-)
 
-// Security metrics the client counts. Each is a counter name in a
-// [SecurityReport] and a key of [SecurityMonitor.Thresholds].
-const (
-	// MetricAuthFailures counts connection attempts the broker refused
-	// because of the device certificate ([ErrCertificateRejected]).
-	MetricAuthFailures = "auth_failures"
-	// MetricConnectFailures counts failed connection attempts, whatever
-	// the cause.
-	MetricConnectFailures = "connect_failures"
-	// MetricReconnects counts connections after the first.
-	MetricReconnects = "reconnects"
-	// MetricMessagesRefused counts messages the broker refused for good
-	// (PUBACK 0x87 not authorized...).
-	MetricMessagesRefused = "messages_refused"
-	// MetricCommandsRefused counts commands that failed verification
-	// (forged, replayed, expired, for another device).
-	MetricCommandsRefused = "commands_refused"
-	// MetricOutboxFull counts Publish calls refused because the outbox
-	// was full.
-	MetricOutboxFull = "outbox_full"
-	// MetricOutboxExpired counts stored messages dropped at their expiry.
-	MetricOutboxExpired = "outbox_expired"
-	// MetricOutboxQuarantined counts torn or corrupt outbox data set aside.
-	MetricOutboxQuarantined = "outbox_quarantined"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/security"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
-
-var builtinMetrics = map[string]bool{MetricAuthFailures: true, MetricConnectFailures: true, MetricReconnects: true,
-	MetricMessagesRefused: true, MetricCommandsRefused: true, MetricOutboxFull: true, MetricOutboxExpired: true,
-	MetricOutboxQuarantined: true}
 
 // DefaultSecurityReportInterval is the default of
 // [ClientConfig.SecurityReportInterval].
 const DefaultSecurityReportInterval = 5 * time.Minute
 
 const (
-	// maxMetricName bounds a counter name, in bytes.
-	maxMetricName = 32
 	// maxCustomMetrics bounds the kinds RecordSecurityEvent accepts.
 	maxCustomMetrics = 16
-	// maxReportCounters bounds the counters of a report a decoder accepts.
-	maxReportCounters = 64
 	// staleReports: a report still unacknowledged after this many
 	// intervals no longer holds the next one back.
 	staleReports = 10
 )
-
-// validMetricName: 1 to 32 bytes of [a-z0-9_], starting with a letter.
-func validMetricName(s string) bool {
-	if s == "" || len(s) > maxMetricName || s[0] < 'a' || s[0] > 'z' {
-		return false
-	}
-	for i := range len(s) {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
-			return false
-		}
-	}
-	return true
-}
-
-// securityBody is the JSON body of a security report (docs/protocol.md).
-type securityBody struct {
-	V      int               `json:"v"`
-	Since  int64             `json:"since"`
-	Counts map[string]uint64 `json:"counts"`
-	Totals map[string]uint64 `json:"totals"`
-}
-
-// SecurityReport is a device's security-metrics report, as carried on
-// [SecurityStream].
-type SecurityReport struct {
-	Device    string
-	Boot, Seq uint64
-	// Since and Time bound the period the report covers, by the device's
-	// clock: from the previous report (or the client's start) to this one.
-	Since, Time time.Time
-	// Counts holds the events of each counter within the period, Totals
-	// those since the client started (Dial); counters at zero are absent.
-	Counts, Totals map[string]uint64
-}
-
-// ParseSecurityReport decodes the security report of a verified record of
-// [SecurityStream] (one reading, a JSON body). The decoding is strict:
-// unknown fields, another version, bad counter names or more than 64
-// counters are refused with an error wrapping [ErrMalformed].
-func ParseSecurityReport(r Record) (SecurityReport, error) {
-	if r.Stream != SecurityStream {
-		return SecurityReport{}, fmt.Errorf("%w: security report: record of stream %q, want %q", ErrMalformed, clip(r.Stream), SecurityStream)
-	}
-	if len(r.Readings) != 1 {
-		return SecurityReport{}, fmt.Errorf("%w: security report: %d readings, want 1", ErrMalformed, len(r.Readings))
-	}
-	var b securityBody
-	if err := decodeStrictJSON(r.Readings[0].Body, &b); err != nil {
-		return SecurityReport{}, fmt.Errorf("%w: security report: %v", ErrMalformed, err)
-	}
-	if b.V != 1 {
-		return SecurityReport{}, fmt.Errorf("%w: security report: version %d, want 1", ErrMalformed, b.V)
-	}
-	for _, m := range []map[string]uint64{b.Counts, b.Totals} {
-		if len(m) > maxReportCounters {
-			return SecurityReport{}, fmt.Errorf("%w: security report: %d counters, at most %d", ErrMalformed, len(m), maxReportCounters)
-		}
-		for k := range m {
-			if !validMetricName(k) {
-				return SecurityReport{}, fmt.Errorf("%w: security report: counter name %q", ErrMalformed, clip(k))
-			}
-		}
-	}
-	return SecurityReport{Device: r.Device, Boot: r.Boot, Seq: r.Seq, Since: time.UnixMilli(b.Since), Time: r.Time,
-		Counts: nonZero(b.Counts), Totals: nonZero(b.Totals)}, nil
-}
-
-func nonZero(m map[string]uint64) map[string]uint64 {
-	out := make(map[string]uint64, len(m))
-	for k, v := range m {
-		if v != 0 {
-			out[k] = v
-		}
-	}
-	return out
-}
 
 // securityMetrics is the client's reporting state.
 type securityMetrics struct {
@@ -158,8 +50,8 @@ type securityMetrics struct {
 // "update_failures"). kind is 1 to 32 bytes of [a-z0-9_] starting with a
 // letter, not a built-in counter name; at most 16 kinds per client.
 func (c *Client) RecordSecurityEvent(kind string) error {
-	if !validMetricName(kind) || builtinMetrics[kind] {
-		return fmt.Errorf("transport: security event kind %q: want 1 to %d bytes of [a-z0-9_], not a built-in counter", clip(kind), maxMetricName)
+	if !security.ValidMetricName(kind) || security.IsBuiltin(kind) {
+		return fmt.Errorf("transport: security event kind %q: want 1 to %d bytes of [a-z0-9_], not a built-in counter", textutil.Clip(kind), security.MaxMetricName)
 	}
 	s := &c.sec
 	s.mu.Lock()
@@ -175,21 +67,22 @@ func (c *Client) RecordSecurityEvent(kind string) error {
 func (c *Client) securityTotals() map[string]uint64 {
 	ob := c.outbox.Stats()
 	t := map[string]uint64{
-		MetricAuthFailures:      c.authFailures.Load(),
-		MetricConnectFailures:   c.connectFailures.Load(),
-		MetricMessagesRefused:   c.refused.Load(),
-		MetricCommandsRefused:   c.cmdRefused.Load(),
-		MetricOutboxFull:        c.outboxFull.Load(),
-		MetricOutboxExpired:     ob.Expired,
-		MetricOutboxQuarantined: ob.Quarantined,
+		security.MetricAuthFailures:      c.authFailures.Load(),
+		security.MetricConnectFailures:   c.connectFailures.Load(),
+		security.MetricMessagesRefused:   c.refused.Load(),
+		security.MetricCommandsRefused:   c.cmdRefused.Load(),
+		security.MetricOutboxFull:        c.outboxFull.Load(),
+		security.MetricOutboxExpired:     ob.Expired,
+		security.MetricOutboxQuarantined: ob.Quarantined,
 	}
 	if n := c.connects.Load(); n > 1 {
-		t[MetricReconnects] = n - 1
+		t[security.MetricReconnects] = n - 1
 	}
 	c.sec.mu.Lock()
 	maps.Copy(t, c.sec.custom)
 	c.sec.mu.Unlock()
-	return nonZero(t)
+	maps.DeleteFunc(t, func(_ string, v uint64) bool { return v == 0 })
+	return t
 }
 
 // reportSecurity publishes a security report every interval while
@@ -236,11 +129,11 @@ func (c *Client) queueSecurityReport(ctx context.Context, interval time.Duration
 	if len(counts) == 0 {
 		return nil
 	}
-	body, err := json.Marshal(securityBody{V: 1, Since: s.since.UnixMilli(), Counts: counts, Totals: totals})
+	body, err := security.Report{Since: s.since, Counts: counts, Totals: totals}.Body()
 	if err != nil {
 		return err
 	}
-	ids, err := c.store(ctx, sealRequest{PublishOptions{Stream: SecurityStream}, []Reading{{Time: now, Body: body}}})
+	ids, err := c.store(ctx, sealRequest{PublishOptions{Stream: wire.SecurityStream}, []Reading{{Time: now, Body: body}}})
 	if err != nil {
 		return err
 	}

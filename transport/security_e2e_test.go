@@ -12,6 +12,8 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/security"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestSecurityReportsEndToEnd: the device counts a forged command and
@@ -35,22 +37,22 @@ func TestSecurityReportsEndToEnd(t *testing.T) {
 	}
 
 	var mu sync.Mutex
-	var alerts []transport.Alert
-	mon := &transport.SecurityMonitor{
-		Thresholds: map[string]transport.Threshold{
-			"update_failures":                 {Max: 2, Window: time.Hour},
-			transport.MetricCommandsRefused:   {Max: 0, Window: time.Hour},
-			transport.MetricConnectFailures:   {Max: 0, Window: time.Hour}, // none happen
-			transport.MetricOutboxQuarantined: {Max: 0, Window: time.Hour},
+	var alerts []security.Alert
+	mon := &security.Monitor{
+		Thresholds: map[string]security.Threshold{
+			"update_failures":                {Max: 2, Window: time.Hour},
+			security.MetricCommandsRefused:   {Max: 0, Window: time.Hour},
+			security.MetricConnectFailures:   {Max: 0, Window: time.Hour}, // none happen
+			security.MetricOutboxQuarantined: {Max: 0, Window: time.Hour},
 		},
-		OnAlert: func(a transport.Alert) { mu.Lock(); alerts = append(alerts, a); mu.Unlock() },
+		OnAlert: func(a security.Alert) { mu.Lock(); alerts = append(alerts, a); mu.Unlock() },
 	}
 	seen := 0
-	var last transport.SecurityReport
+	var last security.Report
 	observe := func() int {
 		recs := col.snapshot()
 		for _, r := range recs[seen:] {
-			if r.Stream != transport.SecurityStream {
+			if r.Stream != wire.SecurityStream {
 				t.Fatalf("record on stream %q", r.Stream)
 			}
 			rep, err := mon.Observe(r)
@@ -100,7 +102,7 @@ func TestSecurityReportsEndToEnd(t *testing.T) {
 			t.Errorf("RecordSecurityEvent(%q) accepted", bad)
 		}
 	}
-	waitTotals(map[string]uint64{"update_failures": 3, transport.MetricCommandsRefused: 1})
+	waitTotals(map[string]uint64{"update_failures": 3, security.MetricCommandsRefused: 1})
 	mu.Lock()
 	if len(alerts) != 2 {
 		t.Fatalf("alerts %+v, want one for update_failures and one for commands_refused", alerts)
@@ -111,8 +113,8 @@ func TestSecurityReportsEndToEnd(t *testing.T) {
 	for range 2 {
 		dev.RecordSecurityEvent("update_failures")
 	}
-	waitTotals(map[string]uint64{"update_failures": 5, transport.MetricCommandsRefused: 1})
-	if last.Counts["update_failures"] == 0 || last.Counts[transport.MetricCommandsRefused] != 0 {
+	waitTotals(map[string]uint64{"update_failures": 5, security.MetricCommandsRefused: 1})
+	if last.Counts["update_failures"] == 0 || last.Counts[security.MetricCommandsRefused] != 0 {
 		t.Errorf("latest report counts %v: want the new update failures only", last.Counts)
 	}
 	// Nothing new: no more reports.

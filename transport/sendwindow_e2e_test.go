@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
 )
 
 // TestPriorityBacklogReachesCloud reproduces the loss of issue 11 finding
@@ -29,7 +30,7 @@ func TestPriorityBacklogReachesCloud(t *testing.T) {
 
 	dev, err := transport.Dial(t.Context(), transport.ClientConfig{Broker: broker.Addr, Store: store,
 		RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond,
-		Streams: []transport.StreamPolicy{{Stream: "location", Purpose: "find a lost bike", Personal: true}}})
+		Streams: []consent.Policy{{Stream: "location", Purpose: "find a lost bike", Personal: true}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,16 +5,14 @@ package transport
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
-)
 
-// ErrUnknownSessionKey: no session-key delivery is kept for that device
-// and key ID.
-var ErrUnknownSessionKey = errors.New("transport: unknown session key")
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/wire"
+)
 
 // SessionKeys keeps the session-key deliveries a verifier accepted, as
 // received (a JWE still encrypted to the cloud key, so that what is kept
@@ -31,7 +29,7 @@ var ErrUnknownSessionKey = errors.New("transport: unknown session key")
 type SessionKeys interface {
 	// PutKeyDelivery keeps a verified delivery of device's key keyID,
 	// signed with (boot, created). Keeping one already kept does nothing.
-	// A delivery too old to keep gives an error wrapping [ErrReplay].
+	// A delivery too old to keep gives an error wrapping [wire.ErrReplay].
 	PutKeyDelivery(ctx context.Context, d KeyDelivery) error
 	// KeyDelivery returns the delivery of device's key keyID as received,
 	// or an error wrapping [ErrUnknownSessionKey].
@@ -89,7 +87,7 @@ func (k *memoryKeys) PutKeyDelivery(_ context.Context, d KeyDelivery) error {
 		}
 	}
 	if len(ds) >= keptKeyDeliveries && keyOrder(d, ds[0]) <= 0 {
-		return fmt.Errorf("%w: key delivery %q of %s (boot %d) is older than the %d kept", ErrReplay, clip(d.KeyID), d.Device, d.Boot, len(ds))
+		return fmt.Errorf("%w: key delivery %q of %s (boot %d) is older than the %d kept", wire.ErrReplay, textutil.Clip(d.KeyID), d.Device, d.Boot, len(ds))
 	}
 	ds = append(ds, d)
 	slices.SortStableFunc(ds, keyOrder)
@@ -108,7 +106,7 @@ func (k *memoryKeys) KeyDelivery(_ context.Context, device, keyID string) ([]byt
 			return x.Envelope, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: %q for %s", ErrUnknownSessionKey, clip(keyID), device)
+	return nil, fmt.Errorf("%w: %q for %s", ErrUnknownSessionKey, textutil.Clip(keyID), device)
 }
 
 func (k *memoryKeys) forget(device string) {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/internal/jws"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 var update = flag.Bool("update", false, "rewrite the test vectors in testdata/vectors")
@@ -42,7 +44,7 @@ func TestTelemetryVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cbor, err := c.encodeRecord(rec)
+	cbor, err := c.EncodeRecord(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func TestTelemetryVector(t *testing.T) {
 		der, _ := x509.MarshalPKIXPublicKey(key.Public())
 		v := vector{Comment: "d2c telemetry v1: ES256 JWS over the CBOR record; see docs/protocol.md",
 			DeviceKeyPEM: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
-			Topic:        TelemetryTopic("sensor-42", "temp"), RecordCBOR: hex.EncodeToString(cbor), Envelope: string(out.Envelope)}
+			Topic:        wire.TelemetryTopic("sensor-42", "temp"), RecordCBOR: hex.EncodeToString(cbor), Envelope: string(out.Envelope)}
 		b, _ := json.MarshalIndent(v, "", "  ")
 		if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 			t.Fatal(err)
@@ -81,18 +83,18 @@ func TestTelemetryVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jws, kid, err := parseJWS([]byte(v.Envelope), TelemetryType)
+	obj, kid, err := jws.Parse([]byte(v.Envelope), wire.TelemetryType)
 	if err != nil || kid != "sensor-42" {
 		t.Fatalf("envelope: kid %q, %v", kid, err)
 	}
-	payload, err := verifyJWS(jws, pub.(*ecdsa.PublicKey))
+	payload, err := jws.Verify(obj, pub.(*ecdsa.PublicKey))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if hex.EncodeToString(payload) != v.RecordCBOR {
 		t.Fatal("the JWS payload is not the record's CBOR")
 	}
-	if !strings.HasPrefix(v.Topic, TopicPrefix) {
+	if !strings.HasPrefix(v.Topic, wire.TopicPrefix) {
 		t.Fatalf("topic %q", v.Topic)
 	}
 }

@@ -20,6 +20,10 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/transport/internal/jws"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/replay"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Certificates gives the cloud the registered certificate chains of a
@@ -81,7 +85,7 @@ func (mc *MemoryCertificates) DeviceCertificates(_ context.Context, device strin
 	defer mc.mu.RUnlock()
 	c, ok := mc.m[device]
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownDevice, device)
+		return nil, fmt.Errorf("%w: %q", wire.ErrUnknownDevice, device)
 	}
 	return c, nil
 }
@@ -100,7 +104,7 @@ type VerifierConfig struct {
 	// RequireEncryption refuses envelopes that are only signed.
 	RequireEncryption bool
 	// Replay decides which records are fresh, exactly once. Default: a new
-	// in-memory [ReplayWindow] of this process. Verifiers that share a
+	// in-memory [replay.Window] of this process. Verifiers that share a
 	// broker subscription must share it (github.com/d2c-iot/d2c/cloud/store).
 	Replay ReplayState
 	// SessionKeys keeps accepted session-key deliveries. Default: in
@@ -163,7 +167,7 @@ func NewVerifier(cfg VerifierConfig) (*Verifier, error) {
 		return nil, errors.New("transport: RequireEncryption needs a DecryptionKey")
 	}
 	if cfg.Replay == nil {
-		cfg.Replay = NewReplayWindow(0)
+		cfg.Replay = replay.New(0)
 	}
 	if cfg.Time == nil {
 		cfg.Time = time.Now
@@ -193,7 +197,7 @@ func (v *Verifier) Stats() VerifierStats {
 // Verify checks one message received on topic. For telemetry it returns the
 // record; for a session-key delivery it stores the key and returns a zero
 // Record and nil. Duplicates (QoS 1 redeliveries) return an error wrapping
-// [ErrDuplicate]: drop them silently. Every other error is a refusal to
+// [wire.ErrDuplicate]: drop them silently. Every other error is a refusal to
 // report.
 func (v *Verifier) Verify(ctx context.Context, topic string, payload []byte) (Record, error) {
 	recs, errs := v.VerifyBatch(ctx, []Inbound{{Topic: topic, Payload: payload}})
@@ -313,11 +317,6 @@ func (v *Verifier) acceptBatch(ctx context.Context, b *openedBatch) {
 	b.pending, b.fresh = nil, nil
 }
 
-// ErrParked: an envelope sealed under a session key whose delivery no
-// verifier has received yet was parked in the shared [SessionKeys] until
-// it arrives; it is neither accepted nor refused yet.
-var ErrParked = errors.New("transport: envelope parked until its session key arrives")
-
 // EnvelopeParking is a [SessionKeys] that keeps, bounded per device, the
 // envelopes that name a session key it does not hold yet, so that
 // verifiers sharing a subscription lose none of them when a device's key
@@ -359,7 +358,7 @@ func (v *Verifier) park(ctx context.Context, p EnvelopeParking, uk *unknownKeyEr
 		v.log.Warn("envelope with an unknown session key not parked", "device", uk.device, "err", err)
 		return uk
 	}
-	return fmt.Errorf("%w: %s key %q", ErrParked, uk.device, clip(uk.keyID))
+	return fmt.Errorf("%w: %s key %q", ErrParked, uk.device, textutil.Clip(uk.keyID))
 }
 
 // VerifyParked verifies, in one batch, up to max envelopes parked in
@@ -402,12 +401,6 @@ func (v *Verifier) VerifyParked(ctx context.Context, max int) ([]Record, error) 
 	return out, nil
 }
 
-// ErrReplayState: the verifier's state could not decide (a shared store
-// unreachable: the replay windows, the registry of certificates, the
-// revocations, the session keys or the parking); the message was neither
-// accepted nor refused and may be verified again.
-var ErrReplayState = errors.New("transport: replay state unavailable")
-
 // count counts and logs one outcome.
 func (v *Verifier) count(topic string, rec Record, err error) {
 	switch {
@@ -416,17 +409,17 @@ func (v *Verifier) count(topic string, rec Record, err error) {
 			v.accepted.Add(1)
 		}
 	case errors.Is(err, ErrReplayState):
-		v.log.Error("replay state unavailable", "topic", clip(topic), "err", err)
+		v.log.Error("replay state unavailable", "topic", textutil.Clip(topic), "err", err)
 	case errors.Is(err, ErrParked):
 		v.parked.Add(1)
-	case errors.Is(err, ErrDuplicate):
+	case errors.Is(err, wire.ErrDuplicate):
 		v.duplicates.Add(1)
-	case errors.Is(err, ErrReplay):
+	case errors.Is(err, wire.ErrReplay):
 		v.replays.Add(1)
-		v.log.Warn("replay refused", "topic", clip(topic), "err", err)
+		v.log.Warn("replay refused", "topic", textutil.Clip(topic), "err", err)
 	default:
 		v.refused.Add(1)
-		v.log.Warn("envelope refused", "topic", clip(topic), "err", err)
+		v.log.Warn("envelope refused", "topic", textutil.Clip(topic), "err", err)
 	}
 }
 
@@ -434,44 +427,44 @@ func (v *Verifier) count(topic string, rec Record, err error) {
 // freshness: it returns the record of a telemetry envelope, or keeps the
 // key of a session-key delivery and returns a zero Record.
 func (v *Verifier) open(ctx context.Context, topic string, payload []byte) (Record, error) {
-	t, err := ParseTopic(topic)
+	t, err := wire.ParseTopic(topic)
 	if err != nil {
 		return Record{}, err
 	}
 	if len(payload) > limits.Envelope {
-		return Record{}, fmt.Errorf("%w: %d bytes over %d", ErrMalformed, len(payload), limits.Envelope)
+		return Record{}, fmt.Errorf("%w: %d bytes over %d", wire.ErrMalformed, len(payload), limits.Envelope)
 	}
 	switch t.Kind {
-	case KindTelemetry, KindCommandResult:
+	case wire.KindTelemetry, wire.KindCommandResult:
 		stream := t.Stream
-		if t.Kind == KindCommandResult {
-			stream = CommandResultStream
-		} else if stream == CommandResultStream {
-			return Record{}, fmt.Errorf("%w: command results go on %s", ErrInvalidTopic, CommandResultTopic(t.Device))
+		if t.Kind == wire.KindCommandResult {
+			stream = wire.CommandResultStream
+		} else if stream == wire.CommandResultStream {
+			return Record{}, fmt.Errorf("%w: command results go on %s", wire.ErrInvalidTopic, wire.CommandResultTopic(t.Device))
 		}
-		inner, err := v.unwrap(ctx, t.Device, payload, TelemetryType)
+		inner, err := v.unwrap(ctx, t.Device, payload, wire.TelemetryType)
 		if err != nil {
 			return Record{}, err
 		}
-		body, err := v.checkSigned(ctx, t.Device, inner, TelemetryType)
+		body, err := v.checkSigned(ctx, t.Device, inner, wire.TelemetryType)
 		if err != nil {
 			return Record{}, err
 		}
-		rec, err := v.codec.decodeRecord(body)
+		rec, err := v.codec.DecodeRecord(body)
 		if err != nil {
 			return Record{}, err
 		}
 		if rec.Device != t.Device {
-			return Record{}, fmt.Errorf("%w: record names %q, signer and topic %q", ErrWrongDevice, clip(rec.Device), t.Device)
+			return Record{}, fmt.Errorf("%w: record names %q, signer and topic %q", wire.ErrWrongDevice, textutil.Clip(rec.Device), t.Device)
 		}
 		if rec.Stream != stream {
-			return Record{}, fmt.Errorf("%w: record stream %q on the topic of stream %q", ErrMalformed, clip(rec.Stream), stream)
+			return Record{}, fmt.Errorf("%w: record stream %q on the topic of stream %q", wire.ErrMalformed, textutil.Clip(rec.Stream), stream)
 		}
 		return rec, nil
-	case KindKey:
+	case wire.KindKey:
 		return Record{}, v.acceptKey(ctx, t.Device, payload)
 	}
-	return Record{}, fmt.Errorf("%w: not a telemetry, command-result or key topic", ErrInvalidTopic)
+	return Record{}, fmt.Errorf("%w: not a telemetry, command-result or key topic", wire.ErrInvalidTopic)
 }
 
 // isJWE tells a compact JWE (five parts) from a compact JWS (three).
@@ -483,27 +476,27 @@ func isJWE(b []byte) bool { return bytes.Count(b, []byte(".")) == 4 }
 func (v *Verifier) unwrap(ctx context.Context, device string, payload []byte, cty string) ([]byte, error) {
 	if !isJWE(payload) {
 		if v.cfg.RequireEncryption {
-			return nil, fmt.Errorf("%w: plaintext envelope where encryption is required", ErrDecrypt)
+			return nil, fmt.Errorf("%w: plaintext envelope where encryption is required", wire.ErrDecrypt)
 		}
 		return payload, nil
 	}
 	if v.cfg.DecryptionKey == nil {
-		return nil, fmt.Errorf("%w: encrypted envelope, and this verifier has no decryption key", ErrDecrypt)
+		return nil, fmt.Errorf("%w: encrypted envelope, and this verifier has no decryption key", wire.ErrDecrypt)
 	}
 	jwe, err := jose.ParseEncryptedCompact(string(payload),
 		[]jose.KeyAlgorithm{jose.ECDH_ES_A256KW, jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", wire.ErrMalformed, err)
 	}
 	h := jwe.Header
 	if got, _ := h.ExtraHeaders[jose.HeaderContentType].(string); got != cty {
-		return nil, fmt.Errorf("%w: JWE cty %q, want %q", ErrMalformed, clip(got), cty)
+		return nil, fmt.Errorf("%w: JWE cty %q, want %q", wire.ErrMalformed, textutil.Clip(got), cty)
 	}
 	var key any
 	switch jose.KeyAlgorithm(h.Algorithm) {
 	case jose.DIRECT:
-		if cty != TelemetryType {
-			return nil, fmt.Errorf("%w: key deliveries must use ECDH-ES+A256KW", ErrDecrypt)
+		if cty != wire.TelemetryType {
+			return nil, fmt.Errorf("%w: key deliveries must use ECDH-ES+A256KW", wire.ErrDecrypt)
 		}
 		k, err := v.sessionKey(ctx, device, h.KeyID)
 		if err != nil {
@@ -515,7 +508,7 @@ func (v *Verifier) unwrap(ctx context.Context, device string, payload []byte, ct
 	}
 	inner, err := jwe.Decrypt(key)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+		return nil, fmt.Errorf("%w: %v", wire.ErrDecrypt, err)
 	}
 	return inner, nil
 }
@@ -526,7 +519,7 @@ func (v *Verifier) unwrap(ctx context.Context, device string, payload []byte, ct
 // with every check of parseJWS.
 func (v *Verifier) checkSigned(ctx context.Context, device string, b []byte, typ string) ([]byte, error) {
 	payload, err := v.checkSignedWith(ctx, device, b, typ, v.cfg.Certificates.DeviceCertificates)
-	if cc, ok := v.cfg.Certificates.(CachedCertificates); ok && (errors.Is(err, ErrBadSignature) || errors.Is(err, ErrUnknownDevice)) {
+	if cc, ok := v.cfg.Certificates.(CachedCertificates); ok && (errors.Is(err, wire.ErrBadSignature) || errors.Is(err, wire.ErrUnknownDevice)) {
 		return v.checkSignedWith(ctx, device, b, typ, cc.FreshDeviceCertificates)
 	}
 	return payload, err
@@ -537,10 +530,10 @@ func (v *Verifier) checkSignedWith(ctx context.Context, device string, b []byte,
 	lookup func(context.Context, string) ([][]*x509.Certificate, error)) ([]byte, error) {
 	chains, err := lookup(ctx, device)
 	if err != nil {
-		if _, _, perr := parseJWS(b, typ); perr != nil {
+		if _, _, perr := jws.Parse(b, typ); perr != nil {
 			return nil, perr // a malformed envelope is malformed for unknown devices too
 		}
-		if !errors.Is(err, ErrUnknownDevice) && !errors.Is(err, identity.ErrRevoked) && !errors.Is(err, ErrReplayState) {
+		if !errors.Is(err, wire.ErrUnknownDevice) && !errors.Is(err, identity.ErrRevoked) && !errors.Is(err, ErrReplayState) {
 			// The registry did not answer: undecided, not refused.
 			err = fmt.Errorf("%w: certificates of %q: %w", ErrReplayState, device, err)
 		}
@@ -549,14 +542,14 @@ func (v *Verifier) checkSignedWith(ctx context.Context, device string, b []byte,
 	// The newest certificate whose key verifies the signature decides; it
 	// must be valid now and unrevoked.
 	canonical := false
-	err = fmt.Errorf("%w: no registered certificate", ErrUnknownDevice)
+	err = fmt.Errorf("%w: no registered certificate", wire.ErrUnknownDevice)
 	for _, chain := range chains {
 		var payload []byte
-		payload, err = fastVerify(b, device, typ, chain[0].PublicKey)
+		payload, err = jws.FastVerify(b, device, typ, chain[0].PublicKey)
 		switch {
-		case errors.Is(err, errNotCanonical):
+		case errors.Is(err, jws.ErrNotCanonical):
 			continue
-		case errors.Is(err, ErrMalformed):
+		case errors.Is(err, wire.ErrMalformed):
 			return nil, err
 		case err != nil:
 			canonical = true
@@ -570,17 +563,17 @@ func (v *Verifier) checkSignedWith(ctx context.Context, device string, b []byte,
 	if canonical {
 		return nil, err
 	}
-	jws, kid, err := parseJWS(b, typ)
+	obj, kid, err := jws.Parse(b, typ)
 	if err != nil {
 		return nil, err
 	}
 	if kid != device {
-		return nil, fmt.Errorf("%w: signed by %q, topic is %q's", ErrWrongDevice, clip(kid), device)
+		return nil, fmt.Errorf("%w: signed by %q, topic is %q's", wire.ErrWrongDevice, textutil.Clip(kid), device)
 	}
-	err = fmt.Errorf("%w: no registered certificate", ErrUnknownDevice)
+	err = fmt.Errorf("%w: no registered certificate", wire.ErrUnknownDevice)
 	for _, chain := range chains {
 		var payload []byte
-		if payload, err = verifyJWS(jws, chain[0].PublicKey); err != nil {
+		if payload, err = jws.Verify(obj, chain[0].PublicKey); err != nil {
 			continue
 		}
 		if err = v.checkCert(device, chain); err != nil {
@@ -609,7 +602,7 @@ func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 		return err
 	}
 	if id != device {
-		return fmt.Errorf("%w: registered certificate names %q", ErrWrongDevice, id)
+		return fmt.Errorf("%w: registered certificate names %q", wire.ErrWrongDevice, id)
 	}
 	until := now.Add(time.Minute)
 	if chain[0].NotAfter.Before(until) {
@@ -627,25 +620,25 @@ func (v *Verifier) checkCert(device string, chain []*x509.Certificate) error {
 // openKeyDelivery decrypts and verifies a session-key delivery of device.
 func (v *Verifier) openKeyDelivery(ctx context.Context, device string, payload []byte) (keyDelivery, error) {
 	if !isJWE(payload) {
-		return keyDelivery{}, fmt.Errorf("%w: key delivery must be encrypted", ErrMalformed)
+		return keyDelivery{}, fmt.Errorf("%w: key delivery must be encrypted", wire.ErrMalformed)
 	}
-	inner, err := v.unwrap(ctx, device, payload, KeyDeliveryType)
+	inner, err := v.unwrap(ctx, device, payload, wire.KeyDeliveryType)
 	if err != nil {
 		return keyDelivery{}, err
 	}
-	body, err := v.checkSigned(ctx, device, inner, KeyDeliveryType)
+	body, err := v.checkSigned(ctx, device, inner, wire.KeyDeliveryType)
 	if err != nil {
 		return keyDelivery{}, err
 	}
 	var kd keyDelivery
 	if err := v.codec.m.Dec.Unmarshal(body, &kd); err != nil {
-		return keyDelivery{}, fmt.Errorf("%w: key delivery: %v", ErrMalformed, err)
+		return keyDelivery{}, fmt.Errorf("%w: key delivery: %v", wire.ErrMalformed, err)
 	}
 	if kd.Device != device {
-		return keyDelivery{}, fmt.Errorf("%w: key delivery names %q", ErrWrongDevice, clip(kd.Device))
+		return keyDelivery{}, fmt.Errorf("%w: key delivery names %q", wire.ErrWrongDevice, textutil.Clip(kd.Device))
 	}
 	if len(kd.Key) != 32 || kd.KeyID == "" || len(kd.KeyID) > 64 {
-		return keyDelivery{}, fmt.Errorf("%w: key delivery key or ID malformed", ErrMalformed)
+		return keyDelivery{}, fmt.Errorf("%w: key delivery key or ID malformed", wire.ErrMalformed)
 	}
 	return kd, nil
 }
@@ -680,17 +673,17 @@ func (v *Verifier) sessionKey(ctx context.Context, device, keyID string) ([]byte
 	}
 	env, err := v.cfg.SessionKeys.KeyDelivery(ctx, device, keyID)
 	if errors.Is(err, ErrUnknownSessionKey) {
-		return nil, &unknownKeyError{device: device, keyID: keyID, err: fmt.Errorf("%w: %w", ErrDecrypt, err)}
+		return nil, &unknownKeyError{device: device, keyID: keyID, err: fmt.Errorf("%w: %w", wire.ErrDecrypt, err)}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: session key %q: %w", ErrReplayState, clip(keyID), err)
+		return nil, fmt.Errorf("%w: session key %q: %w", ErrReplayState, textutil.Clip(keyID), err)
 	}
 	kd, err := v.openKeyDelivery(ctx, device, env)
 	if err != nil {
-		return nil, fmt.Errorf("%w: the kept delivery of session key %q: %w", ErrDecrypt, clip(keyID), err)
+		return nil, fmt.Errorf("%w: the kept delivery of session key %q: %w", wire.ErrDecrypt, textutil.Clip(keyID), err)
 	}
 	if kd.KeyID != keyID {
-		return nil, fmt.Errorf("%w: the kept delivery of session key %q holds key %q", ErrDecrypt, clip(keyID), clip(kd.KeyID))
+		return nil, fmt.Errorf("%w: the kept delivery of session key %q holds key %q", wire.ErrDecrypt, textutil.Clip(keyID), textutil.Clip(kd.KeyID))
 	}
 	v.cacheKey(device, keyID, kd.Key)
 	return kd.Key, nil

@@ -27,6 +27,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/internal/jws"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Project Wycheproof vectors (testdata/wycheproof, see its README) run
@@ -245,20 +247,20 @@ func wpSigningKeys(t *testing.T, raw json.RawMessage) (keys []crypto.PublicKey, 
 // rule: go-jose parse with d2c's allow-list, one signature, a header of
 // exactly alg and kid, the algorithm of the key, the signature.
 func wpVerifyJWS(compact string, keys []crypto.PublicKey) ([]byte, error) {
-	jws, err := jose.ParseSignedCompact(compact, allowedSigAlgs)
+	obj, err := jose.ParseSignedCompact(compact, jws.Algorithms())
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", wire.ErrMalformed, err)
 	}
-	if len(jws.Signatures) != 1 {
-		return nil, fmt.Errorf("%w: %d signatures", ErrMalformed, len(jws.Signatures))
+	if len(obj.Signatures) != 1 {
+		return nil, fmt.Errorf("%w: %d signatures", wire.ErrMalformed, len(obj.Signatures))
 	}
-	if err := onlyHeaders([]byte(compact), "alg", "kid"); err != nil {
+	if err := jws.OnlyHeaders([]byte(compact), "alg", "kid"); err != nil {
 		return nil, err
 	}
-	err = fmt.Errorf("%w: no key", ErrUnknownDevice)
+	err = fmt.Errorf("%w: no key", wire.ErrUnknownDevice)
 	for _, k := range keys {
 		var payload []byte
-		if payload, err = verifyJWS(jws, k); err == nil {
+		if payload, err = jws.Verify(obj, k); err == nil {
 			return payload, nil
 		}
 	}
@@ -286,14 +288,14 @@ func TestWycheproofJWS(t *testing.T) {
 					compact := wpCompact(tc.JWS)
 					h := wpHeader(compact)
 					alg, _ := h["alg"].(string)
-					inProfile := slices.Contains(allowedSigAlgs, jose.SignatureAlgorithm(alg))
+					inProfile := slices.Contains(jws.Algorithms(), jose.SignatureAlgorithm(alg))
 					_, err := wpVerifyJWS(compact, keys)
 					c.record(t, tc.TcID, tc.Comment, tc.Result, inProfile, len(keys) > 0 || !leftOut, err)
 					// The envelope parser itself requires typ: no vector passes it.
-					if _, _, err := parseJWS([]byte(compact), TelemetryType); err == nil {
+					if _, _, err := jws.Parse([]byte(compact), wire.TelemetryType); err == nil {
 						t.Errorf("tcId %d: parseJWS accepted a vector without typ", tc.TcID)
 					} else {
-						fzErrIs(t, err, ErrMalformed)
+						fzErrIs(t, err, wire.ErrMalformed)
 					}
 				}
 			}
@@ -308,11 +310,11 @@ func wpDecryptJWE(compact string, key any) ([]byte, error) {
 	jwe, err := jose.ParseEncryptedCompact(compact,
 		[]jose.KeyAlgorithm{jose.ECDH_ES_A256KW, jose.DIRECT}, []jose.ContentEncryption{jose.A256GCM})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %v", wire.ErrMalformed, err)
 	}
 	pt, err := jwe.Decrypt(key)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
+		return nil, fmt.Errorf("%w: %v", wire.ErrDecrypt, err)
 	}
 	return pt, nil
 }
@@ -390,7 +392,7 @@ func TestWycheproofJWE(t *testing.T) {
 					inProfile := (alg == string(jose.ECDH_ES_A256KW) || alg == string(jose.DIRECT)) && encAlg == string(jose.A256GCM)
 					pt, err := wpDecryptJWE(compact, key)
 					if err == nil && tc.PT != "" && hex.EncodeToString(pt) != tc.PT {
-						err = fmt.Errorf("%w: decrypted %x, want %s", ErrDecrypt, pt, tc.PT)
+						err = fmt.Errorf("%w: decrypted %x, want %s", wire.ErrDecrypt, pt, tc.PT)
 					}
 					c.record(t, tc.TcID, tc.Comment, tc.Result, inProfile, true, err)
 					if tc.Result == "valid" && inProfile && err == nil && strings.Count(compact, ".") == 4 {
@@ -400,7 +402,7 @@ func TestWycheproofJWE(t *testing.T) {
 						invalidCurveEPK, _ = json.Marshal(h["epk"])
 					}
 					if v != nil {
-						if _, err := v.Verify(t.Context(), TelemetryTopic("dev-w", "s"), []byte(compact)); err == nil {
+						if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-w", "s"), []byte(compact)); err == nil {
 							t.Errorf("tcId %d: a Verifier accepted a Wycheproof JWE", tc.TcID)
 						} else {
 							fzErrIs(t, err, fzVerifyErrors...)
@@ -427,7 +429,7 @@ func TestWycheproofJWE(t *testing.T) {
 				// An invalid curve point as the ephemeral key, under
 				// d2c's algorithms.
 				if invalidCurveEPK != nil {
-					hdr, _ := json.Marshal(map[string]any{"alg": jose.ECDH_ES_A256KW, "enc": jose.A256GCM, "cty": TelemetryType,
+					hdr, _ := json.Marshal(map[string]any{"alg": jose.ECDH_ES_A256KW, "enc": jose.A256GCM, "cty": wire.TelemetryType,
 						"epk": invalidCurveEPK})
 					p := strings.Split(compact, ".")
 					m := strings.Join(append([]string{base64.RawURLEncoding.EncodeToString(hdr)}, p[1:]...), ".")
@@ -505,20 +507,20 @@ func wpDERToJWS(der []byte) ([]byte, error) {
 func wpCheckSignature(pub crypto.PublicKey, input, sig []byte) error {
 	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrBadSignature, err)
+		return fmt.Errorf("%w: %v", wire.ErrBadSignature, err)
 	}
 	switch jose.SignatureAlgorithm(alg) {
 	case jose.ES256:
 		if len(sig) != 64 {
-			return fmt.Errorf("%w: %d-byte ES256 signature", ErrBadSignature, len(sig))
+			return fmt.Errorf("%w: %d-byte ES256 signature", wire.ErrBadSignature, len(sig))
 		}
 		d := sha256.Sum256(input)
 		if !ecdsa.Verify(pub.(*ecdsa.PublicKey), d[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
-			return ErrBadSignature
+			return wire.ErrBadSignature
 		}
 	case jose.EdDSA:
 		if !ed25519.Verify(pub.(ed25519.PublicKey), input, sig) {
-			return ErrBadSignature
+			return wire.ErrBadSignature
 		}
 	}
 	return nil
@@ -560,7 +562,7 @@ func TestWycheproofSignatures(t *testing.T) {
 					if tf.der {
 						if sig, err = wpDERToJWS(sig); err != nil {
 							notDER++
-							c.record(t, tc.TcID, tc.Comment, tc.Result, true, true, fmt.Errorf("%w: %v", ErrBadSignature, err))
+							c.record(t, tc.TcID, tc.Comment, tc.Result, true, true, fmt.Errorf("%w: %v", wire.ErrBadSignature, err))
 							continue
 						}
 					}
@@ -611,7 +613,7 @@ func TestWycheproofVerifierES256(t *testing.T) {
 	f.certs.Add(cert, f.ca.Issuing())
 	f.devices[device] = key
 	s := f.sealer(device, nil)
-	topic := TelemetryTopic(device, "s")
+	topic := wire.TelemetryTopic(device, "s")
 	v := f.verifier(nil)
 	genuine, err := s.Seal(Record{Stream: "s", Boot: 1, Seq: 1, Time: f.now, Readings: reading("x")})
 	if err != nil {
@@ -636,7 +638,7 @@ func TestWycheproofVerifierES256(t *testing.T) {
 				t.Errorf("tcId %d (%s): the vector's signature accepted on a d2c envelope", tc.TcID, tc.Comment)
 				continue
 			}
-			fzErrIs(t, err, ErrBadSignature, ErrMalformed)
+			fzErrIs(t, err, wire.ErrBadSignature, wire.ErrMalformed)
 			spliced++
 		}
 	}
@@ -670,10 +672,10 @@ func TestWycheproofBase64Bits(t *testing.T) {
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 	last := strings.IndexByte(alphabet, payload[len(payload)-1]) ^ 1
 	other := strings.Join([]string{parts[0], payload[:len(payload)-1] + alphabet[last:last+1], parts[2]}, ".")
-	if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), []byte(other)); !errors.Is(err, ErrMalformed) {
+	if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), []byte(other)); !errors.Is(err, wire.ErrMalformed) {
 		t.Fatalf("envelope with other unused bits: %v, want ErrMalformed", err)
 	}
-	if _, err := v.Verify(t.Context(), TelemetryTopic("dev-a", "s"), env); err != nil {
+	if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-a", "s"), env); err != nil {
 		t.Fatalf("the original envelope: %v", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/outbox"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
 	"github.com/d2c-iot/d2c/updatelink"
@@ -58,7 +59,7 @@ func TestTelemetryReporter(t *testing.T) {
 	}
 
 	var logged strings.Builder
-	p.err = transport.ErrOutboxFull
+	p.err = outbox.ErrFull
 	report = updatelink.TelemetryReporter(p, slog.New(slog.NewTextHandler(&logged, nil)))
 	report(t.Context(), update.Result{Event: "refused", Version: 8, Reason: "rollback"})
 	if !strings.Contains(logged.String(), "outbox full") || !strings.Contains(logged.String(), "event=refused") {

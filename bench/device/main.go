@@ -69,7 +69,9 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 	"github.com/d2c-iot/d2c/update"
 )
 
@@ -347,9 +349,9 @@ func newFleet(ctx context.Context, dir string, c config) (f *fleet, err error) {
 	roots.AddCert(f.ca.Root())
 	if f.broker, err = devbroker.Start(ctx, devbroker.Config{
 		Certificate: serverCert, ClientRoots: roots, Revocation: f.ca,
-		Services: []transport.ServiceRights{
-			{Name: "verifier", Read: []string{transport.AllUp}},
-			{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+		Services: []broker.ServiceRights{
+			{Name: "verifier", Read: []string{wire.AllUp}},
+			{Name: "commander", Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 		},
 	}); err != nil {
 		return nil, err

@@ -7,7 +7,7 @@
 // VerifyBatch and so one store transaction per batch), side by side in one
 // run for:
 //
-//   - in memory: the verifier's defaults (a transport.ReplayWindow and
+//   - in memory: the verifier's defaults (a replay.Window and
 //     session keys in this process), a transport.MemoryCertificates and
 //     the fleet CA's revocation list; nothing is written anywhere;
 //   - the SQLite store (cloud/store, "sqlite:PATH"): replay windows, the
@@ -84,6 +84,8 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/pgpeer"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/replay"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 const (
@@ -289,9 +291,9 @@ func (s *sealers) seal(m mode, n int) (envs, deliveries []transport.Inbound, err
 					errs[w] = err
 					return
 				}
-				envs[i] = transport.Inbound{Topic: transport.TelemetryTopic(d.id, stream), Payload: out.Envelope}
+				envs[i] = transport.Inbound{Topic: wire.TelemetryTopic(d.id, stream), Payload: out.Envelope}
 				if out.KeyDelivery != nil {
-					keys[j.dev] = transport.Inbound{Topic: transport.KeyTopic(d.id), Payload: out.KeyDelivery}
+					keys[j.dev] = transport.Inbound{Topic: wire.KeyTopic(d.id), Payload: out.KeyDelivery}
 				}
 			}
 		}()
@@ -515,7 +517,7 @@ func run(ctx context.Context, w io.Writer, cfg config) error {
 	memTiming := &timing{}
 	mem, err := transport.NewVerifier(transport.VerifierConfig{Certificates: timeCerts(f.certs, memTiming),
 		Policy:        identity.DeviceCertPolicy{Roots: f.roots, Revocations: timedRevocations{f.ca, memTiming}},
-		DecryptionKey: f.cloud, Replay: timedReplay{transport.NewReplayWindow(0), memTiming}})
+		DecryptionKey: f.cloud, Replay: timedReplay{replay.New(0), memTiming}})
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,7 @@
 //   - the durable outbox: group commit (many appenders share each fsync)
 //     against one fsync per message and against a memory file system;
 //   - QoS 1 messages per second through a mosquitto it starts on
-//     127.0.0.1 (mutual TLS, configuration from transport.MosquittoConfig):
+//     127.0.0.1 (mutual TLS, configuration from broker.MosquittoConfig):
 //     the SDK client (signed, durable) against bare paho (unsigned payload
 //     of the same size, same Receive Maximum window) and against the
 //     pipeline a developer would write for the same guarantees without d2c
@@ -76,6 +76,9 @@ import (
 	"github.com/d2c-iot/d2c/bench/internal/fstype"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 const (
@@ -290,7 +293,7 @@ func (f *fleet) verifyBench(mode string, n int) func(b *testing.B) error {
 			return err
 		}
 		ctx := context.Background()
-		topic := transport.TelemetryTopic(deviceID, stream)
+		topic := wire.TelemetryTopic(deviceID, stream)
 		var pool [][]byte
 		var seq uint64
 		refill := func() error {
@@ -302,7 +305,7 @@ func (f *fleet) verifyBench(mode string, n int) func(b *testing.B) error {
 				}
 				seq++
 				if out.KeyDelivery != nil {
-					if _, err := v.Verify(ctx, transport.KeyTopic(deviceID), out.KeyDelivery); err != nil {
+					if _, err := v.Verify(ctx, wire.KeyTopic(deviceID), out.KeyDelivery); err != nil {
 						return err
 					}
 				}
@@ -534,7 +537,7 @@ func perSecond(nsPerOp int64, per float64) float64 {
 // wireBytes prints the size of each kind of envelope against its body.
 func (f *fleet) wireBytes(w io.Writer) error {
 	fmt.Fprintf(w, "\n2. Bytes on the wire per envelope (MQTT payload; topic %q, %d bytes, not counted)\n\n",
-		transport.TelemetryTopic(deviceID, stream), len(transport.TelemetryTopic(deviceID, stream)))
+		wire.TelemetryTopic(deviceID, stream), len(wire.TelemetryTopic(deviceID, stream)))
 	const rowFmt = "%-28s %10s %10s %10s %12s\n"
 	fmt.Fprintf(w, rowFmt, "envelope", "body B", "wire B", "wire/body", "wire/reading")
 	for _, c := range []struct {
@@ -571,7 +574,7 @@ func (f *fleet) outbox(w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	msg := transport.Message{Topic: transport.TelemetryTopic(deviceID, stream), Payload: out.Envelope, Stream: stream}
+	msg := outbox.Message{Topic: wire.TelemetryTopic(deviceID, stream), Payload: out.Envelope, Stream: stream}
 	diskDir := filepath.Join(f.dir, "outbox-disk")
 	memBase := "/dev/shm"
 	memNote := "tmpfs at /dev/shm"
@@ -616,8 +619,8 @@ func (f *fleet) outbox(w io.Writer) error {
 
 // appendRate opens an outbox in dir and appends msgs messages from
 // appenders goroutines; it returns messages stored per second.
-func appendRate(dir string, msg transport.Message, appenders, msgs int) (float64, error) {
-	o, err := transport.OpenOutbox(transport.OutboxConfig{Dir: dir, MaxMessages: msgs + 1, MaxBytes: int64(msgs+1) * int64(len(msg.Topic)+len(msg.Payload))})
+func appendRate(dir string, msg outbox.Message, appenders, msgs int) (float64, error) {
+	o, err := outbox.Open(outbox.Config{Dir: dir, MaxMessages: msgs + 1, MaxBytes: int64(msgs+1) * int64(len(msg.Topic)+len(msg.Payload))})
 	if err != nil {
 		return 0, err
 	}
@@ -659,10 +662,10 @@ type mosquitto struct {
 	done chan struct{}
 }
 
-// startMosquitto writes the configuration transport.MosquittoConfig
+// startMosquitto writes the configuration broker.MosquittoConfig
 // generates, the certificates and the ACL in dir, starts mosquitto on a
 // free 127.0.0.1 port and waits until it accepts connections.
-func (f *fleet) startMosquitto(dir string, services []transport.ServiceRights) (*mosquitto, error) {
+func (f *fleet) startMosquitto(dir string, services []broker.ServiceRights) (*mosquitto, error) {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		for _, d := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
@@ -694,7 +697,7 @@ func (f *fleet) startMosquitto(dir string, services []transport.ServiceRights) (
 	if err != nil {
 		return nil, err
 	}
-	mc := transport.MosquittoConfig{ACLFile: filepath.Join(dir, "acl"), Services: services}
+	mc := broker.MosquittoConfig{ACLFile: filepath.Join(dir, "acl"), Services: services}
 	if mc.CAFile, err = write("ca.pem", identity.EncodeCertificatesPEM(f.ca.Root(), f.ca.Issuing())); err != nil {
 		return nil, err
 	}
@@ -790,7 +793,7 @@ func (f *fleet) pahoConnect(ctx context.Context, addr, clientID string, cert tls
 
 // broker runs the QoS 1 comparisons through a mosquitto started here.
 func (f *fleet) broker(w io.Writer) error {
-	services := []transport.ServiceRights{{Name: "sink", Read: []string{transport.AllUp}}, {Name: "verifier", Read: []string{transport.AllUp}}}
+	services := []broker.ServiceRights{{Name: "sink", Read: []string{wire.AllUp}}, {Name: "verifier", Read: []string{wire.AllUp}}}
 	m, err := f.startMosquitto(filepath.Join(f.dir, "mosquitto"), services)
 	if err != nil {
 		return err
@@ -814,7 +817,7 @@ func (f *fleet) broker(w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("sink: %w", err)
 	}
-	if _, err := sink.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: transport.AllUp, QoS: 1}}}); err != nil {
+	if _, err := sink.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.AllUp, QoS: 1}}}); err != nil {
 		return fmt.Errorf("sink subscribe: %w", err)
 	}
 
@@ -873,7 +876,7 @@ func (f *fleet) broker(w io.Writer) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var pubErr atomic.Pointer[error]
-	topic := transport.TelemetryTopic(deviceID, stream)
+	topic := wire.TelemetryTopic(deviceID, stream)
 	p0 := sampleCPU(pid)
 	start := time.Now()
 	for range window {
@@ -882,7 +885,7 @@ func (f *fleet) broker(w io.Writer) error {
 			defer wg.Done()
 			for next.Add(1) <= n {
 				resp, err := dev.Publish(ctx, &paho.Publish{QoS: 1, Topic: topic, Payload: payload,
-					Properties: &paho.PublishProperties{ContentType: transport.ContentType}})
+					Properties: &paho.PublishProperties{ContentType: wire.ContentType}})
 				if err == nil && resp != nil && resp.ReasonCode >= 0x80 {
 					err = fmt.Errorf("PUBACK reason 0x%02x", resp.ReasonCode)
 				}
@@ -991,7 +994,7 @@ func (f *fleet) broker(w io.Writer) error {
 func (f *fleet) sdkPublish(ctx context.Context, addr, stateDir string, envelopes, workers, per int, wait func() error) (float64, error) {
 	client, err := transport.Dial(ctx, transport.ClientConfig{Broker: addr, Store: f.store, StateDir: stateDir,
 		RetryMin: 50 * time.Millisecond, RetryMax: 500 * time.Millisecond,
-		Outbox: transport.OutboxConfig{MaxMessages: envelopes + 16}})
+		Outbox: outbox.Config{MaxMessages: envelopes + 16}})
 	if err != nil {
 		return 0, err
 	}
@@ -1055,7 +1058,7 @@ func (f *fleet) sdkBacklog(ctx context.Context, addr, stateDir string, envelopes
 	dead := ln.Addr().String()
 	ln.Close()
 	offline, err := transport.Dial(ctx, transport.ClientConfig{Broker: dead, Store: f.store, StateDir: stateDir,
-		Outbox: transport.OutboxConfig{MaxMessages: envelopes + 16}})
+		Outbox: outbox.Config{MaxMessages: envelopes + 16}})
 	if err != nil {
 		return 0, err
 	}
@@ -1082,7 +1085,7 @@ func (f *fleet) sdkBacklog(ctx context.Context, addr, stateDir string, envelopes
 		return 0, *e
 	}
 	client, err := transport.Dial(ctx, transport.ClientConfig{Broker: addr, Store: f.store, StateDir: stateDir,
-		Outbox: transport.OutboxConfig{MaxMessages: envelopes + 16}})
+		Outbox: outbox.Config{MaxMessages: envelopes + 16}})
 	if err != nil {
 		return 0, err
 	}
@@ -1195,7 +1198,7 @@ func (f *fleet) naivePublish(ctx context.Context, addr, dir string, n int, begin
 	if ack.Properties != nil && ack.Properties.ReceiveMaximum != nil {
 		window = int(*ack.Properties.ReceiveMaximum)
 	}
-	topic := transport.TelemetryTopic(deviceID, stream)
+	topic := wire.TelemetryTopic(deviceID, stream)
 	var seq, next atomic.Int64
 	var wg sync.WaitGroup
 	var pubErr atomic.Pointer[error]

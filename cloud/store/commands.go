@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // ErrNoSuchCommand is returned for a command ID the store never reserved
@@ -175,7 +176,7 @@ func (s *Store) keepCommandResult(ctx context.Context, tx *sql.Tx, r transport.R
 		return err, nil
 	}
 	if res.ID > 1<<63-1 {
-		return fmt.Errorf("%w: command result: ID %d out of range", transport.ErrMalformed, res.ID), nil
+		return fmt.Errorf("%w: command result: ID %d out of range", wire.ErrMalformed, res.ID), nil
 	}
 	_, err = tx.ExecContext(ctx, s.q(`UPDATE commands SET result_ms = ?, result_failed = ?, result_output = ?
 		WHERE device = ? AND id = ? AND result_ms IS NULL`), res.Time.UnixMilli(), res.Failed, res.Output, r.Device, int64(res.ID))

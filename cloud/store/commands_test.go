@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestReserveCommandID: replicas reserving IDs for one device at once get
@@ -66,7 +67,7 @@ func TestReserveCommandID(t *testing.T) {
 
 // cmdResultRec is a verified record of the command-result stream.
 func cmdResultRec(device string, seq uint64, body string) transport.Record {
-	return transport.Record{Device: device, Stream: transport.CommandResultStream, Boot: 1, Seq: seq, Time: time.UnixMilli(1_700_000_000_000),
+	return transport.Record{Device: device, Stream: wire.CommandResultStream, Boot: 1, Seq: seq, Time: time.UnixMilli(1_700_000_000_000),
 		Readings: []transport.Reading{{Time: time.UnixMilli(1_700_000_000_500), Body: []byte(body)}}}
 }
 
@@ -111,7 +112,7 @@ func TestCommandLifecycle(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v[0] != nil || v[1] != nil || !errors.Is(v[2], transport.ErrMalformed) || v[3] != nil {
+		if v[0] != nil || v[1] != nil || !errors.Is(v[2], wire.ErrMalformed) || v[3] != nil {
 			t.Fatalf("verdicts %v", v)
 		}
 		got, err = a.Command(t.Context(), "dev-c", c.ID)

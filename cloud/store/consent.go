@@ -11,13 +11,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
 )
 
 // loadConsent reads the consent events of devices into a ledger: the
 // consent state Accept applies to the batch.
-func (s *Store) loadConsent(ctx context.Context, tx *sql.Tx, devices []string) (*transport.ConsentLedger, error) {
-	l := &transport.ConsentLedger{MaxDevices: math.MaxInt}
+func (s *Store) loadConsent(ctx context.Context, tx *sql.Tx, devices []string) (*consent.Ledger, error) {
+	l := &consent.Ledger{MaxDevices: math.MaxInt}
 	for start := 0; start < len(devices); start += 500 {
 		chunk := devices[start:min(start+500, len(devices))]
 		args := make([]any, len(chunk))
@@ -31,7 +31,7 @@ func (s *Store) loadConsent(ctx context.Context, tx *sql.Tx, devices []string) (
 		}
 		for rows.Next() {
 			var (
-				ev                        transport.ConsentEvent
+				ev                        consent.Event
 				boot, seq, change, timeMS int64
 			)
 			if err := rows.Scan(&ev.Device, &ev.Stream, &boot, &seq, &ev.Granted, &ev.Purpose, &change, &timeMS); err != nil {
@@ -54,7 +54,7 @@ func (s *Store) loadConsent(ctx context.Context, tx *sql.Tx, devices []string) (
 // keepConsent records a consent event; a withdrawal deletes the events of
 // its stream it supersedes (the ledger needs only the latest withdrawal
 // and the grants after it).
-func (s *Store) keepConsent(ctx context.Context, tx *sql.Tx, ev transport.ConsentEvent) error {
+func (s *Store) keepConsent(ctx context.Context, tx *sql.Tx, ev consent.Event) error {
 	if ev.Boot > math.MaxInt64 || ev.Seq > math.MaxInt64 || ev.Change > math.MaxInt64 {
 		return fmt.Errorf("store: consent event of %s out of range", ev.Device)
 	}
@@ -73,9 +73,9 @@ func (s *Store) keepConsent(ctx context.Context, tx *sql.Tx, ev transport.Consen
 }
 
 // LoadConsentLedger replays the consent events kept into l, for a service
-// that consults a [transport.ConsentLedger] in memory (Accept already
+// that consults a [consent.Ledger] in memory (Accept already
 // applies them to what it accepts).
-func (s *Store) LoadConsentLedger(ctx context.Context, l *transport.ConsentLedger) error {
+func (s *Store) LoadConsentLedger(ctx context.Context, l *consent.Ledger) error {
 	rows, err := s.db.QueryContext(ctx, "SELECT device, stream, boot, seq, granted, purpose, change, time_ms FROM consent ORDER BY device, stream, boot, seq")
 	if err != nil {
 		return fmt.Errorf("store: read consent: %w", err)
@@ -83,7 +83,7 @@ func (s *Store) LoadConsentLedger(ctx context.Context, l *transport.ConsentLedge
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			ev                        transport.ConsentEvent
+			ev                        consent.Event
 			boot, seq, change, timeMS int64
 		)
 		if err := rows.Scan(&ev.Device, &ev.Stream, &boot, &seq, &ev.Granted, &ev.Purpose, &change, &timeMS); err != nil {

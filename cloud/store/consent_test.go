@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func consentRec(device string, seq uint64, granted bool, change uint64) transport.Record {
 	body := fmt.Sprintf(`{"v":1,"stream":"location","purpose":"find a lost bike","granted":%v,"change":%d,"time":1700000000000}`, granted, change)
-	return transport.Record{Device: device, Stream: transport.ConsentStream, Boot: 1, Seq: seq, Time: time.UnixMilli(1_700_000_000_000),
+	return transport.Record{Device: device, Stream: wire.ConsentStream, Boot: 1, Seq: seq, Time: time.UnixMilli(1_700_000_000_000),
 		Readings: []transport.Reading{{Time: time.UnixMilli(1_700_000_000_000), Body: []byte(body)}}}
 }
 
@@ -53,7 +55,7 @@ func TestAcceptAppliesConsent(t *testing.T) {
 			t.Fatal(v[0])
 		}
 		for _, seq := range []uint64{4, 6} {
-			if v := accept(b, locRec("bike-1", seq)); !errors.Is(v[0], transport.ErrNoConsent) {
+			if v := accept(b, locRec("bike-1", seq)); !errors.Is(v[0], consent.ErrNoConsent) {
 				t.Fatalf("reading %d: %v, want ErrNoConsent", seq, v[0])
 			}
 		}
@@ -79,7 +81,7 @@ func TestAcceptAppliesConsent(t *testing.T) {
 		if n != 2 {
 			t.Fatalf("%d consent events kept, want 2 (the latest withdrawal and the grant after it)", n)
 		}
-		l := &transport.ConsentLedger{}
+		l := &consent.Ledger{}
 		if err := openStore(t, url).LoadConsentLedger(t.Context(), l); err != nil {
 			t.Fatal(err)
 		}

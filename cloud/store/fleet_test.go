@@ -35,6 +35,8 @@ import (
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // The fleet suite (issue 12, "tests against real peers"): verifiers and
@@ -71,11 +73,11 @@ const (
 // broker takes the certificate's CN as client ID: one session each);
 // mallory stands for a hostile broker, reading and injecting on every
 // device's topics.
-var fleetServices = []transport.ServiceRights{
-	{Name: "verifier-1", Read: []string{transport.AllUp}},
-	{Name: "verifier-2", Read: []string{transport.AllUp}},
-	{Name: "verifier-3", Read: []string{transport.AllUp}},
-	{Name: "mallory", Read: []string{transport.AllUp}, Write: []string{transport.AllUp}},
+var fleetServices = []broker.ServiceRights{
+	{Name: "verifier-1", Read: []string{wire.AllUp}},
+	{Name: "verifier-2", Read: []string{wire.AllUp}},
+	{Name: "verifier-3", Read: []string{wire.AllUp}},
+	{Name: "mallory", Read: []string{wire.AllUp}, Write: []string{wire.AllUp}},
 }
 
 // TestFleetPostgresProcesses: three verifier processes and two
@@ -133,8 +135,8 @@ func newFleet(t *testing.T, url string, procs bool) *fleet {
 }
 
 // startMosquitto runs mosquitto with the configuration and ACL that
-// transport.MosquittoConfig generates, on a free 127.0.0.1 port.
-func startMosquitto(t *testing.T, ca *identity.CA, services []transport.ServiceRights) *testpeer.Broker {
+// broker.MosquittoConfig generates, on a free 127.0.0.1 port.
+func startMosquitto(t *testing.T, ca *identity.CA, services []broker.ServiceRights) *testpeer.Broker {
 	t.Helper()
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
@@ -153,7 +155,7 @@ func startMosquitto(t *testing.T, ca *identity.CA, services []transport.ServiceR
 	if err != nil {
 		t.Fatal(err)
 	}
-	mc := transport.MosquittoConfig{
+	mc := broker.MosquittoConfig{
 		Listen:   "127.0.0.1:1883", // replaced by a free port below
 		CAFile:   write("ca.pem", identity.EncodeCertificatesPEM(ca.Root(), ca.Issuing())),
 		CertFile: write("server.pem", append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate[0]}), identity.EncodeCertificatesPEM(ca.Issuing())...)),
@@ -468,7 +470,7 @@ func (f *fleet) mallory() *mallory {
 		f.t.Fatalf("mallory connect: %v", err)
 	}
 	f.t.Cleanup(func() { m.c.Disconnect(&paho.Disconnect{}) })
-	sa, err := m.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: transport.AllUp, QoS: 1, NoLocal: true}}})
+	sa, err := m.c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: wire.AllUp, QoS: 1, NoLocal: true}}})
 	if err != nil || len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80 {
 		f.t.Fatalf("mallory subscribe: %v %v", sa, err)
 	}
@@ -720,8 +722,8 @@ func runFleet(t *testing.T, url string, procs bool) {
 	})
 	// A last wave of replays: every telemetry envelope captured from one
 	// device, once the cloud holds them all.
-	for _, env := range m.captured(transport.TelemetryTopic("fleet-3", stream), -1) {
-		m.inject(transport.TelemetryTopic("fleet-3", stream), env)
+	for _, env := range m.captured(wire.TelemetryTopic("fleet-3", stream), -1) {
+		m.inject(wire.TelemetryTopic("fleet-3", stream), env)
 		replayed++
 	}
 	f.waitFor("the replays dropped as duplicates", func() bool { return f.total().duplicates >= dupsBefore+uint64(replayed) })
@@ -825,24 +827,24 @@ func (f *fleet) attack(m *mallory, firstKey *[]byte) int {
 	// Replays of captured envelopes: duplicates, dropped.
 	replayed := 0
 	for i := 1; i <= 4 && replayed < attackReplays; i++ {
-		envs := m.captured(transport.TelemetryTopic(fmt.Sprintf("fleet-%d", i), stream), -1)
+		envs := m.captured(wire.TelemetryTopic(fmt.Sprintf("fleet-%d", i), stream), -1)
 		for _, env := range envs[:min(len(envs), attackReplays/4)] {
-			m.inject(transport.TelemetryTopic(fmt.Sprintf("fleet-%d", i), stream), env)
+			m.inject(wire.TelemetryTopic(fmt.Sprintf("fleet-%d", i), stream), env)
 			replayed++
 		}
 	}
 	// Replays of the rebooting device's boot 1, now two boots old.
-	boot1 := m.captured(transport.TelemetryTopic(rebootingDevice, stream), 0)
+	boot1 := m.captured(wire.TelemetryTopic(rebootingDevice, stream), 0)
 	if len(boot1) < 5 {
 		f.t.Fatalf("captured %d envelopes of %s's boot 1", len(boot1), rebootingDevice)
 	}
 	for _, env := range boot1[:5] {
-		m.inject(transport.TelemetryTopic(rebootingDevice, stream), env)
+		m.inject(wire.TelemetryTopic(rebootingDevice, stream), env)
 	}
 	want["replay"] += 5
 	// The rotating device's first key delivery, replayed once the store
 	// keeps 8 newer ones.
-	keys := m.captured(transport.KeyTopic(rotatingDevice), -1)
+	keys := m.captured(wire.KeyTopic(rotatingDevice), -1)
 	if len(keys) == 0 {
 		f.t.Fatal("no key delivery captured")
 	}
@@ -851,7 +853,7 @@ func (f *fleet) attack(m *mallory, firstKey *[]byte) int {
 		kept := f.deliveries(rotatingDevice)
 		return len(kept) == firstKeptLimit && !slices.ContainsFunc(kept, func(k []byte) bool { return bytes.Equal(k, keys[0]) })
 	})
-	m.inject(transport.KeyTopic(rotatingDevice), keys[0])
+	m.inject(wire.KeyTopic(rotatingDevice), keys[0])
 	want["replay"]++
 	// Forgeries: signed with another key, with a sequence number far
 	// ahead (accepted, it would make the device's next readings replays).
@@ -872,12 +874,12 @@ func (f *fleet) attack(m *mallory, firstKey *[]byte) int {
 		return out
 	}
 	plain := forged("fleet-1", nil)
-	m.inject(transport.TelemetryTopic("fleet-1", stream), plain.Envelope)
+	m.inject(wire.TelemetryTopic("fleet-1", stream), plain.Envelope)
 	want["signature"]++
 	enc := forged("fleet-2", &transport.Encryption{CloudKey: &f.cloudKey.PublicKey})
-	m.inject(transport.KeyTopic("fleet-2"), enc.KeyDelivery) // its signature is not fleet-2's
+	m.inject(wire.KeyTopic("fleet-2"), enc.KeyDelivery) // its signature is not fleet-2's
 	want["signature"]++
-	m.inject(transport.TelemetryTopic("fleet-2", stream), enc.Envelope) // its key was never accepted
+	m.inject(wire.TelemetryTopic("fleet-2", stream), enc.Envelope) // its key was never accepted
 	// An envelope naming a key no verifier holds is parked (its delivery
 	// might be on its way to another verifier), never accepted: it waits,
 	// counted against fleet-2's parking bound, until it expires.
@@ -890,7 +892,7 @@ func (f *fleet) attack(m *mallory, firstKey *[]byte) int {
 	})
 	// A genuine envelope altered (its GCM tag), and one moved to another
 	// device's topic.
-	genuine := m.captured(transport.TelemetryTopic("fleet-3", stream), -1)
+	genuine := m.captured(wire.TelemetryTopic("fleet-3", stream), -1)
 	if len(genuine) == 0 {
 		f.t.Fatal("no fleet-3 envelope captured")
 	}
@@ -903,11 +905,11 @@ func (f *fleet) attack(m *mallory, firstKey *[]byte) int {
 	} else {
 		parts[4][5] = 'A'
 	}
-	m.inject(transport.TelemetryTopic("fleet-3", stream), bytes.Join(parts, []byte(".")))
+	m.inject(wire.TelemetryTopic("fleet-3", stream), bytes.Join(parts, []byte(".")))
 	want["decrypt"]++
 	// Moved to fleet-4's topic, it names a key fleet-4 never delivered:
 	// parked, never accepted.
-	m.inject(transport.TelemetryTopic("fleet-4", stream), genuine[0])
+	m.inject(wire.TelemetryTopic("fleet-4", stream), genuine[0])
 	f.waitFor("the moved envelope parked", func() bool {
 		var n int
 		if err := f.db.db.QueryRow(f.db.q("SELECT COUNT(*) FROM parked WHERE device = ?"), "fleet-4").Scan(&n); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/d2c-iot/d2c/internal/pgpeer"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Power cuts in the store's own writes: a writer accepts batches of
@@ -254,7 +255,7 @@ func TestPowerCutPostgres(t *testing.T) {
 					switch {
 					case v == nil:
 						fresh++
-					case errors.Is(v, transport.ErrDuplicate):
+					case errors.Is(v, wire.ErrDuplicate):
 						dups++
 					default:
 						return fmt.Errorf("batch %d, record %d: %w", b, i, v)

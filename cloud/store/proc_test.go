@@ -30,6 +30,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // The test binary plays other processes of the fleet's cloud: TestMain
@@ -99,19 +100,19 @@ func verifierReplica(ctx context.Context, s *Store, broker string, roots *x509.C
 // refusalKind names the class of a refusal, for the test to count.
 func refusalKind(err error) string {
 	switch {
-	case errors.Is(err, transport.ErrReplay):
+	case errors.Is(err, wire.ErrReplay):
 		return "replay"
-	case errors.Is(err, transport.ErrDecrypt):
+	case errors.Is(err, wire.ErrDecrypt):
 		return "decrypt"
-	case errors.Is(err, transport.ErrBadSignature):
+	case errors.Is(err, wire.ErrBadSignature):
 		return "signature"
-	case errors.Is(err, transport.ErrWrongDevice):
+	case errors.Is(err, wire.ErrWrongDevice):
 		return "wrong-device"
-	case errors.Is(err, transport.ErrUnknownDevice):
+	case errors.Is(err, wire.ErrUnknownDevice):
 		return "unknown-device"
 	case errors.Is(err, identity.ErrRevoked):
 		return "revoked"
-	case errors.Is(err, transport.ErrMalformed):
+	case errors.Is(err, wire.ErrMalformed):
 		return "malformed"
 	}
 	return "other"

@@ -15,6 +15,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 var (
@@ -273,7 +274,7 @@ func (s *Store) FreshDeviceCertificates(ctx context.Context, device string) ([][
 			device, statusRevoked).Scan(&revoked); err == nil && revoked > 0 {
 			return nil, fmt.Errorf("%w: every certificate of %q is revoked", identity.ErrRevoked, device)
 		}
-		return nil, fmt.Errorf("%w: %q", transport.ErrUnknownDevice, device)
+		return nil, fmt.Errorf("%w: %q", wire.ErrUnknownDevice, device)
 	}
 	s.certCache.put(device, out, now.Add(certCacheTTL), gen)
 	return out, nil

@@ -17,7 +17,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // regFleet is a fleet CA and a registrar recording into a store, served
@@ -286,7 +286,7 @@ func TestDeviceCertificatesCache(t *testing.T) {
 				get = s.FreshDeviceCertificates
 			}
 			chains, err := get(t.Context(), "cached-1")
-			if errors.Is(err, transport.ErrUnknownDevice) || errors.Is(err, identity.ErrRevoked) {
+			if errors.Is(err, wire.ErrUnknownDevice) || errors.Is(err, identity.ErrRevoked) {
 				return nil
 			}
 			if err != nil {
@@ -333,7 +333,7 @@ func TestDeviceCertificatesCache(t *testing.T) {
 		if _, err := other.FreshDeviceCertificates(t.Context(), "cached-1"); !errors.Is(err, identity.ErrRevoked) {
 			t.Fatalf("lookup of a revoked device: %v, want ErrRevoked", err)
 		}
-		if _, err := other.FreshDeviceCertificates(t.Context(), "never-1"); !errors.Is(err, transport.ErrUnknownDevice) {
+		if _, err := other.FreshDeviceCertificates(t.Context(), "never-1"); !errors.Is(err, wire.ErrUnknownDevice) {
 			t.Fatalf("lookup of an unknown device: %v, want ErrUnknownDevice", err)
 		}
 		// What the other process may still serve from its cache, the

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/consent"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // windowSize is the replay window's width in sequence numbers: the
@@ -23,7 +25,7 @@ const windowSize = 256
 
 // keptBoots is how many boots of a device keep a replay window: the
 // current and the previous (messages queued before a reboot still
-// arrive), as the in-memory transport.ReplayWindow.
+// arrive), as the in-memory replay.Window.
 const keptBoots = 2
 
 var _ transport.ReplayState = (*Store)(nil)
@@ -142,17 +144,17 @@ func (s *Store) Accept(ctx context.Context, recs []transport.Record) ([]error, e
 }
 
 // applyConsent keeps the consent event a fresh record of the consent
-// stream carries, and refuses (with [transport.ErrNoConsent]) a fresh
+// stream carries, and refuses (with [consent.ErrNoConsent]) a fresh
 // record that the consent events of its device and stream do not allow: it
 // was sealed before a withdrawal, or after it with no grant since
-// ([transport.ConsentLedger]). The record stays seen in the replay window.
+// ([consent.Ledger]). The record stays seen in the replay window.
 // It returns the record's verdict, and an error if the database failed.
-func (s *Store) applyConsent(ctx context.Context, tx *sql.Tx, ledger *transport.ConsentLedger, r transport.Record) (verdict, err error) {
-	if r.Stream == transport.CommandResultStream {
+func (s *Store) applyConsent(ctx context.Context, tx *sql.Tx, ledger *consent.Ledger, r transport.Record) (verdict, err error) {
+	if r.Stream == wire.CommandResultStream {
 		return s.keepCommandResult(ctx, tx, r)
 	}
-	if r.Stream == transport.ConsentStream {
-		ev, err := transport.ParseConsentEvent(r)
+	if r.Stream == wire.ConsentStream {
+		ev, err := consent.ParseEvent(r)
 		if err != nil {
 			return err, nil
 		}
@@ -162,7 +164,7 @@ func (s *Store) applyConsent(ctx context.Context, tx *sql.Tx, ledger *transport.
 		return nil, s.keepConsent(ctx, tx, ev)
 	}
 	if !ledger.Allowed(r) {
-		return fmt.Errorf("%w: %s stream %q boot %d seq %d: consent withdrawn when it was sealed", transport.ErrNoConsent, r.Device, r.Stream, r.Boot, r.Seq), nil
+		return fmt.Errorf("%w: %s stream %q boot %d seq %d: consent withdrawn when it was sealed", consent.ErrNoConsent, r.Device, r.Stream, r.Boot, r.Seq), nil
 	}
 	return nil, nil
 }
@@ -242,16 +244,16 @@ func classify(wins map[string][]*window, device string, boot, seq uint64) error 
 		}
 		d := w.top - seq
 		if d >= windowSize {
-			return fmt.Errorf("%w: %s boot %d seq %d is %d behind the newest", transport.ErrReplay, device, boot, seq, d)
+			return fmt.Errorf("%w: %s boot %d seq %d is %d behind the newest", wire.ErrReplay, device, boot, seq, d)
 		}
 		if w.seen(d) {
-			return fmt.Errorf("%w: %s boot %d seq %d", transport.ErrDuplicate, device, boot, seq)
+			return fmt.Errorf("%w: %s boot %d seq %d", wire.ErrDuplicate, device, boot, seq)
 		}
 		w.mark(d)
 		w.dirty = true
 		return nil
 	}
-	return fmt.Errorf("%w: %s boot %d is before boot %d", transport.ErrReplay, device, boot, newest)
+	return fmt.Errorf("%w: %s boot %d is before boot %d", wire.ErrReplay, device, boot, newest)
 }
 
 // saveWindows writes the windows changed, in device order, and deletes
@@ -394,7 +396,7 @@ func (s *Store) PutKeyDelivery(ctx context.Context, d transport.KeyDelivery) err
 		if len(ks) >= keptKeyDeliveries {
 			oldest := ks[len(ks)-1]
 			if boot < oldest.boot || boot == oldest.boot && created <= oldest.created {
-				return fmt.Errorf("%w: key delivery %q of %s (boot %d) is older than the %d kept", transport.ErrReplay, d.KeyID, d.Device, d.Boot, len(ks))
+				return fmt.Errorf("%w: key delivery %q of %s (boot %d) is older than the %d kept", wire.ErrReplay, d.KeyID, d.Device, d.Boot, len(ks))
 			}
 		}
 		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO session_keys (device, key_id, boot, created_ms, delivery, received_ms)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/replay"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func rec(device string, boot, seq uint64) transport.Record {
@@ -24,9 +26,9 @@ func verdict(err error) string {
 	switch {
 	case err == nil:
 		return "fresh"
-	case errors.Is(err, transport.ErrDuplicate):
+	case errors.Is(err, wire.ErrDuplicate):
 		return "duplicate"
-	case errors.Is(err, transport.ErrReplay):
+	case errors.Is(err, wire.ErrReplay):
 		return "replay"
 	}
 	return "error: " + err.Error()
@@ -34,12 +36,12 @@ func verdict(err error) string {
 
 // TestAcceptMatchesReplayWindow: the store classifies random arrivals
 // (reordered, duplicated, replayed, across reboots) exactly as the
-// in-memory transport.ReplayWindow does, batch after batch, and keeps one
+// in-memory replay.Window does, batch after batch, and keeps one
 // record per fresh arrival.
 func TestAcceptMatchesReplayWindow(t *testing.T) {
 	backends(t, func(t *testing.T, url string) {
 		s := openStore(t, url)
-		model := transport.NewReplayWindow(0)
+		model := replay.New(0)
 		r := rand.New(rand.NewPCG(1, 2))
 		devices := []string{"a", "b", "c"}
 		top := map[string]uint64{}
@@ -134,7 +136,7 @@ func TestAcceptReplicas(t *testing.T) {
 					for k, v := range got {
 						if v == nil {
 							accepted[fmt.Sprintf("%s/%d", recs[k].Device, recs[k].Seq)]++
-						} else if !errors.Is(v, transport.ErrDuplicate) {
+						} else if !errors.Is(v, wire.ErrDuplicate) {
 							errs <- fmt.Errorf("%s seq %d: %v", recs[k].Device, recs[k].Seq, v)
 						}
 					}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // verifierFleet is a CA, one device and the cloud's decryption key.
@@ -86,7 +87,7 @@ func TestVerifiersShareTheStore(t *testing.T) {
 			}
 			if out.KeyDelivery != nil {
 				deliveries = append(deliveries, out.KeyDelivery)
-				if _, err := a.Verify(t.Context(), transport.KeyTopic("dev-s"), out.KeyDelivery); err != nil {
+				if _, err := a.Verify(t.Context(), wire.KeyTopic("dev-s"), out.KeyDelivery); err != nil {
 					t.Fatalf("delivery %d: %v", len(deliveries), err)
 				}
 			}
@@ -101,7 +102,7 @@ func TestVerifiersShareTheStore(t *testing.T) {
 			if i%2 == 1 {
 				v = b
 			}
-			_, err := v.Verify(t.Context(), transport.TelemetryTopic("dev-s", "temp"), env)
+			_, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-s", "temp"), env)
 			switch {
 			case i >= firstKept && err != nil:
 				t.Fatalf("envelope %d (key kept) by verifier %c: %v", i, "ab"[i%2], err)
@@ -114,13 +115,13 @@ func TestVerifiersShareTheStore(t *testing.T) {
 		// Each is accepted once: every redelivery to either is a duplicate.
 		for i := firstKept; i < len(envs); i++ {
 			for _, v := range []*transport.Verifier{a, b} {
-				if _, err := v.Verify(t.Context(), transport.TelemetryTopic("dev-s", "temp"), envs[i]); !errors.Is(err, transport.ErrDuplicate) {
+				if _, err := v.Verify(t.Context(), wire.TelemetryTopic("dev-s", "temp"), envs[i]); !errors.Is(err, wire.ErrDuplicate) {
 					t.Fatalf("envelope %d again: %v, want ErrDuplicate", i, err)
 				}
 			}
 		}
 		// The first delivery, replayed, is older than the 8 kept.
-		if _, err := b.Verify(t.Context(), transport.KeyTopic("dev-s"), deliveries[0]); !errors.Is(err, transport.ErrReplay) {
+		if _, err := b.Verify(t.Context(), wire.KeyTopic("dev-s"), deliveries[0]); !errors.Is(err, wire.ErrReplay) {
 			t.Fatalf("replayed first delivery: %v, want ErrReplay", err)
 		}
 		s := openStore(t, url)
@@ -177,14 +178,14 @@ func TestParkedUntilKeyArrives(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		topic := transport.TelemetryTopic("dev-s", "temp")
+		topic := wire.TelemetryTopic("dev-s", "temp")
 		if _, err := b.Verify(t.Context(), topic, out.Envelope); !errors.Is(err, transport.ErrParked) {
 			t.Fatalf("envelope before its key: %v, want ErrParked", err)
 		}
 		if recs, err := b.VerifyParked(t.Context(), 10); err != nil || len(recs) != 0 {
 			t.Fatalf("parked envelopes verified before the key arrived: %d, %v", len(recs), err)
 		}
-		if _, err := a.Verify(t.Context(), transport.KeyTopic("dev-s"), out.KeyDelivery); err != nil {
+		if _, err := a.Verify(t.Context(), wire.KeyTopic("dev-s"), out.KeyDelivery); err != nil {
 			t.Fatal(err)
 		}
 		recs, err := b.VerifyParked(t.Context(), 10)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/d2c-iot/d2c/internal/doccheck"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestDocCommands checks every "d2c ..." command that README.md and
@@ -366,9 +367,9 @@ func (t *commandTable) checkOne(words, flags []string, strict bool) []string {
 // TestTailDecryptHint checks what tail says of a message it cannot
 // decrypt: to give --decrypt-key only when it was not given.
 func TestTailDecryptHint(t *testing.T) {
-	noKey := fmt.Errorf("%w: encrypted envelope, and this verifier has no decryption key", transport.ErrDecrypt)
-	wrongKey := fmt.Errorf("%w: go-jose/go-jose: error in cryptographic primitive", transport.ErrDecrypt)
-	unknownSession := fmt.Errorf("%w: %w", transport.ErrDecrypt, transport.ErrUnknownSessionKey)
+	noKey := fmt.Errorf("%w: encrypted envelope, and this verifier has no decryption key", wire.ErrDecrypt)
+	wrongKey := fmt.Errorf("%w: go-jose/go-jose: error in cryptographic primitive", wire.ErrDecrypt)
+	unknownSession := fmt.Errorf("%w: %w", wire.ErrDecrypt, transport.ErrUnknownSessionKey)
 	for _, c := range []struct {
 		err        error
 		decrypting bool

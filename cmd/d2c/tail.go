@@ -39,6 +39,7 @@ import (
 	"github.com/d2c-iot/d2c/internal/cborx"
 	"github.com/d2c-iot/d2c/internal/limits"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Bounds of the --devices directory.
@@ -143,7 +144,7 @@ d2c tail --broker mqtt.example.com:8883 --ca /srv/d2c/ca --cert tail.crt --key t
 					}
 				}
 				if *stream != "" {
-					if err := transport.ValidateStream(*stream); err != nil {
+					if err := wire.ValidateStream(*stream); err != nil {
 						return usageErrorf("--stream %q: %v", *stream, err)
 					}
 				}
@@ -692,8 +693,8 @@ func (p *tailPrinter) record(_ context.Context, r transport.Record) {
 }
 
 func (p *tailPrinter) refused(topic string, err error) {
-	if t, perr := transport.ParseTopic(topic); perr == nil &&
-		(p.device != "" && t.Device != p.device || p.stream != "" && t.Kind == transport.KindTelemetry && t.Stream != p.stream) {
+	if t, perr := wire.ParseTopic(topic); perr == nil &&
+		(p.device != "" && t.Device != p.device || p.stream != "" && t.Kind == wire.KindTelemetry && t.Stream != p.stream) {
 		return
 	}
 	line := fmt.Sprintf("refused %s: %v", printable(topic), err)
@@ -713,20 +714,20 @@ func (p *tailPrinter) note(line string) {
 // decrypting tells whether tail has a decryption key (--decrypt-key).
 func refusalHint(err error, decrypting bool) string {
 	switch {
-	case errors.Is(err, transport.ErrUnknownDevice):
+	case errors.Is(err, wire.ErrUnknownDevice):
 		return "its certificate is not in --devices: copy it there (d2c device show --cert-out on the device)"
-	case errors.Is(err, transport.ErrDecrypt) && !decrypting:
+	case errors.Is(err, wire.ErrDecrypt) && !decrypting:
 		return "encrypted to a cloud key: give its private key with --decrypt-key"
 	case errors.Is(err, transport.ErrUnknownSessionKey):
 		return "under a session key tail has not received: one the device sent before tail started (tail decrypts " +
 			"from the device's next key, at its next start or within a day), or one refused above"
-	case errors.Is(err, transport.ErrDecrypt):
+	case errors.Is(err, wire.ErrDecrypt):
 		return "it does not decrypt with --decrypt-key: encrypted to another cloud key, or altered on the way"
 	case errors.Is(err, identity.ErrRevoked):
 		return "the device's certificate is revoked"
-	case errors.Is(err, transport.ErrReplay):
+	case errors.Is(err, wire.ErrReplay):
 		return "an old message sent again: a replay, or a device whose boot counter went back"
-	case errors.Is(err, transport.ErrBadSignature), errors.Is(err, transport.ErrWrongDevice):
+	case errors.Is(err, wire.ErrBadSignature), errors.Is(err, wire.ErrWrongDevice):
 		return "not signed by the device the topic names: a forgery, or an outdated certificate in --devices"
 	}
 	return ""
@@ -847,7 +848,7 @@ func (d *dirCertificates) DeviceCertificates(_ context.Context, device string) (
 			return cs, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: %q has no certificate in %s", transport.ErrUnknownDevice, device, d.dir)
+	return nil, fmt.Errorf("%w: %q has no certificate in %s", wire.ErrUnknownDevice, device, d.dir)
 }
 
 // warningHandler is the slog.Handler of tail's connection: it prints the

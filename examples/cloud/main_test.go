@@ -20,7 +20,9 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestCloud runs the program with every role against an embedded broker: a
@@ -46,7 +48,7 @@ func TestCloud(t *testing.T) {
 	}
 	broker, err := devbroker.Start(ctx, devbroker.Config{ClientRoots: roots,
 		Certificate: tls.Certificate{Certificate: [][]byte{brokerCert.Raw, ca.Issuing().Raw}, PrivateKey: brokerKey},
-		Services:    []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}})
+		Services:    []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,6 +99,7 @@ import (
 	"github.com/d2c-iot/d2c/examples/internal/flagenv"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
 	"github.com/d2c-iot/d2c/updatelink"
@@ -191,7 +192,7 @@ func parseSettings(args []string, lookupEnv func(string) (string, bool), out io.
 	case s.updateInterval <= 0 || s.healthTimeout <= 0:
 		return nil, errors.New("--update-interval and --health-timeout must be positive")
 	}
-	if err := transport.ValidateStream(s.stream); err != nil {
+	if err := wire.ValidateStream(s.stream); err != nil {
 		return nil, fmt.Errorf("--stream: %w", err)
 	}
 	if s.stateDir == "" {

@@ -30,7 +30,9 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 	"github.com/d2c-iot/d2c/update"
 )
 
@@ -92,9 +94,9 @@ func TestDevice(t *testing.T) {
 	broker, err := devbroker.Start(ctx, devbroker.Config{
 		Certificate: tlsCert(t, ca, func(pub crypto.PublicKey) (*x509.Certificate, error) { return ca.IssueServer(pub, "127.0.0.1") }),
 		ClientRoots: roots, Revocation: ca,
-		Services: []transport.ServiceRights{
-			{Name: "verifier", Read: []string{transport.AllUp}},
-			{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+		Services: []broker.ServiceRights{
+			{Name: "verifier", Read: []string{wire.AllUp}},
+			{Name: "commander", Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 		},
 	})
 	if err != nil {

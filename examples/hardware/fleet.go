@@ -20,7 +20,9 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // fleet is the cloud half, on 127.0.0.1: a CA, an EST registrar over
@@ -84,7 +86,7 @@ func startFleet(ctx context.Context, dir string) (_ *fleet, err error) {
 		return nil, err
 	}
 	f.broker, err = devbroker.Start(ctx, devbroker.Config{Certificate: brokerCert, ClientRoots: f.roots, Revocation: f.ca,
-		Services: []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}})
+		Services: []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}}})
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +183,7 @@ func (r *registry) DeviceCertificates(_ context.Context, device string) ([][]*x5
 	defer r.mu.Unlock()
 	c, ok := r.m[device]
 	if !ok {
-		return nil, transport.ErrUnknownDevice
+		return nil, wire.ErrUnknownDevice
 	}
 	return [][]*x509.Certificate{c}, nil
 }

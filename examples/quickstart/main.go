@@ -58,7 +58,9 @@ import (
 	"github.com/d2c-iot/d2c/examples/internal/narrate"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
 	"github.com/d2c-iot/d2c/updatelink"
@@ -131,9 +133,9 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	broker, err := devbroker.Start(ctx, devbroker.Config{Certificate: brokerCert, ClientRoots: roots, Revocation: st,
-		Services: []transport.ServiceRights{
-			{Name: "cloud", Read: []string{transport.AllUp}, Write: []string{transport.TopicPrefix + "+/down/cmd"}},
-			{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+		Services: []broker.ServiceRights{
+			{Name: "cloud", Read: []string{wire.AllUp}, Write: []string{wire.TopicPrefix + "+/down/cmd"}},
+			{Name: "commander", Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 		}})
 	if err != nil {
 		return err

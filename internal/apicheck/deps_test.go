@@ -101,3 +101,30 @@ func under(path string, prefixes []string) bool {
 	}
 	return false
 }
+
+// TestTransportLayers checks the layering of docs/architecture.md inside
+// transport: no subpackage links the transport root (the root is the happy
+// path built on them, never below them), and wire, the lowest layer,
+// links no other transport package but its internal helpers.
+func TestTransportLayers(t *testing.T) {
+	pkgs := goList(t)
+	const root = modulePath + "/transport"
+	checked := 0
+	for path, p := range pkgs {
+		if !strings.HasPrefix(path, root+"/") {
+			continue
+		}
+		checked++
+		for _, dep := range p.Deps {
+			if dep == root {
+				t.Errorf("%s links the transport root: subpackages sit below it", path)
+			}
+			if path == root+"/wire" && strings.HasPrefix(dep, root+"/") && !strings.HasPrefix(dep, root+"/internal/") {
+				t.Errorf("transport/wire links %s: the wire format is the lowest layer", dep)
+			}
+		}
+	}
+	if checked < 8 {
+		t.Fatalf("checked %d transport subpackages, want at least 8", checked)
+	}
+}

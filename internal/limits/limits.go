@@ -64,7 +64,7 @@ const (
 	MQTTPacket = Envelope + 64<<10
 )
 
-// outbox: the device's durable telemetry queue (transport.Outbox).
+// outbox: the device's durable telemetry queue (outbox.Outbox).
 const (
 	// OutboxMessages is the default bound on the messages an outbox
 	// stores; past it, Append is refused and nothing stored is dropped.

@@ -8,7 +8,7 @@
 // the kernel unless told otherwise, and never on anything else.
 //
 // Production fleets run a real broker (mosquitto with
-// transport.MosquittoConfig, or a clustered one) behind the same policy.
+// broker.MosquittoConfig, or a clustered one) behind the same policy.
 //
 // # Limits
 //
@@ -34,7 +34,7 @@
 //	b, err := devbroker.Start(ctx, devbroker.Config{
 //		Certificate: serverCert, // from identity.CA.IssueServer
 //		ClientRoots: roots,      // the fleet root
-//		Services:    []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}},
+//		Services:    []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}},
 //	})
 //	...
 //	defer b.Close()
@@ -59,7 +59,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/d2c-iot/d2c/identity"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/mochihook"
 )
 
@@ -107,7 +107,7 @@ type Config struct {
 	// is copied. Required.
 	ClientRoots *x509.CertPool
 	// Services are the cloud services and their rights. Default none.
-	Services []transport.ServiceRights
+	Services []broker.ServiceRights
 	// Revocation, if set, is asked about every client certificate during
 	// the TLS handshake and again at CONNECT; a revoked certificate fails
 	// the handshake. Default: no revocation check.
@@ -117,7 +117,7 @@ type Config struct {
 	Logger *slog.Logger
 	// MaxPacketSize bounds the MQTT packets accepted from clients, in
 	// bytes; a larger one ends the connection (DISCONNECT 0x95). 1024 to
-	// transport.DefaultMaxPacketSize, which is the default: every message
+	// broker.DefaultMaxPacketSize, which is the default: every message
 	// the broker accepts can then be delivered to every d2c reader.
 	MaxPacketSize int
 	// MaxQueuedMessages bounds the QoS 1 messages the broker holds for one
@@ -162,10 +162,10 @@ func Start(ctx context.Context, cfg Config) (*Broker, error) {
 	}
 	maxPacket := cfg.MaxPacketSize
 	if maxPacket == 0 {
-		maxPacket = transport.DefaultMaxPacketSize
+		maxPacket = broker.DefaultMaxPacketSize
 	}
-	if maxPacket < 1024 || maxPacket > transport.DefaultMaxPacketSize {
-		return nil, fmt.Errorf("devbroker: MaxPacketSize %d: want 1024 to %d bytes (what d2c clients read, less what a broker adds)", maxPacket, transport.DefaultMaxPacketSize)
+	if maxPacket < 1024 || maxPacket > broker.DefaultMaxPacketSize {
+		return nil, fmt.Errorf("devbroker: MaxPacketSize %d: want 1024 to %d bytes (what d2c clients read, less what a broker adds)", maxPacket, broker.DefaultMaxPacketSize)
 	}
 	maxQueued := cfg.MaxQueuedMessages
 	if maxQueued == 0 {

@@ -32,8 +32,9 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/internal/testpki"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 const testTimeout = 10 * time.Second
@@ -96,10 +97,10 @@ func TestDevBrokerConfig(t *testing.T) {
 		"no certificate":    func(c *devbroker.Config) { c.Certificate = tls.Certificate{} },
 		"no key":            func(c *devbroker.Config) { c.Certificate.PrivateKey = nil },
 		"no client roots":   func(c *devbroker.Config) { c.ClientRoots = nil },
-		"bad service":       func(c *devbroker.Config) { c.Services = []transport.ServiceRights{{Name: "svc:x"}} },
-		"duplicate service": func(c *devbroker.Config) { c.Services = []transport.ServiceRights{{Name: "x"}, {Name: "x"}} },
+		"bad service":       func(c *devbroker.Config) { c.Services = []broker.ServiceRights{{Name: "svc:x"}} },
+		"duplicate service": func(c *devbroker.Config) { c.Services = []broker.ServiceRights{{Name: "x"}, {Name: "x"}} },
 		"tiny packets":      func(c *devbroker.Config) { c.MaxPacketSize = 10 },
-		"huge packets":      func(c *devbroker.Config) { c.MaxPacketSize = transport.DefaultMaxPacketSize + 1 },
+		"huge packets":      func(c *devbroker.Config) { c.MaxPacketSize = broker.DefaultMaxPacketSize + 1 },
 		"queued < 0":        func(c *devbroker.Config) { c.MaxQueuedMessages = -1 },
 		"queued > 65535":    func(c *devbroker.Config) { c.MaxQueuedMessages = 65536 },
 		"held < 0":          func(c *devbroker.Config) { c.MaxHeldBytes = -1 },
@@ -222,7 +223,7 @@ func TestDevBrokerLimits(t *testing.T) {
 	defer b.Close()
 
 	c := f.connect(t, b.Addr())
-	pub := &packets.Publish{Topic: transport.TelemetryTopic("dev-a", "big"), QoS: 1, PacketID: 1, Payload: bytes.Repeat([]byte("x"), 4096), Properties: &packets.Properties{}}
+	pub := &packets.Publish{Topic: wire.TelemetryTopic("dev-a", "big"), QoS: 1, PacketID: 1, Payload: bytes.Repeat([]byte("x"), 4096), Properties: &packets.Properties{}}
 	// The broker may close the connection as soon as it reads the length,
 	// while the rest is still being written: a broken pipe or reset here is
 	// the refusal arriving early.
@@ -274,7 +275,7 @@ func TestDevBrokerHeldBytes(t *testing.T) {
 	f := newFleet(t)
 	archiveCert := testpki.Service(t, f.ca, "archive")
 	cfg := f.config()
-	cfg.Services = []transport.ServiceRights{{Name: "archive", Read: []string{transport.AllUp}}}
+	cfg.Services = []broker.ServiceRights{{Name: "archive", Read: []string{wire.AllUp}}}
 	cfg.MaxPacketSize, cfg.MaxHeldBytes = 16<<10, 64<<10
 	b, err := devbroker.Start(t.Context(), cfg)
 	if err != nil {
@@ -301,7 +302,7 @@ func TestDevBrokerHeldBytes(t *testing.T) {
 		return c
 	}
 	a := archiveConnect(true)
-	sub := &packets.Subscribe{PacketID: 1, Subscriptions: []packets.SubOptions{{Topic: transport.AllUp, QoS: 1}}, Properties: &packets.Properties{}}
+	sub := &packets.Subscribe{PacketID: 1, Subscriptions: []packets.SubOptions{{Topic: wire.AllUp, QoS: 1}}, Properties: &packets.Properties{}}
 	if _, err := sub.WriteTo(a); err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +316,7 @@ func TestDevBrokerHeldBytes(t *testing.T) {
 
 	// dev-a publishes 8 KiB messages: 8 fit in 64 KiB, the 9th is refused.
 	c := f.connect(t, b.Addr())
-	topic := transport.TelemetryTopic("dev-a", "t")
+	topic := wire.TelemetryTopic("dev-a", "t")
 	publish := func(id uint16) byte {
 		t.Helper()
 		pub := &packets.Publish{Topic: topic, QoS: 1, PacketID: id, Payload: bytes.Repeat([]byte("x"), 8<<10), Properties: &packets.Properties{}}
@@ -368,7 +369,7 @@ func TestDevBrokerReceiveMaximum(t *testing.T) {
 	f := newFleet(t)
 	commander := testpki.Service(t, f.ca, "commander")
 	cfg := f.config()
-	cfg.Services = []transport.ServiceRights{{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}}}
+	cfg.Services = []broker.ServiceRights{{Name: "commander", Write: []string{wire.TopicPrefix + "+/down/cmd"}}}
 	b, err := devbroker.Start(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -390,7 +391,7 @@ func TestDevBrokerReceiveMaximum(t *testing.T) {
 	if pkt, err := packets.ReadPacket(d); err != nil || pkt.Content.(*packets.Connack).ReasonCode != 0 {
 		t.Fatalf("CONNACK: %v %v", pkt, err)
 	}
-	sub := &packets.Subscribe{PacketID: 1, Subscriptions: []packets.SubOptions{{Topic: transport.CommandTopic("dev-a"), QoS: 1}}, Properties: &packets.Properties{}}
+	sub := &packets.Subscribe{PacketID: 1, Subscriptions: []packets.SubOptions{{Topic: wire.CommandTopic("dev-a"), QoS: 1}}, Properties: &packets.Properties{}}
 	if _, err := sub.WriteTo(d); err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +409,7 @@ func TestDevBrokerReceiveMaximum(t *testing.T) {
 	}
 	const n = 50
 	for i := 1; i <= n; i++ {
-		pub := &packets.Publish{Topic: transport.CommandTopic("dev-a"), QoS: 1, PacketID: uint16(i), Payload: fmt.Appendf(nil, "%d", i), Properties: &packets.Properties{}}
+		pub := &packets.Publish{Topic: wire.CommandTopic("dev-a"), QoS: 1, PacketID: uint16(i), Payload: fmt.Appendf(nil, "%d", i), Properties: &packets.Properties{}}
 		if _, err := pub.WriteTo(c); err != nil {
 			t.Fatal(err)
 		}
@@ -479,7 +480,7 @@ func ExampleStart() {
 	b, err := devbroker.Start(context.Background(), devbroker.Config{
 		Certificate: tls.Certificate{Certificate: [][]byte{cert.Raw, ca.Issuing().Raw}, PrivateKey: key},
 		ClientRoots: roots,
-		Services:    []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}},
+		Services:    []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}},
 	})
 	if err != nil {
 		log.Fatal(err)

@@ -3,7 +3,7 @@
 
 // Package mochihook enforces d2c's broker policy in a mochi-mqtt v2 server
 // (github.com/mochi-mqtt/server/v2): the same rules as the mosquitto
-// configuration of [transport.MosquittoConfig], as a mochi hook.
+// configuration of [broker.MosquittoConfig], as a mochi hook.
 //
 // # Authentication
 //
@@ -40,7 +40,7 @@
 // # Authorization
 //
 // Every publish, subscription and delivery is checked with
-// [transport.Authorize]. mochi answers a denied QoS 1 publish with PUBACK
+// [broker.Authorize]. mochi answers a denied QoS 1 publish with PUBACK
 // reason 0x87 (not authorized) for MQTT v5 clients and drops it; a QoS 0
 // one is dropped silently; an MQTT 3.1.1 client is disconnected. A denied
 // subscription gets SUBACK reason 0x87 (0x80 for MQTT 3.1.1).
@@ -66,14 +66,14 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/d2c-iot/d2c/identity"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 )
 
 // Config configures a [Hook]. The zero value admits devices only.
 type Config struct {
 	// Services are the cloud services and their rights. A certificate
 	// "svc:<name>" whose name is not listed is refused. Default none.
-	Services []transport.ServiceRights
+	Services []broker.ServiceRights
 	// Revocation, if set, is asked about every client certificate when
 	// the client connects; an error refuses the client. Default: no
 	// revocation check beyond what the TLS listener does.
@@ -81,10 +81,10 @@ type Config struct {
 }
 
 // Hook is a mochi hook that authenticates clients by certificate and
-// checks every access with [transport.Authorize]. Create it with [New].
+// checks every access with [broker.Authorize]. Create it with [New].
 type Hook struct {
 	mqtt.HookBase
-	services   []transport.ServiceRights
+	services   []broker.ServiceRights
 	names      map[string]bool
 	revocation identity.RevocationChecker
 }
@@ -92,7 +92,7 @@ type Hook struct {
 var _ mqtt.Hook = (*Hook)(nil)
 
 // New returns a hook enforcing cfg. It checks every service's rights
-// ([transport.ServiceRights.Validate]) and refuses duplicate names.
+// ([broker.ServiceRights.Validate]) and refuses duplicate names.
 func New(cfg Config) (*Hook, error) {
 	h := &Hook{names: make(map[string]bool, len(cfg.Services)), revocation: cfg.Revocation}
 	for _, s := range cfg.Services {
@@ -103,7 +103,7 @@ func New(cfg Config) (*Hook, error) {
 			return nil, fmt.Errorf("mochihook: service %s listed twice", s.Name)
 		}
 		h.names[s.Name] = true
-		h.services = append(h.services, transport.ServiceRights{Name: s.Name, Read: slices.Clone(s.Read), Write: slices.Clone(s.Write)})
+		h.services = append(h.services, broker.ServiceRights{Name: s.Name, Read: slices.Clone(s.Read), Write: slices.Clone(s.Write)})
 	}
 	return h, nil
 }
@@ -157,7 +157,7 @@ func (h *Hook) authenticate(cl *mqtt.Client, pk packets.Packet) (string, error) 
 			return "", fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	if pk.Connect.WillFlag && !transport.Authorize(name, pk.Connect.WillTopic, transport.AccessWrite, h.services) {
+	if pk.Connect.WillFlag && !broker.Authorize(name, pk.Connect.WillTopic, broker.AccessWrite, h.services) {
 		return "", fmt.Errorf("%s: will topic %q not authorized", name, clip(pk.Connect.WillTopic))
 	}
 	if pk.Connect.WillFlag && pk.Connect.WillRetain {
@@ -211,7 +211,7 @@ func (h *Hook) identityOf(cert *x509.Certificate) (string, error) {
 	return "", fmt.Errorf("certificate CN %q is neither a device ID nor %s<name>", clip(cn), identity.ServicePrefix)
 }
 
-// OnACLCheck allows the access if [transport.Authorize] does for the name
+// OnACLCheck allows the access if [broker.Authorize] does for the name
 // in the client's verified certificate. The name is read from the TLS
 // connection at every check, never from the client's username, so that a
 // client admitted by another hook has no rights here. write is a publish;
@@ -222,11 +222,11 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if err != nil {
 		return false
 	}
-	access := transport.AccessRead
+	access := broker.AccessRead
 	if write {
-		access = transport.AccessWrite
+		access = broker.AccessWrite
 	}
-	return transport.Authorize(name, topic, access, h.services)
+	return broker.Authorize(name, topic, access, h.services)
 }
 
 // OnPublish refuses a retained PUBLISH: it ends the client's connection

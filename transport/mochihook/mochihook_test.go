@@ -23,11 +23,12 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/testpki"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/mochihook"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
-var services = []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}
+var services = []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}}
 
 // pki is a fleet CA and the broker side of TLS.
 type pki struct {
@@ -162,7 +163,7 @@ func TestMochiHookNew(t *testing.T) {
 	if h.ID() == "" || !h.Provides(mqtt.OnConnectAuthenticate) || !h.Provides(mqtt.OnACLCheck) || !h.Provides(mqtt.OnPublish) || h.Provides(mqtt.OnSubscribe) {
 		t.Errorf("ID %q, Provides wrong", h.ID())
 	}
-	for _, bad := range [][]transport.ServiceRights{
+	for _, bad := range [][]broker.ServiceRights{
 		{{Name: "v"}, {Name: "v"}},
 		{{Name: "svc:v"}},
 		{{Name: "v", Read: []string{"#/x"}}},
@@ -173,7 +174,7 @@ func TestMochiHookNew(t *testing.T) {
 		}
 	}
 	// The hook keeps its own copy of the rights.
-	mine := []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}}
+	mine := []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}}
 	h = newHook(t, mochihook.Config{Services: mine})
 	mine[0].Read[0] = "#"
 	p := newPKI(t)
@@ -182,7 +183,7 @@ func TestMochiHookNew(t *testing.T) {
 	if !h.OnConnectAuthenticate(cl, connectPacket("x")) {
 		t.Fatal("service refused")
 	}
-	if h.OnACLCheck(cl, "anything", false) || !h.OnACLCheck(cl, transport.TelemetryTopic("d", "s"), false) {
+	if h.OnACLCheck(cl, "anything", false) || !h.OnACLCheck(cl, wire.TelemetryTopic("d", "s"), false) {
 		t.Error("the hook follows the caller's slice after New")
 	}
 }
@@ -245,7 +246,7 @@ func TestMochiHookAuthenticate(t *testing.T) {
 				t.Fatalf("OnConnectAuthenticate = %v, want %v", got, tc.want != "")
 			}
 			if !got {
-				if h.OnACLCheck(cl, transport.TelemetryTopic("dev-b", "s"), true) {
+				if h.OnACLCheck(cl, wire.TelemetryTopic("dev-b", "s"), true) {
 					t.Error("refused client passes an ACL check on its claimed username")
 				}
 				return
@@ -293,17 +294,17 @@ func TestMochiHookAuthenticate(t *testing.T) {
 		if h.OnConnectAuthenticate(cl, pk) {
 			t.Error("accepted a client without TLS")
 		}
-		if h.OnACLCheck(cl, transport.TelemetryTopic("dev-a", "s"), true) {
+		if h.OnACLCheck(cl, wire.TelemetryTopic("dev-a", "s"), true) {
 			t.Error("a client without TLS passes an ACL check")
 		}
 	})
 
 	t.Run("will", func(t *testing.T) {
 		for topic, want := range map[string]bool{
-			transport.TelemetryTopic("dev-a", "status"): true,
-			transport.TelemetryTopic("dev-b", "status"): false,
-			transport.CommandTopic("dev-b"):             false,
-			"$SYS/broker/x":                             false,
+			wire.TelemetryTopic("dev-a", "status"): true,
+			wire.TelemetryTopic("dev-b", "status"): false,
+			wire.CommandTopic("dev-b"):             false,
+			"$SYS/broker/x":                        false,
 		} {
 			pk := connectPacket("dev-a")
 			pk.Connect.WillFlag, pk.Connect.WillTopic, pk.Connect.WillQos = true, topic, 1
@@ -329,13 +330,13 @@ func TestMochiHookACL(t *testing.T) {
 		write bool
 		want  bool
 	}{
-		{transport.TelemetryTopic("dev-a", "t"), true, true},
-		{transport.TelemetryTopic("dev-b", "t"), true, false},
-		{transport.CommandTopic("dev-a"), false, true},
-		{transport.CommandTopic("dev-a"), true, false},
-		{transport.CommandTopic("dev-b"), false, false},
+		{wire.TelemetryTopic("dev-a", "t"), true, true},
+		{wire.TelemetryTopic("dev-b", "t"), true, false},
+		{wire.CommandTopic("dev-a"), false, true},
+		{wire.CommandTopic("dev-a"), true, false},
+		{wire.CommandTopic("dev-b"), false, false},
 		{"d2c/v1/dev/+/down/cmd", false, false},
-		{"$share/g/" + transport.CommandTopic("dev-a"), false, true},
+		{"$share/g/" + wire.CommandTopic("dev-a"), false, true},
 		{"#", false, false},
 		{"", true, false}, // a publish by topic alias alone
 	} {
@@ -345,7 +346,7 @@ func TestMochiHookACL(t *testing.T) {
 	}
 	// The rights come from the certificate, not from the username field.
 	cl.Properties.Username = []byte("dev-b")
-	if h.OnACLCheck(cl, transport.TelemetryTopic("dev-b", "t"), true) || !h.OnACLCheck(cl, transport.TelemetryTopic("dev-a", "t"), true) {
+	if h.OnACLCheck(cl, wire.TelemetryTopic("dev-b", "t"), true) || !h.OnACLCheck(cl, wire.TelemetryTopic("dev-a", "t"), true) {
 		t.Error("OnACLCheck follows the username field")
 	}
 }
@@ -362,7 +363,7 @@ func TestMochiHookRetained(t *testing.T) {
 	if !h.OnConnectAuthenticate(cl, pk) {
 		t.Fatal("refused")
 	}
-	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: transport.TelemetryTopic("dev-a", "t"), Payload: []byte("x"), PacketID: 1}
+	pub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: wire.TelemetryTopic("dev-a", "t"), Payload: []byte("x"), PacketID: 1}
 	if got, err := h.OnPublish(cl, pub); err != nil || got.TopicName != pub.TopicName {
 		t.Fatalf("plain publish: %v", err)
 	}
@@ -378,7 +379,7 @@ func TestMochiHookRetained(t *testing.T) {
 	}
 
 	will := connectPacket("dev-a")
-	will.Connect.WillFlag, will.Connect.WillTopic, will.Connect.WillPayload = true, transport.TelemetryTopic("dev-a", "will"), []byte("gone")
+	will.Connect.WillFlag, will.Connect.WillTopic, will.Connect.WillPayload = true, wire.TelemetryTopic("dev-a", "will"), []byte("gone")
 	cl = newClient(t, p.serverConn(t, tls.RequireAndVerifyClientCert, &devA), will)
 	if !h.OnConnectAuthenticate(cl, will) {
 		t.Fatal("will on its own topic refused")
@@ -392,7 +393,7 @@ func TestMochiHookRetained(t *testing.T) {
 
 func ExampleNew() {
 	hook, err := mochihook.New(mochihook.Config{
-		Services: []transport.ServiceRights{{Name: "verifier", Read: []string{transport.AllUp}}},
+		Services: []broker.ServiceRights{{Name: "verifier", Read: []string{wire.AllUp}}},
 		// Revocation: ca, or a RevocationList parsed from the fleet CRL.
 	})
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 	"syscall"
 
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 )
 
 func main() { lab.Main(run) }
@@ -75,7 +75,7 @@ func run(ctx context.Context, out io.Writer) error {
 	n.Why("the embedded broker opens one listener, TLS 1.3 with client certificates, on the address it is given.")
 
 	n.Section("4. and a production broker?")
-	conf, err := transport.MosquittoConfig{Listen: "0.0.0.0:8883", CAFile: "/etc/d2c/ca.pem", CertFile: "/etc/d2c/broker.pem",
+	conf, err := broker.MosquittoConfig{Listen: "0.0.0.0:8883", CAFile: "/etc/d2c/ca.pem", CertFile: "/etc/d2c/broker.pem",
 		KeyFile: "/etc/d2c/broker.key", ACLFile: "/etc/d2c/acl"}.Conf()
 	if err != nil {
 		return err
@@ -97,7 +97,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if listeners != 1 || !strings.Contains(conf, "require_certificate true") || !strings.Contains(conf, "allow_anonymous false") {
 		return lab.Succeeded("the generated mosquitto.conf allows a connection without a fleet certificate")
 	}
-	n.D2C("transport.MosquittoConfig generates one listener and no password file:\n%s", strings.Join(settings, "\n"))
+	n.D2C("broker.MosquittoConfig generates one listener and no password file:\n%s", strings.Join(settings, "\n"))
 
 	n.Stopped("there was no password to guess: every way in needs a certificate from the fleet CA")
 	return nil

@@ -18,6 +18,7 @@ import (
 
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // secret is what the attacker looks for: personal data.
@@ -42,11 +43,11 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := spy.Subscribe(ctx, transport.TopicPrefix+"#"); err != nil {
+	if err := spy.Subscribe(ctx, wire.TopicPrefix+"#"); err != nil {
 		return err
 	}
 	n.Lab("fleet on 127.0.0.1: CA, registrar, broker %s, cloud verifier", f.Broker.Addr())
-	n.Lab("the attacker is a service with broker-level access, subscribed to %s#: everything", transport.TopicPrefix)
+	n.Lab("the attacker is a service with broker-level access, subscribed to %s#: everything", wire.TopicPrefix)
 
 	n.Section("1. a sleep tracker without end-to-end encryption")
 	seen, err := publish(ctx, n, f, cloud, spy, "sleep-1", false)

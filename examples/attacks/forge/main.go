@@ -20,6 +20,7 @@ import (
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func main() { lab.Main(run) }
@@ -76,7 +77,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	topic := transport.TelemetryTopic("smoke-1", "alarm")
+	topic := wire.TelemetryTopic("smoke-1", "alarm")
 	if err := insider.Publish(ctx, topic, forged.Envelope); err != nil {
 		return err
 	}
@@ -89,7 +90,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if o.Accepted != nil {
 		return lab.Succeeded("the cloud accepted the forged reading %s", o.Accepted.Readings[0].Body)
 	}
-	if !errors.Is(o.Refused, transport.ErrBadSignature) {
+	if !errors.Is(o.Refused, wire.ErrBadSignature) {
 		return fmt.Errorf("refused, but not for its signature: %v", o.Refused)
 	}
 	n.D2C("the verifier refused it and reported it: %v", o.Refused)

@@ -21,6 +21,8 @@ import (
 
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/outbox"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func main() { lab.Main(run) }
@@ -65,12 +67,12 @@ func run(ctx context.Context, out io.Writer) error {
 	// The d2c client of meter-a delivers whatever its outbox holds; the
 	// compromised firmware queues a message for meter-b's topic there
 	// (docs/architecture.md, "Device state directory").
-	topicB := transport.TelemetryTopic("meter-b", "energy")
-	box, err := transport.OpenOutbox(transport.OutboxConfig{Dir: filepath.Join(storeA.Dir(), "transport", "outbox")})
+	topicB := wire.TelemetryTopic("meter-b", "energy")
+	box, err := outbox.Open(outbox.Config{Dir: filepath.Join(storeA.Dir(), "transport", "outbox")})
 	if err != nil {
 		return err
 	}
-	_, err = box.Append(ctx, transport.Message{Topic: topicB, Payload: env.Envelope, Stream: "energy"})
+	_, err = box.Append(ctx, outbox.Message{Topic: topicB, Payload: env.Envelope, Stream: "energy"})
 	if cerr := box.Close(); err == nil {
 		err = cerr
 	}
@@ -101,7 +103,7 @@ func run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer mine.Close()
-	for _, filter := range []string{"d2c/v1/dev/meter-b/down/#", transport.AllUp} {
+	for _, filter := range []string{"d2c/v1/dev/meter-b/down/#", wire.AllUp} {
 		err := mine.Subscribe(ctx, filter)
 		if err == nil {
 			return lab.Succeeded("the broker let meter-a subscribe to %s", filter)
@@ -119,7 +121,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Subscribe(ctx, transport.AllUp); err != nil {
+	if err := insider.Subscribe(ctx, wire.AllUp); err != nil {
 		return err
 	}
 	if err := devA.Client.Publish(ctx, "energy", transport.Reading{Time: time.Now(), Body: []byte(`{"kwh":0}`)}); err != nil {
@@ -144,7 +146,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if o.Accepted != nil {
 		return lab.Succeeded("the cloud took meter-a's envelope as %s's", o.Accepted.Device)
 	}
-	if !errors.Is(o.Refused, transport.ErrWrongDevice) {
+	if !errors.Is(o.Refused, wire.ErrWrongDevice) {
 		return fmt.Errorf("refused, but not as a device mismatch: %v", o.Refused)
 	}
 	n.D2C("the verifier refused it and reported it: %v", o.Refused)

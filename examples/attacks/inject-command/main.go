@@ -20,6 +20,7 @@ import (
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func main() { lab.Main(run) }
@@ -53,7 +54,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Subscribe(ctx, transport.TopicPrefix+"+/down/cmd"); err != nil {
+	if err := insider.Subscribe(ctx, wire.TopicPrefix+"+/down/cmd"); err != nil {
 		return err
 	}
 	n.Lab("fleet on 127.0.0.1: CA, registrar, broker %s, cloud verifier and command sender", f.Broker.Addr())
@@ -102,21 +103,21 @@ func run(ctx context.Context, out io.Writer) error {
 		want     error
 		why      string
 	}{
-		{"unsigned: an unlock command with \"alg\":\"none\" and no signature", unsigned, transport.ErrMalformed,
+		{"unsigned: an unlock command with \"alg\":\"none\" and no signature", unsigned, wire.ErrMalformed,
 			"the device accepts only ES256 or EdDSA signatures; \"none\" is refused before the payload is even looked at."},
-		{"signed with the attacker's own key, in the d2c format", ownSigned, transport.ErrBadSignature,
+		{"signed with the attacker's own key, in the d2c format", ownSigned, wire.ErrBadSignature,
 			"the device looks the signer up among the command keys it was configured with (by kid); the attacker's is not one."},
 		{"replayed: lock-1's recorded unlock command, validly signed, sent again", unlock1.Payload, transport.ErrCommandReplayed,
 			"every command has an ID above the last one the device ran, which it stores before running it (also across restarts)."},
-		{"for another device: lock-2's validly signed unlock command, on lock-1's topic", unlock2.Payload, transport.ErrWrongDevice,
+		{"for another device: lock-2's validly signed unlock command, on lock-1's topic", unlock2.Payload, wire.ErrWrongDevice,
 			"the signed command names the device it is for; the topic it arrived on does not count."},
 	}
 	for i, a := range attacks {
 		n.Section("%d. %s", i+1, a.what)
-		if err := insider.Publish(ctx, transport.CommandTopic("lock-1"), a.envelope); err != nil {
+		if err := insider.Publish(ctx, wire.CommandTopic("lock-1"), a.envelope); err != nil {
 			return err
 		}
-		n.Attacker("published it on %s", transport.CommandTopic("lock-1"))
+		n.Attacker("published it on %s", wire.CommandTopic("lock-1"))
 		o, err := lock.Next(ctx)
 		if err != nil {
 			return err

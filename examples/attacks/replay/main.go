@@ -18,6 +18,7 @@ import (
 
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func main() { lab.Main(run) }
@@ -47,7 +48,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Subscribe(ctx, transport.AllUp); err != nil {
+	if err := insider.Subscribe(ctx, wire.AllUp); err != nil {
 		return err
 	}
 	n.Lab("fleet on 127.0.0.1: CA, registrar, broker %s, cloud verifier; device door-1 enrolled and connected", f.Broker.Addr())
@@ -87,7 +88,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if r, ok := cloud.Refusal(100 * time.Millisecond); ok {
 		return fmt.Errorf("a duplicate was reported as a refusal: %v", r.Err)
 	}
-	n.D2C("the verifier classified it as a duplicate (transport.ErrDuplicate) and dropped it:\nnot passed to the application, not reported (accepted %d, duplicates %d)", st.Accepted, st.Duplicates)
+	n.D2C("the verifier classified it as a duplicate (wire.ErrDuplicate) and dropped it:\nnot passed to the application, not reported (accepted %d, duplicates %d)", st.Accepted, st.Duplicates)
 	n.Why("QoS 1 delivers at least once: a device that lost a PUBACK, or a broker, may send a message twice.\n" +
 		"The verifier remembers which (boot, seq) pairs it accepted, 256 per device, so a second copy\n" +
 		"changes nothing and is no reason for an alarm.")
@@ -118,12 +119,12 @@ func run(ctx context.Context, out io.Writer) error {
 	if o.Accepted != nil {
 		return lab.Succeeded("the replay was accepted as a new reading: %s", o.Accepted.Readings[0].Body)
 	}
-	if !errors.Is(o.Refused, transport.ErrReplay) {
+	if !errors.Is(o.Refused, wire.ErrReplay) {
 		return fmt.Errorf("refused, but not as a replay: %v", o.Refused)
 	}
 	n.D2C("the verifier refused it and reported it to the cloud service (CloudConfig.OnRefused):\n%v", o.Refused)
 	n.Why("seq 0 is now %d behind the newest, below the window: the verifier can no longer tell a late\n"+
-		"redelivery from an attack, so it refuses (transport.ErrReplay). Envelopes from a boot before the\n"+
+		"redelivery from an attack, so it refuses (wire.ErrReplay). Envelopes from a boot before the\n"+
 		"previous one are refused too; the device writes its boot counter durably before a new boot's first message.", more)
 
 	n.Stopped("the duplicate was dropped and the replay refused; the application saw the door open once")

@@ -17,7 +17,7 @@ func TestReplay(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
 	for _, want := range []string{
-		"(transport.ErrDuplicate) and dropped it",
+		"(wire.ErrDuplicate) and dropped it",
 		"not reported (accepted 1, duplicates 1)",
 		"transport: replayed message: door-1 boot 1 seq 0 is 300 behind the newest",
 		"STOPPED:",

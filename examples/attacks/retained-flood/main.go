@@ -27,6 +27,8 @@ import (
 
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 const (
@@ -76,7 +78,7 @@ func run(ctx context.Context, out io.Writer) error {
 	start := time.Now()
 	for i := range floodCount {
 		// The ACL lets meter-r write here: the topic is its own.
-		topic := transport.TelemetryTopic("meter-r", fmt.Sprintf("dump-%02d", i))
+		topic := wire.TelemetryTopic("meter-r", fmt.Sprintf("dump-%02d", i))
 		answer, err := lab.RawPublish(ctx, f.Broker.Addr(), tlsR, "meter-r",
 			&packets.Publish{Topic: topic, QoS: 1, PacketID: 1, Retain: true, Payload: payload})
 		if err != nil {
@@ -114,7 +116,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Subscribe(ctx, transport.AllUp); err != nil {
+	if err := insider.Subscribe(ctx, wire.AllUp); err != nil {
 		return err
 	}
 	if err := honest.Client.Publish(ctx, "energy", transport.Reading{Time: time.Now(), Body: []byte(`{"kwh":99}`)}); err != nil {
@@ -130,7 +132,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if rest := insider.Drain(200 * time.Millisecond); len(rest) > 0 {
 		return lab.Succeeded("a new subscriber received %d more messages, first on %s", len(rest), rest[0].Topic)
 	}
-	n.Lab("a service subscribed to %s after the flood", transport.AllUp)
+	n.Lab("a service subscribed to %s after the flood", wire.AllUp)
 	n.D2C("the first message it received was meter-h's fresh reading on %s; nothing of meter-r's", msg.Topic)
 	accepted := 0
 	for accepted < floodCount/10+1 {
@@ -143,7 +145,7 @@ func run(ctx context.Context, out io.Writer) error {
 	n.Why("nothing retained means nothing replayed: a verifier that restarts sees only what devices send now.")
 
 	n.Section("3. and a production broker?")
-	conf, err := transport.MosquittoConfig{Listen: "0.0.0.0:8883", CAFile: "/etc/d2c/ca.pem", CertFile: "/etc/d2c/broker.pem",
+	conf, err := broker.MosquittoConfig{Listen: "0.0.0.0:8883", CAFile: "/etc/d2c/ca.pem", CertFile: "/etc/d2c/broker.pem",
 		KeyFile: "/etc/d2c/broker.key", ACLFile: "/etc/d2c/acl"}.Conf()
 	if err != nil {
 		return err
@@ -159,7 +161,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if !strings.Contains(conf, "\nretain_available false\n") {
 		return lab.Succeeded("the generated mosquitto.conf keeps retained messages")
 	}
-	n.D2C("transport.MosquittoConfig bounds the broker, each line explained in the file:\n%s", strings.Join(limits, "\n"))
+	n.D2C("broker.MosquittoConfig bounds the broker, each line explained in the file:\n%s", strings.Join(limits, "\n"))
 	n.Why("the broker is shared by the whole fleet: one device, or one reader that is slow or away, must not be\n" +
 		"able to make it grow without bound. Past max_queued_bytes a client's queue drops new messages; at\n" +
 		"memory_limit the broker refuses publishes, which d2c devices keep in their outbox and send later.")

@@ -27,6 +27,7 @@ import (
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/roguebroker"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func main() { lab.Main(run) }
@@ -133,7 +134,7 @@ func run(ctx context.Context, out io.Writer) error {
 	rogue.SetBehaviour(roguebroker.Commands)
 	rogue.DropConnections()
 	n.Attacker("now answers like a correct broker (CONNACK, SUBACK, PUBACK), and once meter-1 subscribes publishes\n"+
-		"on %s: \"cut-supply\" with \"alg\":\"none\" and no signature, then signed by its own key", transport.CommandTopic("meter-1"))
+		"on %s: \"cut-supply\" with \"alg\":\"none\" and no signature, then signed by its own key", wire.CommandTopic("meter-1"))
 	for range forged {
 		select {
 		case c := <-ran:

@@ -19,6 +19,7 @@ import (
 
 	"github.com/d2c-iot/d2c/examples/attacks/internal/lab"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 func main() { lab.Main(run) }
@@ -40,7 +41,7 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Subscribe(ctx, transport.AllTelemetry); err != nil {
+	if err := insider.Subscribe(ctx, wire.AllTelemetry); err != nil {
 		return err
 	}
 	n.Lab("fleet on 127.0.0.1: CA, registrar, broker %s, cloud verifier", f.Broker.Addr())
@@ -59,11 +60,11 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Publish(ctx, transport.TelemetryTopic("boiler-1", "heat"), tampered); err != nil {
+	if err := insider.Publish(ctx, wire.TelemetryTopic("boiler-1", "heat"), tampered); err != nil {
 		return err
 	}
 	n.Attacker(`decoded the JWS payload, changed one byte ("temp_c":21 becomes 91), re-encoded it, and published it`)
-	if err := expectRefusal(ctx, n, cloud, transport.ErrBadSignature); err != nil {
+	if err := expectRefusal(ctx, n, cloud, wire.ErrBadSignature); err != nil {
 		return err
 	}
 	n.Why("the device's ES256 signature covers the header and the payload (the CBOR record with the reading):\n" +
@@ -83,11 +84,11 @@ func run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := insider.Publish(ctx, transport.TelemetryTopic("boiler-2", "heat"), tampered); err != nil {
+	if err := insider.Publish(ctx, wire.TelemetryTopic("boiler-2", "heat"), tampered); err != nil {
 		return err
 	}
 	n.Attacker("could not find the reading in the JWE; flipped one bit of the ciphertext and published it")
-	if err := expectRefusal(ctx, n, cloud, transport.ErrDecrypt); err != nil {
+	if err := expectRefusal(ctx, n, cloud, wire.ErrDecrypt); err != nil {
 		return err
 	}
 	n.Why("AES-256-GCM authenticates what it encrypts: a changed ciphertext fails the tag check and yields no\n" +

@@ -23,7 +23,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/d2c-iot/d2c/identity"
-	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Message is an MQTT message as the attacker's client sees it.
@@ -212,7 +212,7 @@ func (m *MQTT) Subscribe(ctx context.Context, filter string) error {
 // refusal is an error naming its reason code.
 func (m *MQTT) Publish(ctx context.Context, topic string, payload []byte) error {
 	resp, err := m.c.Publish(ctx, &paho.Publish{QoS: 1, Topic: topic, Payload: payload,
-		Properties: &paho.PublishProperties{ContentType: transport.ContentType}})
+		Properties: &paho.PublishProperties{ContentType: wire.ContentType}})
 	if resp != nil && resp.ReasonCode >= 0x80 {
 		return &RefusedError{Packet: "PUBACK", Reason: resp.ReasonCode}
 	}

@@ -24,19 +24,21 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/transport"
+	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/devbroker"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // The cloud services the broker knows, and their rights.
-var services = []transport.ServiceRights{
+var services = []broker.ServiceRights{
 	// The telemetry verifier reads what devices send.
-	{Name: "verifier", Read: []string{transport.AllUp}},
+	{Name: "verifier", Read: []string{wire.AllUp}},
 	// The command sender writes commands.
-	{Name: "commander", Write: []string{transport.TopicPrefix + "+/down/cmd"}},
+	{Name: "commander", Write: []string{wire.TopicPrefix + "+/down/cmd"}},
 	// The insider stands for whoever controls the broker (a compromised
 	// broker, a cloud operator's stolen admin account): it reads and
 	// writes every d2c topic. d2c is designed not to trust the broker.
-	{Name: "insider", Read: []string{transport.TopicPrefix + "#"}, Write: []string{transport.TopicPrefix + "#"}},
+	{Name: "insider", Read: []string{wire.TopicPrefix + "#"}, Write: []string{wire.TopicPrefix + "#"}},
 	// The lab's own probe checks that the verifier listens.
 	{Name: "lab-probe", Write: []string{probeTopic}},
 }
@@ -297,7 +299,7 @@ type Refusal struct {
 
 // probeTopic is where the lab checks that the verifier's subscription is
 // in place: an envelope there is refused (no such device) and swallowed.
-var probeTopic = transport.TelemetryTopic("lab-probe", "probe")
+var probeTopic = wire.TelemetryTopic("lab-probe", "probe")
 
 // Cloud is the fleet's telemetry verifier, connected to the broker.
 type Cloud struct {

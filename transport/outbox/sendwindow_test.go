@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package outbox
 
 import (
 	"errors"
 	"fmt"
 	"slices"
 	"testing"
+
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // obSeqMsg is a sequenced message of boot, seq at prio.
@@ -31,7 +33,7 @@ func obSeqs(msgs []Message) []uint64 {
 // within the window priority still orders delivery.
 func TestOutboxSendWindow(t *testing.T) {
 	dir := t.TempDir()
-	o := obOpen(t, OutboxConfig{Dir: dir})
+	o := obOpen(t, Config{Dir: dir})
 	for s := range uint64(400) {
 		obAppend(t, o, obSeqMsg(1, s, 0))
 	}
@@ -63,7 +65,7 @@ func TestOutboxSendWindow(t *testing.T) {
 
 	// The pairs survive a reopen, and so does the window.
 	obClose(t, o)
-	o = obOpen(t, OutboxConfig{Dir: dir})
+	o = obOpen(t, Config{Dir: dir})
 	defer obClose(t, o)
 	again := obAll(o)
 	if !slices.Equal(obSeqs(again), obSeqs(got)) {
@@ -75,7 +77,7 @@ func TestOutboxSendWindow(t *testing.T) {
 // message of the earlier boots has gone, since the cloud keeps the window
 // of the previous boot only.
 func TestOutboxSendWindowBoots(t *testing.T) {
-	o := obOpen(t, OutboxConfig{Dir: t.TempDir()})
+	o := obOpen(t, Config{Dir: t.TempDir()})
 	defer obClose(t, o)
 	key := obMsg("", "key delivery", 255) // not sequenced: always deliverable
 	obAppend(t, o, key)
@@ -105,14 +107,14 @@ func TestOutboxSendWindowBoots(t *testing.T) {
 // of the refused call, and refuses a seq without a boot.
 func TestOutboxOutOfSequence(t *testing.T) {
 	dir := t.TempDir()
-	o := obOpen(t, OutboxConfig{Dir: dir})
+	o := obOpen(t, Config{Dir: dir})
 	obAppend(t, o, obSeqMsg(2, 5, 0))
 	for _, bad := range [][]Message{
 		{obSeqMsg(2, 5, 0)},
 		{obSeqMsg(2, 4, 0)},
 		{obSeqMsg(1, 9, 0)},
 		{obSeqMsg(2, 6, 0), obSeqMsg(2, 6, 0)},
-		{{Topic: TelemetryTopic("dev-1", "temp"), Payload: []byte("x"), Seq: 3}},
+		{{Topic: wire.TelemetryTopic("dev-1", "temp"), Payload: []byte("x"), Seq: 3}},
 	} {
 		if _, err := o.Append(t.Context(), bad...); !errors.Is(err, ErrOutOfSequence) {
 			t.Fatalf("Append(%v): %v, want ErrOutOfSequence", obSeqs(bad), err)
@@ -123,7 +125,7 @@ func TestOutboxOutOfSequence(t *testing.T) {
 	}
 	obClose(t, o)
 	// The highest pair is found again at open.
-	o = obOpen(t, OutboxConfig{Dir: dir})
+	o = obOpen(t, Config{Dir: dir})
 	defer obClose(t, o)
 	if _, err := o.Append(t.Context(), obSeqMsg(2, 5, 0)); !errors.Is(err, ErrOutOfSequence) {
 		t.Fatalf("after reopen: %v, want ErrOutOfSequence", err)

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package security
 
 import (
 	"errors"
@@ -10,15 +10,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
-func securityRecord(device string, seq uint64, body string) Record {
-	return Record{Device: device, Stream: SecurityStream, Boot: 1, Seq: seq, Time: time.UnixMilli(1795000300000),
-		Readings: []Reading{{Time: time.UnixMilli(1795000300000), Body: []byte(body)}}}
+func securityRecord(device string, seq uint64, body string) wire.Record {
+	return wire.Record{Device: device, Stream: wire.SecurityStream, Boot: 1, Seq: seq, Time: time.UnixMilli(1795000300000),
+		Readings: []wire.Reading{{Time: time.UnixMilli(1795000300000), Body: []byte(body)}}}
 }
 
 func TestParseSecurityReport(t *testing.T) {
-	rep, err := ParseSecurityReport(securityRecord("dev-1", 7,
+	rep, err := ParseReport(securityRecord("dev-1", 7,
 		`{"v":1,"since":1795000000000,"counts":{"auth_failures":2,"update_failures":1,"reconnects":0},"totals":{"auth_failures":5,"update_failures":1}}`))
 	if err != nil {
 		t.Fatal(err)
@@ -36,19 +38,19 @@ func TestParseSecurityReport(t *testing.T) {
 		"unknown field": `{"v":1,"since":0,"counts":{},"totals":{},"extra":1}`,
 		"version":       `{"v":2,"since":0,"counts":{},"totals":{}}`,
 		"bad name":      `{"v":1,"since":0,"counts":{"Auth-Failures":1},"totals":{}}`,
-		"long name":     `{"v":1,"since":0,"counts":{"` + strings.Repeat("a", maxMetricName+1) + `":1},"totals":{}}`,
+		"long name":     `{"v":1,"since":0,"counts":{"` + strings.Repeat("a", MaxMetricName+1) + `":1},"totals":{}}`,
 		"negative":      `{"v":1,"since":0,"counts":{"auth_failures":-1},"totals":{}}`,
 		"fraction":      `{"v":1,"since":0,"counts":{"auth_failures":1.5},"totals":{}}`,
 		"too many":      `{"v":1,"since":0,"counts":{` + strings.Join(many, ",") + `},"totals":{}}`,
 		"trailing":      `{"v":1,"since":0,"counts":{},"totals":{}} 1`,
 	} {
-		if _, err := ParseSecurityReport(securityRecord("dev-1", 1, body)); !errors.Is(err, ErrMalformed) {
+		if _, err := ParseReport(securityRecord("dev-1", 1, body)); !errors.Is(err, wire.ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
 		}
 	}
 	rec := securityRecord("dev-1", 1, `{"v":1,"since":0,"counts":{},"totals":{}}`)
 	rec.Stream = "temp"
-	if _, err := ParseSecurityReport(rec); !errors.Is(err, ErrMalformed) {
+	if _, err := ParseReport(rec); !errors.Is(err, wire.ErrMalformed) {
 		t.Errorf("other stream: %v", err)
 	}
 }
@@ -68,7 +70,7 @@ func report(counts map[string]uint64) string {
 func TestSecurityMonitorOneAlertPerWindow(t *testing.T) {
 	now := time.Unix(1795000000, 0)
 	var alerts []Alert
-	m := &SecurityMonitor{
+	m := &Monitor{
 		Thresholds: map[string]Threshold{
 			MetricAuthFailures:    {Max: 5, Window: 10 * time.Minute},
 			MetricCommandsRefused: {Max: 0}, // any event, default window
@@ -133,7 +135,7 @@ func TestSecurityMonitorOneAlertPerWindow(t *testing.T) {
 // without thresholded events take no memory.
 func TestSecurityMonitorBounded(t *testing.T) {
 	var alerts int
-	m := &SecurityMonitor{Thresholds: map[string]Threshold{MetricAuthFailures: {Max: 1}}, MaxDevices: 100,
+	m := &Monitor{Thresholds: map[string]Threshold{MetricAuthFailures: {Max: 1}}, MaxDevices: 100,
 		OnAlert: func(Alert) { alerts++ }}
 	for i := range 1000 {
 		if _, err := m.Observe(securityRecord(fmt.Sprintf("dev-%d", i), 1, report(map[string]uint64{MetricReconnects: 3}))); err != nil {

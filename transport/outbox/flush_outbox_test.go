@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package outbox
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 func flushResult(ctx context.Context, o *Outbox) <-chan error {
 	done := make(chan error, 1)
 	go func() {
-		n, err := o.flush(ctx)
+		n, err := o.Flush(ctx)
 		if err == nil && n != 0 {
 			err = errors.New("flush returned a count without an error")
 		}
@@ -49,10 +49,10 @@ func waitFlush(t *testing.T, done <-chan error) error {
 // removal, whatever its kind, wakes it), not for those stored after it; it
 // ends with ctx (naming the count) or with Close.
 func TestOutboxFlush(t *testing.T) {
-	o := obOpen(t, OutboxConfig{Dir: filepath.Join(t.TempDir(), "ob")})
+	o := obOpen(t, Config{Dir: filepath.Join(t.TempDir(), "ob")})
 	defer obClose(t, o)
 
-	if n, err := o.flush(t.Context()); n != 0 || err != nil {
+	if n, err := o.Flush(t.Context()); n != 0 || err != nil {
 		t.Fatalf("flush of an empty outbox = %d, %v", n, err)
 	}
 	ids := obAppend(t, o, obMsg("a", "1", 0), obMsg("b", "2", 7), obMsg("c", "3", 0))
@@ -76,22 +76,22 @@ func TestOutboxFlush(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	if n, err := o.flush(ctx); n != 1 || !errors.Is(err, context.DeadlineExceeded) {
+	if n, err := o.Flush(ctx); n != 1 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("flush with one message never acknowledged = %d, %v; want 1, DeadlineExceeded", n, err)
 	}
 
 	done = flushResult(t.Context(), o)
 	notYet(t, done, "before Close")
 	go o.Close()
-	if err := waitFlush(t, done); !errors.Is(err, ErrOutboxClosed) {
-		t.Fatalf("flush across Close = %v, want ErrOutboxClosed", err)
+	if err := waitFlush(t, done); !errors.Is(err, ErrClosed) {
+		t.Fatalf("flush across Close = %v, want ErrClosed", err)
 	}
 }
 
 // TestOutboxFlushExpiry: a message that expires while nothing reads the
 // outbox (the device offline) ends the wait at its expiry.
 func TestOutboxFlushExpiry(t *testing.T) {
-	o := obOpen(t, OutboxConfig{Dir: filepath.Join(t.TempDir(), "ob")})
+	o := obOpen(t, Config{Dir: filepath.Join(t.TempDir(), "ob")})
 	defer obClose(t, o)
 	m := obMsg("a", "1", 0)
 	m.Expires = time.Now().Add(100 * time.Millisecond)

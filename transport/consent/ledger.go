@@ -1,26 +1,26 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package consent
 
 // Consent per telemetry stream, cloud half: consent events and the ledger
 // that applies them to verified records.
 
 import (
-	"bytes"
 	"container/list"
-	"encoding/json"
 	"fmt"
-	"io"
 	"slices"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
-// ConsentEvent is a device's consent change for one stream, as carried on
-// [ConsentStream] (docs/protocol.md, "Reserved streams").
-type ConsentEvent struct {
+// Event is a device's consent change for one stream, as carried on
+// [wire.ConsentStream] (docs/protocol.md, "Reserved streams").
+type Event struct {
 	Device  string
 	Stream  string // the stream whose consent changed
 	Purpose string
@@ -33,47 +33,33 @@ type ConsentEvent struct {
 	Boot, Seq uint64
 }
 
-// ParseConsentEvent decodes the consent event of a verified record of
-// [ConsentStream] (one reading, a JSON body). The decoding is strict:
+// ParseEvent decodes the consent event of a verified record of
+// [wire.ConsentStream] (one reading, a JSON body). The decoding is strict:
 // unknown fields, another version, an invalid stream or purpose are
-// refused with an error wrapping [ErrMalformed].
-func ParseConsentEvent(r Record) (ConsentEvent, error) {
-	if r.Stream != ConsentStream {
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: record of stream %q, want %q", ErrMalformed, clip(r.Stream), ConsentStream)
+// refused with an error wrapping [wire.ErrMalformed].
+func ParseEvent(r wire.Record) (Event, error) {
+	if r.Stream != wire.ConsentStream {
+		return Event{}, fmt.Errorf("%w: consent event: record of stream %q, want %q", wire.ErrMalformed, textutil.Clip(r.Stream), wire.ConsentStream)
 	}
 	if len(r.Readings) != 1 {
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: %d readings, want 1", ErrMalformed, len(r.Readings))
+		return Event{}, fmt.Errorf("%w: consent event: %d readings, want 1", wire.ErrMalformed, len(r.Readings))
 	}
-	var b consentBody
-	if err := decodeStrictJSON(r.Readings[0].Body, &b); err != nil {
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: %v", ErrMalformed, err)
+	var b eventBody
+	if err := textutil.DecodeStrictJSON(r.Readings[0].Body, &b); err != nil {
+		return Event{}, fmt.Errorf("%w: consent event: %v", wire.ErrMalformed, err)
 	}
 	switch {
 	case b.V != 1:
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: version %d, want 1", ErrMalformed, b.V)
-	case ValidateStream(b.Stream) != nil || isReservedStream(b.Stream):
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: stream %q", ErrMalformed, clip(b.Stream))
-	case validatePurpose(b.Purpose) != nil:
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: purpose %q", ErrMalformed, clip(b.Purpose))
+		return Event{}, fmt.Errorf("%w: consent event: version %d, want 1", wire.ErrMalformed, b.V)
+	case wire.ValidateStream(b.Stream) != nil || wire.IsReserved(b.Stream):
+		return Event{}, fmt.Errorf("%w: consent event: stream %q", wire.ErrMalformed, textutil.Clip(b.Stream))
+	case ValidatePurpose(b.Purpose) != nil:
+		return Event{}, fmt.Errorf("%w: consent event: purpose %q", wire.ErrMalformed, textutil.Clip(b.Purpose))
 	case b.Change == 0:
-		return ConsentEvent{}, fmt.Errorf("%w: consent event: change 0", ErrMalformed)
+		return Event{}, fmt.Errorf("%w: consent event: change 0", wire.ErrMalformed)
 	}
-	return ConsentEvent{Device: r.Device, Stream: b.Stream, Purpose: b.Purpose, Granted: b.Granted, Change: b.Change,
+	return Event{Device: r.Device, Stream: b.Stream, Purpose: b.Purpose, Granted: b.Granted, Change: b.Change,
 		Time: time.UnixMilli(b.Time), Boot: r.Boot, Seq: r.Seq}, nil
-}
-
-// decodeStrictJSON decodes one JSON value into v, refusing unknown fields
-// and trailing data. Bodies are bounded by limits.ReadingBody upstream.
-func decodeStrictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("data after the JSON value")
-	}
-	return nil
 }
 
 // position is a place in a device's message sequence.
@@ -83,18 +69,17 @@ func (p position) less(q position) bool {
 	return p.boot < q.boot || p.boot == q.boot && p.seq < q.seq
 }
 
-// DefaultMaxDevices is the default of [ConsentLedger.MaxDevices] and
-// [SecurityMonitor.MaxDevices].
+// DefaultMaxDevices is the default of [Ledger.MaxDevices].
 const DefaultMaxDevices = 100_000
 
-// ConsentLedger applies devices' consent events to their telemetry, for a
+// Ledger applies devices' consent events to their telemetry, for a
 // cloud service that must discard what was sent without consent in force
 // or after its withdrawal. Feed it every verified record of
-// [ConsentStream] with [ConsentLedger.Observe], and ask
-// [ConsentLedger.Allowed] about every other record:
+// [wire.ConsentStream] with [Ledger.Observe], and ask
+// [Ledger.Allowed] about every other record:
 //
 //	OnRecord: func(ctx context.Context, r transport.Record) {
-//		if r.Stream == transport.ConsentStream {
+//		if r.Stream == wire.ConsentStream {
 //			ev, err := ledger.Observe(r) // and keep ev in the service's own records
 //			...
 //			return
@@ -124,7 +109,7 @@ const DefaultMaxDevices = 100_000
 // devices forgotten first, which ungoverns their streams): a service keeps
 // the consent events in its own database and replays them into Observe at
 // start. It is safe for concurrent use. Set the fields before first use.
-type ConsentLedger struct {
+type Ledger struct {
 	// MaxDevices bounds the devices tracked. Default
 	// DefaultMaxDevices.
 	MaxDevices int
@@ -155,10 +140,10 @@ type streamConsent struct {
 const maxGrantsKept = 16
 
 // Observe applies the consent event of a verified record of
-// [ConsentStream] and returns it. Events may arrive out of order: each is
+// [wire.ConsentStream] and returns it. Events may arrive out of order: each is
 // placed by its (boot, seq).
-func (l *ConsentLedger) Observe(r Record) (ConsentEvent, error) {
-	ev, err := ParseConsentEvent(r)
+func (l *Ledger) Observe(r wire.Record) (Event, error) {
+	ev, err := ParseEvent(r)
 	if err != nil {
 		return ev, err
 	}
@@ -167,15 +152,15 @@ func (l *ConsentLedger) Observe(r Record) (ConsentEvent, error) {
 
 // ObserveEvent applies a consent event already parsed (replayed from a
 // store at start, for example).
-func (l *ConsentLedger) ObserveEvent(ev ConsentEvent) error {
+func (l *Ledger) ObserveEvent(ev Event) error {
 	p := position{ev.Boot, ev.Seq}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	d := l.device(ev.Device, true)
 	sc := d.streams[ev.Stream]
 	if sc == nil {
-		if len(d.streams) >= maxConsentStreams {
-			return fmt.Errorf("%w: consent event: device %q has events for more than %d streams", ErrMalformed, clip(ev.Device), maxConsentStreams)
+		if len(d.streams) >= MaxStreams {
+			return fmt.Errorf("%w: consent event: device %q has events for more than %d streams", wire.ErrMalformed, textutil.Clip(ev.Device), MaxStreams)
 		}
 		sc = &streamConsent{}
 		d.streams[ev.Stream] = sc
@@ -202,9 +187,9 @@ func (l *ConsentLedger) ObserveEvent(ev ConsentEvent) error {
 
 // Allowed reports whether a verified telemetry record may be kept under
 // the consent events observed for its device and stream (see
-// [ConsentLedger]). Records of the reserved streams always pass.
-func (l *ConsentLedger) Allowed(r Record) bool {
-	if isReservedStream(r.Stream) {
+// [Ledger]). Records of the reserved streams always pass.
+func (l *Ledger) Allowed(r wire.Record) bool {
+	if wire.IsReserved(r.Stream) {
 		return true
 	}
 	l.mu.Lock()
@@ -227,7 +212,7 @@ func (l *ConsentLedger) Allowed(r Record) bool {
 // Forget drops everything the ledger holds about device (when the device
 // is decommissioned and its records erased, or re-enrolled with a new
 // boot counter).
-func (l *ConsentLedger) Forget(device string) {
+func (l *Ledger) Forget(device string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if e := l.devices[device]; e != nil {
@@ -237,7 +222,7 @@ func (l *ConsentLedger) Forget(device string) {
 }
 
 // Len returns the number of devices tracked.
-func (l *ConsentLedger) Len() int {
+func (l *Ledger) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.devices)
@@ -245,7 +230,7 @@ func (l *ConsentLedger) Len() int {
 
 // device returns the entry of id, most recently used from now, creating
 // it (and evicting the least recently used beyond MaxDevices) if create.
-func (l *ConsentLedger) device(id string, create bool) *ledgerDevice {
+func (l *Ledger) device(id string, create bool) *ledgerDevice {
 	if e := l.devices[id]; e != nil {
 		l.lru.MoveToFront(e)
 		return e.Value.(*ledgerDevice)

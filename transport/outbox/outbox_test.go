@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package outbox
 
 import (
 	"bytes"
@@ -28,6 +28,7 @@ import (
 	"github.com/d2c-iot/d2c/internal/atomicfile/crashfs"
 	"github.com/d2c-iot/d2c/internal/cborx"
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 var obUpdateSeeds = flag.Bool("update-outbox-seeds", false, "rewrite testdata/fuzz/FuzzOutboxSegment")
@@ -54,11 +55,11 @@ func (c *obClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-func obOpen(t testing.TB, cfg OutboxConfig) *Outbox {
+func obOpen(t testing.TB, cfg Config) *Outbox {
 	t.Helper()
-	o, err := OpenOutbox(cfg)
+	o, err := Open(cfg)
 	if err != nil {
-		t.Fatalf("OpenOutbox: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
 	return o
 }
@@ -73,7 +74,7 @@ func obClose(t testing.TB, o *Outbox) {
 func obMsg(stream, body string, prio uint8) Message {
 	topic := "d2c/v1/dev/dev-1/up/key"
 	if stream != "" {
-		topic = TelemetryTopic("dev-1", stream)
+		topic = wire.TelemetryTopic("dev-1", stream)
 	}
 	return Message{Topic: topic, Payload: []byte(body), Priority: prio, Stream: stream}
 }
@@ -117,11 +118,11 @@ func obIDs(msgs []Message) []uint64 {
 func TestOutboxRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	clock := newOBClock()
-	cfg := OutboxConfig{Dir: dir, Now: clock.Now}
+	cfg := Config{Dir: dir, Now: clock.Now}
 	o := obOpen(t, cfg)
 	in := []Message{
 		obMsg("temp", "one", 0),
-		{Topic: TelemetryTopic("dev-1", "temp"), Payload: nil, Stream: "temp", Expires: obEpoch.Add(time.Hour)},
+		{Topic: wire.TelemetryTopic("dev-1", "temp"), Payload: nil, Stream: "temp", Expires: obEpoch.Add(time.Hour)},
 		{Topic: "d2c/v1/dev/dev-1/up/cmdres", Payload: bytes.Repeat([]byte{0, 0xff}, 1000), Priority: 3},
 	}
 	ids := obAppend(t, o, in...)
@@ -172,23 +173,23 @@ func TestOutboxRoundTrip(t *testing.T) {
 // ExampleOpenOutbox shows both halves: Publish appends durably; the
 // delivery loop takes messages by priority and removes each after its
 // PUBACK.
-func ExampleOpenOutbox() {
+func ExampleOpen() {
 	dir, err := os.MkdirTemp("", "outbox")
 	if err != nil {
 		panic(err)
 	}
 	defer os.RemoveAll(dir)
-	o, err := OpenOutbox(OutboxConfig{Dir: filepath.Join(dir, "outbox")})
+	o, err := Open(Config{Dir: filepath.Join(dir, "outbox")})
 	if err != nil {
 		panic(err)
 	}
 	defer o.Close()
 	ctx := context.Background()
 	// On disk (fsynced) when Append returns.
-	if _, err := o.Append(ctx, Message{Topic: TelemetryTopic("dev-1", "temp"), Payload: []byte("21.5"), Stream: "temp"}); err != nil {
+	if _, err := o.Append(ctx, Message{Topic: wire.TelemetryTopic("dev-1", "temp"), Payload: []byte("21.5"), Stream: "temp"}); err != nil {
 		panic(err)
 	}
-	if _, err := o.Append(ctx, Message{Topic: TelemetryTopic("dev-1", "alarm"), Payload: []byte("door open"), Priority: 9,
+	if _, err := o.Append(ctx, Message{Topic: wire.TelemetryTopic("dev-1", "alarm"), Payload: []byte("door open"), Priority: 9,
 		Stream: "alarm", Expires: time.Now().Add(time.Hour)}); err != nil {
 		panic(err)
 	}
@@ -206,7 +207,7 @@ func ExampleOpenOutbox() {
 }
 
 func TestOutboxPriorityFIFO(t *testing.T) {
-	o := obOpen(t, OutboxConfig{Dir: t.TempDir()})
+	o := obOpen(t, Config{Dir: t.TempDir()})
 	defer obClose(t, o)
 	obAppend(t, o, obMsg("s", "low-1", 1), obMsg("s", "high-1", 5))
 	obAppend(t, o, obMsg("s", "low-2", 1))
@@ -238,7 +239,7 @@ func TestOutboxPriorityFIFO(t *testing.T) {
 // messages never come back.
 func TestOutboxRemovalsAcrossReopen(t *testing.T) {
 	dir := t.TempDir()
-	cfg := OutboxConfig{Dir: dir, SegmentBytes: 256}
+	cfg := Config{Dir: dir, SegmentBytes: 256}
 	var last uint64
 	for round := range 4 {
 		o := obOpen(t, cfg)
@@ -304,7 +305,7 @@ func TestOutboxRemovalsAcrossReopen(t *testing.T) {
 // TestOutboxFilesPrivate: directory 0700, every file 0600.
 func TestOutboxFilesPrivate(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ob")
-	o := obOpen(t, OutboxConfig{Dir: dir, SegmentBytes: 128})
+	o := obOpen(t, Config{Dir: dir, SegmentBytes: 128})
 	ids := obAppend(t, o, obMsg("a", "x", 0))
 	obAppend(t, o, obMsg("a", "y", 0))
 	o.Ack(ids...)
@@ -327,17 +328,17 @@ func TestOutboxLocked(t *testing.T) {
 	defer func(d time.Duration) { outboxLockWait = d }(outboxLockWait)
 	outboxLockWait = 100 * time.Millisecond
 	dir := t.TempDir()
-	o := obOpen(t, OutboxConfig{Dir: dir})
-	if _, err := OpenOutbox(OutboxConfig{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use") {
-		t.Fatalf("second OpenOutbox of the same directory: %v", err)
+	o := obOpen(t, Config{Dir: dir})
+	if _, err := Open(Config{Dir: dir}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Open of the same directory: %v", err)
 	}
 	obClose(t, o)
 	time.Sleep(50 * time.Millisecond) // the abandoned waiter takes and drops the lock
-	obClose(t, obOpen(t, OutboxConfig{Dir: dir}))
+	obClose(t, obOpen(t, Config{Dir: dir}))
 }
 
 func TestOutboxWait(t *testing.T) {
-	o := obOpen(t, OutboxConfig{Dir: t.TempDir()})
+	o := obOpen(t, Config{Dir: t.TempDir()})
 	ch := o.Wait()
 	select {
 	case <-ch:
@@ -353,19 +354,19 @@ func TestOutboxWait(t *testing.T) {
 	ch = o.Wait()
 	obClose(t, o)
 	<-ch // closing wakes waiters
-	if _, err := o.Append(t.Context(), obMsg("a", "y", 0)); !errors.Is(err, ErrOutboxClosed) {
+	if _, err := o.Append(t.Context(), obMsg("a", "y", 0)); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Append after Close: %v", err)
 	}
-	if err := o.Ack(1); !errors.Is(err, ErrOutboxClosed) {
+	if err := o.Ack(1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Ack after Close: %v", err)
 	}
 }
 
 func TestOutboxFull(t *testing.T) {
 	dir := t.TempDir()
-	o := obOpen(t, OutboxConfig{Dir: dir, MaxMessages: 3, MaxBytes: 1 << 20})
+	o := obOpen(t, Config{Dir: dir, MaxMessages: 3, MaxBytes: 1 << 20})
 	ids := obAppend(t, o, obMsg("a", "1", 0), obMsg("a", "2", 0))
-	if _, err := o.Append(t.Context(), obMsg("a", "3", 0), obMsg("a", "4", 0)); !errors.Is(err, ErrOutboxFull) {
+	if _, err := o.Append(t.Context(), obMsg("a", "3", 0), obMsg("a", "4", 0)); !errors.Is(err, ErrFull) {
 		t.Fatalf("over MaxMessages: %v", err)
 	}
 	if got := obBodies(obAll(o)); !slices.Equal(got, []string{"1", "2"}) {
@@ -376,22 +377,22 @@ func TestOutboxFull(t *testing.T) {
 	obAppend(t, o, obMsg("a", "4", 0)) // room again
 	obClose(t, o)
 
-	small := int64(3 * (len(TelemetryTopic("dev-1", "a")) + 1))
-	o = obOpen(t, OutboxConfig{Dir: dir, MaxBytes: small + 2*300})
+	small := int64(3 * (len(wire.TelemetryTopic("dev-1", "a")) + 1))
+	o = obOpen(t, Config{Dir: dir, MaxBytes: small + 2*300})
 	defer obClose(t, o)
 	if got := obBodies(obAll(o)); !slices.Equal(got, []string{"2", "3", "4"}) || o.Stats().Bytes != small {
 		t.Fatalf("after reopen: %v, %+v", got, o.Stats())
 	}
-	big := obMsg("b", strings.Repeat("x", 300-len(TelemetryTopic("dev-1", "b"))), 0)
+	big := obMsg("b", strings.Repeat("x", 300-len(wire.TelemetryTopic("dev-1", "b"))), 0)
 	before := o.Stats()
-	if _, err := o.Append(t.Context(), big, big, big); !errors.Is(err, ErrOutboxFull) {
+	if _, err := o.Append(t.Context(), big, big, big); !errors.Is(err, ErrFull) {
 		t.Fatalf("over MaxBytes: %v", err)
 	}
 	if st := o.Stats(); st.Len != before.Len || st.Bytes != before.Bytes {
 		t.Fatalf("a refused call changed the outbox: %+v, then %+v", before, st)
 	}
 	obAppend(t, o, big, big) // exactly fits
-	if _, err := o.Append(t.Context(), obMsg("b", "", 0)); !errors.Is(err, ErrOutboxFull) {
+	if _, err := o.Append(t.Context(), obMsg("b", "", 0)); !errors.Is(err, ErrFull) {
 		t.Fatalf("one byte over MaxBytes: %v", err)
 	}
 
@@ -407,7 +408,7 @@ func TestOutboxFull(t *testing.T) {
 		{Topic: "bad\xffutf8"},
 		{Topic: "ok", Stream: "not a stream"},
 	} {
-		if _, err := o.Append(t.Context(), bad); err == nil || errors.Is(err, ErrOutboxFull) {
+		if _, err := o.Append(t.Context(), bad); err == nil || errors.Is(err, ErrFull) {
 			t.Errorf("Append(%+v): %v, want a validation error", bad, err)
 		}
 	}
@@ -419,7 +420,7 @@ func TestOutboxFull(t *testing.T) {
 func TestOutboxTTL(t *testing.T) {
 	dir := t.TempDir()
 	clock := newOBClock()
-	cfg := OutboxConfig{Dir: dir, Now: clock.Now}
+	cfg := Config{Dir: dir, Now: clock.Now}
 	o := obOpen(t, cfg)
 	short := obMsg("a", "short", 1)
 	short.Expires = clock.Now().Add(time.Minute)
@@ -501,7 +502,7 @@ func (f *gateFile) Sync() error {
 func TestOutboxGroupCommit(t *testing.T) {
 	dir := t.TempDir()
 	gfs := &gateFS{FS: atomicfile.OS{}, delay: 2 * time.Millisecond}
-	o := obOpen(t, OutboxConfig{Dir: dir, SegmentBytes: 16 << 10, fs: gfs})
+	o := obOpen(t, Config{Dir: dir, SegmentBytes: 16 << 10, fs: gfs})
 	const appenders, each = 50, 20
 	var wg sync.WaitGroup
 	errs := make(chan error, appenders)
@@ -545,7 +546,7 @@ func TestOutboxGroupCommit(t *testing.T) {
 		t.Fatalf("%d fsyncs for %d appends: no group commit", syncs, total)
 	}
 	obClose(t, o)
-	o = obOpen(t, OutboxConfig{Dir: dir})
+	o = obOpen(t, Config{Dir: dir})
 	defer obClose(t, o)
 	if n := len(obAll(o)); n != int(total) {
 		t.Fatalf("%d messages after reopen, want %d", n, total)
@@ -559,7 +560,7 @@ func TestOutboxGroupCommitCrash(t *testing.T) {
 	run := func(failAt int) (ops int, returned map[string]uint64, dir string) {
 		dir = t.TempDir()
 		cfs := &crashfs.FS{FailAt: failAt}
-		o := obOpen(t, OutboxConfig{Dir: dir, SegmentBytes: 4 << 10, fs: cfs})
+		o := obOpen(t, Config{Dir: dir, SegmentBytes: 4 << 10, fs: cfs})
 		var mu sync.Mutex
 		returned = map[string]uint64{}
 		var wg sync.WaitGroup
@@ -585,7 +586,7 @@ func TestOutboxGroupCommitCrash(t *testing.T) {
 	for _, frac := range []int{4, 2, 3} {
 		failAt := total * (frac - 1) / frac
 		_, returned, dir := run(failAt)
-		o := obOpen(t, OutboxConfig{Dir: dir})
+		o := obOpen(t, Config{Dir: dir})
 		seen := map[string]bool{}
 		var maxID uint64
 		for _, m := range obAll(o) {
@@ -675,7 +676,7 @@ func (m *obModel) ack(o *Outbox, bodies ...string) {
 // check reopens dir and verifies the invariants.
 func (m *obModel) check(t *testing.T, where string, dir string, now func() time.Time) {
 	t.Helper()
-	o, err := OpenOutbox(OutboxConfig{Dir: dir, Now: now})
+	o, err := Open(Config{Dir: dir, Now: now})
 	if err != nil {
 		t.Fatalf("%s: reopen: %v", where, err)
 	}
@@ -753,7 +754,7 @@ func TestOutboxCrash(t *testing.T) {
 	template := filepath.Join(t.TempDir(), "template")
 	base := newOBModel()
 	{
-		o := obOpen(t, OutboxConfig{Dir: template, Now: clock.Now})
+		o := obOpen(t, Config{Dir: template, Now: clock.Now})
 		for i, prio := range []uint8{0, 1, 0, 2} {
 			if err := base.append(o, obMsg("c", fmt.Sprintf("p%d", i), prio)); err != nil {
 				t.Fatal(err)
@@ -838,7 +839,7 @@ func TestOutboxCrash(t *testing.T) {
 			stored: maps.Clone(base.stored), expired: map[string]bool{}, durable: maps.Clone(base.durable),
 			maxID: base.maxID}
 		cfs := &crashfs.FS{FailAt: failAt}
-		o, err := OpenOutbox(OutboxConfig{Dir: dir, Now: clock.Now, SegmentBytes: 300, fs: cfs, ackSlack: -1})
+		o, err := Open(Config{Dir: dir, Now: clock.Now, SegmentBytes: 300, fs: cfs, ackSlack: -1})
 		if err != nil {
 			return cfs, m, dir, err
 		}
@@ -959,7 +960,7 @@ func TestOutboxTornTail(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			o := obOpen(t, OutboxConfig{Dir: dir})
+			o := obOpen(t, Config{Dir: dir})
 			ids := obAppend(t, o, obMsg("a", "one", 0))
 			ids = append(ids, obAppend(t, o, obMsg("a", "two", 0), obMsg("a", "three", 0))...)
 			obClose(t, o)
@@ -968,7 +969,7 @@ func TestOutboxTornTail(t *testing.T) {
 			tail := tc.tail(t)
 			obAppendFile(t, seg, tail)
 
-			o = obOpen(t, OutboxConfig{Dir: dir})
+			o = obOpen(t, Config{Dir: dir})
 			if got := obBodies(obAll(o)); !slices.Equal(got, []string{"one", "two", "three"}) {
 				t.Fatalf("after a torn tail: %v", got)
 			}
@@ -988,7 +989,7 @@ func TestOutboxTornTail(t *testing.T) {
 			}
 			obClose(t, o)
 
-			o = obOpen(t, OutboxConfig{Dir: dir})
+			o = obOpen(t, Config{Dir: dir})
 			defer obClose(t, o)
 			if got := obBodies(obAll(o)); !slices.Equal(got, []string{"one", "two", "three", "four"}) {
 				t.Fatalf("second reopen: %v", got)
@@ -1004,7 +1005,7 @@ func TestOutboxTornTail(t *testing.T) {
 // and never stops the outbox from opening.
 func TestOutboxCorruptFiles(t *testing.T) {
 	dir := t.TempDir()
-	o := obOpen(t, OutboxConfig{Dir: dir})
+	o := obOpen(t, Config{Dir: dir})
 	ids := obAppend(t, o, obMsg("a", "one", 0), obMsg("a", "two", 0))
 	o.Ack(ids[0])
 	obClose(t, o)
@@ -1014,7 +1015,7 @@ func TestOutboxCorruptFiles(t *testing.T) {
 	b[0] = 'X'
 	os.WriteFile(acks, b, 0o600)
 	os.WriteFile(filepath.Join(dir, segName(1<<40)), []byte("not a segment at all"), 0o600)
-	o = obOpen(t, OutboxConfig{Dir: dir})
+	o = obOpen(t, Config{Dir: dir})
 	defer obClose(t, o)
 	// The ack is lost with its log: "one" comes back (a duplicate for the
 	// cloud), nothing is lost.
@@ -1049,7 +1050,7 @@ func TestOutboxInterruptedRelocation(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, segName(3)), newer, 0o600)
 	os.WriteFile(filepath.Join(dir, ackLogName), append([]byte(ackMagic), obAckFrame(t, 2)...), 0o600)
 
-	o := obOpen(t, OutboxConfig{Dir: dir})
+	o := obOpen(t, Config{Dir: dir})
 	got := obAll(o)
 	if !slices.Equal(obBodies(got), []string{"pinned", "three"}) || got[0].ID != 1 {
 		t.Fatalf("with two copies: %+v", got)
@@ -1061,7 +1062,7 @@ func TestOutboxInterruptedRelocation(t *testing.T) {
 	}
 	o.Ack(1)
 	obClose(t, o)
-	o = obOpen(t, OutboxConfig{Dir: dir})
+	o = obOpen(t, Config{Dir: dir})
 	defer obClose(t, o)
 	if got := obBodies(obAll(o)); !slices.Equal(got, []string{"three"}) {
 		t.Fatalf("after acking the relocated message: %v", got)
@@ -1073,7 +1074,7 @@ func TestOutboxInterruptedRelocation(t *testing.T) {
 // history.
 func TestOutboxRelocation(t *testing.T) {
 	dir := t.TempDir()
-	cfg := OutboxConfig{Dir: dir, SegmentBytes: 1 << 10}
+	cfg := Config{Dir: dir, SegmentBytes: 1 << 10}
 	o := obOpen(t, cfg)
 	var pinned []string
 	for round := range 40 {
@@ -1115,7 +1116,7 @@ func TestOutboxRelocation(t *testing.T) {
 // deleted segments.
 func TestOutboxAcksCompaction(t *testing.T) {
 	dir := t.TempDir()
-	cfg := OutboxConfig{Dir: dir, SegmentBytes: 512, ackSlack: 16}
+	cfg := Config{Dir: dir, SegmentBytes: 512, ackSlack: 16}
 	o := obOpen(t, cfg)
 	for i := range 200 {
 		id := obAppend(t, o, obMsg("a", fmt.Sprint(i), 0))
@@ -1142,7 +1143,7 @@ func TestOutboxAcksCompaction(t *testing.T) {
 func TestOutboxPurgeInFlightAppend(t *testing.T) {
 	dir := t.TempDir()
 	gfs := &gateFS{FS: atomicfile.OS{}, delay: 20 * time.Millisecond}
-	o := obOpen(t, OutboxConfig{Dir: dir, fs: gfs})
+	o := obOpen(t, Config{Dir: dir, fs: gfs})
 	obAppend(t, o, obMsg("keep", "k", 0))
 	done := make(chan error, 2)
 	go func() { _, err := o.Append(t.Context(), obMsg("gone", "g1", 0)); done <- err }()
@@ -1165,7 +1166,7 @@ func TestOutboxPurgeInFlightAppend(t *testing.T) {
 		t.Logf("purge counted %d messages (the appends had not started)", n)
 	}
 	obClose(t, o)
-	o = obOpen(t, OutboxConfig{Dir: dir})
+	o = obOpen(t, Config{Dir: dir})
 	defer obClose(t, o)
 	if got := obBodies(obAll(o)); slices.Contains(got, "g1") || slices.Contains(got, "g2") || !slices.Contains(got, "k2") {
 		t.Fatalf("after reopen: %v", got)
@@ -1189,7 +1190,7 @@ func TestOutboxDiskFull(t *testing.T) {
 		}
 	})
 	dir := filepath.Join(mnt, "outbox")
-	cfg := OutboxConfig{Dir: dir, SegmentBytes: 16 << 10}
+	cfg := Config{Dir: dir, SegmentBytes: 16 << 10}
 	o := obOpen(t, cfg)
 	body := strings.Repeat("p", 1000)
 	var stored []uint64
@@ -1422,9 +1423,9 @@ func FuzzOutboxSegment(f *testing.F) {
 			os.WriteFile(filepath.Join(dir, ackLogName), acks, 0o600)
 		}
 		want, maxID := obRefMessages(t, seg, acks, obEpoch)
-		o, err := OpenOutbox(OutboxConfig{Dir: dir, Now: now, fs: fsys})
+		o, err := Open(Config{Dir: dir, Now: now, fs: fsys})
 		if err != nil {
-			t.Fatalf("OpenOutbox: %v", err)
+			t.Fatalf("Open: %v", err)
 		}
 		obCompare(t, "first open", o.next(1<<30, nil, false), want)
 		if q := o.Stats().Quarantined; q > 2 {
@@ -1440,9 +1441,9 @@ func FuzzOutboxSegment(f *testing.F) {
 		if err := o.Close(); err != nil {
 			t.Fatal(err)
 		}
-		o, err = OpenOutbox(OutboxConfig{Dir: dir, Now: now, fs: fsys})
+		o, err = Open(Config{Dir: dir, Now: now, fs: fsys})
 		if err != nil {
-			t.Fatalf("second OpenOutbox: %v", err)
+			t.Fatalf("second Open: %v", err)
 		}
 		defer o.Close()
 		if q := o.Stats().Quarantined; q != 0 {

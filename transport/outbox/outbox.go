@@ -71,7 +71,7 @@
 // that ID order is sequence order. Next returns a sequenced message only
 // if it belongs to the boot of the oldest sequenced message still stored
 // (the floor) and its seq is less than sendWindow above the floor's: the
-// cloud's replay window (replayWindowSize) refuses a message more than
+// cloud's replay window (wire.ReplayWindowSize) refuses a message more than
 // that far below the newest it has accepted, so letting priority, the
 // Receive Maximum or a reconnection send anything further ahead would
 // have the cloud refuse, as a replay, a message the broker acknowledged
@@ -82,7 +82,7 @@
 // (atomicfile.FS) carries every such operation so that tests can cut the
 // power at each one (crashfs).
 
-package transport
+package outbox
 
 import (
 	"bufio"
@@ -106,26 +106,29 @@ import (
 	"github.com/d2c-iot/d2c/internal/atomicfile"
 	"github.com/d2c-iot/d2c/internal/cborx"
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/transport/internal/outboxhook"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
-// ErrOutboxFull is returned by [Outbox.Append] when the messages do not fit
+// ErrFull is returned by [Outbox.Append] when the messages do not fit
 // within MaxMessages or MaxBytes. Nothing of that call is stored; nothing
 // stored is ever dropped to make room.
-var ErrOutboxFull = errors.New("transport: outbox full")
+var ErrFull = errors.New("transport: outbox full")
 
-// ErrOutboxClosed is returned by the methods of a closed [Outbox].
-var ErrOutboxClosed = errors.New("transport: outbox closed")
+// ErrClosed is returned by the methods of a closed [Outbox].
+var ErrClosed = errors.New("transport: outbox closed")
 
 // ErrMessageTooLarge is returned by [Outbox.Append] for a message whose
 // stored record would exceed limits.OutboxRecord (256 KiB). Retrying cannot
 // help: split the message.
 var ErrMessageTooLarge = errors.New("transport: message too large for the outbox")
 
-// OutboxConfig configures [OpenOutbox]. The zero value of every field but
+// Config configures [Open]. The zero value of every field but
 // Dir means its default.
-type OutboxConfig struct {
+type Config struct {
 	// Dir is the outbox directory. Required. It is created with mode 0700
-	// if missing. One Outbox at a time may use it: OpenOutbox takes a lock
+	// if missing. One Outbox at a time may use it: Open takes a lock
 	// in it and fails if another holder keeps it for more than a few
 	// seconds.
 	Dir string
@@ -165,7 +168,7 @@ type Message struct {
 	// [Outbox.Next]. It is stored with millisecond precision.
 	Expires time.Time
 	// Stream is the telemetry stream, for [Outbox.PurgeStream]. Empty, or
-	// a valid stream name ([ValidateStream]).
+	// a valid stream name ([wire.ValidateStream]).
 	Stream string
 	// Boot and Seq are the (boot, seq) pair sealed in the message's record
 	// (Boot at least 1), or both zero for a message outside the device's
@@ -179,8 +182,8 @@ type Message struct {
 // whose (boot, seq) pair is not above every pair appended before it.
 var ErrOutOfSequence = errors.New("transport: outbox: message out of sequence")
 
-// OutboxStats reports an outbox's content and its counters since open.
-type OutboxStats struct {
+// Stats reports an outbox's content and its counters since open.
+type Stats struct {
 	Len         int    // messages stored and not removed
 	Bytes       int64  // their topic and payload bytes
 	Appended    uint64 // messages stored by Append
@@ -213,7 +216,7 @@ type OutboxStats struct {
 // stored), or a crash or failing disk interrupted the write after it
 // reached the disk.
 type Outbox struct {
-	cfg   OutboxConfig
+	cfg   Config
 	fs    atomicfile.FS
 	log   *slog.Logger
 	modes cborx.Modes
@@ -246,10 +249,10 @@ type Outbox struct {
 	lastAckErr error
 	rbuf       []byte
 	nextQuar   int
-	st         OutboxStats
+	st         Stats
 
 	// Committer state: touched only by the committer goroutine (and by
-	// OpenOutbox and Close when it is not running).
+	// Open and Close when it is not running).
 	active     *segment // open for append; nil until the next commit
 	newest     *segment // holds the highest stored ID: never deleted
 	ackF       atomicfile.File
@@ -362,12 +365,12 @@ const (
 	maxKeptBuffer   = 1 << 20
 	// sendWindow is how far ahead of the oldest stored sequenced message
 	// Next may go: the cloud's replay window.
-	sendWindow = replayWindowSize
+	sendWindow = wire.ReplayWindowSize
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// outboxLockWait is how long OpenOutbox waits for another holder of the
+// outboxLockWait is how long Open waits for another holder of the
 // directory's lock (tests lower it).
 var outboxLockWait = 3 * time.Second
 
@@ -378,16 +381,24 @@ var (
 	errMagic      = errors.New("not an outbox file of this version")
 )
 
-// OpenOutbox opens (creating if needed) the outbox in cfg.Dir, reading
+func init() {
+	outboxhook.Open = func(fsys atomicfile.FS, cfg any) (any, error) {
+		c := cfg.(Config)
+		c.fs = fsys
+		return Open(c)
+	}
+}
+
+// Open opens (creating if needed) the outbox in cfg.Dir, reading
 // every stored message back. Torn or corrupt file tails are set aside
 // (quarantined), never fatal: every intact message before them is kept.
-func OpenOutbox(cfg OutboxConfig) (*Outbox, error) {
+func Open(cfg Config) (*Outbox, error) {
 	if cfg.Dir == "" {
-		return nil, errors.New("transport: outbox: OutboxConfig.Dir is required")
+		return nil, errors.New("transport: outbox: Config.Dir is required")
 	}
 	switch {
 	case cfg.MaxMessages < 0, cfg.MaxBytes < 0, cfg.SegmentBytes < 0:
-		return nil, errors.New("transport: outbox: negative bound in OutboxConfig")
+		return nil, errors.New("transport: outbox: negative bound in Config")
 	case cfg.SegmentBytes > limits.OutboxSegmentMax:
 		return nil, fmt.Errorf("transport: outbox: SegmentBytes %d above %d", cfg.SegmentBytes, limits.OutboxSegmentMax)
 	}
@@ -752,8 +763,8 @@ func checkRecord(r *msgRecord) error {
 		return fmt.Errorf("ID %d out of range", r.ID)
 	case checkTopic(r.Topic) != nil:
 		return checkTopic(r.Topic)
-	case r.Stream != "" && ValidateStream(r.Stream) != nil:
-		return ValidateStream(r.Stream)
+	case r.Stream != "" && wire.ValidateStream(r.Stream) != nil:
+		return wire.ValidateStream(r.Stream)
 	case r.Boot == 0 && r.Seq != 0:
 		return fmt.Errorf("seq %d without a boot", r.Seq)
 	}
@@ -769,7 +780,7 @@ func checkTopic(t string) error {
 	case !utf8.ValidString(t):
 		return errors.New("topic is not UTF-8")
 	case strings.ContainsAny(t, "+#\x00"):
-		return fmt.Errorf("topic %q holds a wildcard or NUL", clip(t))
+		return fmt.Errorf("topic %q holds a wildcard or NUL", textutil.Clip(t))
 	}
 	return nil
 }
@@ -937,29 +948,31 @@ func expiresMilli(t time.Time) int64 {
 // Append stores msgs durably and returns their IDs, in order. It returns
 // only once they are fsynced (sharing the fsync with concurrent callers),
 // and stores all of them or none: if they do not fit it returns an error
-// wrapping [ErrOutboxFull]; a message over 256 KiB gives
+// wrapping [ErrFull]; a message over 256 KiB gives
 // [ErrMessageTooLarge]. If ctx ends while Append waits for the disk, it
 // returns ctx's error and the messages may still be stored.
 func (o *Outbox) Append(ctx context.Context, msgs ...Message) ([]uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	a, err := o.enqueue(msgs)
+	a, err := o.Enqueue(msgs)
 	if err != nil {
 		return nil, err
 	}
-	return a.wait(ctx)
+	return a.Wait(ctx)
 }
 
-// appending is an Append whose records are queued for the committer.
-type appending struct {
+// Pending is an append whose records are queued for the committer
+// ([Outbox.Enqueue]).
+type Pending struct {
 	c   *call
 	g   *batch
 	ids []uint64
 }
 
-// wait waits for the commit of a's records.
-func (a *appending) wait(ctx context.Context) ([]uint64, error) {
+// Wait waits for the commit of a's records and returns their IDs. If ctx
+// ends first the records may still be stored.
+func (a *Pending) Wait(ctx context.Context) ([]uint64, error) {
 	if a == nil {
 		return nil, nil
 	}
@@ -974,11 +987,12 @@ func (a *appending) wait(ctx context.Context) ([]uint64, error) {
 	return a.ids, nil
 }
 
-// enqueue checks msgs, assigns their IDs and queues their records for the
-// committer: the first half of Append. A caller that must keep IDs in the
-// order of something it assigns (the client's sequence numbers) calls it
-// under its own lock and waits for the commit outside.
-func (o *Outbox) enqueue(msgs []Message) (*appending, error) {
+// Enqueue checks msgs, assigns their IDs and queues their records for the
+// committer: the first half of [Outbox.Append], which is Enqueue then
+// [Pending.Wait]. A caller that must keep IDs in the order of something it
+// assigns (the client's sequence numbers) calls it under its own lock and
+// waits for the commit outside.
+func (o *Outbox) Enqueue(msgs []Message) (*Pending, error) {
 	if len(msgs) == 0 {
 		return nil, nil
 	}
@@ -989,7 +1003,7 @@ func (o *Outbox) enqueue(msgs []Message) (*appending, error) {
 			return nil, fmt.Errorf("transport: outbox: message %d: %w", i, err)
 		}
 		if m.Stream != "" {
-			if err := ValidateStream(m.Stream); err != nil {
+			if err := wire.ValidateStream(m.Stream); err != nil {
 				return nil, fmt.Errorf("transport: outbox: message %d: %w", i, err)
 			}
 		}
@@ -1005,15 +1019,15 @@ func (o *Outbox) enqueue(msgs []Message) (*appending, error) {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		return nil, ErrOutboxClosed
+		return nil, ErrClosed
 	}
 	if n := o.count + o.resCount + len(msgs); n > o.cfg.MaxMessages {
 		o.mu.Unlock()
-		return nil, fmt.Errorf("%w: %d messages would exceed MaxMessages %d", ErrOutboxFull, n, o.cfg.MaxMessages)
+		return nil, fmt.Errorf("%w: %d messages would exceed MaxMessages %d", ErrFull, n, o.cfg.MaxMessages)
 	}
 	if b := o.bytes + o.resBytes + size; b > o.cfg.MaxBytes {
 		o.mu.Unlock()
-		return nil, fmt.Errorf("%w: %d bytes would exceed MaxBytes %d", ErrOutboxFull, b, o.cfg.MaxBytes)
+		return nil, fmt.Errorf("%w: %d bytes would exceed MaxBytes %d", ErrFull, b, o.cfg.MaxBytes)
 	}
 	last := o.lastSeq
 	for i := range msgs {
@@ -1055,7 +1069,7 @@ func (o *Outbox) enqueue(msgs []Message) (*appending, error) {
 	g.calls = append(g.calls, c)
 	o.mu.Unlock()
 	o.kick()
-	return &appending{c: c, g: g, ids: ids}, nil
+	return &Pending{c: c, g: g, ids: ids}, nil
 }
 
 func (o *Outbox) kick() {
@@ -1286,7 +1300,7 @@ func (o *Outbox) Ack(ids ...uint64) error {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		return ErrOutboxClosed
+		return ErrClosed
 	}
 	n := 0
 	for _, id := range ids {
@@ -1313,7 +1327,7 @@ func (o *Outbox) Drop(id uint64, reason string) error {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		return ErrOutboxClosed
+		return ErrClosed
 	}
 	e := o.entries[id]
 	if e == nil || e.removed {
@@ -1340,7 +1354,7 @@ func (o *Outbox) PurgeStream(stream string) (int, error) {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
-		return 0, ErrOutboxClosed
+		return 0, ErrClosed
 	}
 	var victims []*entry
 	for _, q := range o.queues {
@@ -1403,9 +1417,9 @@ func (o *Outbox) Wait() <-chan struct{} {
 	return o.avail
 }
 
-// flush waits until every message stored before the call (its Append
+// Flush waits until every message stored before the call (its Append
 // returned) is removed: acknowledged, dropped, expired or purged. It
-// returns ErrOutboxClosed if the outbox closes first, and ctx's error with
+// returns ErrClosed if the outbox closes first, and ctx's error with
 // the number of those messages still stored if ctx ends first.
 //
 // IDs rise with every Append, so the messages to wait for are the live
@@ -1413,7 +1427,7 @@ func (o *Outbox) Wait() <-chan struct{} {
 // live ID in any priority queue is at or above it. Each removal wakes the
 // waiter (o.gone); an expiry wakes it by a timer, since while the client is
 // offline no Next meets the expired message to remove it.
-func (o *Outbox) flush(ctx context.Context) (remaining int, err error) {
+func (o *Outbox) Flush(ctx context.Context) (remaining int, err error) {
 	o.mu.Lock()
 	mark := o.nextID
 	var (
@@ -1428,7 +1442,7 @@ func (o *Outbox) flush(ctx context.Context) (remaining int, err error) {
 	for scan := true; ; {
 		if o.closed {
 			o.mu.Unlock()
-			return 0, ErrOutboxClosed
+			return 0, ErrClosed
 		}
 		if scan {
 			if timer != nil {
@@ -1516,7 +1530,7 @@ func (o *Outbox) expireBelowLocked(mark uint64) (next int64, ok bool) {
 }
 
 // Stats returns the outbox's content and counters.
-func (o *Outbox) Stats() OutboxStats {
+func (o *Outbox) Stats() Stats {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	st := o.st
@@ -1526,7 +1540,7 @@ func (o *Outbox) Stats() OutboxStats {
 
 // Close waits for the Append and PurgeStream calls under way, writes the
 // queued removals, and releases the files. Messages not removed stay stored
-// for the next OpenOutbox.
+// for the next Open.
 func (o *Outbox) Close() error {
 	o.mu.Lock()
 	if o.closed {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package jws
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // The one-profile fast path of RFC 7515 compact JWS: a protected header of
@@ -47,14 +48,14 @@ func canonicalHeader(alg, kid, typ string) (string, error) {
 	return b64.EncodeToString(h), nil
 }
 
-// fastSigner signs compact JWS of one header with one key.
-type fastSigner struct {
+// FastSigner signs compact JWS of one header with one key.
+type FastSigner struct {
 	key    crypto.Signer
 	alg    jose.SignatureAlgorithm
 	header string // base64url
 }
 
-func newFastSigner(key crypto.Signer, kid, typ string) (*fastSigner, error) {
+func NewFastSigner(key crypto.Signer, kid, typ string) (*FastSigner, error) {
 	alg, err := identity.JWSAlgorithm(key.Public())
 	if err != nil {
 		return nil, err
@@ -63,11 +64,11 @@ func newFastSigner(key crypto.Signer, kid, typ string) (*fastSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fastSigner{key: key, alg: jose.SignatureAlgorithm(alg), header: h}, nil
+	return &FastSigner{key: key, alg: jose.SignatureAlgorithm(alg), header: h}, nil
 }
 
 // sign returns header.payload.signature.
-func (s *fastSigner) sign(payload []byte) ([]byte, error) {
+func (s *FastSigner) Sign(payload []byte) ([]byte, error) {
 	out := make([]byte, 0, len(s.header)+2+b64.EncodedLen(len(payload))+b64.EncodedLen(64))
 	out = append(out, s.header...)
 	out = append(out, '.')
@@ -107,34 +108,34 @@ func derToRS(der []byte) ([]byte, error) {
 	return rs, nil
 }
 
-// errNotCanonical sends a JWS to the go-jose path.
-var errNotCanonical = errors.New("not the canonical header")
+// ErrNotCanonical sends a JWS to the go-jose path.
+var ErrNotCanonical = errors.New("not the canonical header")
 
-// fastVerify verifies a compact JWS whose protected header is exactly the
+// FastVerify verifies a compact JWS whose protected header is exactly the
 // canonical one for (the algorithm of pub, kid, typ). It returns
-// errNotCanonical for any other header, so that the caller falls back to
+// ErrNotCanonical for any other header, so that the caller falls back to
 // the general path.
-func fastVerify(compact []byte, kid, typ string, pub crypto.PublicKey) ([]byte, error) {
+func FastVerify(compact []byte, kid, typ string, pub crypto.PublicKey) ([]byte, error) {
 	alg, err := identity.JWSAlgorithm(pub)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
+		return nil, fmt.Errorf("%w: %v", wire.ErrBadSignature, err)
 	}
 	first := bytes.IndexByte(compact, '.')
 	last := bytes.LastIndexByte(compact, '.')
 	if first < 0 || last == first {
-		return nil, errNotCanonical
+		return nil, ErrNotCanonical
 	}
 	want, err := canonicalHeader(alg, kid, typ)
 	if err != nil || string(compact[:first]) != want {
-		return nil, errNotCanonical
+		return nil, ErrNotCanonical
 	}
 	payload, err := b64.Strict().DecodeString(string(compact[first+1 : last]))
 	if err != nil {
-		return nil, fmt.Errorf("%w: payload: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: payload: %v", wire.ErrMalformed, err)
 	}
 	sig, err := b64.Strict().DecodeString(string(compact[last+1:]))
 	if err != nil {
-		return nil, fmt.Errorf("%w: signature: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: signature: %v", wire.ErrMalformed, err)
 	}
 	input := compact[:last]
 	ok := false
@@ -148,7 +149,7 @@ func fastVerify(compact []byte, kid, typ string, pub crypto.PublicKey) ([]byte, 
 		ok = len(sig) == ed25519.SignatureSize && ed25519.Verify(k, input, sig)
 	}
 	if !ok {
-		return nil, fmt.Errorf("%w: signature does not verify", ErrBadSignature)
+		return nil, fmt.Errorf("%w: signature does not verify", wire.ErrBadSignature)
 	}
 	return payload, nil
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package wire
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/internal/textutil"
 )
 
 // Topic scheme, version 1. Every topic has the device ID as its fourth
@@ -81,11 +82,11 @@ type ParsedTopic struct {
 func ParseTopic(topic string) (ParsedTopic, error) {
 	rest, ok := strings.CutPrefix(topic, TopicPrefix)
 	if !ok {
-		return ParsedTopic{}, fmt.Errorf("%w: %q", ErrInvalidTopic, clip(topic))
+		return ParsedTopic{}, fmt.Errorf("%w: %q", ErrInvalidTopic, textutil.Clip(topic))
 	}
 	device, rest, ok := strings.Cut(rest, "/")
 	if !ok || identity.ValidateDeviceID(device) != nil {
-		return ParsedTopic{}, fmt.Errorf("%w: bad device level in %q", ErrInvalidTopic, clip(topic))
+		return ParsedTopic{}, fmt.Errorf("%w: bad device level in %q", ErrInvalidTopic, textutil.Clip(topic))
 	}
 	p := ParsedTopic{Device: device}
 	switch {
@@ -101,7 +102,7 @@ func ParseTopic(topic string) (ParsedTopic, error) {
 	case rest == downCmd:
 		p.Kind = KindCommand
 	default:
-		return ParsedTopic{}, fmt.Errorf("%w: %q", ErrInvalidTopic, clip(topic))
+		return ParsedTopic{}, fmt.Errorf("%w: %q", ErrInvalidTopic, textutil.Clip(topic))
 	}
 	return p, nil
 }
@@ -111,18 +112,7 @@ func ParseTopic(topic string) (ParsedTopic, error) {
 // one safe topic level.
 func ValidateStream(stream string) error {
 	if err := identity.ValidateDeviceID(stream); err != nil {
-		return fmt.Errorf("transport: invalid stream name %q: same format as a device ID", clip(stream))
+		return fmt.Errorf("transport: invalid stream name %q: same format as a device ID", textutil.Clip(stream))
 	}
 	return nil
-}
-
-// ServiceName returns the certificate CN of a cloud service, "svc:<name>"
-// (see identity.CA.IssueService).
-func ServiceName(name string) string { return identity.ServicePrefix + name }
-
-func clip(s string) string {
-	if len(s) > 80 {
-		s = s[:80] + "..."
-	}
-	return strings.ToValidUTF8(s, "?")
 }

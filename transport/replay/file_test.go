@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package replay
 
 import (
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // TestReplayWindowSaved: a verifier restarted from a saved window still
@@ -15,8 +17,8 @@ import (
 // the previous boot; a missing file is an empty window, a corrupt one an
 // error (never an empty window).
 func TestReplayWindowSaved(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "replay.state")
-	w := NewReplayWindow(0)
+	path := filepath.Join(t.TempDir(), "state")
+	w := New(0)
 	for seq := range uint64(300) {
 		if err := w.Check("dev-1", 1, seq); err != nil {
 			t.Fatal(err)
@@ -33,7 +35,7 @@ func TestReplayWindowSaved(t *testing.T) {
 	if err := w.Save(path); err != nil {
 		t.Fatal(err)
 	}
-	r, err := LoadReplayWindow(path, 0)
+	r, err := Load(path, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,12 +47,12 @@ func TestReplayWindowSaved(t *testing.T) {
 		boot, seq uint64
 		want      error
 	}{
-		{"dev-1", 1, 299, ErrDuplicate}, // previous boot, inside its window
-		{"dev-1", 1, 10, ErrReplay},     // previous boot, below its window
-		{"dev-1", 2, 2, ErrDuplicate},
+		{"dev-1", 1, 299, wire.ErrDuplicate}, // previous boot, inside its window
+		{"dev-1", 1, 10, wire.ErrReplay},     // previous boot, below its window
+		{"dev-1", 2, 2, wire.ErrDuplicate},
 		{"dev-1", 2, 3, nil}, // never seen
-		{"dev-1", 0, 1, ErrReplay},
-		{"dev-2", 7, 10, ErrDuplicate},
+		{"dev-1", 0, 1, wire.ErrReplay},
+		{"dev-2", 7, 10, wire.ErrDuplicate},
 		{"dev-2", 7, 11, nil},
 	} {
 		if err := r.Check(c.device, c.boot, c.seq); !errors.Is(err, c.want) || (c.want == nil && err != nil) {
@@ -58,7 +60,7 @@ func TestReplayWindowSaved(t *testing.T) {
 		}
 	}
 	// Missing: empty. Corrupt: an error.
-	if e, err := LoadReplayWindow(filepath.Join(t.TempDir(), "none"), 0); err != nil || e.Len() != 0 {
+	if e, err := Load(filepath.Join(t.TempDir(), "none"), 0); err != nil || e.Len() != 0 {
 		t.Fatalf("missing snapshot: %v", err)
 	}
 	b, _ := os.ReadFile(path)
@@ -66,7 +68,7 @@ func TestReplayWindowSaved(t *testing.T) {
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadReplayWindow(path, 0); err == nil {
+	if _, err := Load(path, 0); err == nil {
 		t.Fatal("a corrupt snapshot loaded")
 	}
 }

@@ -1,44 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package replay
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"sync"
+
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
-// replayWindowSize is how many sequence numbers below the highest seen a
-// device's window remembers: a message older than that is a replay.
-const replayWindowSize = 256
-
-// ErrReplayStateFull is returned when the replay window tracks its maximum
+// ErrFull is returned when the replay window tracks its maximum
 // number of devices; a new device is refused rather than old state
 // forgotten (forgetting would let replays through).
-var ErrReplayStateFull = errors.New("transport: replay state full")
+var ErrFull = errors.New("transport: replay state full")
 
-// ReplayState decides which verified telemetry records are fresh. It is
-// the verifier's memory: a process-local [ReplayWindow] by default, or a
-// database shared by every verifier (github.com/d2c-iot/d2c/cloud/store),
-// so that any number of verifier processes accept each (device, boot,
-// seq) exactly once and refuse a replay whichever process receives it.
-type ReplayState interface {
-	// Accept classifies recs in order by their (device, boot, seq) and
-	// records the fresh ones, all in one durable step (a store also keeps
-	// the fresh records for the application in the same transaction). It
-	// returns one verdict per record: nil for a fresh one, an error
-	// wrapping [ErrDuplicate] or [ErrReplay] otherwise. An error means
-	// nothing was recorded.
-	Accept(ctx context.Context, recs []Record) ([]error, error)
-	// Forget removes a device's state (decommissioning).
-	Forget(ctx context.Context, device string) error
-}
-
-var _ ReplayState = (*ReplayWindow)(nil)
-
-// ReplayWindow classifies each device's (boot, seq) pairs as fresh,
+// Window classifies each device's (boot, seq) pairs as fresh,
 // duplicate or replay, in the manner of the IPsec anti-replay window
 // (RFC 4303 section 3.4.3), kept for the current and the previous boot so
 // that messages queued before a reboot still arrive. It is safe for
@@ -46,7 +25,7 @@ var _ ReplayState = (*ReplayWindow)(nil)
 //
 // State lives in memory, about 150 bytes a device; several verifier
 // processes must route each device to one process (see docs/protocol.md).
-type ReplayWindow struct {
+type Window struct {
 	max int
 
 	mu      sync.Mutex
@@ -56,7 +35,7 @@ type ReplayWindow struct {
 type window struct {
 	boot uint64
 	top  uint64
-	bits [replayWindowSize / 64]uint64 // bit i: seq top-i was seen
+	bits [wire.ReplayWindowSize / 64]uint64 // bit i: seq top-i was seen
 }
 
 type replayState struct {
@@ -64,26 +43,26 @@ type replayState struct {
 	hasPrev   bool
 }
 
-// NewReplayWindow returns a window for at most maxDevices devices (default
+// New returns a window for at most maxDevices devices (default
 // 1,000,000 when 0).
-func NewReplayWindow(maxDevices int) *ReplayWindow {
+func New(maxDevices int) *Window {
 	if maxDevices <= 0 {
 		maxDevices = 1_000_000
 	}
-	return &ReplayWindow{max: maxDevices, devices: map[string]*replayState{}}
+	return &Window{max: maxDevices, devices: map[string]*replayState{}}
 }
 
 // Check classifies (boot, seq) for device and records it if fresh. It
-// returns nil for a fresh message, an error wrapping [ErrDuplicate] for one
+// returns nil for a fresh message, an error wrapping [wire.ErrDuplicate] for one
 // already seen within the window (a QoS 1 redelivery), and one wrapping
-// [ErrReplay] for one older than the window or from an earlier boot.
-func (w *ReplayWindow) Check(device string, boot, seq uint64) error {
+// [wire.ErrReplay] for one older than the window or from an earlier boot.
+func (w *Window) Check(device string, boot, seq uint64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	st, ok := w.devices[device]
 	if !ok {
 		if len(w.devices) >= w.max {
-			return fmt.Errorf("%w: %d devices", ErrReplayStateFull, w.max)
+			return fmt.Errorf("%w: %d devices", ErrFull, w.max)
 		}
 		st = &replayState{cur: window{boot: boot, top: seq}}
 		st.cur.bits[0] = 1
@@ -101,7 +80,7 @@ func (w *ReplayWindow) Check(device string, boot, seq uint64) error {
 	case st.hasPrev && boot == st.prev.boot:
 		return st.prev.check(device, seq)
 	}
-	return fmt.Errorf("%w: %s boot %d is before boot %d", ErrReplay, device, boot, st.cur.boot)
+	return fmt.Errorf("%w: %s boot %d is before boot %d", wire.ErrReplay, device, boot, st.cur.boot)
 }
 
 func (win *window) check(device string, seq uint64) error {
@@ -112,12 +91,12 @@ func (win *window) check(device string, seq uint64) error {
 		return nil
 	}
 	d := win.top - seq
-	if d >= replayWindowSize {
-		return fmt.Errorf("%w: %s boot %d seq %d is %d behind the newest", ErrReplay, device, win.boot, seq, d)
+	if d >= wire.ReplayWindowSize {
+		return fmt.Errorf("%w: %s boot %d seq %d is %d behind the newest", wire.ErrReplay, device, win.boot, seq, d)
 	}
 	word, bit := d/64, d%64
 	if win.bits[word]&(1<<bit) != 0 {
-		return fmt.Errorf("%w: %s boot %d seq %d", ErrDuplicate, device, win.boot, seq)
+		return fmt.Errorf("%w: %s boot %d seq %d", wire.ErrDuplicate, device, win.boot, seq)
 	}
 	win.bits[word] |= 1 << bit
 	return nil
@@ -125,8 +104,8 @@ func (win *window) check(device string, seq uint64) error {
 
 // shift moves the window n positions: bit i becomes bit i+n.
 func (win *window) shift(n uint64) {
-	if n >= replayWindowSize {
-		win.bits = [replayWindowSize / 64]uint64{}
+	if n >= wire.ReplayWindowSize {
+		win.bits = [wire.ReplayWindowSize / 64]uint64{}
 		return
 	}
 	words, bits := int(n/64), n%64
@@ -143,9 +122,9 @@ func (win *window) shift(n uint64) {
 }
 
 // Accept implements [ReplayState] in memory: Check for each record (a
-// device over the window's capacity gets [ErrReplayStateFull] as its
+// device over the window's capacity gets [ErrFull] as its
 // verdict).
-func (w *ReplayWindow) Accept(_ context.Context, recs []Record) ([]error, error) {
+func (w *Window) Accept(_ context.Context, recs []wire.Record) ([]error, error) {
 	out := make([]error, len(recs))
 	for i, r := range recs {
 		out[i] = w.Check(r.Device, r.Boot, r.Seq)
@@ -154,7 +133,7 @@ func (w *ReplayWindow) Accept(_ context.Context, recs []Record) ([]error, error)
 }
 
 // Forget removes a device's state (decommissioning).
-func (w *ReplayWindow) Forget(_ context.Context, device string) error {
+func (w *Window) Forget(_ context.Context, device string) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	delete(w.devices, device)
@@ -162,7 +141,7 @@ func (w *ReplayWindow) Forget(_ context.Context, device string) error {
 }
 
 // Len returns the number of devices tracked.
-func (w *ReplayWindow) Len() int {
+func (w *Window) Len() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.devices)

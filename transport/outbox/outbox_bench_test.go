@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package outbox
 
 import (
 	"io/fs"
@@ -67,7 +67,7 @@ func (f *obCountFile) Sync() error {
 func obBenchOpen(b *testing.B, noSync bool) (*Outbox, *obCountFS) {
 	b.Helper()
 	cfs := &obCountFS{FS: atomicfile.OS{}, noSync: noSync}
-	o, err := OpenOutbox(OutboxConfig{Dir: b.TempDir(), MaxMessages: 1 << 30, MaxBytes: 1 << 40, fs: cfs})
+	o, err := Open(Config{Dir: b.TempDir(), MaxMessages: 1 << 30, MaxBytes: 1 << 40, fs: cfs})
 	if err != nil {
 		b.Fatal(err)
 	}

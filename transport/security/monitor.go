@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
-
-// Security metrics, cloud half: alerts on devices' security reports.
+package security
 
 import (
 	"container/list"
 	"sync"
 	"time"
+
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // Threshold bounds one security counter of one device within a window.
@@ -26,6 +26,9 @@ type Threshold struct {
 // DefaultAlertWindow is the default of [Threshold.Window].
 const DefaultAlertWindow = time.Hour
 
+// DefaultMaxDevices is the default of [Monitor.MaxDevices].
+const DefaultMaxDevices = 100_000
+
 // Alert reports a device whose security counter went above its threshold.
 type Alert struct {
 	Device    string
@@ -39,9 +42,9 @@ type Alert struct {
 	Boot, Seq uint64
 }
 
-// SecurityMonitor raises alerts on the security reports devices send on
-// [SecurityStream]. Feed it every verified record of that stream with
-// [SecurityMonitor.Observe]: when the events of a counter named in
+// Monitor raises alerts on the security reports devices send on
+// [wire.SecurityStream]. Feed it every verified record of that stream with
+// [Monitor.Observe]: when the events of a counter named in
 // Thresholds, summed over a window, exceed its Max, OnAlert is called,
 // once per device, counter and window.
 //
@@ -51,13 +54,13 @@ type Alert struct {
 // at most MaxDevices devices are tracked, the least recently reporting
 // forgotten first. It is safe for concurrent use; set the fields before
 // first use.
-type SecurityMonitor struct {
+type Monitor struct {
 	// Thresholds maps counter names (MetricAuthFailures... or an
 	// application kind given to Client.RecordSecurityEvent) to their
 	// threshold. Counters without one raise no alert.
 	Thresholds map[string]Threshold
 	// OnAlert receives each alert, outside the monitor's lock. Default:
-	// alerts are only counted ([SecurityMonitor.Alerts]).
+	// alerts are only counted ([Monitor.Alerts]).
 	OnAlert func(Alert)
 	// MaxDevices bounds the devices tracked. Default
 	// DefaultMaxDevices (100 000).
@@ -83,10 +86,10 @@ type alertWindow struct {
 }
 
 // Observe decodes the security report of a verified record of
-// [SecurityStream], applies it to the device's windows, raises the alerts
+// [wire.SecurityStream], applies it to the device's windows, raises the alerts
 // it causes and returns it.
-func (m *SecurityMonitor) Observe(r Record) (SecurityReport, error) {
-	rep, err := ParseSecurityReport(r)
+func (m *Monitor) Observe(r wire.Record) (Report, error) {
+	rep, err := ParseReport(r)
 	if err != nil {
 		return rep, err
 	}
@@ -132,21 +135,21 @@ func (m *SecurityMonitor) Observe(r Record) (SecurityReport, error) {
 }
 
 // Alerts returns the number of alerts raised so far.
-func (m *SecurityMonitor) Alerts() uint64 {
+func (m *Monitor) Alerts() uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.alerts
 }
 
 // Len returns the number of devices tracked.
-func (m *SecurityMonitor) Len() int {
+func (m *Monitor) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.devices)
 }
 
 // Forget drops the state of device.
-func (m *SecurityMonitor) Forget(device string) {
+func (m *Monitor) Forget(device string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if e := m.devices[device]; e != nil {
@@ -157,7 +160,7 @@ func (m *SecurityMonitor) Forget(device string) {
 
 // device returns the state of id, most recently used from now, creating
 // it (and forgetting the least recently used beyond MaxDevices).
-func (m *SecurityMonitor) device(id string) *monitoredDevice {
+func (m *Monitor) device(id string) *monitoredDevice {
 	if e := m.devices[id]; e != nil {
 		m.lru.MoveToFront(e)
 		return e.Value.(*monitoredDevice)

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package jws
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // goJoseVerify is the reference: go-jose with d2c's strict segment check.
@@ -20,11 +21,11 @@ func goJoseVerify(b []byte, pub crypto.PublicKey) ([]byte, error) {
 	if err := strictSegments(b); err != nil {
 		return nil, err
 	}
-	jws, err := jose.ParseSignedCompact(string(b), allowedSigAlgs)
+	jws, err := jose.ParseSignedCompact(string(b), Algorithms())
 	if err != nil {
 		return nil, err
 	}
-	return verifyJWS(jws, pub)
+	return Verify(jws, pub)
 }
 
 // TestFastJWSDifferential checks the fast path against go-jose in both
@@ -36,11 +37,11 @@ func TestFastJWSDifferential(t *testing.T) {
 	for _, kt := range []identity.KeyType{identity.ECDSAP256, identity.Ed25519} {
 		t.Run(kt.String(), func(t *testing.T) {
 			key, _ := identity.GenerateKey(kt)
-			fs, err := newFastSigner(key, "dev-x", TelemetryType)
+			fs, err := NewFastSigner(key, "dev-x", wire.TelemetryType)
 			if err != nil {
 				t.Fatal(err)
 			}
-			js, err := newJWSSigner(key, "dev-x", TelemetryType)
+			js, err := NewSigner(key, "dev-x", wire.TelemetryType)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -49,7 +50,7 @@ func TestFastJWSDifferential(t *testing.T) {
 				for j := range payload {
 					payload[j] = byte(r.Uint32())
 				}
-				fast, err := fs.sign(payload)
+				fast, err := fs.Sign(payload)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -65,7 +66,7 @@ func TestFastJWSDifferential(t *testing.T) {
 				if h1, h2 := bytes.SplitN(fast, []byte("."), 2)[0], bytes.SplitN([]byte(ref), []byte("."), 2)[0]; !bytes.Equal(h1, h2) {
 					t.Fatalf("headers differ: fast %s, go-jose %s", h1, h2)
 				}
-				got, err = fastVerify([]byte(ref), "dev-x", TelemetryType, key.Public())
+				got, err = FastVerify([]byte(ref), "dev-x", wire.TelemetryType, key.Public())
 				if err != nil || !bytes.Equal(got, payload) {
 					t.Fatalf("the fast path refuses go-jose's JWS: %v", err)
 				}
@@ -77,8 +78,8 @@ func TestFastJWSDifferential(t *testing.T) {
 					m := bytes.Clone(fast)
 					m[r.IntN(len(m))] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."[r.IntN(65)]
 					_, errRef := goJoseVerify(m, key.Public())
-					_, errFast := fastVerify(m, "dev-x", TelemetryType, key.Public())
-					if errors.Is(errFast, errNotCanonical) {
+					_, errFast := FastVerify(m, "dev-x", wire.TelemetryType, key.Public())
+					if errors.Is(errFast, ErrNotCanonical) {
 						continue // the general path (go-jose) decides
 					}
 					if (errRef == nil) != (errFast == nil) {

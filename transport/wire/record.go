@@ -1,24 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package wire
 
 import (
 	"bytes"
-	"crypto"
-	"crypto/ecdh"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/cryptosigner"
-
-	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/cborx"
 	"github.com/d2c-iot/d2c/internal/limits"
 )
@@ -94,15 +84,20 @@ type wireReading struct {
 	Body []byte
 }
 
-// codec holds the CBOR modes shared by envelope code.
-type codec struct{ m cborx.Modes }
+// Codec encodes and decodes records in their one CBOR form (RFC 8949
+// core deterministic encoding, a map with small integer keys). It holds
+// no state but the CBOR modes; make one with [NewCodec] and share it.
+type Codec struct{ m cborx.Modes }
 
-func newCodec() (codec, error) {
+// NewCodec returns a Codec.
+func NewCodec() (Codec, error) {
 	m, err := cborx.New(limits.Readings)
-	return codec{m}, err
+	return Codec{m}, err
 }
 
-func (c codec) encodeRecord(r Record) ([]byte, error) {
+// EncodeRecord returns the CBOR form of r: 1 to [limits.Readings] readings,
+// each body at most [limits.ReadingBody] bytes.
+func (c Codec) EncodeRecord(r Record) ([]byte, error) {
 	if len(r.Readings) == 0 || len(r.Readings) > limits.Readings {
 		return nil, fmt.Errorf("transport: %d readings in one envelope, want 1 to %d", len(r.Readings), limits.Readings)
 	}
@@ -121,7 +116,9 @@ func (c codec) encodeRecord(r Record) ([]byte, error) {
 	return c.m.Enc.Marshal(w)
 }
 
-func (c codec) decodeRecord(b []byte) (Record, error) {
+// DecodeRecord parses the CBOR form of a record, refusing any encoding but
+// the deterministic one with every field, with [ErrMalformed].
+func (c Codec) DecodeRecord(b []byte) (Record, error) {
 	var w wireRecord
 	if err := c.m.Dec.Unmarshal(b, &w); err != nil {
 		return Record{}, fmt.Errorf("%w: record: %v", ErrMalformed, err)
@@ -144,112 +141,4 @@ func (c codec) decodeRecord(b []byte) (Record, error) {
 		r.Readings[i] = Reading{Time: time.UnixMilli(rd.Time), Body: rd.Body}
 	}
 	return r, nil
-}
-
-var allowedSigAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.EdDSA}
-
-// newJWSSigner returns a compact JWS signer with kid and typ headers.
-func newJWSSigner(key crypto.Signer, kid, typ string) (jose.Signer, error) {
-	alg, err := identity.JWSAlgorithm(key.Public())
-	if err != nil {
-		return nil, err
-	}
-	return jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: cryptosigner.Opaque(key)},
-		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader(jose.HeaderKey("kid"), kid))
-}
-
-// parseJWS parses a compact JWS of the expected type with exactly one
-// signature, and returns it with its kid, before any verification.
-func parseJWS(b []byte, typ string) (*jose.JSONWebSignature, string, error) {
-	if len(b) > limits.Envelope {
-		return nil, "", fmt.Errorf("%w: %d bytes over %d", ErrMalformed, len(b), limits.Envelope)
-	}
-	if err := strictSegments(b); err != nil {
-		return nil, "", err
-	}
-	jws, err := jose.ParseSignedCompact(string(b), allowedSigAlgs)
-	if err != nil {
-		return nil, "", fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if len(jws.Signatures) != 1 {
-		return nil, "", fmt.Errorf("%w: %d signatures", ErrMalformed, len(jws.Signatures))
-	}
-	h := jws.Signatures[0].Protected
-	if got, _ := h.ExtraHeaders[jose.HeaderType].(string); got != typ {
-		return nil, "", fmt.Errorf("%w: typ %q, want %q", ErrMalformed, clip(got), typ)
-	}
-	if err := onlyHeaders(b, "alg", "kid", "typ"); err != nil {
-		return nil, "", err
-	}
-	return jws, h.KeyID, nil
-}
-
-// strictSegments refuses a compact serialization whose base64url segments
-// are not canonical (non-zero unused bits, padding, other alphabets): one
-// signed content has exactly one encoding, as RFC 7515 appendix C asks of
-// base64url, and go-jose alone would accept variants.
-func strictSegments(compact []byte) error {
-	for seg := range bytes.SplitSeq(compact, []byte(".")) {
-		if _, err := base64.RawURLEncoding.Strict().DecodeString(string(seg)); err != nil {
-			return fmt.Errorf("%w: base64url segment: %v", ErrMalformed, err)
-		}
-	}
-	return nil
-}
-
-// onlyHeaders checks that the protected header of a compact JOSE object
-// holds exactly the named parameters: no embedded key (jwk), no x5c, no
-// crit, no b64, nothing a verifier could be tricked into trusting.
-func onlyHeaders(compact []byte, names ...string) error {
-	first, _, _ := bytes.Cut(compact, []byte("."))
-	raw, err := base64.RawURLEncoding.DecodeString(string(first))
-	if err != nil {
-		return fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
-	}
-	var h map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return fmt.Errorf("%w: protected header: %v", ErrMalformed, err)
-	}
-	if len(h) != len(names) {
-		return fmt.Errorf("%w: protected header has %d parameters, want %v", ErrMalformed, len(h), names)
-	}
-	for _, n := range names {
-		if _, ok := h[n]; !ok {
-			return fmt.Errorf("%w: protected header lacks %q", ErrMalformed, n)
-		}
-	}
-	return nil
-}
-
-// verifyJWS checks the signature with pub, whose algorithm must be the one
-// in the header.
-func verifyJWS(jws *jose.JSONWebSignature, pub crypto.PublicKey) ([]byte, error) {
-	alg, err := identity.JWSAlgorithm(pub)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
-	}
-	if got := jws.Signatures[0].Protected.Algorithm; got != alg {
-		return nil, fmt.Errorf("%w: algorithm %q for a %s key", ErrBadSignature, clip(got), alg)
-	}
-	payload, err := jws.Verify(pub)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadSignature, err)
-	}
-	return payload, nil
-}
-
-// ecdhPublic checks that a cloud encryption key is a P-256 ECDH key (the
-// curve of ECDH-ES+A256KW in d2c).
-func ecdhPublic(pub crypto.PublicKey) (*ecdsa.PublicKey, error) {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
-			return k, nil
-		}
-	case *ecdh.PublicKey:
-		if k.Curve() == ecdh.P256() {
-			return ecdsa.ParseUncompressedPublicKey(elliptic.P256(), k.Bytes())
-		}
-	}
-	return nil, fmt.Errorf("transport: the cloud encryption key must be P-256, got %T", pub)
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Copyright 2026 The d2c Authors
 
-package transport
+package replay
 
 import (
 	"errors"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/internal/statefile"
+	"github.com/d2c-iot/d2c/transport/wire"
 )
 
 // replayKind names replay-window snapshots (internal/statefile).
@@ -42,13 +43,13 @@ type windowRecord struct {
 func newReplayCodec() (*statefile.Codec, error) { return statefile.New(replayKind, replayEntries) }
 
 // Save writes the window's state to path, atomically and checksummed, so
-// that a verifier that restarts with [LoadReplayWindow] still refuses the
+// that a verifier that restarts with [Load] still refuses the
 // replays it refused before. Call it periodically and at shutdown: after a
 // crash, only messages accepted since the last Save could be accepted once
 // more. A snapshot holds at most 150,000 devices; shard larger fleets over
 // several verifier processes (they must route each device to one process
 // anyway, see docs/protocol.md).
-func (w *ReplayWindow) Save(path string) error {
+func (w *Window) Save(path string) error {
 	codec, err := newReplayCodec()
 	if err != nil {
 		return err
@@ -81,12 +82,12 @@ func (win window) record() windowRecord {
 	return windowRecord{Boot: win.boot, Top: win.top, Bits: slices.Clone(win.bits[:])}
 }
 
-// LoadReplayWindow returns the window saved at path by [ReplayWindow.Save]
+// Load returns the window saved at path by [Window.Save]
 // (a new, empty one when the file does not exist) for at most maxDevices
-// devices (default as [NewReplayWindow]). A corrupt snapshot is an error,
+// devices (default as [New]). A corrupt snapshot is an error,
 // never an empty window: that would let every earlier message through.
-func LoadReplayWindow(path string, maxDevices int) (*ReplayWindow, error) {
-	w := NewReplayWindow(maxDevices)
+func Load(path string, maxDevices int) (*Window, error) {
+	w := New(maxDevices)
 	codec, err := newReplayCodec()
 	if err != nil {
 		return nil, err
@@ -122,7 +123,7 @@ func LoadReplayWindow(path string, maxDevices int) (*ReplayWindow, error) {
 func (r windowRecord) window() (window, error) {
 	var win window
 	if len(r.Bits) != len(win.bits) {
-		return win, fmt.Errorf("transport: load replay window: %w: a window of %d words", ErrMalformed, len(r.Bits))
+		return win, fmt.Errorf("transport: load replay window: %w: a window of %d words", wire.ErrMalformed, len(r.Bits))
 	}
 	win.boot, win.top = r.Boot, r.Top
 	copy(win.bits[:], r.Bits)
