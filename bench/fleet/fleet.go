@@ -250,13 +250,13 @@ func (f *fleet) setup(ctx context.Context) (err error) {
 		return err
 	}
 	for _, args := range [][]string{
-		{"ca", "init", "--dir", path("ca"), "--fleet", "d2c bench fleet"},
-		{"ca", "server-cert", "--dir", path("ca"), "--host", "127.0.0.1", "--cert", path("broker", "server.crt"), "--key", path("broker", "server.key")},
-		{"ca", "service-cert", "--dir", path("ca"), "--name", "verifier-1", "--cert", path("verifier-1.crt"), "--key", path("verifier-1.key")},
-		{"ca", "service-cert", "--dir", path("ca"), "--name", "verifier-2", "--cert", path("verifier-2.crt"), "--key", path("verifier-2.key")},
+		{"ca", "init", "--ca", path("ca"), "--fleet", "d2c bench fleet"},
+		{"ca", "server-cert", "--ca", path("ca"), "--host", "127.0.0.1", "--cert", path("broker", "server.crt"), "--key", path("broker", "server.key")},
+		{"ca", "service-cert", "--ca", path("ca"), "--service", "verifier-1", "--cert", path("verifier-1.crt"), "--key", path("verifier-1.key")},
+		{"ca", "service-cert", "--ca", path("ca"), "--service", "verifier-2", "--cert", path("verifier-2.crt"), "--key", path("verifier-2.key")},
 		// The first CRL, from the store (this migrates it); the replicas'
 		// CRL role writes the next ones to the same file.
-		{"ca", "crl", "--dir", path("ca"), "--db", f.pg.URL, "--out", path("broker", "crl.pem")},
+		{"ca", "crl", "--ca", path("ca"), "--db", f.pg.URL, "--out", path("broker", "crl.pem")},
 	} {
 		if err := f.runD2C(ctx, args...); err != nil {
 			return err

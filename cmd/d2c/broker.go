@@ -37,7 +37,7 @@ const (
 // serviceFlagHelp explains the --service syntax, shared by "broker config"
 // and "dev broker".
 const serviceFlagHelp = `--service NAME gives the cloud service whose certificate CN is svc:NAME
-(d2c ca service-cert --name NAME) read access to every device's uplink,
+(d2c ca service-cert --service NAME) read access to every device's uplink,
 d2c/v1/dev/+/up/#: what a telemetry verifier or "d2c tail" needs. Other
 rights are spelt out, ';' between the lists, ',' between filters:
 
@@ -197,9 +197,9 @@ the user "mosquitto" before it reads the certificates and the key: give that
 user read access (or add a "user" line).
 
 ` + serviceFlagHelp,
-		example: `d2c ca server-cert --dir /srv/d2c/ca --host mqtt.example.com --cert /etc/mosquitto/d2c/broker.crt \
+		example: `d2c ca server-cert --ca /srv/d2c/ca --host mqtt.example.com --cert /etc/mosquitto/d2c/broker.crt \
     --key /etc/mosquitto/d2c/broker.key
-d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/d2c/crl.pem
+d2c ca crl --ca /srv/d2c/ca --out /etc/mosquitto/d2c/crl.pem
 d2c broker config --ca /srv/d2c/ca --listen 0.0.0.0:8883 --cert /etc/mosquitto/d2c/broker.crt \
     --key /etc/mosquitto/d2c/broker.key --crl /etc/mosquitto/d2c/crl.pem --service verifier \
     --service 'commander:write=d2c/v1/dev/+/down/cmd' --out /etc/mosquitto/d2c
@@ -211,7 +211,7 @@ mosquitto -c /etc/mosquitto/d2c/mosquitto.conf`,
 			keyFile := fl.String("key", "", "broker private key, PEM (required)")
 			crlFile := fl.String("crl", "", "fleet CRL, PEM, from d2c ca crl (recommended)")
 			var services stringList
-			fl.Var(&services, "service", "cloud service and its rights, NAME or NAME:read=F,...;write=F,...; repeatable")
+			fl.Var(&services, "service", "cloud service name and its rights, NAME or NAME:read=F,...;write=F,...; repeatable")
 			persistence := fl.String("persistence", "", "directory where mosquitto keeps sessions and queued messages across restarts (created 0700 if missing; the broker's user must own it)")
 			maxPacket := fl.Int("max-packet-size", 0, fmt.Sprintf("largest MQTT packet accepted, bytes, at most the default (0: %d)", broker.DefaultMaxPacketSize))
 			maxQueuedMessages := fl.Int("max-queued-messages", 0, fmt.Sprintf("QoS 1 messages queued for one client that is away or slow (0: %d)", broker.DefaultMaxQueuedMessages))
@@ -241,7 +241,7 @@ mosquitto -c /etc/mosquitto/d2c/mosquitto.conf`,
 				}
 				if err := verifyIssued(chain, root, issuing, x509.ExtKeyUsageServerAuth); err != nil {
 					return withHint(fmt.Errorf("%w: %s: %v", identity.ErrUntrusted, *certFile, err),
-						"devices trust only the fleet root: issue the broker's certificate with `d2c ca server-cert --dir CA_DIR --host NAME`")
+						"devices trust only the fleet root: issue the broker's certificate with `d2c ca server-cert --ca CA_DIR --host NAME`")
 				}
 				if *crlFile != "" {
 					b, err := atomicfile.ReadFile(*crlFile, limits.PEMFile)
@@ -250,11 +250,11 @@ mosquitto -c /etc/mosquitto/d2c/mosquitto.conf`,
 					}
 					rl, err := identity.ParseCRL(b, issuing)
 					if err != nil {
-						return withHint(fmt.Errorf("%s: %w", *crlFile, err), "write the fleet's CRL with `d2c ca crl --dir CA_DIR --out FILE`")
+						return withHint(fmt.Errorf("%s: %w", *crlFile, err), "write the fleet's CRL with `d2c ca crl --ca CA_DIR --out FILE`")
 					}
 					if time.Now().After(rl.NextUpdate()) {
 						return withHint(fmt.Errorf("%s expired at %s: mosquitto would refuse every client", *crlFile,
-							rl.NextUpdate().UTC().Format(time.RFC3339)), "write a fresh one with `d2c ca crl --dir CA_DIR --out FILE`")
+							rl.NextUpdate().UTC().Format(time.RFC3339)), "write a fresh one with `d2c ca crl --ca CA_DIR --out FILE`")
 					}
 				}
 				outDir, err := filepath.Abs(*out)
@@ -358,7 +358,7 @@ d2c tail --broker 127.0.0.1:8883 --ca /srv/d2c/ca --cert tail.crt --key tail.key
 			listen := fl.String("listen", "127.0.0.1:8883", "TCP address to listen on, host:port")
 			var hosts, services stringList
 			fl.Var(&hosts, "host", "DNS name or IP address for the broker's certificate; repeatable")
-			fl.Var(&services, "service", "cloud service and its rights, NAME or NAME:read=F,...;write=F,...; repeatable")
+			fl.Var(&services, "service", "cloud service name and its rights, NAME or NAME:read=F,...;write=F,...; repeatable")
 			addrFile := fl.String("addr-file", "", "file to write the broker's host:port to once listening")
 			anyAddr := fl.Bool("dev-any-address", false, "allow a non-loopback --listen address")
 			return func(ctx context.Context, s streams) error {

@@ -65,7 +65,7 @@ func loadCA(dir string, cfg identity.CAConfig) (*identity.CA, error) {
 		return nil, withHint(err, fmt.Sprintf("%s has no issuing.key: if the fleet's issuing key lives in a PKCS#11 token, "+
 			"give its pkcs11: URI with --issuing-key", dir))
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, withHint(err, fmt.Sprintf("no fleet CA in %s: check the directory, or create one with `d2c ca init --dir %s`", dir, dir))
+		return nil, withHint(err, fmt.Sprintf("no fleet CA in %s: check the directory, or create one with `d2c ca init --ca %s`", dir, dir))
 	}
 	return nil, err
 }
@@ -142,7 +142,7 @@ func caInitCommand() *command {
 	return &command{
 		path:    "ca init",
 		summary: "create a fleet CA (root, issuing CA, token key, command key)",
-		usage:   "--dir DIR [--fleet NAME] [--issuing-key pkcs11:URI]",
+		usage:   "--ca DIR [--fleet NAME] [--issuing-key pkcs11:URI]",
 		details: `
 Creates, in DIR (mode 0700), an offline root (ECDSA P-256, 20 years), an
 issuing intermediate (10 years) that signs device and server certificates and
@@ -170,17 +170,17 @@ DIR/root.sha256.
 DIR/root.key is the fleet root key: move it offline (an encrypted USB stick
 in a safe) right after this command. The CA never needs it again; it is only
 needed to create a new issuing CA.`,
-		example: `d2c ca init --dir /srv/d2c/ca --fleet "acme sensors"
+		example: `d2c ca init --ca /srv/d2c/ca --fleet "acme sensors"
 mv /srv/d2c/ca/root.key /media/offline/
-d2c ca init --dir /srv/d2c/ca --fleet "acme sensors" \
+d2c ca init --ca /srv/d2c/ca --fleet "acme sensors" \
     --issuing-key 'pkcs11:token=fleet-ca;object=issuing-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/d2c/ca.pin'`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "directory to create the CA in (required)")
+			dir := fl.String("ca", "", "fleet CA directory to create (required)")
 			fleet := fl.String("fleet", "d2c fleet", "fleet name, the organization in certificate subjects")
 			issuingKey := fl.String("issuing-key", "", "make the issuing CA key in a PKCS#11 token, at this pkcs11: URI (RFC 7512), instead of DIR/issuing.key")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" {
-					return usageErrorf("--dir is required")
+					return usageErrorf("--ca is required")
 				}
 				if strings.TrimSpace(*fleet) == "" {
 					return usageErrorf("--fleet must not be empty")
@@ -272,16 +272,16 @@ func caServerCertCommand() *command {
 	return &command{
 		path:    "ca server-cert",
 		summary: "issue a TLS server certificate for a broker or the registrar",
-		usage:   "--dir DIR --host HOST [--host HOST...] --cert FILE --key FILE [--key-type p256|ed25519] [--issuing-key URI]",
+		usage:   "--ca DIR --host HOST [--host HOST...] --cert FILE --key FILE [--key-type p256|ed25519] [--issuing-key URI]",
 		details: `
 Generates a key and issues a TLS server certificate for the given DNS names or
 IP addresses. It writes the certificate chain (server certificate, then the
 issuing CA) to --cert and the private key (PKCS#8, mode 0600) to --key, each
 atomically. Devices verify the chain against the fleet root.`,
-		example: `d2c ca server-cert --dir /srv/d2c/ca --host mqtt.example.com --host 10.0.0.5 \
+		example: `d2c ca server-cert --ca /srv/d2c/ca --host mqtt.example.com --host 10.0.0.5 \
     --cert /etc/mosquitto/certs/broker.crt --key /etc/mosquitto/certs/broker.key`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "fleet CA directory (required)")
+			dir := fl.String("ca", "", "fleet CA directory (required)")
 			var hosts stringList
 			fl.Var(&hosts, "host", "DNS name or IP address of the server; repeat for several (required)")
 			certOut := fl.String("cert", "", "file to write the certificate chain to, PEM (required)")
@@ -290,7 +290,7 @@ atomically. Devices verify the chain against the fleet root.`,
 			issuingKey := issuingKeyFlag(fl)
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || len(hosts) == 0 || *certOut == "" || *keyOut == "" {
-					return usageErrorf("--dir, --host, --cert and --key are required")
+					return usageErrorf("--ca, --host, --cert and --key are required")
 				}
 				kt, err := identity.ParseKeyType(*keyType)
 				if err != nil {
@@ -333,7 +333,7 @@ func caServiceCertCommand() *command {
 	return &command{
 		path:    "ca service-cert",
 		summary: "issue a client certificate for a cloud service (verifier, commander, tail)",
-		usage:   "--dir DIR --name NAME --cert FILE --key FILE [--key-type p256|ed25519] [--issuing-key URI]",
+		usage:   "--ca DIR --service NAME --cert FILE --key FILE [--key-type p256|ed25519] [--issuing-key URI]",
 		details: `
 Generates a key and issues a TLS client certificate whose CN is "svc:NAME",
 the identity a cloud service (a telemetry verifier, a command sender,
@@ -349,17 +349,17 @@ connection per certificate, and a single instance can then be revoked
 
 Devices get their certificates over EST only ("d2c device enroll"), never
 from this command.`,
-		example: `d2c ca service-cert --dir /srv/d2c/ca --name tail --cert tail.crt --key tail.key`,
+		example: `d2c ca service-cert --ca /srv/d2c/ca --service tail --cert tail.crt --key tail.key`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "fleet CA directory (required)")
-			name := fl.String("name", "", "service name; the certificate's CN is svc:NAME (required)")
+			dir := fl.String("ca", "", "fleet CA directory (required)")
+			name := fl.String("service", "", "service name; the certificate's CN is svc:NAME (required)")
 			certOut := fl.String("cert", "", "file to write the certificate chain to, PEM (required)")
 			keyOut := fl.String("key", "", "file to write the private key to, PKCS#8 PEM, mode 0600 (required)")
 			keyType := fl.String("key-type", "p256", "key algorithm: p256 or ed25519")
 			issuingKey := issuingKeyFlag(fl)
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *name == "" || *certOut == "" || *keyOut == "" {
-					return usageErrorf("--dir, --name, --cert and --key are required")
+					return usageErrorf("--ca, --service, --cert and --key are required")
 				}
 				kt, err := identity.ParseKeyType(*keyType)
 				if err != nil {
@@ -421,7 +421,7 @@ func caRevokeCommand() *command {
 	return &command{
 		path:    "ca revoke",
 		summary: "revoke a certificate issued by the fleet CA",
-		usage:   "(--dir DIR --cert FILE | --db URL (--serial HEX | --device ID | --cert FILE)) [--reason unspecified|keyCompromise|superseded|cessationOfOperation]",
+		usage:   "(--ca DIR --cert FILE | --db URL (--serial HEX | --device ID | --cert FILE)) [--reason unspecified|keyCompromise|superseded|cessationOfOperation]",
 		details: `
 Adds the certificate in FILE (the first one, if FILE holds a chain) to the
 CA's revocation list. A running registrar refuses its renewal at once; brokers
@@ -436,11 +436,11 @@ once, with no need for the certificate itself; publish with
 
 Get a device's certificate with "d2c device show --cert-out FILE" on the
 device, or keep the one written by "device enroll --cert-out".`,
-		example: `d2c ca revoke --dir /srv/d2c/ca --cert sensor-0042.pem --reason keyCompromise
+		example: `d2c ca revoke --ca /srv/d2c/ca --cert sensor-0042.pem --reason keyCompromise
 d2c ca revoke --db sqlite:/srv/d2c/fleet.db --device sensor-0042 --reason keyCompromise
-d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
+d2c ca crl --ca /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "fleet CA directory (without --db)")
+			dir := fl.String("ca", "", "fleet CA directory (without --db)")
 			certFile := fl.String("cert", "", "PEM file holding the certificate to revoke")
 			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://...")
 			serialHex := fl.String("serial", "", "serial number to revoke, hexadecimal (with --db)")
@@ -458,7 +458,7 @@ d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 					return usageErrorf("--serial and --device need --db (the registry of issued certificates)")
 				}
 				if *dir == "" || *certFile == "" {
-					return usageErrorf("--dir and --cert are required (or --db with --serial, --device or --cert)")
+					return usageErrorf("--ca and --cert are required (or --db with --serial, --device or --cert)")
 				}
 				b, err := atomicfile.ReadFile(*certFile, limits.PEMFile)
 				if err != nil {
@@ -475,12 +475,12 @@ d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 				cert := certs[0]
 				if err := ca.Revoke(cert, code); err != nil {
 					if errors.Is(err, identity.ErrUntrusted) {
-						return withHint(err, "the certificate was not issued by the CA in --dir: check --cert and --dir")
+						return withHint(err, "the certificate was not issued by the CA in --ca: check --cert and --ca")
 					}
 					return err
 				}
 				fmt.Fprintf(s.stdout, "revoked serial %x (%s), reason %s\n", cert.SerialNumber, cert.Subject.CommonName, *reason)
-				fmt.Fprintf(s.stderr, "publish it to brokers: d2c ca crl --dir %s --out FILE\n", *dir)
+				fmt.Fprintf(s.stderr, "publish it to brokers: d2c ca crl --ca %s --out FILE\n", *dir)
 				return nil
 			}
 		},
@@ -538,7 +538,7 @@ func revokeInStore(ctx context.Context, s streams, db, certFile, serialHex, devi
 		}
 		fmt.Fprintf(s.stdout, "revoked serial %x, reason %s\n", serial, reason)
 	}
-	fmt.Fprintf(s.stderr, "publish it to brokers: d2c ca crl --dir CA_DIR --db %s --out FILE\n", db)
+	fmt.Fprintf(s.stderr, "publish it to brokers: d2c ca crl --ca CA_DIR --db %s --out FILE\n", db)
 	return nil
 }
 
@@ -546,7 +546,7 @@ func caCRLCommand() *command {
 	return &command{
 		path:    "ca crl",
 		summary: "write a fresh certificate revocation list (PEM)",
-		usage:   "--dir DIR [--db URL] --out FILE [--issuing-key URI]",
+		usage:   "--ca DIR [--db URL] --out FILE [--issuing-key URI]",
 		details: `
 Signs a new CRL (RFC 5280) listing every revoked certificate, with a CRL
 number one higher than the last, and writes it PEM-encoded ("X509 CRL")
@@ -557,15 +557,15 @@ for example from cron, and after every revocation.
 With --db, the CRL lists the revocations recorded in the fleet's cloud
 store (made with "ca revoke --db"), numbered above every CRL the store
 issued, also by other processes.`,
-		example: `d2c ca crl --dir /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
+		example: `d2c ca crl --ca /srv/d2c/ca --out /etc/mosquitto/crl.pem`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "fleet CA directory (required)")
+			dir := fl.String("ca", "", "fleet CA directory (required)")
 			out := fl.String("out", "", "file to write the CRL to, PEM (required)")
 			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://... (its revocations)")
 			issuingKey := issuingKeyFlag(fl)
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *out == "" {
-					return usageErrorf("--dir and --out are required")
+					return usageErrorf("--ca and --out are required")
 				}
 				ca, closeKey, err := openSigningCA(ctx, *dir, *issuingKey)
 				if err != nil {

@@ -104,11 +104,12 @@ func TestFlagDefaults(t *testing.T) {
 	}
 
 	for _, tc := range []struct{ file, want string }{
-		{"\n# comment\ndevice.show.dri = x\n", `config:3: unknown key "device.show.dri": no command has this flag (did you mean "device.show.dir"?)`},
+		{"\n# comment\ndevice.show.stroe = x\n", `config:3: unknown key "device.show.stroe": no command has this flag (did you mean "device.show.store"?)`},
+		{"ca.init.dir = x\n", `config:1: unknown key "ca.init.dir": no command has this flag (renamed ca.init.ca)`},
 		{"dir = x\n", `config:1: unknown key "dir"`},
 		{"token.issue.ttl = soon\n", `config:1: invalid value "soon" for token.issue.ttl`},
 		{"version.json = maybe\n", `config:1: invalid value "maybe" for version.json`},
-		{"device.show.dir\n", `config:1: want "command.flag = value"`},
+		{"device.show.store\n", `config:1: want "command.flag = value"`},
 		{"device.enroll.token = eyJ...\n", `config:1: device.enroll.token: --token is a secret`},
 	} {
 		write(tc.file)
@@ -226,9 +227,9 @@ func TestSuggestions(t *testing.T) {
 		{[]string{"updte", "root", "init"}, `did you mean "update root init"?`},
 		{[]string{"update", "rot", "init"}, `did you mean "update root init"?`},
 		{[]string{"update", "rot"}, `did you mean "update root"?`},
-		{[]string{"device", "shwo", "--dir", "x"}, `did you mean "device show"?`},
+		{[]string{"device", "shwo", "--store", "x"}, `did you mean "device show"?`},
 		{[]string{"--verison"}, "d2c: unknown flag --verison\ndid you mean --version?\n"},
-		{[]string{"device", "show", "--dri", "x"}, "d2c: device show: unknown flag --dri\ndid you mean --dir?\n"},
+		{[]string{"device", "show", "--stroe", "x"}, "d2c: device show: unknown flag --stroe\ndid you mean --store?\n"},
 		{[]string{"update", "verify", "--jsno"}, "did you mean --json?"},
 		{[]string{"update", "verify", "--hardware", "x"}, "did you mean --hardware-class?"},
 	} {
@@ -295,7 +296,7 @@ func TestDeviceShowJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := filepath.Join(tmp, "dev")
-	d2cRun(t, "device", "enroll", "--dir", dev, "--url", srv.URL, "--device", "sensor-7",
+	d2cRun(t, "device", "enroll", "--store", dev, "--url", srv.URL, "--device", "sensor-7",
 		"--token-file", tokenFile, "--fingerprint", fingerprint(ca.Root()))
 
 	var got struct {
@@ -309,7 +310,7 @@ func TestDeviceShowJSON(t *testing.T) {
 		Status     string  `json:"status"`
 		TimeFloor  *string `json:"time_floor"`
 	}
-	out := d2cRun(t, "device", "show", "--dir", dev, "--json")
+	out := d2cRun(t, "device", "show", "--store", dev, "--json")
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&got); err != nil {
@@ -324,9 +325,9 @@ func TestDeviceShowJSON(t *testing.T) {
 	}
 
 	// The same store from the environment.
-	code, out, _ := d2cEnv(t, map[string]string{"D2C_DEVICE_SHOW_DIR": dev}, "device", "show")
+	code, out, _ := d2cEnv(t, map[string]string{"D2C_DEVICE_SHOW_STORE": dev}, "device", "show")
 	if code != exitOK || !strings.Contains(out, "device:      sensor-7") {
-		t.Errorf("D2C_DEVICE_SHOW_DIR: exit %d\n%s", code, out)
+		t.Errorf("D2C_DEVICE_SHOW_STORE: exit %d\n%s", code, out)
 	}
 }
 

@@ -130,7 +130,7 @@ from the CA for their "hosts"; the verifier's "group" (16 or more
 unguessable characters) joins a shared subscription. "commands" needs
 "verifier" (commands go out on its connection: its service certificate
 must also be allowed to write d2c/v1/dev/+/down/cmd); its "clients" are
-the service certificates (d2c ca service-cert --name NAME) allowed to use
+the service certificates (d2c ca service-cert --service NAME) allowed to use
 the API, and it signs with "sign_key" (default: command.key in the CA
 directory). "update" serves the repository in "dir" on "listen" and keeps
 its timestamp fresh with "timestamp_key" (a file or a pkcs11: URI); either
@@ -411,7 +411,7 @@ func commandsRole(ctx context.Context, ca *identity.CA, caDir string, r *cloudCo
 		r.Listen = "127.0.0.1:8444"
 	}
 	if len(r.Clients) == 0 {
-		return nil, none, usageErrorf(`the commands section needs "clients": the names of the service certificates (d2c ca service-cert --name NAME) allowed to send commands`)
+		return nil, none, usageErrorf(`the commands section needs "clients": the names of the service certificates (d2c ca service-cert --service NAME) allowed to send commands`)
 	}
 	cert, err := listenerCertificate(ca, "commands", r.Listen, r.Cert, r.Key, r.Hosts)
 	if err != nil {

@@ -27,7 +27,7 @@ import (
 func TestCloudServe(t *testing.T) {
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
-	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "cloud serve test")
+	d2cRun(t, "ca", "init", "--ca", ca, "--fleet", "cloud serve test")
 	config := filepath.Join(dir, "cloud.json")
 	if err := os.WriteFile(config, []byte(`{
 		"ca": "ca",
@@ -84,13 +84,13 @@ func TestCloudServeCommandsAndUpdate(t *testing.T) {
 	curl := testpeer.Require(t, "curl")
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
-	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "cloud serve test")
+	d2cRun(t, "ca", "init", "--ca", ca, "--fleet", "cloud serve test")
 	brokerAddr := filepath.Join(dir, "broker.addr")
 	runInBackground(t, "dev", "broker", "--ca", ca, "--listen", "127.0.0.1:0", "--addr-file", brokerAddr,
 		"--service", "cloud:read=d2c/v1/dev/+/up/#;write=d2c/v1/dev/+/down/cmd")
 	addr := waitFile(t, brokerAddr)
 	for _, name := range []string{"cloud", "app", "other"} {
-		d2cRun(t, "ca", "service-cert", "--dir", ca, "--name", name, "--cert", filepath.Join(dir, name+".crt"),
+		d2cRun(t, "ca", "service-cert", "--ca", ca, "--service", name, "--cert", filepath.Join(dir, name+".crt"),
 			"--key", filepath.Join(dir, name+".key"))
 	}
 	keys, repo := filepath.Join(dir, "keys"), filepath.Join(dir, "repo")

@@ -57,10 +57,10 @@ func TestCompletion(t *testing.T) {
 		"d2c ca s":                   "server-cert service-cert",
 		"d2c update r":               "root release",
 		"d2c update root ":           "init rotate",
-		"d2c ca init --d":            "--dir",
+		"d2c ca init --c":            "--ca",
 		"d2c broker config --s":      "--service",
 		"d2c device update --c":      "--ca-roots --confirm",
-		"d2c ca init --dir ":         "", // a flag's value: file names, by bash's default
+		"d2c ca init --ca ":          "", // a flag's value: file names, by bash's default
 		"d2c completion ":            "bash zsh fish",
 		"d2c nonsense ":              "",
 		"d2c tail --broker x --devi": "--device --devices",
@@ -96,7 +96,7 @@ _describe() { print -r -- "${(P)${@[-1]}}"; }
 _files() { print files; }
 words=(d2c ca s); CURRENT=3; _d2c
 words=(d2c device update --st); CURRENT=4; _d2c
-words=(d2c ca init --dir x); CURRENT=5; _d2c`
+words=(d2c ca init --ca x); CURRENT=5; _d2c`
 		out, err := exec.Command("zsh", "-c", script).CombinedOutput()
 		if err != nil {
 			t.Fatalf("zsh: %v\n%s", err, out)

@@ -24,9 +24,9 @@ import (
 //	the command line > D2C_<COMMAND>_<FLAG> > the configuration file > the default
 //
 // The variable and the key are qualified by the whole command path: the
-// same flag name means different things in different commands (--dir is a
-// CA directory for "ca init" and a device store for "device show"), so an
-// unqualified D2C_DIR would leak from one into the other.
+// same flag takes different values in different commands (--key is the
+// broker's key for "broker config" and a release key for "update release
+// sign"), so an unqualified D2C_KEY would leak from one into the other.
 
 // configMaxSize bounds the configuration file.
 const configMaxSize = 64 << 10
@@ -99,12 +99,14 @@ func readConfig(path string, r io.Reader, cmds []*command) ([]configLine, error)
 		key, value, ok := strings.Cut(line, "=")
 		key, value = strings.TrimSpace(key), strings.TrimSpace(value)
 		if !ok || key == "" {
-			return nil, usageErrorf("%s: want \"command.flag = value\", as in \"device.show.dir = /var/lib/d2c\"", pos)
+			return nil, usageErrorf("%s: want \"command.flag = value\", as in \"device.show.store = /var/lib/d2c\"", pos)
 		}
 		f := known[key]
 		if f == nil {
 			msg := fmt.Sprintf("%s: unknown key %q: no command has this flag", pos, key)
-			if sug := nearest(key, mapKeys(known)); sug != "" {
+			if renamed := renamedConfigKey(key); renamed != "" {
+				msg += fmt.Sprintf(" (renamed %s)", renamed)
+			} else if sug := nearest(key, mapKeys(known)); sug != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", sug)
 			}
 			return nil, usageErrorf("%s", msg)
@@ -118,6 +120,20 @@ func readConfig(path string, r io.Reader, cmds []*command) ([]configLine, error)
 		lines = append(lines, configLine{pos: pos, key: key, value: value})
 	}
 	return lines, sc.Err()
+}
+
+// renamedConfigKey returns the new key of a flag renamed (renamedFlags),
+// or "".
+func renamedConfigKey(key string) string {
+	i := strings.LastIndex(key, ".")
+	if i < 0 {
+		return ""
+	}
+	path := strings.ReplaceAll(key[:i], ".", " ")
+	if n, ok := renamedFlags[path][key[i+1:]]; ok {
+		return configKey(path, n)
+	}
+	return ""
 }
 
 func mapKeys[V any](m map[string]V) []string {
@@ -201,11 +217,11 @@ line of the configuration file. The first of these wins:
   1. the flag on the command line
   2. the environment variable D2C_<COMMAND>_<FLAG>: the command path and the
      flag name in capitals, with '_' for spaces and '-', for example
-     D2C_DEVICE_SHOW_DIR=/var/lib/d2c or D2C_DEVICE_UPDATE_REPO_URL=...
+     D2C_DEVICE_SHOW_STORE=/var/lib/d2c or D2C_DEVICE_UPDATE_REPO_URL=...
   3. the configuration file: lines "<command>.<flag> = <value>", the command
      path with '.' for spaces, for example
          # defaults for this operator
-         device.show.dir = /var/lib/d2c
+         device.show.store = /var/lib/d2c
          update.verify.root = /etc/d2c/root.json
      '#' starts a comment line; a repeatable flag takes one line per value
   4. the flag's default, as "d2c <command> --help" shows it
@@ -213,9 +229,9 @@ line of the configuration file. The first of these wins:
 An empty variable counts as unset. Relative paths, from either, are
 relative to the working directory, as on the command line.
 
-The names always include the command: a flag name means different things in
-different commands (--dir is a CA directory in "ca init" and a device store
-in "device show").
+The names always include the command: a flag takes different values in
+different commands (--key is the broker's key in "broker config" and a
+release key in "update release sign").
 
 The configuration file is $D2C_CLI_CONFIG if set (it must exist), otherwise
 $XDG_CONFIG_HOME/d2c/config, or ~/.config/d2c/config, if it exists. A key

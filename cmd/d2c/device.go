@@ -28,39 +28,39 @@ func deviceEnrollCommand() *command {
 	return &command{
 		path:    "device enroll",
 		summary: "enroll a device with a token",
-		usage: "--dir DIR --url URL --device ID (--token TOKEN | --token-file FILE) " +
-			"(--fingerprint HEX | --anchors FILE) [--key-type p256|ed25519] [--cert-out FILE]",
+		usage: "--store DIR --url URL --device ID (--token TOKEN | --token-file FILE) " +
+			"(--fingerprint HEX | --roots FILE) [--key-type p256|ed25519] [--cert-out FILE]",
 		details: `
 Enrolls the device over EST: fetches the fleet CA certificates from the
 registrar, trusting them only if they contain the root whose SHA-256 is
 --fingerprint (printed by "d2c ca init", also in CA_DIR/root.sha256) or chain
-to the certificates in --anchors; generates a key on the device; and sends a
+to the certificates in --roots; generates a key on the device; and sends a
 certificate request authenticated by the one-time token. The key (mode 0600),
 the certificate and the trust anchors are stored in DIR (mode 0700).
 
 --token-file is safer than --token: other users can read command lines.`,
-		example: `d2c device enroll --dir /var/lib/d2c --url https://est.example.com:8443 \
+		example: `d2c device enroll --store /var/lib/d2c --url https://est.example.com:8443 \
     --device sensor-0042 --token-file sensor-0042.token \
     --fingerprint "$(cat root.sha256)" --cert-out sensor-0042.pem`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "device store directory (required)")
+			dir := fl.String("store", "", "device store directory (required)")
 			url := fl.String("url", "", "registrar URL, https://host[:port] (required)")
 			device := fl.String("device", "", "device ID to enroll, the one the token was issued for (required)")
 			token := fl.String("token", "", "enrollment token (visible to other users; prefer --token-file)")
 			tokenFile := fl.String("token-file", "", "file holding the enrollment token")
 			fp := fl.String("fingerprint", "", "SHA-256 of the fleet root certificate, hex (colons allowed)")
-			anchors := fl.String("anchors", "", "PEM file of fleet CA certificates to trust instead of --fingerprint")
+			anchors := fl.String("roots", "", "PEM file of fleet CA certificates to trust, instead of --fingerprint")
 			keyType := fl.String("key-type", "p256", "device key algorithm: p256 or ed25519")
 			certOut := fl.String("cert-out", "", "also write the issued certificate chain to this file, PEM")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *url == "" || *device == "" {
-					return usageErrorf("--dir, --url and --device are required")
+					return usageErrorf("--store, --url and --device are required")
 				}
 				if (*token == "") == (*tokenFile == "") {
 					return usageErrorf("give exactly one of --token and --token-file")
 				}
 				if (*fp == "") == (*anchors == "") {
-					return usageErrorf("give exactly one of --fingerprint and --anchors: the device must know whom to trust")
+					return usageErrorf("give exactly one of --fingerprint and --roots: the device must know whom to trust")
 				}
 				kt, err := identity.ParseKeyType(*keyType)
 				if err != nil {
@@ -117,22 +117,22 @@ func deviceRenewCommand() *command {
 	return &command{
 		path:    "device renew",
 		summary: "renew a device certificate",
-		usage:   "--dir DIR --url URL [--allow-expired] [--key-type p256|ed25519] [--cert-out FILE]",
+		usage:   "--store DIR --url URL [--allow-expired] [--key-type p256|ed25519] [--cert-out FILE]",
 		details: `
 Obtains a new key and certificate from the registrar (EST simplereenroll),
 authenticated by the current certificate, and keeps the current identity if
 anything fails. The registrar is trusted through the anchors saved at
 enrollment.`,
-		example: `d2c device renew --dir /var/lib/d2c --url https://est.example.com:8443`,
+		example: `d2c device renew --store /var/lib/d2c --url https://est.example.com:8443`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "device store directory (required)")
+			dir := fl.String("store", "", "device store directory (required)")
 			url := fl.String("url", "", "registrar URL, https://host[:port] (required)")
 			allowExpired := fl.Bool("allow-expired", false, "try to renew an expired certificate (the registrar must allow it)")
 			keyType := fl.String("key-type", "p256", "new key algorithm: p256 or ed25519")
 			certOut := fl.String("cert-out", "", "also write the new certificate chain to this file, PEM")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *url == "" {
-					return usageErrorf("--dir and --url are required")
+					return usageErrorf("--store and --url are required")
 				}
 				kt, err := identity.ParseKeyType(*keyType)
 				if err != nil {
@@ -162,7 +162,7 @@ func deviceShowCommand() *command {
 	return &command{
 		path:    "device show",
 		summary: "show a device's current identity",
-		usage:   "--dir DIR [--cert-out FILE] [--json]",
+		usage:   "--store DIR [--cert-out FILE] [--json]",
 		details: `
 Prints the device ID, the generation (how many times the key was renewed),
 the certificate's serial number, issuer and validity, and the trusted-time
@@ -174,15 +174,15 @@ With --json, one object with these fields: "device", "generation", "serial"
 (hex), "key_type", "issuer", "not_before", "not_after" (RFC 3339, UTC),
 "status" ("valid", "not yet valid" or "expired") and "time_floor" (RFC 3339,
 or null when the device has proven no time yet).`,
-		example: `d2c device show --dir /var/lib/d2c --cert-out current.pem
-d2c device show --dir /var/lib/d2c --json`,
+		example: `d2c device show --store /var/lib/d2c --cert-out current.pem
+d2c device show --store /var/lib/d2c --json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "device store directory (required)")
+			dir := fl.String("store", "", "device store directory (required)")
 			certOut := fl.String("cert-out", "", "write the current certificate chain to this file, PEM")
 			asJSON := fl.Bool("json", false, "print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" {
-					return usageErrorf("--dir is required")
+					return usageErrorf("--store is required")
 				}
 				store, err := openExistingStore(*dir)
 				if err != nil {
@@ -240,7 +240,7 @@ d2c device show --dir /var/lib/d2c --json`,
 }
 
 // openExistingStore opens the device store in dir without creating it, so
-// that a mistyped --dir is reported instead of becoming an empty store.
+// that a mistyped --store is reported instead of becoming an empty store.
 func openExistingStore(dir string) (*identity.Store, error) {
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no device store at %s", identity.ErrNoIdentity, dir)

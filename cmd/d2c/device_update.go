@@ -37,7 +37,7 @@ func deviceUpdateCommand() *command {
 	return &command{
 		path:    "device update",
 		summary: "check for an update and install it, or confirm, roll back, show status",
-		usage: "--dir DIR --root FILE --hardware-class H --slots DIR [--state DIR] " +
+		usage: "--store DIR --root FILE --hardware-class H --slots DIR [--state DIR] " +
 			"(--repo-url URL [--ca-roots FILE] [--insecure-http] [--progress] | --confirm | --rollback | --status [--json])",
 		details: `
 Runs the device's update agent (update.Agent) once, on A/B directory slots
@@ -45,7 +45,7 @@ Runs the device's update agent (update.Agent) once, on A/B directory slots
 
 Without a mode flag it checks the repository at --repo-url as a device does
 (the root pinned in --root, rotations one at a time, the timestamp, the
-release; expiry against the device's trusted clock in --dir), and installs a
+release; expiry against the device's trusted clock in --store), and installs a
 newer release: it downloads the image into the other slot (resuming an
 interrupted download), verifies its length and SHA-256, and makes that slot
 boot next, on trial. It then says what happened: installed (restart the
@@ -72,12 +72,12 @@ system's roots or those in --ca-roots; --insecure-http allows a plain http
 repository, such as "d2c update serve" (the metadata is signed either way,
 but anyone on the path can withhold it). A progress bar goes to stderr when it
 is a terminal, or with --progress.`,
-		example: `d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class sensor-v2 \
+		example: `d2c device update --store /var/lib/d2c --root /etc/d2c/root.json --hardware-class sensor-v2 \
     --slots /data/slots --repo-url https://updates.example.com/fleet/
-d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class sensor-v2 \
+d2c device update --store /var/lib/d2c --root /etc/d2c/root.json --hardware-class sensor-v2 \
     --slots /data/slots --confirm`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			dir := fl.String("dir", "", "device store directory (from d2c device enroll): the trusted clock (required)")
+			dir := fl.String("store", "", "device store directory (from d2c device enroll): the trusted clock (required)")
 			rootFile := fl.String("root", "", "the update root pinned in the device, root.json of d2c update root init (required)")
 			hardware := fl.String("hardware-class", "", "this device's hardware class; releases for another are refused (required)")
 			slotsDir := fl.String("slots", "", "A/B slot directory; created with an empty slot a if missing (required)")
@@ -85,7 +85,7 @@ d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class 
 			repoURL := fl.String("repo-url", "", "update repository URL, https:// (required to check)")
 			caRoots := fl.String("ca-roots", "", "PEM roots the repository's HTTPS certificate chains to (default: the system's)")
 			insecure := fl.Bool("insecure-http", false, "allow a plain http:// --repo-url (development: d2c update serve)")
-			artifact := fl.String("artifact", "", "artifact to install from a release of several")
+			artifact := fl.String("artifact", "", "artifact name to install, from a release of several")
 			var progress autoBool
 			fl.Var(&progress, "progress", "show a download progress bar on stderr; auto: when stderr is a terminal")
 			confirm := fl.Bool("confirm", false, "confirm the release on trial: the new software is healthy")
@@ -94,7 +94,7 @@ d2c device update --dir /var/lib/d2c --root /etc/d2c/root.json --hardware-class 
 			asJSON := fl.Bool("json", false, "with --status: print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
 				if *dir == "" || *rootFile == "" || *hardware == "" || *slotsDir == "" {
-					return usageErrorf("--dir, --root, --hardware-class and --slots are required")
+					return usageErrorf("--store, --root, --hardware-class and --slots are required")
 				}
 				modes := 0
 				for _, m := range []bool{*confirm, *rollback, *status} {
@@ -340,7 +340,7 @@ func deviceUpdateCheck(ctx context.Context, s streams, o deviceUpdateOptions) er
 	fmt.Fprintf(s.stdout, "installed release %d into slot %s, on trial\n", offer.Release.Version, next)
 	fmt.Fprintf(s.stdout, "restart the application from %s to run it; once it is healthy, confirm it:\n",
 		filepath.Join(o.slots, "current", "image"))
-	fmt.Fprintf(s.stdout, "  d2c device update --dir %s --root %s --hardware-class %s --slots %s%s --confirm\n",
+	fmt.Fprintf(s.stdout, "  d2c device update --store %s --root %s --hardware-class %s --slots %s%s --confirm\n",
 		o.dir, o.rootFile, o.hardware, o.slots, stateFlag(o))
 	return nil
 }

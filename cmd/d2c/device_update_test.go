@@ -34,7 +34,7 @@ func TestDeviceUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	slots := filepath.Join(tmp, "slots")
-	base := []string{"device", "update", "--dir", dev, "--root", filepath.Join(repo, "root.json"), "--hardware-class", "hw", "--slots", slots}
+	base := []string{"device", "update", "--store", dev, "--root", filepath.Join(repo, "root.json"), "--hardware-class", "hw", "--slots", slots}
 	check := append(append([]string{}, base...), "--repo-url", url, "--insecure-http")
 	d2c := func(wantCode int, args ...string) (stdout, stderr string) {
 		t.Helper()
@@ -160,7 +160,7 @@ func TestDeviceUpdate(t *testing.T) {
 	match("status", stdout, `(?m)^next start: slot b$`)
 
 	// Another hardware class: refused, the attack named.
-	_, stderr = d2c(exitError, "device", "update", "--dir", dev, "--root", filepath.Join(repo, "root.json"),
+	_, stderr = d2c(exitError, "device", "update", "--store", dev, "--root", filepath.Join(repo, "root.json"),
 		"--hardware-class", "gateway", "--slots", slots, "--repo-url", url, "--insecure-http")
 	match("stderr", stderr, `update: wrong hardware`)
 	match("stderr", stderr, `(?m)^hint: the release is not for "gateway"`)
@@ -170,7 +170,7 @@ func TestDeviceUpdate(t *testing.T) {
 	match("stderr", stderr, "give at most one of --confirm, --rollback and --status")
 	_, stderr = d2c(exitUsage, base...)
 	match("stderr", stderr, "--repo-url is required to check for an update")
-	_, stderr = d2c(exitError, "device", "update", "--dir", filepath.Join(tmp, "nowhere"), "--root", filepath.Join(repo, "root.json"),
+	_, stderr = d2c(exitError, "device", "update", "--store", filepath.Join(tmp, "nowhere"), "--root", filepath.Join(repo, "root.json"),
 		"--hardware-class", "hw", "--slots", slots, "--status")
 	match("stderr", stderr, "(?m)^hint: this device has no identity yet")
 }

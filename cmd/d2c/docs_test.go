@@ -79,7 +79,7 @@ func TestREADMENamesEveryCommand(t *testing.T) {
 // an unknown command, an unknown flag, an argument where d2c takes only
 // flags, a flag of one command given to another.
 func TestDocCommandsRefuse(t *testing.T) {
-	md := "Run `d2c ca init --dir ca` and `d2c ca sign`.\n\n" +
+	md := "Run `d2c ca init --ca ca` and `d2c ca sign`.\n\n" +
 		"```sh\n$ d2c update verify --repo r \\\n    --roots x.json\nd2c tail --db sqlite:f.db extra\n" +
 		"sudo -E d2c update root init|rotate --old-key k\n```\n"
 	var got []string

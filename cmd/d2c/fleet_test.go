@@ -44,7 +44,7 @@ func enrollWithCLI(t *testing.T, caDir, url, device, store string, extra ...stri
 		t.Fatal(err)
 	}
 	tok := strings.TrimSpace(d2cRun(t, "token", "issue", "--ca", caDir, "--device", device))
-	d2cRun(t, append([]string{"device", "enroll", "--dir", store, "--url", url, "--device", device, "--token", tok,
+	d2cRun(t, append([]string{"device", "enroll", "--store", store, "--url", url, "--device", device, "--token", tok,
 		"--fingerprint", strings.TrimSpace(string(fp))}, extra...)...)
 }
 
@@ -53,7 +53,7 @@ func newTestFleet(t *testing.T, registered, unregistered []string) *testFleet {
 	dir := t.TempDir()
 	f := &testFleet{dir: dir, ca: filepath.Join(dir, "ca"), devices: filepath.Join(dir, "devices"), stores: map[string]string{},
 		svcCert: filepath.Join(dir, "tail.crt"), svcKey: filepath.Join(dir, "tail.key")}
-	d2cRun(t, "ca", "init", "--dir", f.ca, "--fleet", "cli test")
+	d2cRun(t, "ca", "init", "--ca", f.ca, "--fleet", "cli test")
 	if err := os.Mkdir(f.devices, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func newTestFleet(t *testing.T, registered, unregistered []string) *testFleet {
 		enroll(id, filepath.Join(dir, id+".pem"))
 	}
 	stop()
-	d2cRun(t, "ca", "service-cert", "--dir", f.ca, "--name", "tail", "--cert", f.svcCert, "--key", f.svcKey)
+	d2cRun(t, "ca", "service-cert", "--ca", f.ca, "--service", "tail", "--cert", f.svcCert, "--key", f.svcKey)
 	return f
 }
 
@@ -274,10 +274,10 @@ func TestTailFilters(t *testing.T) {
 func TestBrokerConfigMosquitto(t *testing.T) {
 	f := newTestFleet(t, []string{"sensor-1"}, []string{"sensor-2"})
 	crt, key := filepath.Join(f.dir, "broker.crt"), filepath.Join(f.dir, "broker.key")
-	d2cRun(t, "ca", "server-cert", "--dir", f.ca, "--host", "127.0.0.1", "--cert", crt, "--key", key)
-	d2cRun(t, "ca", "revoke", "--dir", f.ca, "--cert", filepath.Join(f.dir, "sensor-2.pem"))
+	d2cRun(t, "ca", "server-cert", "--ca", f.ca, "--host", "127.0.0.1", "--cert", crt, "--key", key)
+	d2cRun(t, "ca", "revoke", "--ca", f.ca, "--cert", filepath.Join(f.dir, "sensor-2.pem"))
 	crl := filepath.Join(f.dir, "crl.pem")
-	d2cRun(t, "ca", "crl", "--dir", f.ca, "--out", crl)
+	d2cRun(t, "ca", "crl", "--ca", f.ca, "--out", crl)
 	out := filepath.Join(f.dir, "mosquitto")
 	stdout := d2cRun(t, "broker", "config", "--ca", f.ca, "--listen", "127.0.0.1:1883", "--cert", crt, "--key", key,
 		"--crl", crl, "--service", "tail", "--service", "commander:write=d2c/v1/dev/+/down/cmd", "--out", out,
@@ -328,10 +328,10 @@ func TestBrokerConfigMosquitto(t *testing.T) {
 func TestBrokerConfigRefusals(t *testing.T) {
 	dir := t.TempDir()
 	ca, other := filepath.Join(dir, "ca"), filepath.Join(dir, "other")
-	d2cRun(t, "ca", "init", "--dir", ca)
-	d2cRun(t, "ca", "init", "--dir", other)
+	d2cRun(t, "ca", "init", "--ca", ca)
+	d2cRun(t, "ca", "init", "--ca", other)
 	crt, key := filepath.Join(dir, "b.crt"), filepath.Join(dir, "b.key")
-	d2cRun(t, "ca", "server-cert", "--dir", other, "--host", "127.0.0.1", "--cert", crt, "--key", key)
+	d2cRun(t, "ca", "server-cert", "--ca", other, "--host", "127.0.0.1", "--cert", crt, "--key", key)
 	out := filepath.Join(dir, "out")
 	for _, tc := range []struct {
 		args []string
@@ -381,14 +381,14 @@ func TestTailWithoutRights(t *testing.T) {
 func TestDevBrokerRefusesNonLoopback(t *testing.T) {
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
-	d2cRun(t, "ca", "init", "--dir", ca)
+	d2cRun(t, "ca", "init", "--ca", ca)
 	var stdout, stderr bytes.Buffer
 	if code := run(t.Context(), []string{"dev", "broker", "--ca", ca, "--listen", "0.0.0.0:0"}, &stdout, &stderr); code != exitError ||
 		!strings.Contains(stderr.String(), "hint: use --listen 127.0.0.1:PORT, or add --dev-any-address") {
 		t.Errorf("dev broker on 0.0.0.0: exit %d\n%s", code, stderr.String())
 	}
 	crt, key := filepath.Join(dir, "s.crt"), filepath.Join(dir, "s.key")
-	d2cRun(t, "ca", "server-cert", "--dir", ca, "--host", "127.0.0.1", "--cert", crt, "--key", key)
+	d2cRun(t, "ca", "server-cert", "--ca", ca, "--host", "127.0.0.1", "--cert", crt, "--key", key)
 	if err := os.Mkdir(filepath.Join(dir, "devices"), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -53,16 +53,16 @@ var hints = []struct {
 		"(`d2c token issue --ca DIR`) and copied whole"},
 	{identity.ErrInvalidDeviceID, deviceIDFormat},
 	{identity.ErrNoTrustAnchor, "give the fleet root fingerprint with --fingerprint (printed by `d2c ca init`, " +
-		"also in CA_DIR/root.sha256) or the fleet CA certificates with --anchors"},
+		"also in CA_DIR/root.sha256) or the fleet CA certificates with --roots"},
 	{identity.ErrKeyPermissions, "a key file or store directory is open to other users: chmod 600 the key file " +
 		"(chmod 700 the directory); if someone else could read the key, treat it as compromised"},
 	{identity.ErrRevoked, "this certificate has been revoked; if the device should stay in the fleet, " +
 		"enroll it again with a new token (`d2c token issue`)"},
 	{identity.ErrCertExpired, "the device certificate has expired: enroll again with a new token, " +
 		"or use --allow-expired if the registrar allows it (registrar serve --renew-expired-within)"},
-	{identity.ErrNoIdentity, "this device has no identity yet: run `d2c device enroll` first (and check --dir)"},
+	{identity.ErrNoIdentity, "this device has no identity yet: run `d2c device enroll` first (and check --store)"},
 	{identity.ErrUntrusted, "the registrar or certificate does not chain to the fleet root: check --fingerprint " +
-		"(CA_DIR/root.sha256) or --anchors, and that --url is this fleet's registrar"},
+		"(CA_DIR/root.sha256) or --roots, and that --url is this fleet's registrar"},
 	{identity.ErrUnsupportedKey, "use --key-type p256 or ed25519, as allowed by the fleet CA"},
 	{identity.ErrNotAuthorized, "the registrar refused the credential: check that the token was issued for this " +
 		"--device, or, for renewal, that the current certificate is still valid"},
@@ -108,4 +108,23 @@ func hintFor(err error) string {
 		}
 	}
 	return ""
+}
+
+// renamedFlags are the flags renamed, before the first release, so that
+// each concept has one flag name across the commands (issue 14, item 3),
+// by command path: old name to new name. They are not aliases: the old
+// name is an unknown flag, whose error names the new one.
+var renamedFlags = map[string]map[string]string{
+	"ca init":             {"dir": "ca"},
+	"ca server-cert":      {"dir": "ca"},
+	"ca service-cert":     {"dir": "ca", "name": "service"},
+	"ca revoke":           {"dir": "ca"},
+	"ca crl":              {"dir": "ca"},
+	"device enroll":       {"dir": "store", "anchors": "roots"},
+	"device renew":        {"dir": "store"},
+	"device show":         {"dir": "store"},
+	"device update":       {"dir": "store"},
+	"update keys gen":     {"type": "key-type"},
+	"update release sign": {"name": "artifact"},
+	"update verify":       {"name": "artifact", "security-counter": "installed-security-counter"},
 }

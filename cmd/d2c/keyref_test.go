@@ -64,14 +64,14 @@ func TestCAIssuingKeyInToken(t *testing.T) {
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
 
-	out := d2cRun(t, "ca", "init", "--dir", caDir, "--fleet", "token fleet", "--issuing-key", uri)
+	out := d2cRun(t, "ca", "init", "--ca", caDir, "--fleet", "token fleet", "--issuing-key", uri)
 	if !strings.Contains(out, `generated in PKCS#11 token "`+tok.Label+`" as "issuing-1"`) {
 		t.Errorf("ca init output:\n%s", out)
 	}
 	noIssuingKeyFile(t, caDir)
 
 	// The label is taken now: a second CA never replaces the key.
-	stderr := d2cFail(t, "ca", "init", "--dir", filepath.Join(dir, "ca2"), "--issuing-key", uri)
+	stderr := d2cFail(t, "ca", "init", "--ca", filepath.Join(dir, "ca2"), "--issuing-key", uri)
 	if !strings.Contains(stderr, "objects already exist under this label") || !strings.Contains(stderr, "another object= label") {
 		t.Errorf("second ca init on the same key:\n%s", stderr)
 	}
@@ -80,7 +80,7 @@ func TestCAIssuingKeyInToken(t *testing.T) {
 	}
 
 	// Signing commands need the key, and only that key.
-	srvArgs := []string{"ca", "server-cert", "--dir", caDir, "--host", "broker.example",
+	srvArgs := []string{"ca", "server-cert", "--ca", caDir, "--host", "broker.example",
 		"--cert", filepath.Join(dir, "srv.crt"), "--key", filepath.Join(dir, "srv.key")}
 	if stderr := d2cFail(t, srvArgs...); !strings.Contains(stderr, "--issuing-key") {
 		t.Errorf("server-cert without --issuing-key:\n%s", stderr)
@@ -131,12 +131,12 @@ func TestCAIssuingKeyInToken(t *testing.T) {
 	}
 
 	// Revoking signs nothing and needs no token; the CRL does.
-	d2cRun(t, "ca", "revoke", "--dir", caDir, "--cert", certFile, "--reason", "keyCompromise")
+	d2cRun(t, "ca", "revoke", "--ca", caDir, "--cert", certFile, "--reason", "keyCompromise")
 	crlFile := filepath.Join(dir, "crl.pem")
-	if stderr := d2cFail(t, "ca", "crl", "--dir", caDir, "--out", crlFile); !strings.Contains(stderr, "--issuing-key") {
+	if stderr := d2cFail(t, "ca", "crl", "--ca", caDir, "--out", crlFile); !strings.Contains(stderr, "--issuing-key") {
 		t.Errorf("ca crl without --issuing-key:\n%s", stderr)
 	}
-	d2cRun(t, "ca", "crl", "--dir", caDir, "--out", crlFile, "--issuing-key", uri)
+	d2cRun(t, "ca", "crl", "--ca", caDir, "--out", crlFile, "--issuing-key", uri)
 	b, err = os.ReadFile(crlFile)
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +246,7 @@ func TestCloudServeKeysInToken(t *testing.T) {
 	caURI, cmdURI := softhsmURI(t, tok, "issuing-1"), softhsmURI(t, tok, "command-1")
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
-	d2cRun(t, "ca", "init", "--dir", caDir, "--fleet", "token fleet", "--issuing-key", caURI)
+	d2cRun(t, "ca", "init", "--ca", caDir, "--fleet", "token fleet", "--issuing-key", caURI)
 	ks, err := pkcs11.Open(pkcs11.Config{Module: tok.Module, TokenLabel: tok.Label, PIN: tok.PIN})
 	if err != nil {
 		t.Fatal(err)
@@ -262,7 +262,7 @@ func TestCloudServeKeysInToken(t *testing.T) {
 		"--service", "cloud:read=d2c/v1/dev/+/up/#;write=d2c/v1/dev/+/down/cmd")
 	addr := waitFile(t, brokerAddr)
 	for _, name := range []string{"cloud", "app"} {
-		d2cRun(t, "ca", "service-cert", "--dir", caDir, "--issuing-key", caURI, "--name", name,
+		d2cRun(t, "ca", "service-cert", "--ca", caDir, "--issuing-key", caURI, "--service", name,
 			"--cert", filepath.Join(dir, name+".crt"), "--key", filepath.Join(dir, name+".key"))
 	}
 	config := filepath.Join(dir, "cloud.json")

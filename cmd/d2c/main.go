@@ -81,7 +81,7 @@ import (
 //     same rewrite of every command, and its env tags are per field, not
 //     per command path.
 //   - ff/v3: env and config files over flag.FlagSet, the closest fit, but
-//     one unqualified config file per FlagSet (no "device.show.dir"), and it
+//     one unqualified config file per FlagSet (no "device.show.store"), and it
 //     sets values through FlagSet.Set, so flags from the environment would
 //     look given on the command line to the commands that tell modes apart
 //     with fs.Visit (tail, update release sign); nor does it refuse secrets.
@@ -196,7 +196,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		words, help = args[:i], true
 	}
 	if i := slices.IndexFunc(words, func(w string) bool { return strings.HasPrefix(w, "-") }); i >= 0 {
-		words = words[:i] // "d2c ca --dir x": the flags are not command words
+		words = words[:i] // "d2c ca --ca x": the flags are not command words
 	}
 	if len(words) == 0 { // "d2c --verison"
 		name := strings.TrimLeft(args[0], "-")
@@ -369,7 +369,9 @@ func flagError(err error, fs *flag.FlagSet) error {
 		var names []string
 		fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
 		ue := &usageError{msg: "unknown flag --" + name}
-		if n := nearest(name, append(names, "help")); n != "" {
+		if n, ok := renamedFlags[strings.TrimPrefix(fs.Name(), "d2c ")][name]; ok {
+			ue.msg += " (renamed --" + n + ")"
+		} else if n := nearest(name, append(names, "help")); n != "" {
 			ue.suggest = "--" + n
 		}
 		return ue
@@ -391,7 +393,7 @@ func flagError(err error, fs *flag.FlagSet) error {
 // with the usage line.
 type usageError struct {
 	msg     string
-	suggest string // what was probably meant ("--dir"), or ""
+	suggest string // what was probably meant ("--store"), or ""
 }
 
 func (e *usageError) Error() string { return e.msg }

@@ -119,16 +119,16 @@ telemetry to; without it encrypted messages are refused. The broker keeps the
 service's session for an hour: messages sent while tail was away arrive when
 it reconnects. Both modes stop on SIGINT or SIGTERM.`,
 		example: `d2c tail --db sqlite:/var/lib/d2c/fleet.db --since 10m --stream temperature
-d2c ca service-cert --dir /srv/d2c/ca --name tail --cert tail.crt --key tail.key
+d2c ca service-cert --ca /srv/d2c/ca --service tail --cert tail.crt --key tail.key
 d2c tail --broker mqtt.example.com:8883 --ca /srv/d2c/ca --cert tail.crt --key tail.key \
     --devices /srv/d2c/devices --stream temperature`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
-			db := fl.String("db", "", "the cloud service's store, sqlite:PATH or postgres://...: print the records it verified")
+			db := fl.String("db", "", "the fleet's cloud store, sqlite:PATH or postgres://...: print the records the cloud service verified")
 			since := fl.String("since", "", "with --db: start with the records accepted since this duration ago (1h) or RFC 3339 time (default: now)")
 			broker := fl.String("broker", "", "broker address, host:port: verify from the broker instead of --db")
 			serverName := fl.String("server-name", "", "name checked in the broker certificate (default: the host of --broker)")
 			caDir := fl.String("ca", "", "fleet CA directory: roots and live revocation list")
-			rootsFile := fl.String("roots", "", "PEM file of fleet roots, instead of --ca")
+			rootsFile := fl.String("roots", "", "PEM file of fleet CA certificates to trust, instead of --ca")
 			crlFile := fl.String("crl", "", "fleet CRL, PEM, with --roots")
 			certFile := fl.String("cert", "", "service certificate chain, PEM, from d2c ca service-cert (with --broker)")
 			keyFile := fl.String("key", "", "service private key, PEM (with --broker)")
@@ -267,7 +267,7 @@ func tailTrust(s streams, caDir, rootsFile, crlFile string) (*x509.CertPool, []*
 			return pool, certs, cache, nil
 		}
 		if errors.Is(err, identity.ErrCRLStale) {
-			return nil, nil, nil, withHint(fmt.Errorf("%s: %w", crlFile, err), "write a fresh one with `d2c ca crl --dir CA_DIR --out FILE`")
+			return nil, nil, nil, withHint(fmt.Errorf("%s: %w", crlFile, err), "write a fresh one with `d2c ca crl --ca CA_DIR --out FILE`")
 		}
 		errs = append(errs, err)
 	}
@@ -285,7 +285,7 @@ func serviceCertificate(certFile, keyFile string, fleet []*x509.Certificate) (tl
 	cn := chain[0].Subject.CommonName
 	if !strings.HasPrefix(cn, identity.ServicePrefix) {
 		return tls.Certificate{}, "", withHint(fmt.Errorf("%s is for %q, not a cloud service (svc:NAME)", certFile, cn),
-			"issue a service certificate with `d2c ca service-cert --dir CA_DIR --name NAME`")
+			"issue a service certificate with `d2c ca service-cert --ca CA_DIR --service NAME`")
 	}
 	var errs []error
 	for _, root := range fleet {

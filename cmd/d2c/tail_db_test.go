@@ -318,11 +318,11 @@ func TestTailDBRefusals(t *testing.T) {
 func TestTailDBFromService(t *testing.T) {
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
-	d2cRun(t, "ca", "init", "--dir", ca, "--fleet", "tail db test")
+	d2cRun(t, "ca", "init", "--ca", ca, "--fleet", "tail db test")
 	brokerAddr := filepath.Join(dir, "broker.addr")
 	runInBackground(t, "dev", "broker", "--ca", ca, "--listen", "127.0.0.1:0", "--service", "verifier", "--addr-file", brokerAddr)
 	addr := waitFile(t, brokerAddr)
-	d2cRun(t, "ca", "service-cert", "--dir", ca, "--name", "verifier", "--cert", filepath.Join(dir, "verifier.crt"),
+	d2cRun(t, "ca", "service-cert", "--ca", ca, "--service", "verifier", "--cert", filepath.Join(dir, "verifier.crt"),
 		"--key", filepath.Join(dir, "verifier.key"))
 	config := filepath.Join(dir, "cloud.json")
 	if err := os.WriteFile(config, fmt.Appendf(nil, `{

@@ -30,7 +30,7 @@ device over a channel you trust (factory line, installer app), and prefer
 files (device enroll --token-file) to command lines, which other users of the
 machine can see.`,
 		example: `d2c token issue --ca /srv/d2c/ca --device sensor-0042 --ttl 30m > sensor-0042.token
-d2c device enroll --dir /var/lib/d2c --url https://est.example.com:8443 \
+d2c device enroll --store /var/lib/d2c --url https://est.example.com:8443 \
     --device sensor-0042 --token-file sensor-0042.token --fingerprint "$(cat /srv/d2c/ca/root.sha256)"`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			dir := fl.String("ca", "", "fleet CA directory holding token.key (required)")

@@ -141,6 +141,7 @@ type peekedMeta struct {
 		Name   string `json:"name"`
 		Length int64  `json:"length"`
 		SHA256 string `json:"sha256"`
+		URI    string `json:"uri"`
 	} `json:"artifacts"`
 }
 
@@ -388,7 +389,7 @@ func updateKeysGenCommand() *command {
 	return &command{
 		path:    "update keys gen",
 		summary: "generate a signing key for an update role",
-		usage:   "--role root|release|timestamp --out DIR [--name NAME] [--type p256|ed25519]",
+		usage:   "--role root|release|timestamp --out DIR [--name NAME] [--key-type p256|ed25519]",
 		details: `
 Generates a key for one role of an update repository and writes, in DIR
 (created mode 0700), NAME.key, the private key (PKCS#8 PEM, mode 0600), and
@@ -405,12 +406,12 @@ Where each key lives:
 Give the .pub files to "update root init" and "update root rotate".`,
 		example: `d2c update keys gen --role root --out /media/offline/keys
 d2c update keys gen --role release --out keys
-d2c update keys gen --role timestamp --out keys --type ed25519`,
+d2c update keys gen --role timestamp --out keys --key-type ed25519`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			roleName := fl.String("role", "", "the key's role: root, release or timestamp (required)")
 			out := fl.String("out", "", "directory to write NAME.key and NAME.pub to (required)")
 			name := fl.String("name", "", "file name without extension (default: the role)")
-			keyType := fl.String("type", "p256", "key algorithm: p256 (ES256) or ed25519 (EdDSA)")
+			keyType := fl.String("key-type", "p256", "key algorithm: p256 (ES256) or ed25519 (EdDSA)")
 			return func(_ context.Context, s streams) error {
 				role, ok := parseRole(*roleName)
 				if !ok {
@@ -427,7 +428,7 @@ d2c update keys gen --role timestamp --out keys --type ed25519`,
 				}
 				kt, err := identity.ParseKeyType(*keyType)
 				if err != nil {
-					return usageErrorf("--type: %v", err)
+					return usageErrorf("--key-type: %v", err)
 				}
 				keyFile := filepath.Join(*out, *name+".key")
 				pubFile := filepath.Join(*out, *name+".pub")

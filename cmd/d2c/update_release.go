@@ -28,7 +28,7 @@ func updateReleaseSignCommand() *command {
 		path:    "update release sign",
 		summary: "sign a release and a fresh timestamp into a repository",
 		usage: "--repo DIR --key FILE... --version V --security-counter C --hardware-class H --image FILE " +
-			"[--name NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress]",
+			"[--artifact NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress]",
 		details: `
 Reads the image once, hashing it (SHA-256, length) and, unless --uri is
 absolute, copying it into the repository at the same time, to DIR/<URI>
@@ -66,7 +66,7 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 			counter := fl.Uint64("security-counter", 0, "security counter; raise it with every security fix (required)")
 			hardware := fl.String("hardware-class", "", "hardware class of the devices the release is for (required)")
 			image := fl.String("image", "", "the image file (required)")
-			name := fl.String("name", "image", "artifact name in the release")
+			name := fl.String("artifact", "image", "artifact name in the release")
 			uri := fl.String("uri", "", "artifact URI, relative to the repository or absolute (default: v<VERSION>/<image file name>)")
 			expires := fl.Duration("expires", 30*24*time.Hour, "how long the release metadata is valid")
 			fl.Var(&tsKeys, "timestamp-key", "private timestamp key, a file or a pkcs11: URI; repeatable to reach the timestamp threshold (required)")
@@ -86,7 +86,7 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 				if err := validName("hardware-class", *hardware); err != nil {
 					return err
 				}
-				if err := validName("name", *name); err != nil {
+				if err := validName("artifact", *name); err != nil {
 					return err
 				}
 				if err := positiveDuration("expires", *expires); err != nil {

@@ -26,8 +26,8 @@ func updateVerifyCommand() *command {
 	return &command{
 		path:    "update verify",
 		summary: "verify a repository exactly as a device would",
-		usage: "--repo DIR --root PINNED_ROOT --hardware-class H [--installed-version V] [--security-counter C] " +
-			"[--image FILE] [--name NAME] [--at TIME] [--json]",
+		usage: "--repo DIR --root PINNED_ROOT --hardware-class H [--installed-version V] [--installed-security-counter C] " +
+			"[--image FILE] [--artifact NAME] [--at TIME] [--json]",
 		details: `
 Runs the device's verification sequence (update.Trusted) over the repository
 in DIR: the pinned root given with --root, then DIR/<N+1>.root.json,
@@ -58,16 +58,16 @@ checked, or null)}, "installed_version" and "installs" (true if a device at
 refusal prints nothing on stdout: the refusal and its hint are on stderr,
 with exit status 1.`,
 		example: `d2c update verify --repo /srv/updates/fleet --root factory/root.json \
-    --hardware-class sensor-v2 --installed-version 6 --security-counter 1
+    --hardware-class sensor-v2 --installed-version 6 --installed-security-counter 1
 d2c update verify --repo /srv/updates/fleet --root factory/root.json --hardware-class sensor-v2 --json`,
 		flags: func(fl *flag.FlagSet) func(context.Context, streams) error {
 			repo := fl.String("repo", "", "repository directory (required)")
 			rootFile := fl.String("root", "", "the root pinned in the device, as signed (required)")
 			hardware := fl.String("hardware-class", "", "the device's hardware class (required)")
 			installed := fl.Uint64("installed-version", 0, "release version installed on the device (0: none)")
-			counter := fl.Uint64("security-counter", 0, "security counter of the release the device confirmed last")
+			counter := fl.Uint64("installed-security-counter", 0, "security counter of the release installed on the device, the one it confirmed last (0: none)")
 			image := fl.String("image", "", "image file to check against the signed artifact (default: the one in DIR, for a relative URI)")
-			name := fl.String("name", "", "artifact to check (default: the release's only artifact)")
+			name := fl.String("artifact", "", "artifact name to check (default: the release's only artifact)")
 			at := fl.String("at", "now", "trusted time of the check: RFC 3339, or now+DURATION")
 			asJSON := fl.Bool("json", false, "print one JSON object (fields in the details below)")
 			return func(ctx context.Context, s streams) error {
@@ -249,12 +249,12 @@ func pickArtifact(rel *update.Release, name string) (update.Artifact, error) {
 	if name != "" {
 		a, ok := rel.Artifact(name)
 		if !ok {
-			return update.Artifact{}, usageErrorf("--name %q: release %d has no such artifact", name, rel.Version)
+			return update.Artifact{}, usageErrorf("--artifact %q: release %d has no such artifact", name, rel.Version)
 		}
 		return a, nil
 	}
 	if len(rel.Artifacts) != 1 {
-		return update.Artifact{}, usageErrorf("release %d has %d artifacts: choose one with --name", rel.Version, len(rel.Artifacts))
+		return update.Artifact{}, usageErrorf("release %d has %d artifacts: choose one with --artifact", rel.Version, len(rel.Artifacts))
 	}
 	return rel.Artifacts[0], nil
 }
@@ -338,7 +338,7 @@ func releaseHint(err error, o verifyOptions, root *update.Root, name string) str
 		return "check --hardware-class; each hardware class needs a repository of its own"
 	case errors.Is(err, update.ErrSecurityCounter):
 		return fmt.Sprintf("devices that confirmed a release with security counter %d refuse a lower one: "+
-			"sign the release with --security-counter %d or more", o.counter, o.counter)
+			"sign the release (`d2c update release sign`) with --security-counter %d or more", o.counter, o.counter)
 	}
 	return "release.json is not a release as `d2c update release sign` writes it: sign it again"
 }
