@@ -603,7 +603,7 @@ func (c *Client) GrantConsent(ctx context.Context, stream, purpose string) error
 // loop starts no PUBLISH of it), waits (within ctx) for the messages of the
 // stream already handed to the connection to be answered, records the
 // withdrawal durably, removes the stream's queued, unsent messages from the
-// outbox durably ([Outbox.PurgeStream]), and queues the consent event.
+// outbox durably ([outbox.Outbox.PurgeStream]), and queues the consent event.
 // When it returns nil, nothing of the stream will be written by this or a
 // later process, with one exception the protocol imposes: a PUBLISH
 // written before the withdrawal whose connection dropped before its PUBACK

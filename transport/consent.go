@@ -3,9 +3,10 @@
 
 package transport
 
-// consent.State per telemetry stream, device half (ETSI EN 303 645 provisions
-// 5.8 and 5.11, OWASP IoT I6). The cloud half, the consent events and the
-// ledger that applies them, is in consent_ledger.go.
+// Consent per telemetry stream, device half (ETSI EN 303 645 provisions
+// 5.8 and 5.11, OWASP IoT I6): the client's consent store and the gate
+// Publish and the delivery loop ask. The policies, the consent events and
+// the cloud's ledger are in package consent.
 
 import (
 	"context"

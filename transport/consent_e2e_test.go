@@ -109,7 +109,7 @@ const heartPurpose = "heart-rate alerts to the wearer's doctor"
 // unreachable purges the readings queued meanwhile, and after a restart
 // and the reconnection none of them reaches the cloud while the withdrawal
 // event does; the stream stays refused across the restart; a new grant
-// opens it again. The cloud applies the events with a ConsentLedger.
+// opens it again. The cloud applies the events with a consent.Ledger.
 func TestConsentEndToEnd(t *testing.T) {
 	f := newE2EFleet(t)
 	store := f.enroll("wearable-1")

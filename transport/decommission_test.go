@@ -157,10 +157,10 @@ func TestDecommission(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := f.certs.DeviceCertificates(ctx, "retired-1"); !errors.Is(err, wire.ErrUnknownDevice) {
-		t.Fatalf("registry after ForgetDevice: %v", err)
+		t.Fatalf("registry after decommission.Forget: %v", err)
 	}
 	if err := f.ca.CheckRevoked(oldCert.Leaf); !errors.Is(err, identity.ErrRevoked) {
-		t.Fatalf("certificate after ForgetDevice: %v, want revoked", err)
+		t.Fatalf("certificate after decommission.Forget: %v, want revoked", err)
 	}
 	// A copy of the old credential (taken before the wipe) no longer
 	// connects: the broker checks revocation.

@@ -5,8 +5,8 @@ package transport
 
 // Security metrics, device half (ETSI EN 303 645 provision 5.10): the
 // client counts security-relevant events and reports them periodically as
-// signed telemetry on wire.SecurityStream. The cloud half is security.Monitor
-// (security_monitor.go).
+// signed telemetry on wire.SecurityStream. The report format and the cloud half
+// (security.Monitor) are in package security.
 
 import (
 	"context"

@@ -35,11 +35,11 @@ import (
 // through d2c's JOSE code:
 //
 //   - JWS vectors (json_web_signature, json_web_crypto, json_web_key): the
-//     JWS path of parseJWS and verifyJWS (go-jose parse with d2c's
+//     JWS path of jws.Parse and jws.Verify (go-jose parse with d2c's
 //     algorithm allow-list, exactly one signature, protected header of
 //     exactly alg and kid, algorithm bound to the key) with the vector's
 //     key. The one d2c rule left out is typ, which no Wycheproof header
-//     carries; with it (parseJWS itself, and a whole Verifier) every
+//     carries; with it (jws.Parse itself, and a whole Verifier) every
 //     vector is refused, which is checked too. A "valid" vector must be
 //     accepted if its algorithm is one d2c allows (ES256, EdDSA) and
 //     refused otherwise; an "invalid" one must be refused.

@@ -121,7 +121,7 @@ func (win *window) shift(n uint64) {
 	}
 }
 
-// Accept implements [ReplayState] in memory: Check for each record (a
+// Accept implements transport.ReplayState in memory: Check for each record (a
 // device over the window's capacity gets [ErrFull] as its
 // verdict).
 func (w *Window) Accept(_ context.Context, recs []wire.Record) ([]error, error) {
