@@ -122,6 +122,11 @@ type Result struct {
 	From    uint64 `cbor:"3,keyasint" json:"from"`
 	Reason  string `cbor:"4,keyasint,omitempty" json:"reason,omitempty"`
 	Time    int64  `cbor:"5,keyasint" json:"time"` // Unix ms, trusted time
+	// Delta, on an "installed" result, tells how the artifact arrived:
+	// "applied" (built from a delta of the release), "fallback" (a delta
+	// failed, Reason says why, and the full artifact was downloaded), or
+	// empty (no delta for the installed release).
+	Delta string `cbor:"6,keyasint,omitempty" json:"delta,omitempty"`
 }
 
 // Offer is a verified release that is newer than the installed one.
@@ -168,6 +173,8 @@ type Agent struct {
 	closed  bool
 	counted bool   // this process counted its start of a trial
 	offer   *Offer // the release Check verified last
+
+	deltaErr error // the last failure of a delta path (tests)
 }
 
 // NewAgent opens (or creates) the agent state in cfg.Dir. A fresh state
@@ -729,8 +736,12 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 		return err
 	}
 	a.st.Phase = PhaseDownloading
-	a.st.Pending = &pending{Version: o.Release.Version, SecurityCounter: o.Release.SecurityCounter, Artifact: o.Artifact.Name,
-		Length: o.Artifact.Length, SHA256: digest, URI: o.Artifact.URI, Slot: target, Prev: booted}
+	if !resume {
+		a.st.Pending = &pending{Version: o.Release.Version, SecurityCounter: o.Release.SecurityCounter, Artifact: o.Artifact.Name,
+			Length: o.Artifact.Length, SHA256: digest, URI: o.Artifact.URI, Slot: target, Prev: booted,
+			// The offer Check kept, not the caller's copy.
+			Delta: a.pickDelta(a.offer.Release, o.Artifact)}
+	}
 	if err := a.store.save(a.st); err != nil {
 		return err
 	}
@@ -745,9 +756,18 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 			return fmt.Errorf("update: clear slot %s: %w", target, err)
 		}
 	}
-	req := fetch.Request{URL: url, Length: o.Artifact.Length, SHA256: o.Artifact.SHA256, Client: a.cfg.Client,
-		MinRate: a.cfg.MinRate, RateWindow: a.cfg.RateWindow, Progress: a.cfg.Progress}
-	err = downloadError(fetch.Download(ctx, req, img))
+	fromDelta := false
+	if a.st.Pending.Delta != nil {
+		if fromDelta, err = a.tryDelta(ctx, o.Artifact, img); err != nil {
+			img.Close()
+			return err // interrupted: the next Install resumes the delta path
+		}
+	}
+	if !fromDelta {
+		req := fetch.Request{URL: url, Length: o.Artifact.Length, SHA256: o.Artifact.SHA256, Client: a.cfg.Client,
+			MinRate: a.cfg.MinRate, RateWindow: a.cfg.RateWindow, Progress: a.cfg.Progress}
+		err = downloadError(fetch.Download(ctx, req, img))
+	}
 	if cerr := img.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("update: close slot %s: %w", target, cerr)
 	}
@@ -777,6 +797,11 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 		a.st.Phase, a.st.Pending = PhaseIdle, nil
 		return errors.Join(err, a.store.save(a.st))
 	}
+	if fromDelta {
+		if err := a.removeDeltaFile(); err != nil {
+			return err
+		}
+	}
 	a.st.Phase = PhaseInstalled
 	if a.cfg.BootID != nil {
 		if a.st.Pending.BootID, err = a.cfg.BootID(); err != nil {
@@ -790,7 +815,14 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 	if err := s.Switch(ctx, target, true); err != nil {
 		return fmt.Errorf("update: switch to slot %s: %w", target, err)
 	}
-	r := a.result(ctx, "installed", o.Release.Version, "")
+	r := a.result(ctx, "installed", o.Release.Version, a.st.Pending.DeltaFailed)
+	switch {
+	case fromDelta:
+		r.Delta = "applied"
+	case a.st.Pending.DeltaFailed != "":
+		r.Delta = "fallback"
+	}
+	a.st.Last.Delta = r.Delta
 	*rep = &r
 	return a.enterTrial(ctx)
 }
@@ -990,6 +1022,9 @@ func (a *Agent) abortLocked(ctx context.Context) (*Result, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("update: clear slot %s: %w", p.Slot, err)
+		}
+		if err := a.removeDeltaFile(); err != nil {
+			return nil, err
 		}
 	}
 	r := a.result(ctx, "failed", p.Version, "aborted by the application")

@@ -19,7 +19,7 @@ import (
 )
 
 // copyTree copies a device directory (slots with their link, agent state).
-func copyTree(t *testing.T, src, dst string) {
+func copyTree(t testing.TB, src, dst string) {
 	t.Helper()
 	if out, err := exec.Command("cp", "-a", src+"/.", dst).CombinedOutput(); err != nil {
 		t.Fatalf("copy %s: %v: %s", src, err, out)
@@ -70,66 +70,89 @@ func TestAgentPowerFail(t *testing.T) {
 	digests := map[[32]byte]string{sha256.Sum256(v1): "v1", sha256.Sum256(v2): "v2"}
 
 	for _, scenario := range []string{"confirm", "revert"} {
-		// steps runs the update on fsys; it stops at the first error
-		// (the power cut).
-		steps := func(d *agentDevice, fsys atomicfile.FS) error {
-			ctx := t.Context()
+		ops := cutPowerAtEveryOp(t, scenario, base.clone, powerFailSteps(t, scenario), func(d *agentDevice, i int) {
+			d.checkAfterCrash(t, scenario, i, digests)
+		})
+		t.Logf("%s: power cut at each of %d file-system operations; every restart booted a verified image and finished", scenario, ops)
+	}
+}
+
+// powerFailSteps returns the steps of an update of TestAgentPowerFail on
+// fsys: a start, Update, then restarts and Confirm ("confirm"), or restarts
+// until the trial is used up ("revert"). They stop at the first error (the
+// power cut).
+func powerFailSteps(t *testing.T, scenario string) func(d *agentDevice, fsys atomicfile.FS) error {
+	return func(d *agentDevice, fsys atomicfile.FS) error {
+		ctx := t.Context()
+		if err := d.openOn(fsys); err != nil {
+			return err
+		}
+		if _, err := d.agent.Start(ctx); err != nil {
+			return err
+		}
+		if _, err := d.agent.Update(ctx); err != nil {
+			return err
+		}
+		starts := 1
+		if scenario == "revert" {
+			starts = 4 // the fourth start reverts
+		}
+		for range starts {
 			if err := d.openOn(fsys); err != nil {
 				return err
 			}
 			if _, err := d.agent.Start(ctx); err != nil {
 				return err
 			}
-			if _, err := d.agent.Update(ctx); err != nil {
-				return err
-			}
-			starts := 1
-			if scenario == "revert" {
-				starts = 4 // the fourth start reverts
-			}
-			for range starts {
-				if err := d.openOn(fsys); err != nil {
-					return err
-				}
-				if _, err := d.agent.Start(ctx); err != nil {
-					return err
-				}
-			}
-			if scenario == "confirm" {
-				return d.agent.Confirm(ctx)
-			}
-			if err := d.openOn(fsys); err != nil {
-				return err
-			}
-			_, err := d.agent.Start(ctx)
+		}
+		if scenario == "confirm" {
+			return d.agent.Confirm(ctx)
+		}
+		if err := d.openOn(fsys); err != nil {
 			return err
 		}
-		device := func() *agentDevice {
-			d := &agentDevice{t: t, repo: repo, dir: t.TempDir(), clock: base.clock}
-			copyTree(t, base.dir, d.dir)
-			return d
-		}
-
-		clean := &crashfs.FS{}
-		if err := steps(device(), clean); err != nil {
-			t.Fatalf("%s: clean run: %v", scenario, err)
-		}
-		ops := clean.Ops()
-		for i := 1; i <= ops; i++ {
-			d := device()
-			c := &crashfs.FS{FailAt: i}
-			err := steps(d, c)
-			if err == nil || !c.Crashed() {
-				t.Fatalf("%s: crash at %d of %d: steps returned %v, crashed %v", scenario, i, ops, err, c.Crashed())
-			}
-			if d.agent != nil {
-				d.agent.Close()
-				d.agent = nil
-			}
-			d.checkAfterCrash(t, scenario, i, digests)
-		}
-		t.Logf("%s: power cut at each of %d file-system operations; every restart booted a verified image and finished", scenario, ops)
+		_, err := d.agent.Start(ctx)
+		return err
 	}
+}
+
+// clone copies the device (slots with their link, agent state) to a new
+// directory, not opened.
+func (d *agentDevice) clone() *agentDevice {
+	c := &agentDevice{t: d.t, repo: d.repo, dir: d.t.TempDir(), clock: d.clock}
+	copyTree(d.t, d.dir, c.dir)
+	return c
+}
+
+// cutPowerAtEveryOp runs steps on a fresh device() once to count its
+// file-system operations, then once per operation i on another fresh
+// device with the power failing at i, and calls check on each device
+// after its cut (its agent closed). It returns the count.
+func cutPowerAtEveryOp(t *testing.T, name string, device func() *agentDevice, steps func(*agentDevice, atomicfile.FS) error, check func(d *agentDevice, i int)) int {
+	t.Helper()
+	clean := &crashfs.FS{}
+	d := device()
+	if err := steps(d, clean); err != nil {
+		t.Fatalf("%s: clean run: %v", name, err)
+	}
+	if d.agent != nil {
+		d.agent.Close()
+	}
+	ops := clean.Ops()
+	for i := 1; i <= ops; i++ {
+		d := device()
+		c := &crashfs.FS{FailAt: i}
+		err := steps(d, c)
+		if err == nil || !c.Crashed() {
+			t.Fatalf("%s: crash at %d of %d: steps returned %v, crashed %v", name, i, ops, err, c.Crashed())
+		}
+		if d.agent != nil {
+			d.agent.Close()
+			d.agent = nil
+		}
+		check(d, i)
+	}
+	return ops
 }
 
 // checkAfterCrash restarts the device on the real file system, checks the

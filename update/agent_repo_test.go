@@ -37,6 +37,7 @@ type agentRepo struct {
 	mu                sync.Mutex
 	files             map[string][]byte
 	ranges            []string // Range headers seen for artifacts
+	requested         []string // artifact (and delta) names requested, in order
 	artifactOverride  func(w http.ResponseWriter, r *http.Request) bool
 	srv               *httptest.Server
 	now               time.Time
@@ -94,6 +95,7 @@ func (r *agentRepo) serve(w http.ResponseWriter, req *http.Request) {
 		if ok {
 			r.ranges = append(r.ranges, req.Header.Get("Range"))
 		}
+		r.requested = append(r.requested, name)
 		override := r.artifactOverride
 		r.mu.Unlock()
 		if ok && override != nil && override(w, req) {
@@ -117,6 +119,13 @@ func (r *agentRepo) serve(w http.ResponseWriter, req *http.Request) {
 // publish signs and serves a release of image with a fresh timestamp.
 func (r *agentRepo) publish(version, counter uint64, image []byte, signers ...crypto.Signer) {
 	r.t.Helper()
+	r.publishWith(version, counter, image, signers, nil)
+}
+
+// publishWith signs (by default with the release key) and serves a
+// release of image with deltas, and a fresh timestamp.
+func (r *agentRepo) publishWith(version, counter uint64, image []byte, signers []crypto.Signer, deltas []deltaFile) {
+	r.t.Helper()
 	if len(signers) == 0 {
 		signers = []crypto.Signer{r.relKey}
 	}
@@ -127,12 +136,18 @@ func (r *agentRepo) publish(version, counter uint64, image []byte, signers ...cr
 	}
 	rel := &Release{Version: version, SecurityCounter: counter, HardwareClass: r.hardware, Artifacts: []Artifact{art},
 		Expires: r.now.Add(r.expiresRelease)}
+	for _, d := range deltas {
+		rel.Deltas = append(rel.Deltas, d.entry)
+	}
 	rb, err := rel.Sign(signers...)
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	r.mu.Lock()
 	r.files[name] = image
+	for _, d := range deltas {
+		r.files[d.entry.URI] = d.served
+	}
 	r.release, r.releaseVersion = rb, version
 	r.mu.Unlock()
 	r.stamp()

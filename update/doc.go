@@ -45,7 +45,11 @@
 // flat), sign a [Release] with the release keys ([Release.Sign]), then a
 // [Timestamp] naming the signed bytes ([NewTimestamp], [Timestamp.Sign]).
 // Serve root versions as N.root.json, and the current release and
-// timestamp; re-sign the timestamp before it expires.
+// timestamp; re-sign the timestamp before it expires. A release may also
+// list deltas ([NewDelta], [Release.Deltas]) from earlier releases'
+// images: the agent of a device that runs the base installs from the
+// delta, checks the result against the full artifact's signed digest, and
+// falls back to the full artifact on any failure ([Result.Delta]).
 //
 // # Verifying on the device
 //

@@ -148,7 +148,31 @@ func fzPayloadSeeds(tb testing.TB, f *fzFixture) []fzNamed {
 		one("member-case", bytes.Replace(payloadOf(tb, r.timestampBytes), []byte(`"version"`), []byte(`"VERSION"`), 1)),
 		one("duplicate", bytes.Replace(payloadOf(tb, r.releaseBytes), []byte(`"version":1`), []byte(`"version":1,"version":1`), 1)),
 		one("empty", nil),
+		one("valid-release-deltas", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), "")),
+		one("release-deltas-empty", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), `"deltas":[]`)),
+		one("release-deltas-null", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), `"deltas":null`)),
 	}
+}
+
+// fzWithDeltas returns a release payload with a "deltas" member: a valid
+// one, or, with member set, that member in its place.
+func fzWithDeltas(tb testing.TB, payload []byte, member string) []byte {
+	rel, err := decodeRelease(payload)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	rel.Version = 3
+	rel.Deltas = []Delta{{Artifact: rel.Artifacts[0].Name, FromVersion: 2, FromLength: 12, FromSHA256: sha256.Sum256([]byte("base")),
+		Length: 40, SHA256: sha256.Sum256([]byte("delta")), URI: "rootfs-3.from-2.delta"}}
+	b, err := rel.encode()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if member != "" {
+		i := bytes.Index(b, []byte(`,"deltas":`))
+		b = append(append(b[:i+1:i+1], member...), '}')
+	}
+	return b
 }
 
 // rawJWSFor is rawJWS for any testing.TB, with an empty signature.

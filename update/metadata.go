@@ -84,6 +84,11 @@ type Release struct {
 	HardwareClass string
 	// Artifacts are the files of the release: at least one.
 	Artifacts []Artifact
+	// Deltas are optional patches that build artifacts of this release
+	// from those of earlier releases ([NewDelta]); a device that runs the
+	// base installs from a delta and falls back to the artifact itself.
+	// At most 16; none is the common case.
+	Deltas []Delta
 	// Expires is when the release metadata stops being valid.
 	Expires time.Time
 }
@@ -100,6 +105,30 @@ type Artifact struct {
 	// URI locates the content: an absolute URI, or a reference relative
 	// to the metadata's location. It is not trusted: the length and
 	// digest are.
+	URI string
+}
+
+// Delta is a signed patch that builds one artifact of the release from the
+// image of an earlier release: a delta container (docs/update-format.md,
+// "Deltas") written by [NewDelta]. A device uses it only when its running
+// slot holds exactly the base (FromLength bytes hashing to FromSHA256), and
+// installs the result only if it is the artifact: its signed length and
+// SHA-256.
+type Delta struct {
+	// Artifact names the artifact of the release the delta builds.
+	Artifact string
+	// FromVersion is the release version of the base, below the release's.
+	FromVersion uint64
+	// FromLength and FromSHA256 are the exact length and SHA-256 of the
+	// base image.
+	FromLength int64
+	FromSHA256 [32]byte
+	// Length and SHA256 are those of the delta file itself: a device
+	// downloads no more than Length bytes and applies them only once they
+	// hash to SHA256.
+	Length int64
+	SHA256 [32]byte
+	// URI locates the delta file, as [Artifact.URI]; not trusted.
 	URI string
 }
 
@@ -148,12 +177,22 @@ type (
 		SecurityCounter uint64         `json:"security_counter"`
 		HardwareClass   string         `json:"hardware_class"`
 		Artifacts       []artifactJSON `json:"artifacts"`
+		Deltas          []deltaJSON    `json:"deltas,omitempty"`
 	}
 	artifactJSON struct {
 		Name   string `json:"name"`
 		Length int64  `json:"length"`
 		SHA256 string `json:"sha256"`
 		URI    string `json:"uri"`
+	}
+	deltaJSON struct {
+		Artifact    string `json:"artifact"`
+		FromVersion uint64 `json:"from_version"`
+		FromLength  int64  `json:"from_length"`
+		FromSHA256  string `json:"from_sha256"`
+		Length      int64  `json:"length"`
+		SHA256      string `json:"sha256"`
+		URI         string `json:"uri"`
 	}
 	timestampJSON struct {
 		Type        string      `json:"_type"`
@@ -379,6 +418,21 @@ func decodeRelease(payload []byte) (*Release, error) {
 		}
 		r.Artifacts = append(r.Artifacts, Artifact{Name: aj.Name, Length: aj.Length, SHA256: d, URI: aj.URI})
 	}
+	if len(w.Deltas) > limits.UpdateDeltas {
+		return nil, fmt.Errorf("%w: release lists %d deltas (at most %d)", ErrTooLarge, len(w.Deltas), limits.UpdateDeltas)
+	}
+	for _, dj := range w.Deltas {
+		from, err := parseDigest(dj.FromSHA256)
+		if err != nil {
+			return nil, err
+		}
+		d, err := parseDigest(dj.SHA256)
+		if err != nil {
+			return nil, err
+		}
+		r.Deltas = append(r.Deltas, Delta{Artifact: dj.Artifact, FromVersion: dj.FromVersion, FromLength: dj.FromLength,
+			FromSHA256: from, Length: dj.Length, SHA256: d, URI: dj.URI})
+	}
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
@@ -411,7 +465,40 @@ func (r *Release) validate() error {
 		}
 		seen[a.Name] = true
 	}
+	if len(r.Deltas) > limits.UpdateDeltas {
+		return fmt.Errorf("%w: release lists %d deltas (at most %d)", ErrTooLarge, len(r.Deltas), limits.UpdateDeltas)
+	}
+	type base struct {
+		artifact string
+		from     [32]byte
+	}
+	bases := map[base]bool{}
+	for _, d := range r.Deltas {
+		if err := d.validate(r); err != nil {
+			return err
+		}
+		b := base{d.Artifact, d.FromSHA256}
+		if bases[b] {
+			return fmt.Errorf("%w: release lists two deltas to %s from base %x", ErrMalformed, d.Artifact, d.FromSHA256)
+		}
+		bases[b] = true
+	}
 	return nil
+}
+
+// validate checks a delta of release r: it builds an artifact of r, from
+// an earlier version, and its URI follows the artifact rules.
+func (d Delta) validate(r *Release) error {
+	if _, ok := r.Artifact(d.Artifact); !ok {
+		return fmt.Errorf("%w: delta for artifact %q, which the release does not list", ErrMalformed, truncate(d.Artifact))
+	}
+	if d.FromVersion == 0 || d.FromVersion >= r.Version {
+		return fmt.Errorf("%w: delta to %s from version %d (want 1 to %d)", ErrMalformed, d.Artifact, d.FromVersion, r.Version-1)
+	}
+	if d.FromLength < 0 || d.Length < 0 {
+		return fmt.Errorf("%w: delta to %s: negative length", ErrMalformed, d.Artifact)
+	}
+	return Artifact{Name: d.Artifact, URI: d.URI}.validateURI("delta to " + d.Artifact)
 }
 
 func (a Artifact) validate() error {
@@ -424,16 +511,22 @@ func (a Artifact) validate() error {
 	if a.Length < 0 {
 		return fmt.Errorf("%w: artifact %s: negative length %d", ErrMalformed, a.Name, a.Length)
 	}
+	return a.validateURI("artifact " + a.Name)
+}
+
+// validateURI checks a.URI: 1 to limits.UpdateURI bytes of printable
+// ASCII without spaces, a URI reference. what names it in errors.
+func (a Artifact) validateURI(what string) error {
 	if len(a.URI) == 0 || len(a.URI) > limits.UpdateURI {
-		return fmt.Errorf("%w: artifact %s: URI of %d bytes (want 1 to %d)", ErrMalformed, a.Name, len(a.URI), limits.UpdateURI)
+		return fmt.Errorf("%w: %s: URI of %d bytes (want 1 to %d)", ErrMalformed, what, len(a.URI), limits.UpdateURI)
 	}
 	for i := 0; i < len(a.URI); i++ {
 		if c := a.URI[i]; c <= ' ' || c >= 0x7f {
-			return fmt.Errorf("%w: artifact %s: URI holds a byte 0x%02x outside printable ASCII", ErrMalformed, a.Name, c)
+			return fmt.Errorf("%w: %s: URI holds a byte 0x%02x outside printable ASCII", ErrMalformed, what, c)
 		}
 	}
 	if _, err := url.Parse(a.URI); err != nil {
-		return fmt.Errorf("%w: artifact %s: URI: %v", ErrMalformed, a.Name, err)
+		return fmt.Errorf("%w: %s: URI: %v", ErrMalformed, what, err)
 	}
 	return nil
 }
@@ -464,12 +557,17 @@ func (r *Release) encode() ([]byte, error) {
 	for _, a := range r.Artifacts {
 		w.Artifacts = append(w.Artifacts, artifactJSON{Name: a.Name, Length: a.Length, SHA256: hex.EncodeToString(a.SHA256[:]), URI: a.URI})
 	}
+	for _, d := range r.Deltas {
+		w.Deltas = append(w.Deltas, deltaJSON{Artifact: d.Artifact, FromVersion: d.FromVersion, FromLength: d.FromLength,
+			FromSHA256: hex.EncodeToString(d.FromSHA256[:]), Length: d.Length, SHA256: hex.EncodeToString(d.SHA256[:]), URI: d.URI})
+	}
 	return json.Marshal(w)
 }
 
 func (r *Release) clone() *Release {
 	c := *r
 	c.Artifacts = slices.Clone(r.Artifacts)
+	c.Deltas = slices.Clone(r.Deltas)
 	return &c
 }
 

@@ -72,6 +72,11 @@ type pending struct {
 	Since           int64  `cbor:"10,keyasint"`           // first start on trial, Unix ms of trusted time; 0 before
 	BootID          string `cbor:"11,keyasint,omitempty"` // the boot during which the switch was made
 	Aborting        bool   `cbor:"12,keyasint,omitempty"` // Abort began: a restart finishes it
+	// Delta is set while the install builds the artifact from a delta;
+	// nil on the full-image path.
+	Delta *pendingDelta `cbor:"13,keyasint,omitempty"`
+	// DeltaFailed says why the delta path was left for the full image.
+	DeltaFailed string `cbor:"14,keyasint,omitempty"`
 }
 
 // reverted names a release that booted here and failed: the same release

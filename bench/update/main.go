@@ -22,7 +22,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"flag"
@@ -34,11 +33,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/d2c-iot/d2c/bench/internal/benchutil"
-	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/slot"
 )
@@ -208,33 +205,18 @@ type repo struct {
 	files            map[string][]byte
 	srv              *httptest.Server
 	root             []byte
-	relKey, tsKey    crypto.Signer
+	keys             *benchutil.UpdateKeys
 	version, tstamps uint64
 }
 
 func newRepo(dir string) (*repo, error) {
 	r := &repo{files: map[string][]byte{}}
-	keys := make([]crypto.Signer, 3)
-	for i := range keys {
-		k, err := identity.GenerateKey(identity.ECDSAP256)
-		if err != nil {
-			return nil, err
-		}
-		keys[i] = k
-	}
-	r.relKey, r.tsKey = keys[1], keys[2]
-	root := &update.Root{Version: 1, Expires: time.Now().Add(24 * time.Hour)}
-	for i, role := range []update.Role{update.RoleRoot, update.RoleRelease, update.RoleTimestamp} {
-		if err := root.SetRole(role, 1, keys[i].Public()); err != nil {
-			return nil, err
-		}
-	}
-	b, err := root.Sign(keys[0])
+	keys, err := benchutil.NewUpdateKeys()
 	if err != nil {
 		return nil, err
 	}
-	r.root = b
-	r.files["1.root.json"] = b
+	r.keys, r.root = keys, keys.Root
+	r.files["1.root.json"] = keys.Root
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		b, ok := r.files[req.URL.Path[1:]]
@@ -258,18 +240,9 @@ func (r *repo) publish(img []byte) error {
 	if err != nil {
 		return err
 	}
-	rel := &update.Release{Version: r.version, SecurityCounter: 1, HardwareClass: "bench", Artifacts: []update.Artifact{art},
-		Expires: time.Now().Add(time.Hour)}
-	rb, err := rel.Sign(r.relKey)
-	if err != nil {
-		return err
-	}
+	rel := &update.Release{Version: r.version, SecurityCounter: 1, HardwareClass: "bench", Artifacts: []update.Artifact{art}}
 	r.tstamps++
-	ts, err := update.NewTimestamp(r.tstamps, time.Now().Add(time.Hour), rb)
-	if err != nil {
-		return err
-	}
-	tb, err := ts.Sign(r.tsKey)
+	rb, tb, err := r.keys.Sign(rel, r.tstamps)
 	if err != nil {
 		return err
 	}
@@ -304,32 +277,15 @@ func (r *repo) install(dir string, img []byte, count int) (best time.Duration, a
 			a.Close()
 			return 0, 0, 0, fmt.Errorf("check: %v (offer %v)", err, o)
 		}
-		runtime.GC()
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
-		var top atomic.Uint64
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() { // sample the heap while installing
-			defer close(done)
-			var m runtime.MemStats
-			for {
-				runtime.ReadMemStats(&m)
-				if m.HeapInuse > before.HeapInuse && m.HeapInuse-before.HeapInuse > top.Load() {
-					top.Store(m.HeapInuse - before.HeapInuse)
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-			}
-		}()
-		start := time.Now()
-		err = a.Install(ctx, o)
-		took := time.Since(start)
-		close(stop)
-		<-done
+		var took time.Duration
+		top, err := benchutil.HeapPeak(func() error {
+			start := time.Now()
+			err := a.Install(ctx, o)
+			took = time.Since(start)
+			return err
+		})
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
 		a.Close()
@@ -339,7 +295,7 @@ func (r *repo) install(dir string, img []byte, count int) (best time.Duration, a
 		if i == 0 || took < best {
 			best = took
 		}
-		alloc, peak = after.TotalAlloc-before.TotalAlloc, top.Load()
+		alloc, peak = after.TotalAlloc-before.TotalAlloc, top
 		if err := os.RemoveAll(d); err != nil {
 			return 0, 0, 0, err
 		}

@@ -28,7 +28,7 @@ func updateReleaseSignCommand() *command {
 		path:    "update release sign",
 		summary: "sign a release and a fresh timestamp into a repository",
 		usage: "--repo DIR --key FILE... --version V --security-counter C --hardware-class H --image FILE " +
-			"[--artifact NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress]",
+			"[--artifact NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress] [--delta-from V]...",
 		details: `
 Reads the image once, hashing it (SHA-256, length) and, unless --uri is
 absolute, copying it into the repository at the same time, to DIR/<URI>
@@ -54,7 +54,15 @@ It holds DIR/.lock from its first read to its last write, hashing and
 copying the image included: a timestamp job running meanwhile waits up to 5
 seconds, then fails, to be run again.
 
-A progress bar goes to stderr when it is a terminal, or with --progress.`,
+A progress bar goes to stderr when it is a terminal, or with --progress.
+
+--delta-from V (repeatable) adds a delta from release V: V.release.json
+must be in the repository, with an artifact of the same name whose image
+is in the repository too (a relative URI). The delta is written to
+DIR/v<VERSION>/<ARTIFACT>.from-v<V>.delta and signed in the release
+(docs/update-format.md, "Deltas"); devices that run release V download it
+instead of the image, and fall back to the image if it fails. It is
+usually a few percent of the image for two builds of one program.`,
 		example: `d2c update release sign --repo /srv/updates/fleet --key keys/release.key \
     --version 7 --security-counter 2 --hardware-class sensor-v2 --image build/firmware.bin \
     --timestamp-key keys/timestamp.key`,
@@ -73,6 +81,8 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 			tsExpires := fl.Duration("timestamp-expires", 24*time.Hour, "how long the timestamp is valid")
 			var progress autoBool
 			fl.Var(&progress, "progress", "show a progress bar on stderr; auto: when stderr is a terminal")
+			var deltaFrom stringList
+			fl.Var(&deltaFrom, "delta-from", "an earlier release V whose image in the repository the release gets a delta from; repeatable")
 			return func(ctx context.Context, s streams) error {
 				set := map[string]bool{}
 				fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -161,8 +171,13 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 					return withHint(fmt.Errorf("release version %d is already published with another image", *version),
 						fmt.Sprintf("a version names one image: give --version %d", prev.Version+1))
 				}
+				deltas, err := stageDeltas(ctx, *repo, *version, *image, art, deltaFrom)
+				defer deltas.abort()
+				if err != nil {
+					return err
+				}
 				rel := &update.Release{Version: *version, SecurityCounter: *counter, HardwareClass: *hardware,
-					Artifacts: []update.Artifact{art}, Expires: now.Add(*expires)}
+					Artifacts: []update.Artifact{art}, Deltas: deltas.entries(), Expires: now.Add(*expires)}
 				relBytes, err := rel.Sign(relSigners...)
 				if err != nil {
 					return err
@@ -173,6 +188,9 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 					return repoHint(err, *repo)
 				}
 				if err := staged.publish(); err != nil {
+					return err
+				}
+				if err := deltas.publish(); err != nil {
 					return err
 				}
 				// The versioned release first: a device holding the
@@ -189,6 +207,9 @@ A progress bar goes to stderr when it is a terminal, or with --progress.`,
 				fmt.Fprintf(s.stdout, "release version %d signed for %s, security counter %d, expires %s\n",
 					rel.Version, rel.HardwareClass, rel.SecurityCounter, rel.Expires.UTC().Format(time.RFC3339))
 				fmt.Fprintf(s.stdout, "artifact %s: %d bytes, sha256 %x, uri %s\n", art.Name, art.Length, art.SHA256, art.URI)
+				for _, d := range rel.Deltas {
+					fmt.Fprintf(s.stdout, "delta from version %d: %d bytes, sha256 %x, uri %s\n", d.FromVersion, d.Length, d.SHA256, d.URI)
+				}
 				fmt.Fprintf(s.stdout, "timestamp version %d, expires %s\n", ts.Version, ts.Expires.UTC().Format(time.RFC3339))
 				if dest == "" {
 					fmt.Fprintf(s.stderr, "upload %s to %s before devices check: it was not copied\n", *image, art.URI)

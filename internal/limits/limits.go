@@ -121,6 +121,24 @@ const (
 
 	// UpdateJSONDepth bounds the nesting of a metadata JSON document.
 	UpdateJSONDepth = 8
+
+	// UpdateDeltas bounds the deltas one release lists.
+	UpdateDeltas = 16
+
+	// UpdateDeltaBlockMin and UpdateDeltaBlock bound the block size of a
+	// delta container: the target bytes each of its zstd frames builds.
+	UpdateDeltaBlockMin = 64 << 10
+	UpdateDeltaBlock    = 4 << 20
+
+	// UpdateDeltaDict bounds the base region one delta frame uses as its
+	// dictionary: with a block, a frame and the decoder's tables, what a
+	// device holds in memory while it patches, whatever the image size.
+	UpdateDeltaDict = 16 << 20
+
+	// UpdateDeltaWindow bounds the Window_Size a delta's zstd frame
+	// declares (RFC 8878 section 3.1.1.1.2). A frame needs no window past
+	// its own block: the past is the dictionary.
+	UpdateDeltaWindow = 8 << 20
 )
 
 // attestation: Entity Attestation Tokens (package identity/attest).

@@ -68,6 +68,13 @@ func init() {
 		}
 		return s, nil
 	}
+	slothook.OpenImageFile = func(fsys atomicfile.FS, path string) (any, error) {
+		img := &dirImage{fileImage: fileImage{path: path}, fsys: fsys, dir: filepath.Dir(path)}
+		if err := img.open(0); err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return Image(img), nil
+	}
 }
 
 // initDirSlots is [InitDirSlots] on fsys: the operating system's file
