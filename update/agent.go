@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,6 +65,15 @@ type AgentConfig struct {
 	// HardwareClass is this device's class; releases for another are
 	// refused.
 	HardwareClass string
+	// Device is this device's ID (its certificate's), on which it
+	// evaluates a campaign's cohort rule ([Timestamp.Rollout]). Without
+	// it the device is in a cohort only through Groups.
+	Device string
+	// Groups names the device groups this device belongs to (set at
+	// provisioning, for instance "beta"): a campaign may offer a release
+	// to named groups first ([Rollout.Groups]). Each is 1 to 64 bytes of
+	// A-Z a-z 0-9 . _ -.
+	Groups []string
 	// Artifact names the artifact to install from a release; empty means
 	// the release's only artifact.
 	Artifact string
@@ -152,6 +162,10 @@ type Status struct {
 	// Reverted is the version of the last release that booted here and
 	// was reverted; Check does not offer that same release again.
 	Reverted uint64
+	// Withheld is the version of a newer release the last check verified
+	// but did not offer: its campaign's cohort rule leaves this device
+	// out for now ([Timestamp.Rollout]); 0 when none.
+	Withheld uint64
 }
 
 // Agent installs updates: it checks for verified releases, downloads one
@@ -173,6 +187,9 @@ type Agent struct {
 	closed  bool
 	counted bool   // this process counted its start of a trial
 	offer   *Offer // the release Check verified last
+	// withheld is the release version the last check found but the
+	// campaign's cohort rule does not offer this device (0: none).
+	withheld uint64
 
 	deltaErr error // the last failure of a delta path (tests)
 }
@@ -190,6 +207,12 @@ func NewAgent(ctx context.Context, cfg AgentConfig) (*Agent, error) {
 	case cfg.Slots == nil || cfg.Source == nil:
 		return nil, errors.New("update: AgentConfig.Slots and Source are required")
 	}
+	for _, g := range cfg.Groups {
+		if err := validateName("group", g); err != nil || len(g) > maxGroupName {
+			return nil, fmt.Errorf("update: AgentConfig.Groups: %q: 1 to %d bytes of A-Z a-z 0-9 . _ -", g, maxGroupName)
+		}
+	}
+	cfg.Groups = slices.Clone(cfg.Groups)
 	if cfg.fs == nil {
 		cfg.fs = atomicfile.OS{}
 	}
@@ -339,6 +362,7 @@ func (a *Agent) statusLocked() Status {
 	if a.st.Reverted != nil {
 		s.Reverted = a.st.Reverted.Version
 	}
+	s.Withheld = a.withheld
 	return s
 }
 
@@ -562,6 +586,7 @@ func isAttack(err error) bool {
 }
 
 func (a *Agent) checkLocked(ctx context.Context) (*Offer, error) {
+	a.withheld = 0
 	t, err := NewTrusted(a.st.Root, a.st.Floors, a.now(), a.cfg.HardwareClass)
 	if err != nil {
 		return nil, fmt.Errorf("update: trusted root: %w", err)
@@ -624,6 +649,15 @@ func (a *Agent) checkLocked(ctx context.Context) (*Offer, error) {
 		// It booted and failed its health check here: installing it again
 		// would loop. A newer release is offered.
 		a.log.Info("update: release was reverted on this device; waiting for a newer one", "version", rel.Version)
+		return nil, nil
+	}
+	if !ts.Rollout.Eligible(a.cfg.Device, a.cfg.Groups) {
+		// A campaign holds it back from this device for now (or halted
+		// it): the release is verified and the floors kept, but nothing
+		// starts. A download under way stays where it is.
+		a.withheld = rel.Version
+		a.log.Info("update: release withheld by its campaign's cohort rule", "version", rel.Version,
+			"share", ts.Rollout.Share, "groups", ts.Rollout.Groups)
 		return nil, nil
 	}
 	a.offer = &Offer{Release: rel, Artifact: art}

@@ -44,6 +44,7 @@ type agentRepo struct {
 	hardware          string
 	expiresRelease    time.Duration
 	expiresTimestamps time.Duration
+	rollout           *Rollout // signed into every timestamp stamp makes
 }
 
 func agentKey(t testing.TB) crypto.Signer {
@@ -163,6 +164,7 @@ func (r *agentRepo) stamp() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	ts.Rollout = r.rollout
 	if r.tstamp, err = ts.Sign(r.tsKey); err != nil {
 		r.t.Fatal(err)
 	}

@@ -142,6 +142,11 @@ type Timestamp struct {
 	Expires time.Time
 	// Release names the current signed release metadata document.
 	Release MetaRef
+	// Rollout, if not nil, limits the devices the release is offered to:
+	// the cohort rule of a campaign, signed here by the online timestamp
+	// key so that phases advance without the offline release keys. Nil
+	// offers the release to every device of its hardware class.
+	Rollout *Rollout
 }
 
 // MetaRef names one signed metadata document: its version, and the length
@@ -195,11 +200,12 @@ type (
 		URI         string `json:"uri"`
 	}
 	timestampJSON struct {
-		Type        string      `json:"_type"`
-		SpecVersion string      `json:"spec_version"`
-		Version     uint64      `json:"version"`
-		Expires     string      `json:"expires"`
-		Release     metaRefJSON `json:"release"`
+		Type        string       `json:"_type"`
+		SpecVersion string       `json:"spec_version"`
+		Version     uint64       `json:"version"`
+		Expires     string       `json:"expires"`
+		Release     metaRefJSON  `json:"release"`
+		Rollout     *rolloutJSON `json:"rollout,omitempty"`
 	}
 	metaRefJSON struct {
 		Version uint64 `json:"version"`
@@ -613,7 +619,12 @@ func decodeTimestamp(payload []byte) (*Timestamp, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Timestamp{Version: w.Version, Expires: exp, Release: MetaRef{Version: w.Release.Version, Length: w.Release.Length, SHA256: d}}
+	ro, err := w.Rollout.rollout()
+	if err != nil {
+		return nil, err
+	}
+	t := &Timestamp{Version: w.Version, Expires: exp, Release: MetaRef{Version: w.Release.Version, Length: w.Release.Length, SHA256: d},
+		Rollout: ro}
 	if err := t.validate(); err != nil {
 		return nil, err
 	}
@@ -633,6 +644,9 @@ func (t *Timestamp) validate() error {
 	if t.Release.Length <= 0 || t.Release.Length > limits.UpdateRelease {
 		return fmt.Errorf("%w: timestamp names a release of %d bytes (want 1 to %d)", ErrMalformed, t.Release.Length, limits.UpdateRelease)
 	}
+	if t.Rollout != nil {
+		return t.Rollout.validate()
+	}
 	return nil
 }
 
@@ -643,5 +657,6 @@ func (t *Timestamp) encode() ([]byte, error) {
 	return json.Marshal(timestampJSON{
 		Type: string(RoleTimestamp), SpecVersion: SpecVersion, Version: t.Version, Expires: formatTime(t.Expires),
 		Release: metaRefJSON{Version: t.Release.Version, Length: t.Release.Length, SHA256: hex.EncodeToString(t.Release.SHA256[:])},
+		Rollout: t.Rollout.wire(),
 	})
 }

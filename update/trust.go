@@ -214,8 +214,7 @@ func (t *Trusted) UpdateTimestamp(b []byte) (*Timestamp, error) {
 	t.timestamp = ts
 	t.floors.TimestampVersion = ts.Version
 	t.floors.ReleaseVersion = max(t.floors.ReleaseVersion, ts.Release.Version)
-	c := *ts
-	return &c, nil
+	return ts.clone(), nil
 }
 
 // UpdateRelease verifies b as the release metadata the trusted timestamp
@@ -308,11 +307,7 @@ func (t *Trusted) Floors() Floors { return t.floors }
 // Timestamp returns a copy of the trusted timestamp, or nil before
 // [Trusted.UpdateTimestamp] succeeds.
 func (t *Trusted) Timestamp() *Timestamp {
-	if t.timestamp == nil {
-		return nil
-	}
-	c := *t.timestamp
-	return &c
+	return t.timestamp.clone()
 }
 
 // Release returns a copy of the trusted release, or nil before

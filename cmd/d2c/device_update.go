@@ -51,7 +51,10 @@ interrupted download), verifies its length and SHA-256, and makes that slot
 boot next, on trial. It then says what happened: installed (restart the
 application from SLOTS/current/image to run it), up to date, or refused, with
 the attack the refusal stopped (rollback, freeze, mix-and-match, arbitrary
-software...) and what to do.
+software...) and what to do. A release under a campaign (docs/update-format.md,
+"The cohort rule") is installed only once the campaign's signed rule reaches
+this device: by its device ID (from --store) or a --group it belongs to;
+before that it is reported withheld.
 
 --confirm is run by the new software once its health check has passed: only
 then does the anti-rollback floor rise to the new release. --rollback goes
@@ -86,6 +89,8 @@ d2c device update --store /var/lib/d2c --root /etc/d2c/root.json --hardware-clas
 			caRoots := fl.String("ca-roots", "", "PEM roots the repository's HTTPS certificate chains to (default: the system's)")
 			insecure := fl.Bool("insecure-http", false, "allow a plain http:// --repo-url (development: d2c update serve)")
 			artifact := fl.String("artifact", "", "artifact name to install, from a release of several")
+			var groups stringList
+			fl.Var(&groups, "group", "a device group this device belongs to, which a campaign may offer a release to first; repeatable")
 			var progress autoBool
 			fl.Var(&progress, "progress", "show a download progress bar on stderr; auto: when stderr is a terminal")
 			confirm := fl.Bool("confirm", false, "confirm the release on trial: the new software is healthy")
@@ -115,7 +120,7 @@ d2c device update --store /var/lib/d2c --root /etc/d2c/root.json --hardware-clas
 					return err
 				}
 				o := deviceUpdateOptions{dir: *dir, rootFile: *rootFile, hardware: *hardware, slots: *slotsDir,
-					state: *stateDir, artifact: *artifact}
+					state: *stateDir, artifact: *artifact, groups: groups}
 				if o.state == "" {
 					o.state = filepath.Join(*dir, deviceUpdateStateDir)
 				}
@@ -144,6 +149,7 @@ d2c device update --store /var/lib/d2c --root /etc/d2c/root.json --hardware-clas
 // deviceUpdateOptions are the parsed flags of "device update".
 type deviceUpdateOptions struct {
 	dir, rootFile, hardware, slots, state, artifact string
+	groups                                          []string           // device groups a campaign may offer a release to first
 	source                                          *update.HTTPSource // nil: no check in this mode
 	client                                          *http.Client       // artifact downloads; nil: HTTPS with the system roots
 	progress                                        bool
@@ -234,6 +240,10 @@ func openAgent(ctx context.Context, s streams, o deviceUpdateOptions, cfg update
 		return nil, nil, err
 	}
 	cfg.Dir, cfg.Root, cfg.HardwareClass, cfg.Slots, cfg.Clock, cfg.Artifact = o.state, root, o.hardware, slots, store.Clock(), o.artifact
+	cfg.Groups = o.groups
+	if id, err := store.Current(); err == nil {
+		cfg.Device = id.DeviceID // a campaign's cohort rule is evaluated on it
+	}
 	if cfg.Source == nil {
 		cfg.Source = noSource{}
 	}
@@ -318,6 +328,11 @@ func deviceUpdateCheck(ctx context.Context, s streams, o deviceUpdateOptions) er
 		if rv := a.Status().Reverted; rv > st.Installed.Version {
 			fmt.Fprintf(s.stdout, "release %d was reverted on this device and is not installed again; release %d runs from slot %s: "+
 				"publish a newer release to update\n", rv, st.Installed.Version, st.Installed.Slot)
+			return nil
+		}
+		if w := a.Status().Withheld; w != 0 {
+			fmt.Fprintf(s.stdout, "release %d is verified but withheld: its campaign has not reached this device yet (or was halted); "+
+				"release %d runs from slot %s\n", w, st.Installed.Version, st.Installed.Slot)
 			return nil
 		}
 		fmt.Fprintf(s.stdout, "up to date: release %d runs from slot %s\n", st.Installed.Version, st.Installed.Slot)

@@ -134,7 +134,7 @@ func main() {
 type settings struct {
 	identityDir, deviceID, estURL, fingerprint, token, tokenFile string
 	broker, serverName, cloudKey, commandKey, stateDir           string
-	updateURL, updateRoot, hardwareClass, slotsDir               string
+	updateURL, updateRoot, hardwareClass, slotsDir, updateGroups string
 	updateInsecureHTTP                                           bool
 	updateInterval, healthTimeout, interval                      time.Duration
 	stream, logLevel                                             string
@@ -173,6 +173,7 @@ func parseSettings(args []string, lookupEnv func(string) (string, bool), out io.
 	fl.StringVar(&s.updateRoot, "update-root", "", "update root pinned at manufacture, the root.json of d2c update root init")
 	fl.StringVar(&s.hardwareClass, "hardware-class", "", "this device's hardware class; releases for another are refused")
 	fl.StringVar(&s.slotsDir, "slots-dir", "", "A/B slot directory (created with an empty image in slot a if missing)")
+	fl.StringVar(&s.updateGroups, "update-groups", "", "comma-separated device groups (beta...) a campaign may offer a release to first")
 	fl.BoolVar(&s.updateInsecureHTTP, "update-insecure-http", false, "allow a plain http:// --update-url (development: d2c update serve)")
 	fl.DurationVar(&s.updateInterval, "update-interval", time.Hour, "time between update checks (and on each update.check command)")
 	fl.DurationVar(&s.healthTimeout, "health-timeout", 2*time.Minute, "a release on trial is confirmed if the broker is reached within this")
@@ -512,6 +513,13 @@ func (d *device) openAgent(ctx context.Context, client *transport.Client) (*upda
 		Dir: filepath.Join(d.s.stateDir, "update"), Root: d.root, HardwareClass: d.s.hardwareClass,
 		Slots: slots, Source: &update.HTTPSource{BaseURL: d.s.updateURL},
 		Clock: d.store.Clock(), Report: updatelink.TelemetryReporter(client, d.log), Logger: d.log,
+	}
+	// A campaign's cohort rule is evaluated on the device's own ID.
+	if id, err := d.store.Current(); err == nil {
+		cfg.Device = id.DeviceID
+	}
+	if d.s.updateGroups != "" {
+		cfg.Groups = strings.Split(d.s.updateGroups, ",")
 	}
 	if d.s.updateInsecureHTTP {
 		cfg.Client = &http.Client{} // may speak plain http; MinRate bounds a stalled download
