@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -145,6 +146,8 @@ func fzPayloadSeeds(tb testing.TB, f *fzFixture) []fzNamed {
 		one("valid-root", payloadOf(tb, f.root1)),
 		one("valid-release", payloadOf(tb, r.releaseBytes)),
 		one("valid-timestamp", payloadOf(tb, r.timestampBytes)),
+		one("valid-timestamp-rollout", fzWithRollout(tb, payloadOf(tb, r.timestampBytes), "")),
+		one("timestamp-rollout-groups-empty", fzWithRollout(tb, payloadOf(tb, r.timestampBytes), `"groups":[]`)),
 		one("member-case", bytes.Replace(payloadOf(tb, r.timestampBytes), []byte(`"version"`), []byte(`"VERSION"`), 1)),
 		one("duplicate", bytes.Replace(payloadOf(tb, r.releaseBytes), []byte(`"version":1`), []byte(`"version":1,"version":1`), 1)),
 		one("empty", nil),
@@ -152,6 +155,24 @@ func fzPayloadSeeds(tb testing.TB, f *fzFixture) []fzNamed {
 		one("release-deltas-empty", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), `"deltas":[]`)),
 		one("release-deltas-null", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), `"deltas":null`)),
 	}
+}
+
+// fzWithRollout returns a timestamp payload with a cohort rule (two
+// groups); groups, if not empty, replaces its "groups" member.
+func fzWithRollout(tb testing.TB, payload []byte, groups string) []byte {
+	ts, err := decodeTimestamp(payload)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ts.Rollout = &Rollout{Salt: [16]byte{1, 2, 3}, Share: 1250, Groups: []string{"beta", "lab"}}
+	b, err := ts.encode()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if groups != "" {
+		b = bytes.Replace(b, []byte(`"groups":["beta","lab"]`), []byte(groups), 1)
+	}
+	return b
 }
 
 // fzWithDeltas returns a release payload with a "deltas" member: a valid
@@ -389,7 +410,7 @@ func FuzzDecodePayload(f *testing.F) {
 				t.Fatalf("accepted timestamp does not encode: %v", err)
 			}
 			again, err := decodeTimestamp(re)
-			if err != nil || *again != *ts {
+			if err != nil || !reflect.DeepEqual(again, ts) {
 				t.Fatalf("timestamp round trip: %v", err)
 			}
 		}
