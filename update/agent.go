@@ -105,7 +105,8 @@ type AgentConfig struct {
 	// trial; nil leaves the restart to the application.
 	Reboot func(ctx context.Context) error
 	// Report receives each outcome (installed, confirmed, reverted,
-	// refused, failed); updatelink.TelemetryReporter publishes
+	// refused, failed) and, at the first Start, the release the device
+	// runs ("running"); updatelink.TelemetryReporter publishes
 	// them as signed telemetry.
 	Report func(ctx context.Context, r Result)
 	// Logger receives the agent's events; nil discards them.
@@ -125,9 +126,13 @@ type AgentConfig struct {
 	hook func(point string) // tests: named points of an update
 }
 
-// Result is the outcome of an update step, as reported.
+// Result is the outcome of an update step, as reported. Event is one of
+// "installed", "confirmed", "reverted", "refused", "failed", or "running":
+// the release the device runs, reported by the first [Agent.Start] of each
+// Agent (each start of the application), so that the cloud learns what
+// every device runs even when nothing changes.
 type Result struct {
-	Event   string `cbor:"1,keyasint" json:"event"` // installed, confirmed, reverted, refused, failed
+	Event   string `cbor:"1,keyasint" json:"event"` // installed, confirmed, reverted, refused, failed, running
 	Version uint64 `cbor:"2,keyasint" json:"version"`
 	From    uint64 `cbor:"3,keyasint" json:"from"`
 	Reason  string `cbor:"4,keyasint,omitempty" json:"reason,omitempty"`
@@ -137,6 +142,14 @@ type Result struct {
 	// failed, Reason says why, and the full artifact was downloaded), or
 	// empty (no delta for the installed release).
 	Delta string `cbor:"6,keyasint,omitempty" json:"delta,omitempty"`
+	// SBOM, SupportUntil and HardwareClass, on "installed", "confirmed"
+	// and "running" results, are the release's facts: the hex SHA-256 of
+	// its signed SBOM ([Release.SBOM]; empty when it has none), the end
+	// of its security support ([Release.SupportUntil], Unix ms; 0 when
+	// none is stated), and the agent's hardware class.
+	SBOM          string `cbor:"7,keyasint,omitempty" json:"sbom,omitempty"`
+	SupportUntil  int64  `cbor:"8,keyasint,omitempty" json:"support_until,omitempty"`
+	HardwareClass string `cbor:"9,keyasint,omitempty" json:"hardware_class,omitempty"`
 }
 
 // Offer is a verified release that is newer than the installed one.
@@ -186,6 +199,7 @@ type Agent struct {
 	reboot  bool
 	closed  bool
 	counted bool   // this process counted its start of a trial
+	running bool   // this Agent reported the release it runs
 	offer   *Offer // the release Check verified last
 	// withheld is the release version the last check found but the
 	// campaign's cohort rule does not offer this device (0: none).
@@ -352,6 +366,8 @@ func (a *Agent) Status() Status {
 
 func (a *Agent) statusLocked() Status {
 	s := Status{Phase: a.st.Phase, Installed: a.st.Installed, RebootNeeded: a.reboot}
+	// Copies: a caller must not reach into the agent's state.
+	s.Installed.SHA256, s.Installed.SBOM = bytes.Clone(s.Installed.SHA256), bytes.Clone(s.Installed.SBOM)
 	if p := a.st.Pending; p != nil {
 		s.Pending, s.Starts = p.Version, p.Starts
 	}
@@ -387,7 +403,7 @@ func (a *Agent) result(ctx context.Context, event string, version uint64, reason
 }
 
 func (a *Agent) report(ctx context.Context, r Result) {
-	if a.cfg.Audit != nil {
+	if a.cfg.Audit != nil && r.Event != "running" { // a start, not an update step
 		if err := a.cfg.Audit.UpdateResult(ctx, r.Event, r.Version, r.From, r.Reason); err != nil {
 			a.log.Error("audit log", "err", err)
 		}
@@ -411,9 +427,16 @@ func (a *Agent) Start(ctx context.Context) (Status, error) {
 	var rep *Result
 	err := a.startLocked(ctx, &rep)
 	st := a.statusLocked()
+	var run *Result
+	if err == nil && !a.running {
+		run = a.runningLocked(ctx)
+	}
 	a.mu.Unlock()
 	if rep != nil {
 		a.report(ctx, *rep) // outside the lock: a callback may call the agent
+	}
+	if run != nil {
+		a.report(ctx, *run)
 	}
 	return st, err
 }
@@ -775,6 +798,7 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 			Length: o.Artifact.Length, SHA256: digest, URI: o.Artifact.URI, Slot: target, Prev: booted,
 			// The offer Check kept, not the caller's copy.
 			Delta: a.pickDelta(a.offer.Release, o.Artifact)}
+		a.st.Pending.SBOM, a.st.Pending.SupportUntil = releaseFacts(a.offer.Release)
 	}
 	if err := a.store.save(a.st); err != nil {
 		return err
@@ -856,7 +880,8 @@ func (a *Agent) installLocked(ctx context.Context, o *Offer, rep **Result) error
 	case a.st.Pending.DeltaFailed != "":
 		r.Delta = "fallback"
 	}
-	a.st.Last.Delta = r.Delta
+	a.facts(&r, a.st.Pending.SBOM, a.st.Pending.SupportUntil)
+	*a.st.Last = r
 	*rep = &r
 	return a.enterTrial(ctx)
 }
@@ -955,9 +980,11 @@ func (a *Agent) confirmLocked(ctx context.Context, rep **Result) error {
 func (a *Agent) commitLocked(ctx context.Context, rep **Result) error {
 	p := a.st.Pending
 	r := a.result(ctx, "confirmed", p.Version, "")
+	a.facts(&r, p.SBOM, p.SupportUntil)
+	*a.st.Last = r
 	*rep = &r
 	a.st.Installed = Installed{Version: p.Version, SecurityCounter: max(p.SecurityCounter, a.st.Installed.SecurityCounter),
-		Slot: p.Slot, SHA256: p.SHA256, Artifact: p.Artifact}
+		Slot: p.Slot, SHA256: p.SHA256, Artifact: p.Artifact, SBOM: p.SBOM, SupportUntil: p.SupportUntil}
 	if a.st.Floors.SecurityCounter < a.st.Installed.SecurityCounter {
 		a.st.Floors.SecurityCounter = a.st.Installed.SecurityCounter
 	}

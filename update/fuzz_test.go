@@ -154,6 +154,8 @@ func fzPayloadSeeds(tb testing.TB, f *fzFixture) []fzNamed {
 		one("valid-release-deltas", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), "")),
 		one("release-deltas-empty", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), `"deltas":[]`)),
 		one("release-deltas-null", fzWithDeltas(tb, payloadOf(tb, r.releaseBytes), `"deltas":null`)),
+		one("valid-release-facts", fzWithFacts(tb, payloadOf(tb, r.releaseBytes))),
+		one("release-sbom-null", bytes.Replace(fzWithFacts(tb, payloadOf(tb, r.releaseBytes)), []byte(`"sbom":{`), []byte(`"sbom":null,"x":{`), 1)),
 	}
 }
 
@@ -171,6 +173,19 @@ func fzWithRollout(tb testing.TB, payload []byte, groups string) []byte {
 	}
 	if groups != "" {
 		b = bytes.Replace(b, []byte(`"groups":["beta","lab"]`), []byte(groups), 1)
+	}
+	return b
+}
+
+// fzWithFacts returns a release payload with an SBOM and a support end.
+func fzWithFacts(tb testing.TB, payload []byte) []byte {
+	rel, err := decodeRelease(payload)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b, err := withFacts(rel).encode()
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return b
 }
@@ -400,7 +415,8 @@ func FuzzDecodePayload(f *testing.F) {
 				t.Fatalf("accepted release does not encode: %v", err)
 			}
 			again, err := decodeRelease(re)
-			if err != nil || fmt.Sprint(again) != fmt.Sprint(rel) {
+			// By value: Sprint would print the SBOM pointer's address.
+			if err != nil || !reflect.DeepEqual(again, rel) {
 				t.Fatalf("release round trip: %v", err)
 			}
 		}

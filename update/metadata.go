@@ -91,6 +91,13 @@ type Release struct {
 	Deltas []Delta
 	// Expires is when the release metadata stops being valid.
 	Expires time.Time
+	// SBOM, if not nil, is the release's software bill of materials: a
+	// CycloneDX JSON file, signed by length and SHA-256 like an artifact
+	// ([SBOMRef]). Devices never download it; they report its digest.
+	SBOM *SBOMRef
+	// SupportUntil is the end of the release's security support (whole
+	// seconds, UTC on the wire, as Expires); zero states none.
+	SupportUntil time.Time
 }
 
 // Artifact is one file of a release, as signed.
@@ -183,6 +190,8 @@ type (
 		HardwareClass   string         `json:"hardware_class"`
 		Artifacts       []artifactJSON `json:"artifacts"`
 		Deltas          []deltaJSON    `json:"deltas,omitempty"`
+		SBOM            *sbomJSON      `json:"sbom,omitempty"`
+		SupportUntil    string         `json:"support_until,omitempty"`
 	}
 	artifactJSON struct {
 		Name   string `json:"name"`
@@ -439,6 +448,9 @@ func decodeRelease(payload []byte) (*Release, error) {
 		r.Deltas = append(r.Deltas, Delta{Artifact: dj.Artifact, FromVersion: dj.FromVersion, FromLength: dj.FromLength,
 			FromSHA256: from, Length: dj.Length, SHA256: d, URI: dj.URI})
 	}
+	if err := w.decodeFacts(r); err != nil {
+		return nil, err
+	}
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
@@ -489,7 +501,7 @@ func (r *Release) validate() error {
 		}
 		bases[b] = true
 	}
-	return nil
+	return r.validateFacts()
 }
 
 // validate checks a delta of release r: it builds an artifact of r, from
@@ -567,6 +579,7 @@ func (r *Release) encode() ([]byte, error) {
 		w.Deltas = append(w.Deltas, deltaJSON{Artifact: d.Artifact, FromVersion: d.FromVersion, FromLength: d.FromLength,
 			FromSHA256: hex.EncodeToString(d.FromSHA256[:]), Length: d.Length, SHA256: hex.EncodeToString(d.SHA256[:]), URI: d.URI})
 	}
+	r.encodeFacts(&w)
 	return json.Marshal(w)
 }
 
@@ -574,6 +587,10 @@ func (r *Release) clone() *Release {
 	c := *r
 	c.Artifacts = slices.Clone(r.Artifacts)
 	c.Deltas = slices.Clone(r.Deltas)
+	if r.SBOM != nil {
+		s := *r.SBOM
+		c.SBOM = &s
+	}
 	return &c
 }
 

@@ -56,6 +56,13 @@ type Installed struct {
 	Slot            string `cbor:"3,keyasint"`
 	SHA256          []byte `cbor:"4,keyasint,omitempty"`
 	Artifact        string `cbor:"5,keyasint,omitempty"`
+	// SBOM is the SHA-256 of the release's signed SBOM ([Release.SBOM]);
+	// nil when it had none (or was confirmed by an agent that did not
+	// record it).
+	SBOM []byte `cbor:"6,keyasint,omitempty"`
+	// SupportUntil is the end of the release's security support
+	// ([Release.SupportUntil]), Unix ms; 0 when it stated none.
+	SupportUntil int64 `cbor:"7,keyasint,omitempty"`
 }
 
 // pending is the release being installed.
@@ -77,6 +84,9 @@ type pending struct {
 	Delta *pendingDelta `cbor:"13,keyasint,omitempty"`
 	// DeltaFailed says why the delta path was left for the full image.
 	DeltaFailed string `cbor:"14,keyasint,omitempty"`
+	// SBOM and SupportUntil are the release's facts, kept for Installed.
+	SBOM         []byte `cbor:"15,keyasint,omitempty"`
+	SupportUntil int64  `cbor:"16,keyasint,omitempty"`
 }
 
 // reverted names a release that booted here and failed: the same release

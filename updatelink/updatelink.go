@@ -41,7 +41,9 @@ var _ Publisher = (*transport.Client)(nil)
 // TelemetryReporter returns an [update.AgentConfig].Report that publishes
 // each result as signed telemetry on the [update.ReportStream] stream, its
 // body the JSON of [update.Result], so that the cloud learns of every
-// install, confirm, revert and refusal with the same guarantees as any
+// install, confirm, revert and refusal, and at each start of the release
+// the device runs ("running", with its SBOM digest and support end;
+// docs/update-format.md, "Update reports"), with the same guarantees as any
 // reading: signed by the device key, stored durably before it is sent,
 // never lost. A failure to store it is logged to log (nil discards).
 func TelemetryReporter(p Publisher, log *slog.Logger) func(context.Context, update.Result) {

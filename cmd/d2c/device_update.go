@@ -63,7 +63,9 @@ within 3 starts or 30 minutes is reverted: every run of this command (but
 --status) counts as a start of the software on trial, since with directory
 slots the slot that current names when it runs is the one running.
 --status prints the agent's state and changes nothing. With --json it is one
-object: "phase", "installed" {"version", "security_counter", "slot"},
+object: "phase", "installed" {"version", "security_counter", "slot", "sbom"
+(hex SHA-256 of the release's SBOM, absent if none), "support_until" (end
+of the release's security support, RFC 3339, absent if none stated)},
 "pending" (the release on trial or being installed, 0 if none), "starts"
 (starts counted on trial), "next_slot", "next_on_trial", and "last", the
 last event, null or {"event", "version", "from", "time" (RFC 3339, UTC),
@@ -459,6 +461,7 @@ func deviceUpdateStatus(ctx context.Context, s streams, o deviceUpdateOptions, a
 	w := s.stdout
 	fmt.Fprintf(w, "phase:      %s\n", st.Phase)
 	fmt.Fprintf(w, "installed:  release %d, security counter %d, slot %s\n", st.Installed.Version, st.Installed.SecurityCounter, st.Installed.Slot)
+	printSupport(s, st.Installed, time.Now())
 	if st.Pending != 0 {
 		fmt.Fprintf(w, "pending:    release %d", st.Pending)
 		if st.Phase == update.PhaseTrial {
@@ -490,6 +493,8 @@ type updateStatus struct {
 		Version         uint64 `json:"version"`
 		SecurityCounter uint64 `json:"security_counter"`
 		Slot            string `json:"slot"`
+		SBOM            string `json:"sbom,omitempty"`
+		SupportUntil    string `json:"support_until,omitempty"`
 	} `json:"installed"`
 	Pending     uint64             `json:"pending"`
 	Starts      int                `json:"starts"`
@@ -509,6 +514,7 @@ type updateStatusEvent struct {
 func updateStatusJSON(st update.Status, next string, trial bool) updateStatus {
 	r := updateStatus{Phase: fmt.Sprint(st.Phase), Pending: st.Pending, Starts: st.Starts, NextSlot: next, NextOnTrial: trial}
 	r.Installed.Version, r.Installed.SecurityCounter, r.Installed.Slot = st.Installed.Version, st.Installed.SecurityCounter, st.Installed.Slot
+	r.Installed.SBOM, r.Installed.SupportUntil = installedFacts(st.Installed)
 	if l := st.Last; l != nil {
 		r.Last = &updateStatusEvent{Event: l.Event, Version: l.Version, From: l.From,
 			Time: time.UnixMilli(l.Time).UTC().Format(time.RFC3339Nano), Reason: l.Reason}

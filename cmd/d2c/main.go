@@ -23,6 +23,7 @@
 //	broker config        write mosquitto.conf and its ACL for the fleet
 //	dev broker           run an embedded MQTT broker for development
 //	tail                 print verified telemetry live, as a cloud service
+//	fleet affected       list the devices running a release whose SBOM names a component
 //	device enroll        enroll a device with a token
 //	device renew         renew a device certificate
 //	device show          show a device's current identity
@@ -138,6 +139,7 @@ func commands() []*command {
 		brokerConfigCommand(),
 		devBrokerCommand(),
 		tailCommand(),
+		fleetAffectedCommand(),
 		deviceEnrollCommand(),
 		deviceRenewCommand(),
 		deviceShowCommand(),

@@ -28,7 +28,8 @@ func updateReleaseSignCommand() *command {
 		path:    "update release sign",
 		summary: "sign a release and a fresh timestamp into a repository",
 		usage: "--repo DIR --key FILE... --version V --security-counter C --hardware-class H --image FILE " +
-			"[--artifact NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress] [--delta-from V]...",
+			"[--artifact NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress] [--delta-from V]... " +
+			"[--sbom FILE] [--support-until DATE]",
 		details: `
 Reads the image once, hashing it (SHA-256, length) and, unless --uri is
 absolute, copying it into the repository at the same time, to DIR/<URI>
@@ -62,7 +63,17 @@ is in the repository too (a relative URI). The delta is written to
 DIR/v<VERSION>/<ARTIFACT>.from-v<V>.delta and signed in the release
 (docs/update-format.md, "Deltas"); devices that run release V download it
 instead of the image, and fall back to the image if it fails. It is
-usually a few percent of the image for two builds of one program.`,
+usually a few percent of the image for two builds of one program.
+
+--sbom FILE signs the image's software bill of materials into the release
+(its length and SHA-256, as for the image) and copies it into the
+repository at DIR/v<VERSION>/<file name>. It must be a CycloneDX JSON SBOM,
+specVersion 1.4 to 1.6, of at most 16 MiB and 100000 components. Devices
+never download it: they report its digest with the release they run, and
+"d2c fleet affected" finds the devices whose release's SBOM names a
+component. --support-until DATE states the end of the release's security
+support (YYYY-MM-DD for 00:00 UTC that day, or an RFC 3339 time); devices
+report it too, and "d2c device update --status" warns once it has passed.`,
 		example: `d2c update release sign --repo /srv/updates/fleet --key keys/release.key \
     --version 7 --security-counter 2 --hardware-class sensor-v2 --image build/firmware.bin \
     --timestamp-key keys/timestamp.key`,
@@ -83,6 +94,8 @@ usually a few percent of the image for two builds of one program.`,
 			fl.Var(&progress, "progress", "show a progress bar on stderr; auto: when stderr is a terminal")
 			var deltaFrom stringList
 			fl.Var(&deltaFrom, "delta-from", "an earlier release V whose image in the repository the release gets a delta from; repeatable")
+			sbomFile := fl.String("sbom", "", "CycloneDX JSON SBOM of the image, signed into the release and copied into the repository")
+			supportFlag := fl.String("support-until", "", "end of the release's security support: YYYY-MM-DD (00:00 UTC) or an RFC 3339 time")
 			return func(ctx context.Context, s streams) error {
 				set := map[string]bool{}
 				fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -104,6 +117,14 @@ usually a few percent of the image for two builds of one program.`,
 				}
 				if err := positiveDuration("timestamp-expires", *tsExpires); err != nil {
 					return err
+				}
+				var supportUntil time.Time
+				if *supportFlag != "" {
+					t, err := parseSupportUntil(*supportFlag)
+					if err != nil {
+						return err
+					}
+					supportUntil = t
 				}
 				if *uri == "" {
 					base := filepath.Base(*image)
@@ -157,6 +178,13 @@ usually a few percent of the image for two builds of one program.`,
 					return withHint(fmt.Errorf("%w: security counter %d is below the current release's %d", update.ErrSecurityCounter, *counter, prev.SecurityCounter),
 						fmt.Sprintf("devices that confirmed the current release refuse it: give --security-counter %d or more", prev.SecurityCounter))
 				}
+				var bom *stagedSBOM
+				if *sbomFile != "" {
+					if bom, err = stageSBOM(ctx, *repo, *version, *sbomFile, dest); err != nil {
+						return err
+					}
+					defer bom.abort()
+				}
 				var bar *progressBar
 				if progress.enabled(s.stderr) {
 					bar = newProgressBar(s.stderr, *name, *image)
@@ -177,7 +205,8 @@ usually a few percent of the image for two builds of one program.`,
 					return err
 				}
 				rel := &update.Release{Version: *version, SecurityCounter: *counter, HardwareClass: *hardware,
-					Artifacts: []update.Artifact{art}, Deltas: deltas.entries(), Expires: now.Add(*expires)}
+					Artifacts: []update.Artifact{art}, Deltas: deltas.entries(), Expires: now.Add(*expires),
+					SBOM: bom.entry(), SupportUntil: supportUntil}
 				relBytes, err := rel.Sign(relSigners...)
 				if err != nil {
 					return err
@@ -191,6 +220,9 @@ usually a few percent of the image for two builds of one program.`,
 					return err
 				}
 				if err := deltas.publish(); err != nil {
+					return err
+				}
+				if err := bom.publish(); err != nil {
 					return err
 				}
 				// The versioned release first: a device holding the
@@ -210,6 +242,7 @@ usually a few percent of the image for two builds of one program.`,
 				for _, d := range rel.Deltas {
 					fmt.Fprintf(s.stdout, "delta from version %d: %d bytes, sha256 %x, uri %s\n", d.FromVersion, d.Length, d.SHA256, d.URI)
 				}
+				printFacts(s, rel, bom, now)
 				fmt.Fprintf(s.stdout, "timestamp version %d, expires %s\n", ts.Version, ts.Expires.UTC().Format(time.RFC3339))
 				if dest == "" {
 					fmt.Fprintf(s.stderr, "upload %s to %s before devices check: it was not copied\n", *image, art.URI)

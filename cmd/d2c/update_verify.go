@@ -39,7 +39,7 @@ DIR/release.json, from which "update timestamp" and the cloud service
 re-sign the timestamp, holds the same bytes as DIR/<V>.release.json.
 Finally it checks the artifact's length and SHA-256: the file given with
 --image, or, for a relative URI, the file in DIR that "update serve" would
-send.
+send; and, for a release with an SBOM in DIR, the SBOM's length and SHA-256.
 
 A refusal exits with status 1 and names the attack the device would suspect
 (freeze: expired; rollback; mix-and-match; arbitrary software: digest ...),
@@ -51,7 +51,9 @@ example now+20h tells whether the current timestamp still holds tomorrow.
 
 With --json, success is one object: "root" {"version", "pinned_version",
 "expires"}, "timestamp" {"version", "expires"}, "release" {"version",
-"hardware_class", "security_counter", "expires"}, "artifact" {"name",
+"hardware_class", "security_counter", "expires", "sbom" {"length", "sha256",
+"uri"} and "support_until", both absent when the release has none},
+"artifact" {"name",
 "length", "sha256" (hex), "uri", "checked_file" (the file whose digest was
 checked, or null)}, "installed_version" and "installs" (true if a device at
 --installed-version installs this release). Times are RFC 3339, UTC. A
@@ -189,6 +191,14 @@ func verifyRepo(ctx context.Context, s streams, o verifyOptions) error {
 	if err != nil {
 		return err
 	}
+	// The SBOM the release signs, if the repository holds it.
+	if rel.SBOM != nil {
+		if p, perr := artifactPath(o.repo, rel.SBOM.URI); perr == nil && p != "" {
+			if _, err := readReleaseSBOM(o.repo, rel); err != nil {
+				return err
+			}
+		}
+	}
 	if o.json {
 		return writeJSON(s.stdout, verifyJSON(root, pinnedVersion, ts, rel, art, checkedFile, o.installed, newer))
 	}
@@ -203,6 +213,12 @@ func verifyRepo(ctx context.Context, s streams, o verifyOptions) error {
 	fmt.Fprintf(s.stdout, "release:   version %d for %s, security counter %d, expires %s\n",
 		rel.Version, rel.HardwareClass, rel.SecurityCounter, rel.Expires.UTC().Format(time.RFC3339))
 	fmt.Fprintf(s.stdout, "artifact:  %s, %d bytes, sha256 %x, uri %s: %s\n", art.Name, art.Length, art.SHA256, art.URI, checked)
+	if b := rel.SBOM; b != nil {
+		fmt.Fprintf(s.stdout, "sbom:      %d bytes, sha256 %x, uri %s\n", b.Length, b.SHA256, b.URI)
+	}
+	if !rel.SupportUntil.IsZero() {
+		fmt.Fprintf(s.stdout, "support:   security support until %s\n", rel.SupportUntil.UTC().Format(time.RFC3339))
+	}
 	if newer {
 		fmt.Fprintf(s.stdout, "verdict:   a device at version %d installs release %d\n", o.installed, rel.Version)
 	} else {
@@ -359,6 +375,12 @@ type verifyReport struct {
 		HardwareClass   string `json:"hardware_class"`
 		SecurityCounter uint64 `json:"security_counter"`
 		Expires         string `json:"expires"`
+		SBOM            *struct {
+			Length int64  `json:"length"`
+			SHA256 string `json:"sha256"`
+			URI    string `json:"uri"`
+		} `json:"sbom,omitempty"`
+		SupportUntil string `json:"support_until,omitempty"`
 	} `json:"release"`
 	Artifact struct {
 		Name        string  `json:"name"`
@@ -378,6 +400,16 @@ func verifyJSON(root *update.Root, pinned uint64, ts *update.Timestamp, rel *upd
 	r.Timestamp.Version, r.Timestamp.Expires = ts.Version, ts.Expires.UTC().Format(time.RFC3339)
 	r.Release.Version, r.Release.HardwareClass = rel.Version, rel.HardwareClass
 	r.Release.SecurityCounter, r.Release.Expires = rel.SecurityCounter, rel.Expires.UTC().Format(time.RFC3339)
+	if b := rel.SBOM; b != nil {
+		r.Release.SBOM = &struct {
+			Length int64  `json:"length"`
+			SHA256 string `json:"sha256"`
+			URI    string `json:"uri"`
+		}{b.Length, hex.EncodeToString(b.SHA256[:]), b.URI}
+	}
+	if !rel.SupportUntil.IsZero() {
+		r.Release.SupportUntil = rel.SupportUntil.UTC().Format(time.RFC3339)
+	}
 	r.Artifact.Name, r.Artifact.Length, r.Artifact.URI = art.Name, art.Length, art.URI
 	r.Artifact.SHA256 = hex.EncodeToString(art.SHA256[:])
 	if checkedFile != "" {

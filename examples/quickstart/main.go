@@ -678,9 +678,10 @@ func updates(ctx context.Context, n *narrate.Narrator, ca *identity.CA, roots *x
 	return cloudEvents(n, received, 1)
 }
 
-// cloudEvents prints the next want update results the cloud verified.
+// cloudEvents prints the next want update results the cloud verified, and
+// the "running" reports (one at each start of the agent) among them.
 func cloudEvents(n *narrate.Narrator, received <-chan transport.Record, want int) error {
-	for range want {
+	for want > 0 {
 		r, err := nextRecord(received, update.ReportStream)
 		if err != nil {
 			return err
@@ -689,6 +690,14 @@ func cloudEvents(n *narrate.Narrator, received <-chan transport.Record, want int
 		if err := json.Unmarshal(r.Readings[0].Body, &res); err != nil {
 			return err
 		}
+		if res.Event == "running" {
+			if res.Reason != "" {
+				res.Reason = " (" + res.Reason + ")"
+			}
+			n.Say("cloud, verified from the device: started, running release %d%s", res.Version, res.Reason)
+			continue
+		}
+		want--
 		if res.Event == "refused" {
 			n.Say("cloud, verified from the device: update refused: %s", res.Reason)
 			continue

@@ -55,7 +55,9 @@ func (l *Log) Attestation(ctx context.Context, token []byte) error {
 // fields): event "installed", "confirmed", "reverted", "refused" or
 // "failed" maps to [KindUpdateInstall], [KindUpdateConfirm],
 // [KindUpdateRevert], [KindUpdateRefused] or [KindUpdateFailed] (any
-// other event to KindUpdateFailed). Wire it as the agent's Report:
+// other event to KindUpdateFailed). "running", the release the agent
+// reports at each start, is a start, not an update step: it records
+// nothing and returns nil. Wire it as the agent's Report:
 //
 //	Report: func(ctx context.Context, r update.Result) {
 //		_ = auditLog.UpdateResult(ctx, r.Event, r.Version, r.From, r.Reason)
@@ -63,6 +65,8 @@ func (l *Log) Attestation(ctx context.Context, token []byte) error {
 func (l *Log) UpdateResult(ctx context.Context, event string, version, from uint64, reason string) error {
 	kind := KindUpdateFailed
 	switch event {
+	case "running":
+		return nil
 	case "installed":
 		kind = KindUpdateInstall
 	case "confirmed":

@@ -139,6 +139,24 @@ const (
 	// declares (RFC 8878 section 3.1.1.1.2). A frame needs no window past
 	// its own block: the past is the dictionary.
 	UpdateDeltaWindow = 8 << 20
+
+	// UpdateSBOM bounds the SBOM file a release may carry (its signed
+	// "sbom" length), and what a reader of one (d2c update release sign,
+	// d2c fleet affected) reads.
+	UpdateSBOM = 16 << 20
+)
+
+// sbom: CycloneDX JSON SBOMs read by the operator tools (internal/sbom).
+const (
+	// SBOMComponents bounds the components of one SBOM, nested ones
+	// included.
+	SBOMComponents = 100_000
+
+	// SBOMDepth bounds the nesting of components within components.
+	SBOMDepth = 16
+
+	// SBOMText bounds a component's name, version and purl, in bytes.
+	SBOMText = 1024
 )
 
 // attestation: Entity Attestation Tokens (package identity/attest).

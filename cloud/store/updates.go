@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: Apache-2.0
+// Copyright 2026 The d2c Authors
+
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/d2c-iot/d2c/update"
+)
+
+// UpdateReport is one update result a device reported: a reading of the
+// [update.ReportStream] stream in the records table, signed by the device
+// and verified before it was stored (updatelink.TelemetryReporter
+// publishes them).
+type UpdateReport struct {
+	// Device is the reporting device's ID.
+	Device string
+	// Boot and Seq are the record's place in the device's sequence: a
+	// later report of a device has a greater (Boot, Seq). The readings of
+	// one record share them, in the order listed.
+	Boot, Seq uint64
+	// Time is the reading's time, as the device stamped it (its trusted
+	// time).
+	Time time.Time
+	// Result is the reading's body.
+	Result update.Result
+}
+
+// UpdateReports returns every update report whose reading time is at or
+// after since (the zero time: all), ordered by device, then by (Boot,
+// Seq), then as listed in the record. A body that does not decode as an
+// [update.Result] (strict JSON: one object, no unknown member, nothing
+// after it) is skipped, counted and logged: one device sending garbage on
+// the stream must not hide what the others report.
+func (s *Store) UpdateReports(ctx context.Context, since time.Time) ([]UpdateReport, error) {
+	rows, err := s.db.QueryContext(ctx, s.q("SELECT device, boot, seq, readings FROM records WHERE stream = ? ORDER BY device, boot, seq"),
+		update.ReportStream)
+	if err != nil {
+		return nil, fmt.Errorf("store: update reports: %w", err)
+	}
+	defer rows.Close()
+	var (
+		out     []UpdateReport
+		skipped int
+		first   error
+	)
+	for rows.Next() {
+		var (
+			dev       string
+			boot, seq int64
+			b         []byte
+			rs        []readingRow
+		)
+		if err := rows.Scan(&dev, &boot, &seq, &b); err != nil {
+			return nil, fmt.Errorf("store: update reports: %w", err)
+		}
+		if err := s.modes.Dec.Unmarshal(b, &rs); err != nil {
+			return nil, fmt.Errorf("store: update reports: readings of %s (boot %d, seq %d): %w", dev, boot, seq, err)
+		}
+		for _, r := range rs {
+			at := time.UnixMilli(r.Time)
+			if !since.IsZero() && at.Before(since) {
+				continue
+			}
+			res, err := decodeResult(r.Body)
+			if err != nil {
+				skipped++
+				if first == nil {
+					first = fmt.Errorf("%s (boot %d, seq %d): %w", dev, boot, seq, err)
+				}
+				continue
+			}
+			out = append(out, UpdateReport{Device: dev, Boot: uint64(boot), Seq: uint64(seq), Time: at, Result: res})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: update reports: %w", err)
+	}
+	if skipped > 0 {
+		s.log.Warn("store: update reports that do not decode, skipped", "skipped", skipped, "first", first)
+	}
+	return out, nil
+}
+
+// decodeResult decodes an update report body strictly.
+func decodeResult(body []byte) (update.Result, error) {
+	var r update.Result
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return update.Result{}, err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return update.Result{}, errors.New("data after the report")
+	}
+	if r.Event == "" {
+		return update.Result{}, errors.New("a report without an event")
+	}
+	return r, nil
+}
