@@ -4,133 +4,16 @@
 package update
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
-	"reflect"
-	"unicode/utf8"
-
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/internal/strictjson"
 )
 
 // strictUnmarshal decodes one JSON value from data into v (a pointer to one
-// of the wire structs of this package) and refuses anything but the one
-// form that encodes it:
-//
-//   - bytes that are not UTF-8;
-//   - a duplicate member name in any object (encoding/json keeps the last,
-//     another parser may keep the first: the two would read different
-//     documents from the same signed bytes);
-//   - nesting deeper than [limits.UpdateJSONDepth];
-//   - anything after the value but white space;
-//   - unknown members;
-//   - a member spelled in another case than the field ("Version" for
-//     "version", which encoding/json would otherwise accept), a missing
-//     member, or an optional member present with its zero value.
-//
-// The first three are checked by a token pass before decoding; the last by
-// comparing the document, decoded generically, with the re-encoding of v
-// decoded the same way. Values are compared as decoded, so white space,
-// member order and string escapes are free, but numbers must be written
-// as encoding/json writes them (no "1.0", no "1e3").
+// of the wire structs of this package) in the one form that encodes it,
+// nested at most limits.UpdateJSONDepth deep (internal/strictjson;
+// docs/update-format.md, "JSON strictness").
 func strictUnmarshal(data []byte, v any) error {
-	if !utf8.Valid(data) {
-		return errors.New("not UTF-8")
-	}
-	if err := checkTokens(data); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	got, err := generic(data)
-	if err != nil {
-		return err
-	}
-	re, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	want, err := generic(re)
-	if err != nil {
-		return err
-	}
-	if !reflect.DeepEqual(got, want) {
-		return errors.New("member names, presence or numbers not in the canonical form")
-	}
-	return nil
-}
-
-// generic decodes data into maps, slices, strings, bools and json.Number.
-func generic(data []byte) (any, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var v any
-	err := dec.Decode(&v)
-	return v, err
-}
-
-// checkTokens walks data token by token: one value, no duplicate member
-// names, bounded depth, nothing but white space after the value.
-func checkTokens(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := walkValue(dec, 0); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("data after the JSON value")
-	}
-	return nil
-}
-
-func walkValue(dec *json.Decoder, depth int) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return nil
-	}
-	if depth >= limits.UpdateJSONDepth {
-		return fmt.Errorf("nested deeper than %d", limits.UpdateJSONDepth)
-	}
-	switch d {
-	case '{':
-		seen := map[string]bool{}
-		for dec.More() {
-			tok, err := dec.Token()
-			if err != nil {
-				return err
-			}
-			name, ok := tok.(string)
-			if !ok {
-				return errors.New("object member name is not a string")
-			}
-			if seen[name] {
-				return fmt.Errorf("duplicate member %q", truncate(name))
-			}
-			seen[name] = true
-			if err := walkValue(dec, depth+1); err != nil {
-				return err
-			}
-		}
-	case '[':
-		for dec.More() {
-			if err := walkValue(dec, depth+1); err != nil {
-				return err
-			}
-		}
-	default:
-		return fmt.Errorf("unexpected %v", d)
-	}
-	_, err = dec.Token() // the closing delimiter
-	return err
+	return strictjson.Unmarshal(data, v, limits.UpdateJSONDepth)
 }
 
 // truncate shortens a string from outside for an error message.

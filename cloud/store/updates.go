@@ -4,14 +4,13 @@
 package store
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
+	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/internal/strictjson"
 	"github.com/d2c-iot/d2c/update"
 )
 
@@ -89,16 +88,12 @@ func (s *Store) UpdateReports(ctx context.Context, since time.Time) ([]UpdateRep
 	return out, nil
 }
 
-// decodeResult decodes an update report body strictly.
+// decodeResult decodes an update report body strictly (internal/strictjson:
+// no duplicate, case-variant or unknown member).
 func decodeResult(body []byte) (update.Result, error) {
 	var r update.Result
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	if err := strictjson.Unmarshal(body, &r, limits.BodyJSONDepth); err != nil {
 		return update.Result{}, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return update.Result{}, errors.New("data after the report")
 	}
 	if r.Event == "" {
 		return update.Result{}, errors.New("a report without an event")

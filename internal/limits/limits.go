@@ -55,6 +55,11 @@ const (
 	// ReadingBody bounds one reading's application body.
 	ReadingBody = 64 << 10
 
+	// BodyJSONDepth bounds the nesting of the JSON body of a reading of a
+	// reserved stream (consent events, security reports, command
+	// results) and of an update report.
+	BodyJSONDepth = 8
+
 	// MQTTPacket bounds every MQTT packet a d2c client (device or cloud
 	// service) reads from a broker, fixed header included: an envelope
 	// (Envelope) plus 64 KiB for its topic and properties. It is

@@ -6,11 +6,10 @@
 package textutil
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
 	"strings"
+
+	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/internal/strictjson"
 )
 
 // Clip shortens s to 80 bytes and replaces invalid UTF-8, for quoting
@@ -22,16 +21,10 @@ func Clip(s string) string {
 	return strings.ToValidUTF8(s, "?")
 }
 
-// DecodeStrictJSON decodes exactly one JSON value into v, refusing unknown
-// fields and anything after the value.
+// DecodeStrictJSON decodes the JSON body of a reading of a reserved
+// stream into v in the one form that encodes it: no duplicate or
+// case-variant member, no unknown member, nothing after the value, nesting
+// bounded by limits.BodyJSONDepth (internal/strictjson).
 func DecodeStrictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("data after the JSON value")
-	}
-	return nil
+	return strictjson.Unmarshal(b, v, limits.BodyJSONDepth)
 }
