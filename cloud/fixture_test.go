@@ -36,6 +36,18 @@ type fleet struct {
 
 // newFleet starts the broker, giving the services the rights listed.
 func newFleet(t *testing.T, services ...broker.ServiceRights) *fleet {
+	f := newFleetNoBroker(t)
+	var err error
+	if f.broker, err = devbroker.Start(t.Context(), devbroker.Config{Certificate: f.serverCert, ClientRoots: f.roots, Services: services}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.broker.Close() })
+	return f
+}
+
+// newFleetNoBroker is a fleet whose test starts a broker of its own
+// (broker is nil).
+func newFleetNoBroker(t *testing.T) *fleet {
 	f := &fleet{t: t, dir: t.TempDir()}
 	var err error
 	if f.ca, err = identity.InitCA(filepath.Join(f.dir, "ca"), identity.CAConfig{Fleet: "service test"}); err != nil {
@@ -47,10 +59,6 @@ func newFleet(t *testing.T, services ...broker.ServiceRights) *fleet {
 	f.roots = x509.NewCertPool()
 	f.roots.AddCert(f.ca.Root())
 	f.serverCert = testpki.Server(t, f.ca, "127.0.0.1")
-	if f.broker, err = devbroker.Start(t.Context(), devbroker.Config{Certificate: f.serverCert, ClientRoots: f.roots, Services: services}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.broker.Close() })
 	if f.store, err = store.Open(t.Context(), store.Config{URL: "sqlite:" + filepath.Join(f.dir, "fleet.db")}); err != nil {
 		t.Fatal(err)
 	}

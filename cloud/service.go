@@ -61,8 +61,9 @@ type Config struct {
 	Commands *CommandRole
 	// CRL, if set, writes the fleet's CRL for the broker periodically.
 	CRL *CRLRole
-	// Update, if set, serves the update repository and keeps its
-	// timestamp fresh.
+	// Update, if set, serves the update repository, keeps its timestamp
+	// fresh, and runs the store's rollout campaigns (signing each one's
+	// cohort rule into the timestamp).
 	Update *UpdateRole
 	// Ops is the address of the operations endpoint: /healthz, /readyz and
 	// /metrics (Prometheus, from a registry of the service's own), plain
@@ -215,7 +216,7 @@ func Run(ctx context.Context, cfg Config) error {
 		start("commands", func(ctx context.Context) error { return serve(ctx, srv, ln, true) })
 	}
 	if u := cfg.Update; u != nil {
-		serveRepo, refresh, addr, err := s.updateRole(u)
+		serveRepo, refresh, campaigns, addr, err := s.updateRole(u)
 		if err != nil {
 			cancel()
 			wg.Wait()
@@ -228,6 +229,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if refresh != nil {
 			start("update timestamp", refresh)
 		}
+		start("update campaigns", campaigns)
 	}
 	reg.MustRegister(&fleetCollector{store: cfg.Store, log: log})
 	if c := cfg.CRL; c != nil {
@@ -477,6 +479,7 @@ type metrics struct {
 	refused                         *prometheus.CounterVec
 	storeSeconds                    prometheus.Histogram
 	crlNumber, crlNextUpdate        prometheus.Gauge
+	campaigns                       *campaignMetrics
 	reg                             *prometheus.Registry
 }
 
@@ -497,6 +500,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 	}
 	reg.MustRegister(m.readings, m.enrollments, m.renewals, m.refused, m.storeSeconds, m.crlNumber, m.crlNextUpdate,
 		m.commandsSent, m.commandResults)
+	m.campaigns = newCampaignMetrics(reg)
 	return m
 }
 

@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -26,47 +25,15 @@ import (
 // by the service before the first expired.
 func TestServiceUpdateRole(t *testing.T) {
 	f := newFleet(t)
-	dir := filepath.Join(f.dir, "repo")
-	rootKey, releaseKey, tsKey := newSigner(t), newSigner(t), newSigner(t)
-	root := &update.Root{Version: 1, Expires: time.Now().AddDate(1, 0, 0)}
-	for _, err := range []error{
-		root.SetRole(update.RoleRoot, 1, rootKey.Public()),
-		root.SetRole(update.RoleRelease, 1, releaseKey.Public()),
-		root.SetRole(update.RoleTimestamp, 1, tsKey.Public()),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	rootBytes, err := root.Sign(rootKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	image := bytes.Repeat([]byte("firmware"), 1024)
-	art, err := update.NewArtifact("image", "v2/fw.bin", bytes.NewReader(image), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rel, err := (&update.Release{Version: 2, SecurityCounter: 1, HardwareClass: "hw", Artifacts: []update.Artifact{art},
-		Expires: time.Now().AddDate(0, 1, 0)}).Sign(releaseKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, b := range map[string][]byte{"1.root.json": rootBytes, "root.json": rootBytes, "2.release.json": rel,
-		"release.json": rel, "v2/fw.bin": image, "secret.key": []byte("not to be served")} {
-		path := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	r := newTestRepo(t, filepath.Join(f.dir, "repo"))
+	rel := r.release(t, 2)
+	r.write(t, "secret.key", []byte("not to be served"))
+	rootBytes := r.root
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
-		TimestampKeys: []crypto.Signer{tsKey}, TimestampValidity: 4 * time.Second}})
+	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: r.dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
+		TimestampKeys: []crypto.Signer{r.tsK}, TimestampValidity: 4 * time.Second}})
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.roots}}}
 	fetch := func(name string) (int, []byte) {
 		t.Helper()
@@ -80,7 +47,7 @@ func TestServiceUpdateRole(t *testing.T) {
 	}
 	check := func() uint64 {
 		t.Helper()
-		tr, err := update.NewTrusted(rootBytes, update.Floors{}, time.Now(), "hw")
+		tr, err := update.NewTrusted(rootBytes, update.Floors{}, time.Now(), repoHardware)
 		if err != nil {
 			t.Fatal(err)
 		}

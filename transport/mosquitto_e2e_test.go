@@ -5,9 +5,7 @@ package transport_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/tls"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +14,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testbroker"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/broker"
@@ -68,40 +67,7 @@ func (f *e2eFleet) startMosquittoWith(o mosquittoOptions) *testpeer.Broker {
 // testpeer's free-port placeholder.
 func mosquittoConf(t *testing.T, ca *identity.CA, server tls.Certificate, services []broker.ServiceRights, mc broker.MosquittoConfig) string {
 	t.Helper()
-	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	keyPEM, err := identity.MarshalPrivateKey(server.PrivateKey.(crypto.Signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	crl, err := ca.CRL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc.Listen = "127.0.0.1:1883" // replaced by testpeer's free port below
-	mc.CAFile = write("ca.pem", identity.EncodeCertificatesPEM(ca.Root(), ca.Issuing()))
-	mc.CertFile = write("server.pem", append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: server.Certificate[0]}),
-		identity.EncodeCertificatesPEM(ca.Issuing())...))
-	mc.KeyFile = write("server.key", keyPEM)
-	mc.CRLFile = write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl}))
-	mc.ACLFile = filepath.Join(dir, "acl")
-	mc.Services = services
-	conf, err := mc.Conf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	acl, err := mc.ACL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	write("acl", []byte(acl))
-	return strings.Replace(conf, "\nlistener 1883 127.0.0.1\n", "\nlistener {{port}} 127.0.0.1\n", 1)
+	return testbroker.Conf(t, ca, server, services, mc)
 }
 
 // TestEndToEndMosquittoBrokerRestart publishes through a real mosquitto,

@@ -13,7 +13,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"maps"
 	"net"
@@ -32,6 +31,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testbroker"
 	"github.com/d2c-iot/d2c/internal/testpeer"
 	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/transport"
@@ -138,43 +138,7 @@ func newFleet(t *testing.T, url string, procs bool) *fleet {
 // broker.MosquittoConfig generates, on a free 127.0.0.1 port.
 func startMosquitto(t *testing.T, ca *identity.CA, services []broker.ServiceRights) *testpeer.Broker {
 	t.Helper()
-	dir := t.TempDir()
-	write := func(name string, data []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	srv := testpki.Server(t, ca, "127.0.0.1")
-	keyPEM, err := identity.MarshalPrivateKey(srv.PrivateKey.(crypto.Signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	crl, err := ca.CRL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc := broker.MosquittoConfig{
-		Listen:   "127.0.0.1:1883", // replaced by a free port below
-		CAFile:   write("ca.pem", identity.EncodeCertificatesPEM(ca.Root(), ca.Issuing())),
-		CertFile: write("server.pem", append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate[0]}), identity.EncodeCertificatesPEM(ca.Issuing())...)),
-		KeyFile:  write("server.key", keyPEM),
-		CRLFile:  write("crl.pem", pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl})),
-		ACLFile:  filepath.Join(dir, "acl"),
-		Services: services,
-	}
-	conf, err := mc.Conf()
-	if err != nil {
-		t.Fatal(err)
-	}
-	acl, err := mc.ACL()
-	if err != nil {
-		t.Fatal(err)
-	}
-	write("acl", []byte(acl))
-	conf = strings.Replace(conf, "\nlistener 1883 127.0.0.1\n", "\nlistener {{port}} 127.0.0.1\n", 1)
-	return testpeer.Mosquitto(t, conf)
+	return testbroker.Mosquitto(t, ca, services)
 }
 
 // replica is one verifier: a process, or a Cloud in this process.

@@ -48,6 +48,7 @@ type cloudUpdateRole struct {
 	Key               string   `json:"key"`
 	TimestampKey      string   `json:"timestamp_key"`
 	TimestampValidity string   `json:"timestamp_validity"`
+	CampaignEvery     string   `json:"campaign_every"`
 }
 
 type cloudCommandsRole struct {
@@ -134,7 +135,9 @@ the service certificates (d2c ca service-cert --service NAME) allowed to use
 the API, and it signs with "sign_key" (default: command.key in the CA
 directory). "update" serves the repository in "dir" on "listen" and keeps
 its timestamp fresh with "timestamp_key" (a file or a pkcs11: URI); either
-may be left out. "ca_key" names the issuing CA key when it is not
+may be left out. It also runs the campaigns of d2c rollout, every
+"campaign_every" (default 5s), and with "timestamp_key" signs each
+campaign's current rule into the timestamp. "ca_key" names the issuing CA key when it is not
 ca/issuing.key: a pkcs11: URI (RFC 7512) of a key in a PKCS#11 token (d2c
 ca init --issuing-key); "sign_key" and "timestamp_key" take a pkcs11: URI
 too. D2C_CLOUD_DB and D2C_CLOUD_OPS override "db" and "ops".
@@ -463,6 +466,13 @@ func updateRole(ctx context.Context, ca *identity.CA, u *cloudUpdateRole) (*clou
 			return nil, none, usageErrorf(`update "timestamp_validity" %q: want a duration such as 24h`, u.TimestampValidity)
 		}
 		role.TimestampValidity = d
+	}
+	if u.CampaignEvery != "" {
+		d, err := time.ParseDuration(u.CampaignEvery)
+		if err != nil || d <= 0 {
+			return nil, none, usageErrorf(`update "campaign_every" %q: want a duration such as 5s`, u.CampaignEvery)
+		}
+		role.CampaignEvery = d
 	}
 	closeKey := none
 	if u.TimestampKey != "" {

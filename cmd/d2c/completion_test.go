@@ -53,7 +53,7 @@ func TestCompletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	for line, want := range map[string]string{
-		"d2c ":                       "ca token registrar cloud broker dev tail fleet device update audit version completion help",
+		"d2c ":                       "ca token registrar cloud broker dev tail fleet device update rollout audit version completion help",
 		"d2c ca s":                   "server-cert service-cert",
 		"d2c update r":               "root release",
 		"d2c update root ":           "init rotate",

@@ -56,6 +56,8 @@ func TestOneFlagNamePerConcept(t *testing.T) {
 		"dev-any-address":     `^allow a non-loopback --listen address\b`,
 		"device":              `\bdevice\b`, // a device ID
 		"expires":             `^how long the .* valid$`,
+		"group":               `\bdevice group\b`,
+		"reason":              `\breason\b`,
 		"hardware-class":      `\bhardware class\b`,
 		"host":                `^DNS name or IP address\b`,
 		"image":               `\bimage file\b`,

@@ -35,6 +35,11 @@
 //	update timestamp     re-sign a fresh timestamp for the current release
 //	update verify        verify a repository exactly as a device would
 //	update serve         serve a repository over plain HTTP for development
+//	rollout start        start a campaign: offer a release to the fleet phase by phase
+//	rollout status       show a campaign's phases and its devices
+//	rollout pause        pause a running campaign
+//	rollout resume       resume a paused campaign
+//	rollout abort        abort a campaign: no device that has not started the release starts it
 //	audit verify         check a device's audit log: its hash chain, and the heads it signed
 //	audit show           list the records of a device's audit log
 //	version              print d2c's version, the revision it was built from, and its platform
@@ -151,7 +156,7 @@ func commands() []*command {
 		updateTimestampCommand(),
 		updateVerifyCommand(),
 		updateServeCommand(),
-	}, slices.Concat(auditCommands(), []*command{versionCommand()}, completionCommands())...)
+	}, slices.Concat(rolloutCommands(), auditCommands(), []*command{versionCommand()}, completionCommands())...)
 }
 
 // run is the whole CLI: it parses args (without the program name), runs

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/update"
 )
 
 // Refresher defaults and bounds.
@@ -51,6 +52,13 @@ type Refresher struct {
 	// Logger receives a line for every timestamp signed and every
 	// failure. Nil means no logging.
 	Logger *slog.Logger
+	// Rollout, if set, gives the cohort rule of the current release's
+	// campaign ([update.Timestamp.Rollout]): it is asked at every check,
+	// and a timestamp whose rule differs is re-signed at once, with the
+	// rule it returns. An error signs nothing (the timestamp in place
+	// stays, and is retried at the next check). Nil keeps the rule of the
+	// timestamp in place ([SignTimestamp]).
+	Rollout RolloutFunc
 }
 
 // Validate reports the first setting of r that [Refresher.Run] refuses.
@@ -91,7 +99,8 @@ func (r Refresher) withDefaults() Refresher {
 // until ctx ends, and re-signs it ([SignTimestamp]) whenever a device
 // would not accept it for half of r.Validity more: it expires within that
 // time, does not verify against the newest root (its key was rotated
-// out), or does not name the current DIR/release.json. A failure (a
+// out), or does not name the current DIR/release.json; or, with
+// r.Rollout, whenever its cohort rule is not the one r.Rollout gives. A failure (a
 // signer that fails, the lock held, an expired release) is logged and
 // retried at the next check: the timestamp in place stays, and half of
 // the validity is left to fix the cause before devices see it expire.
@@ -120,12 +129,12 @@ func (r Refresher) Run(ctx context.Context) error {
 
 // refresh re-signs the timestamp unless the one in place is fresh.
 func (r Refresher) refresh(ctx context.Context, now time.Time) {
-	if r.fresh(now) {
+	if r.fresh(ctx, now) {
 		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, min(maxLockWait, max(r.Every, 10*time.Second)))
 	defer cancel()
-	ts, err := SignTimestamp(sctx, r.Dir, r.Keys, r.Validity, now)
+	ts, err := signTimestamp(sctx, r.Dir, r.Keys, r.Validity, now, r.Rollout)
 	switch {
 	case err == nil:
 	case ctx.Err() != nil:
@@ -138,15 +147,18 @@ func (r Refresher) refresh(ctx context.Context, now time.Time) {
 		r.Logger.Error("timestamp not signed; the one in place, if any, stays", "dir", r.Dir, "err", err, "retry_in", r.Every.String())
 		return
 	}
-	r.Logger.Info("timestamp signed", "dir", r.Dir, "version", ts.Version, "release", ts.Release.Version,
-		"expires", ts.Expires.UTC().Format(time.RFC3339))
+	args := []any{"dir", r.Dir, "version", ts.Version, "release", ts.Release.Version, "expires", ts.Expires.UTC().Format(time.RFC3339)}
+	if ro := ts.Rollout; ro != nil {
+		args = append(args, "rollout_share", ro.Share, "rollout_groups", ro.Groups)
+	}
+	r.Logger.Info("timestamp signed", args...)
 }
 
 // fresh reports whether a new device would accept the timestamp in place
 // at now and for half of the validity more, and whether it names the
-// current DIR/release.json. Any doubt is false: signing again settles it,
-// or says why not.
-func (r Refresher) fresh(now time.Time) bool {
+// current DIR/release.json and carries the cohort rule r.Rollout gives.
+// Any doubt is false: signing again settles it, or says why not.
+func (r Refresher) fresh(ctx context.Context, now time.Time) bool {
 	t, err := NewTrusted(r.Dir, now, anyHardwareClass)
 	if err != nil {
 		return false
@@ -163,6 +175,30 @@ func (r Refresher) fresh(now time.Time) bool {
 	if err != nil {
 		return false
 	}
-	return ts.Release.Length == int64(len(rel)) && ts.Release.SHA256 == sha256.Sum256(rel) &&
-		ts.Expires.After(now.Add(r.Validity/2))
+	if ts.Release.Length != int64(len(rel)) || ts.Release.SHA256 != sha256.Sum256(rel) || !ts.Expires.After(now.Add(r.Validity/2)) {
+		return false
+	}
+	if r.Rollout == nil {
+		return true
+	}
+	p, err := peek(releaseFile, rel)
+	if err != nil {
+		return false
+	}
+	want, err := r.Rollout(ctx, p.HardwareClass, ts.Release.Version)
+	if err != nil {
+		// The rule in place stays until the timestamp needs signing
+		// anyway; signing then needs the rule, and fails without it.
+		r.Logger.Warn("cohort rule not read; the timestamp in place stays", "dir", r.Dir, "err", err)
+		return true
+	}
+	return sameRollout(ts.Rollout, want)
+}
+
+// sameRollout reports whether a and b are the same cohort rule.
+func sameRollout(a, b *update.Rollout) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Salt == b.Salt && a.Share == b.Share && slices.Equal(a.Groups, b.Groups)
 }

@@ -35,6 +35,14 @@ var (
 	// fresh timestamp cannot revive it: the release must be signed again
 	// with the release keys. The error wraps [update.ErrExpired] too.
 	ErrReleaseExpired = errors.New("repo: the release has expired")
+	// ErrUnverifiedTimestamp: the timestamp in place does not verify with
+	// any root of the repository (altered, or corrupt), so whether it
+	// carries a campaign's cohort rule cannot be known, and a timestamp
+	// signed without one could widen a campaign to the whole fleet. Let
+	// the service running the campaign sign (it takes the rule from the
+	// store), or, with no campaign running (d2c rollout status), remove
+	// DIR/timestamp.json and sign again.
+	ErrUnverifiedTimestamp = errors.New("repo: the timestamp in place does not verify")
 	// ErrLocked: another writer held the repository's lock until the
 	// context ended. The error wraps the context's error too.
 	ErrLocked = errors.New("repo: locked by another writer")
@@ -108,6 +116,12 @@ func noRepository(err error) error {
 // [update.ErrRootVersionSkip]. The expiry of the roots does not matter
 // yet: the timestamp's check refuses an expired newest root.
 func NewTrusted(dir string, now time.Time, hardwareClass string) (*update.Trusted, error) {
+	return newTrustedUpTo(dir, now, hardwareClass, ^uint64(0))
+}
+
+// newTrustedUpTo is NewTrusted with the root chain walked up to version
+// last only.
+func newTrustedUpTo(dir string, now time.Time, hardwareClass string, last uint64) (*update.Trusted, error) {
 	vs, err := rootVersions(dir)
 	if err != nil {
 		return nil, err
@@ -117,6 +131,9 @@ func NewTrusted(dir string, now time.Time, hardwareClass string) (*update.Truste
 	}
 	var t *update.Trusted
 	for _, v := range vs {
+		if v > last {
+			break
+		}
 		path := filepath.Join(dir, rootFileName(v))
 		b, err := readMeta(path, limits.UpdateRoot)
 		if err != nil {
@@ -182,6 +199,7 @@ func writeFile(path string, b []byte) error {
 type peeked struct {
 	Version       uint64 `json:"version"`
 	HardwareClass string `json:"hardware_class"`
+	Expires       string `json:"expires"`
 }
 
 // peek decodes, without verifying its signatures, the payload of a signed

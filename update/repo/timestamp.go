@@ -28,12 +28,28 @@ import (
 // devices fetch by the version the timestamp names, if it is missing, and
 // refuses if it holds other bytes than DIR/release.json.
 //
+// The new timestamp keeps the cohort rule ([update.Timestamp.Rollout]) of
+// the one in place, as [NextTimestamp] does: re-signing never widens a
+// campaign. A [Refresher] with a Rollout function signs the campaign's
+// current rule instead.
+//
 // Devices refuse a timestamp once it has expired (a freeze attack looks
 // exactly like a repository nobody re-signs): call it well within
 // validity, or run a [Refresher]. A repository without a release is
 // [ErrNoRelease]; an expired release is [ErrReleaseExpired], which a fresh
 // timestamp cannot revive.
 func SignTimestamp(ctx context.Context, dir string, keys []crypto.Signer, validity time.Duration, now time.Time) (*update.Timestamp, error) {
+	return signTimestamp(ctx, dir, keys, validity, now, nil)
+}
+
+// RolloutFunc returns the cohort rule to sign into the timestamp naming
+// version release of hardwareClass: nil offers the release to every
+// device of the class. An error signs nothing.
+type RolloutFunc func(ctx context.Context, hardwareClass string, release uint64) (*update.Rollout, error)
+
+// signTimestamp is SignTimestamp, with the rule from rule when it is not
+// nil (else the rule of the timestamp in place, carried).
+func signTimestamp(ctx context.Context, dir string, keys []crypto.Signer, validity time.Duration, now time.Time, rule RolloutFunc) (*update.Timestamp, error) {
 	if validity <= 0 {
 		return nil, fmt.Errorf("repo: timestamp validity %v: want a positive duration", validity)
 	}
@@ -77,7 +93,15 @@ func SignTimestamp(ctx context.Context, dir string, keys []crypto.Signer, validi
 	if err != nil {
 		return nil, err
 	}
-	ts, signed, err := NextTimestamp(dir, t, rel, keys, now.Add(validity))
+	carry := true
+	var rollout *update.Rollout
+	if rule != nil {
+		if rollout, err = rule(ctx, p.HardwareClass, p.Version); err != nil {
+			return nil, fmt.Errorf("repo: cohort rule of release %d: %w", p.Version, err)
+		}
+		carry = false
+	}
+	ts, signed, err := nextTimestamp(dir, t, rel, keys, now.Add(validity), rollout, carry)
 	if err != nil {
 		return nil, err
 	}
@@ -105,11 +129,26 @@ func SignTimestamp(ctx context.Context, dir string, keys []crypto.Signer, validi
 // that nothing devices refuse is published. t, from [NewTrusted] for the
 // release's hardware class, is left past the release.
 //
+// The cohort rule ([update.Timestamp.Rollout]) of the timestamp in place
+// carries over, if that timestamp verifies with the repository's roots
+// (as of just before it expired): the same rule for the same release, and
+// for a new release a halted rule (no device offered) until the service
+// running the campaign signs the campaign's rule (docs/update-format.md,
+// "Campaigns"), so that a release published under a campaign never
+// reaches the whole fleet at once.
+//
 // It writes nothing: the caller holds the lock ([Lock]) and publishes
 // the artifacts, then DIR/<V>.release.json, then the timestamp. Most
 // callers want [SignTimestamp], which does all of it for the current
 // release.
 func NextTimestamp(dir string, t *update.Trusted, signedRelease []byte, keys []crypto.Signer, expires time.Time) (*update.Timestamp, []byte, error) {
+	return nextTimestamp(dir, t, signedRelease, keys, expires, nil, true)
+}
+
+// nextTimestamp is NextTimestamp with the rule rollout, or, if carry, the
+// rule carried from the timestamp in place.
+func nextTimestamp(dir string, t *update.Trusted, signedRelease []byte, keys []crypto.Signer, expires time.Time,
+	rollout *update.Rollout, carry bool) (*update.Timestamp, []byte, error) {
 	root := t.Root()
 	if err := checkKeys(root, keys); err != nil {
 		return nil, nil, err
@@ -129,11 +168,17 @@ func NextTimestamp(dir string, t *update.Trusted, signedRelease []byte, keys []c
 			return nil, nil, fmt.Errorf("repo: %w: timestamp version %d cannot grow", update.ErrTooLarge, p.Version)
 		}
 		version = p.Version + 1
+		if carry {
+			if rollout, err = carriedRollout(dir, prev, p, signedRelease); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	ts, err := update.NewTimestamp(version, expires, signedRelease)
 	if err != nil {
 		return nil, nil, fmt.Errorf("repo: %w", err)
 	}
+	ts.Rollout = rollout
 	signed, err := ts.Sign(keys...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("repo: %w", err)
@@ -148,6 +193,52 @@ func NextTimestamp(dir string, t *update.Trusted, signedRelease []byte, keys []c
 		return nil, nil, fmt.Errorf("repo: the release would be refused by devices: %w", err)
 	}
 	return ts, signed, nil
+}
+
+// carriedRollout returns the cohort rule a timestamp following prev
+// carries: prev's rule when it names the same release as signedRelease,
+// a halted rule (share 0, no group) for another release, none when prev
+// has none. prev must verify with a root of the repository's chain (the
+// newest first, each at a time just before prev expired, so that an
+// expired timestamp or one signed before a key rotation still counts):
+// a rule edited into the file without the timestamp key is never signed,
+// and a timestamp that verifies with no root is [ErrUnverifiedTimestamp],
+// never taken for one without a rule.
+func carriedRollout(dir string, prev []byte, p peeked, signedRelease []byte) (*update.Rollout, error) {
+	exp, err := time.Parse(time.RFC3339, p.Expires)
+	if err != nil {
+		return nil, fmt.Errorf("%w: expires %q: %v", ErrUnverifiedTimestamp, p.Expires, err)
+	}
+	rel, err := peek(releaseFile, signedRelease)
+	if err != nil {
+		return nil, err
+	}
+	vs, err := rootVersions(dir)
+	if err != nil {
+		return nil, err
+	}
+	var last error
+	for i := len(vs) - 1; i >= 0; i-- {
+		t, err := newTrustedUpTo(dir, exp.Add(-time.Second), rel.HardwareClass, vs[i])
+		if err != nil {
+			return nil, err
+		}
+		ts, err := t.UpdateTimestamp(prev)
+		if err != nil {
+			last = err
+			continue
+		}
+		switch {
+		case ts.Rollout == nil:
+			return nil, nil
+		case ts.Release.Version != rel.Version:
+			return &update.Rollout{}, nil
+		}
+		return ts.Rollout, nil
+	}
+	return nil, fmt.Errorf("%w with any of the %d roots (%w): whether a campaign's cohort rule is in force cannot be known; "+
+		"let the service running the campaign sign, or, with no campaign running, remove %s and sign again",
+		ErrUnverifiedTimestamp, len(vs), last, filepath.Join(dir, timestampFile))
 }
 
 // checkKeys refuses, before anything is signed, keys that are not

@@ -129,6 +129,37 @@ func (r *Repo) Publish(version uint64, ttl time.Duration) error {
 	return nil
 }
 
+// Export writes the repository's files but its timestamp into dir, with
+// release.json a copy of the newest release, in the layout a cloud
+// service's update role serves and re-signs (update/repo), and returns
+// the online timestamp key for that role.
+func (r *Repo) Export(dir string) (crypto.Signer, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	newest := uint64(0)
+	files := map[string][]byte{"root.json": r.root}
+	for name, b := range r.files {
+		if name == "timestamp.json" {
+			continue
+		}
+		files[name] = b
+		var v uint64
+		if _, err := fmt.Sscanf(name, "%d.release.json", &v); err == nil && v > newest && name == fmt.Sprintf("%d.release.json", v) {
+			newest = v
+			files["release.json"] = b
+		}
+	}
+	for name, b := range files {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return r.tsKey, nil
+}
+
 // TamperImage changes one byte in the middle of the served image of
 // version, after it was signed.
 func (r *Repo) TamperImage(version uint64) {
