@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +94,29 @@ func TestUpdateReports(t *testing.T) {
 			t.Error("UpdateReports with a cancelled context succeeded")
 		}
 	})
+}
+
+// TestUpdateReportsIndexed: SQLite reads the update reports through the
+// records_by_stream index (migration 0004), in the order the query asks,
+// not by scanning the fleet's telemetry.
+func TestUpdateReportsIndexed(t *testing.T) {
+	s := openStore(t, "sqlite:"+filepath.Join(t.TempDir(), "fleet.db"))
+	rows, err := s.db.Query("EXPLAIN QUERY PLAN SELECT device, boot, seq, readings FROM records WHERE stream = ? ORDER BY device, boot, seq", "update")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, notused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &notused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	got := strings.Join(plan, "; ")
+	if !strings.Contains(got, "USING INDEX records_by_stream") || strings.Contains(got, "TEMP B-TREE") {
+		t.Fatalf("query plan %q: want the records_by_stream index, no sort", got)
+	}
 }
