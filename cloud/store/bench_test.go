@@ -60,3 +60,74 @@ func BenchmarkAccept(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCampaignProgress measures what the campaign controller does on
+// each tick: [Store.CampaignProgress] reads every device's update reports
+// (records of stream "update", through the records_by_stream index) and
+// counts them per phase. The fleet: devices devices, each with a
+// "running" report for release 6 and an "installed" and a "confirmed" one
+// for release 7 (3 reports a device), among 20 telemetry records a device
+// the query must not read.
+func BenchmarkCampaignProgress(b *testing.B) {
+	for _, backend := range []string{"sqlite", "postgres"} {
+		for _, devices := range []int{1_000, 10_000} {
+			b.Run(fmt.Sprintf("%s/devices=%d", backend, devices), func(b *testing.B) {
+				url := "sqlite:" + filepath.Join(b.TempDir(), "d2c.db")
+				if backend == "postgres" {
+					url = newPostgresDB(b)
+				}
+				s := openStore(b, url)
+				ctx := b.Context()
+				now := time.Now()
+				report := func(event string, version uint64) []byte {
+					return fmt.Appendf(nil, `{"event":%q,"version":%d,"from":6,"time":%d,"hardware_class":"hw"}`, event, version, now.UnixMilli())
+				}
+				var batch []transport.Record
+				flush := func() {
+					if _, err := s.Accept(ctx, batch); err != nil {
+						b.Fatal(err)
+					}
+					batch = batch[:0]
+				}
+				for d := range devices {
+					dev := fmt.Sprintf("gw-%05d", d)
+					seq := uint64(0)
+					add := func(stream string, body []byte) {
+						seq++
+						batch = append(batch, transport.Record{Device: dev, Stream: stream, Boot: 1, Seq: seq, Time: now,
+							Readings: []transport.Reading{{Time: now, Body: body}}})
+						if len(batch) == 128 {
+							flush()
+						}
+					}
+					add("update", report("running", 6))
+					for range 10 {
+						add("temp", []byte(`{"c":21.5}`))
+					}
+					add("update", report("installed", 7))
+					for range 10 {
+						add("temp", []byte(`{"c":21.5}`))
+					}
+					add("update", report("confirmed", 7))
+				}
+				flush()
+				plan := testPlan("hw")
+				plan.MinFinished = 1
+				c, err := s.StartCampaign(ctx, plan)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					p, err := s.CampaignProgress(ctx, c)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if p.Total.Confirmed != devices {
+						b.Fatalf("%d confirmed, want %d", p.Total.Confirmed, devices)
+					}
+				}
+			})
+		}
+	}
+}

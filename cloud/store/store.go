@@ -82,6 +82,7 @@ type Store struct {
 
 	revCache  revCache
 	certCache certCache
+	reports   reportCache
 }
 
 // dialect is what differs between the backends.

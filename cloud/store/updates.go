@@ -5,8 +5,10 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/d2c-iot/d2c/internal/limits"
@@ -39,7 +41,7 @@ type UpdateReport struct {
 // after it) is skipped, counted and logged: one device sending garbage on
 // the stream must not hide what the others report.
 func (s *Store) UpdateReports(ctx context.Context, since time.Time) ([]UpdateReport, error) {
-	rows, err := s.db.QueryContext(ctx, s.q("SELECT device, boot, seq, readings FROM records WHERE stream = ? ORDER BY device, boot, seq"),
+	rows, err := s.db.QueryContext(ctx, s.q("SELECT id, device, boot, seq, readings FROM records WHERE stream = ? ORDER BY device, boot, seq"),
 		update.ReportStream)
 	if err != nil {
 		return nil, fmt.Errorf("store: update reports: %w", err)
@@ -50,33 +52,37 @@ func (s *Store) UpdateReports(ctx context.Context, since time.Time) ([]UpdateRep
 		skipped int
 		first   error
 	)
+	s.reports.mu.Lock()
+	defer s.reports.mu.Unlock()
 	for rows.Next() {
 		var (
+			id        int64
 			dev       string
 			boot, seq int64
-			b         []byte
-			rs        []readingRow
+			b         sql.RawBytes // not copied: decoded only when not cached
 		)
-		if err := rows.Scan(&dev, &boot, &seq, &b); err != nil {
+		if err := rows.Scan(&id, &dev, &boot, &seq, &b); err != nil {
 			return nil, fmt.Errorf("store: update reports: %w", err)
 		}
-		if err := s.modes.Dec.Unmarshal(b, &rs); err != nil {
-			return nil, fmt.Errorf("store: update reports: readings of %s (boot %d, seq %d): %w", dev, boot, seq, err)
+		decoded, ok := s.reports.m[id]
+		if !ok {
+			if decoded, err = s.decodeReports(b); err != nil {
+				return nil, fmt.Errorf("store: update reports: readings of %s (boot %d, seq %d): %w", dev, boot, seq, err)
+			}
+			s.reports.put(id, decoded)
 		}
-		for _, r := range rs {
-			at := time.UnixMilli(r.Time)
-			if !since.IsZero() && at.Before(since) {
+		for _, r := range decoded {
+			if !since.IsZero() && r.at.Before(since) {
 				continue
 			}
-			res, err := decodeResult(r.Body)
-			if err != nil {
+			if r.err != nil {
 				skipped++
 				if first == nil {
-					first = fmt.Errorf("%s (boot %d, seq %d): %w", dev, boot, seq, err)
+					first = fmt.Errorf("%s (boot %d, seq %d): %w", dev, boot, seq, r.err)
 				}
 				continue
 			}
-			out = append(out, UpdateReport{Device: dev, Boot: uint64(boot), Seq: uint64(seq), Time: at, Result: res})
+			out = append(out, UpdateReport{Device: dev, Boot: uint64(boot), Seq: uint64(seq), Time: r.at, Result: r.res})
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -86,6 +92,48 @@ func (s *Store) UpdateReports(ctx context.Context, since time.Time) ([]UpdateRep
 		s.log.Warn("store: update reports that do not decode, skipped", "skipped", skipped, "first", first)
 	}
 	return out, nil
+}
+
+// decodedReport is one reading of an update-report record, decoded.
+type decodedReport struct {
+	at  time.Time
+	res update.Result
+	err error // the body does not decode: skipped
+}
+
+// decodeReports decodes the readings of one record of the update stream.
+func (s *Store) decodeReports(b []byte) ([]decodedReport, error) {
+	var rs []readingRow
+	if err := s.modes.Dec.Unmarshal(b, &rs); err != nil {
+		return nil, err
+	}
+	out := make([]decodedReport, len(rs))
+	for i, r := range rs {
+		out[i].at = time.UnixMilli(r.Time)
+		out[i].res, out[i].err = decodeResult(r.Body)
+	}
+	return out, nil
+}
+
+// reportCache keeps the decoded readings of update-report records by
+// record ID, so that the campaign controller's reading of every report on
+// each tick decodes each record once (strict JSON is most of the cost).
+// A record never changes and its ID is never reused, so an entry never
+// goes stale; records no longer in the table are simply not asked for.
+type reportCache struct {
+	mu sync.Mutex
+	m  map[int64][]decodedReport
+}
+
+// maxCachedReports bounds the records reportCache keeps: past it, it
+// starts over (a fleet of 100,000 devices with a few reports each).
+const maxCachedReports = 1 << 20
+
+func (c *reportCache) put(id int64, d []decodedReport) {
+	if c.m == nil || len(c.m) >= maxCachedReports {
+		c.m = map[int64][]decodedReport{}
+	}
+	c.m[id] = d
 }
 
 // decodeResult decodes an update report body strictly (internal/strictjson:

@@ -88,6 +88,16 @@ func TestUpdateReports(t *testing.T) {
 		if err != nil || len(all) != 4 || all[3].Device != "dev-c" {
 			t.Fatalf("every report: %+v, %v", all, err)
 		}
+		// Decoded records are cached by ID: a later call sees the same,
+		// and the records stored since.
+		later := update.Result{Event: "reverted", Version: 3, From: 3, Time: t0.Add(2 * time.Minute).UnixMilli(), Reason: "health"}
+		if _, err := s.Accept(t.Context(), []transport.Record{rec("dev-b", update.ReportStream, 1, 2, t0.Add(2*time.Minute), body(later))}); err != nil {
+			t.Fatal(err)
+		}
+		again, err := s.UpdateReports(t.Context(), time.Time{})
+		if err != nil || len(again) != 5 || again[2].Result != running || again[3].Result != later || again[3].Seq != 2 {
+			t.Fatalf("after one more report: %+v, %v", again, err)
+		}
 		ctx, cancel := context.WithCancel(t.Context())
 		cancel()
 		if _, err := s.UpdateReports(ctx, time.Time{}); err == nil {
