@@ -24,6 +24,7 @@ import (
 	"strings"
 
 	"github.com/d2c-iot/d2c/internal/limits"
+	"github.com/d2c-iot/d2c/internal/strictjson"
 )
 
 // ErrNotCycloneDX is returned for a document that is not a CycloneDX JSON
@@ -68,8 +69,12 @@ func Parse(b []byte) (*BOM, error) {
 	if len(b) > limits.UpdateSBOM {
 		return nil, fmt.Errorf("%w: %d bytes (at most %d)", ErrNotCycloneDX, len(b), limits.UpdateSBOM)
 	}
-	if err := checkDepth(b); err != nil {
-		return nil, err
+	// Every reader must read the same components from these signed bytes:
+	// no member twice or twice but for case in one object ("Components"
+	// beside "components" would hide a component from encoding/json and
+	// not from other tools), no lone surrogate escape, bounded nesting.
+	if err := strictjson.CheckNames(b, 2*limits.SBOMDepth+8); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotCycloneDX, err)
 	}
 	var w bomJSON
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -112,37 +117,6 @@ func (bom *BOM) add(cs []componentJSON, depth int) error {
 		bom.Components = append(bom.Components, Component{Name: c.Name, Version: c.Version, PURL: c.PURL})
 		if err := bom.add(c.Components, depth+1); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// checkDepth refuses JSON nested deeper than a component tree of
-// limits.SBOMDepth levels allows (each level is an object in an array,
-// besides what a component holds), before anything is decoded.
-func checkDepth(b []byte) error {
-	const slack = 8 // the document object, and what a component holds
-	maxDepth := 2*limits.SBOMDepth + slack
-	depth, inString, escaped := 0, false, false
-	for _, c := range b {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
-		case c == '{' || c == '[':
-			if depth++; depth > maxDepth {
-				return fmt.Errorf("%w: nested deeper than %d", ErrNotCycloneDX, maxDepth)
-			}
-		case c == '}' || c == ']':
-			depth--
 		}
 	}
 	return nil

@@ -185,3 +185,25 @@ func TestParseCycloneDXGomod(t *testing.T) {
 		}
 	}
 }
+
+// TestParseOneReading: an SBOM that other CycloneDX tools would read
+// otherwise than encoding/json (a member twice, or twice but for case; a
+// lone surrogate escape) is refused, so that no component can hide from
+// d2c fleet affected behind a signed digest (from the adversarial
+// review: the first three were read without openssl).
+func TestParseOneReading(t *testing.T) {
+	for _, doc := range []string{
+		`{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"name":"openssl","version":"3.0.1"}],"Components":[]}`,
+		`{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"name":"openssl","version":"3.0.1"}],"components":[]}`,
+		`{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"name":"openssl","version":"3.0.1","NAME":"zlib"}]}`,
+		`{"bomFormat":"CycloneDX","specVersion":"1.5","components":[{"name":"open\udc00ssl","version":"3.0.1"}]}`,
+	} {
+		if bom, err := Parse([]byte(doc)); !errors.Is(err, ErrNotCycloneDX) {
+			t.Errorf("%s: %+v, %v, want ErrNotCycloneDX", doc, bom, err)
+		}
+	}
+	ok := `{"bomFormat":"CycloneDX","specVersion":"1.5","metadata":{"Name":"x"},"components":[{"name":"open\ud83d\ude00ssl","version":"3.0.1"}]}`
+	if _, err := Parse([]byte(ok)); err != nil {
+		t.Fatalf("case variants in different objects and a surrogate pair: %v", err)
+	}
+}

@@ -22,6 +22,8 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -44,10 +46,7 @@ import (
 // member order and string escapes are free, but numbers must be written
 // as encoding/json writes them (no "1.0", no "1e3").
 func Unmarshal(data []byte, v any, maxDepth int) error {
-	if !utf8.Valid(data) {
-		return errors.New("not UTF-8")
-	}
-	if err := checkTokens(data, maxDepth); err != nil {
+	if err := CheckNames(data, maxDepth); err != nil {
 		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -71,6 +70,102 @@ func Unmarshal(data []byte, v any, maxDepth int) error {
 		return errors.New("member names, presence or numbers not in the canonical form")
 	}
 	return nil
+}
+
+// CheckNames checks what every reader of data must agree on, for JSON
+// whose members a caller reads only in part (a CycloneDX SBOM, where
+// unknown members are the rule): one value of valid UTF-8 with nothing
+// after it, nested at most maxDepth deep, no string escaping half of a
+// UTF-16 surrogate pair (Go reads one as U+FFFD, other parsers keep it),
+// and in no object two member names that are equal or equal but for case
+// (Unicode simple folding, as encoding/json matches names: "components"
+// and "Components" would fill one field in Go and two in other parsers).
+func CheckNames(data []byte, maxDepth int) error {
+	if !utf8.Valid(data) {
+		return errors.New("not UTF-8")
+	}
+	if err := checkSurrogates(data); err != nil {
+		return err
+	}
+	return checkTokens(data, maxDepth)
+}
+
+// checkSurrogates refuses a \u escape of a lone surrogate in a string.
+func checkSurrogates(data []byte) error {
+	inString := false
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		switch {
+		case !inString:
+			inString = c == '"'
+		case c == '"':
+			inString = false
+		case c == '\\' && i+1 < len(data):
+			i++
+			if data[i] != 'u' {
+				continue
+			}
+			v, ok := hex4(data, i+1)
+			switch {
+			case !ok:
+				continue // the decoder refuses it
+			case v >= 0xd800 && v < 0xdc00:
+				w, ok := uint16(0), false
+				if i+6 < len(data) && data[i+5] == '\\' && data[i+6] == 'u' {
+					w, ok = hex4(data, i+7)
+				}
+				if !ok || w < 0xdc00 || w >= 0xe000 {
+					return fmt.Errorf("a lone UTF-16 surrogate \\u%04x", v)
+				}
+				i += 10
+			case v >= 0xdc00 && v < 0xe000:
+				return fmt.Errorf("a lone UTF-16 surrogate \\u%04x", v)
+			default:
+				i += 4
+			}
+		}
+	}
+	return nil
+}
+
+// hex4 reads 4 hexadecimal digits at data[i:].
+func hex4(data []byte, i int) (uint16, bool) {
+	if i+4 > len(data) {
+		return 0, false
+	}
+	var v uint16
+	for _, c := range data[i : i+4] {
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | uint16(d)
+	}
+	return v, true
+}
+
+// foldKey returns name with every rune replaced by the smallest rune of
+// its Unicode simple-folding orbit: two names have one key when they are
+// equal but for case.
+func foldKey(name string) string {
+	var b strings.Builder
+	for _, r := range name {
+		min := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			if f < min {
+				min = f
+			}
+		}
+		b.WriteRune(min)
+	}
+	return b.String()
 }
 
 // generic decodes data into maps, slices, strings, bools and json.Number.
@@ -120,10 +215,11 @@ func walkValue(dec *json.Decoder, depth, maxDepth int) error {
 			if !ok {
 				return errors.New("object member name is not a string")
 			}
-			if seen[name] {
-				return fmt.Errorf("duplicate member %q", truncate(name))
+			key := foldKey(name)
+			if seen[key] {
+				return fmt.Errorf("duplicate member %q (names are compared without regard to case)", truncate(name))
 			}
-			seen[name] = true
+			seen[key] = true
 			if err := walkValue(dec, depth+1, maxDepth); err != nil {
 				return err
 			}

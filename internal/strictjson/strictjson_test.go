@@ -100,3 +100,30 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+// TestCheckNames: names equal but for case (Unicode simple folding, as
+// encoding/json matches them) and lone surrogate escapes are refused
+// wherever they are; a surrogate pair and case variants in different
+// objects are not.
+func TestCheckNames(t *testing.T) {
+	for _, doc := range []string{
+		`{"a":1,"A":2}`,
+		`{"x":{"kelvin":1,"\u212aelvin":2}}`, // K (Kelvin sign) folds to k
+		`{"s":"a\ud800b"}`,
+		`{"s":"a\udc00"}`,
+		`{"s":"\ud800\u0041"}`,
+		`{"s":"\ud800`,
+	} {
+		if err := CheckNames([]byte(doc), 8); err == nil {
+			t.Errorf("accepted %s", doc)
+		}
+	}
+	for _, doc := range []string{
+		`{"a":{"A":1},"b":[{"A":1},{"a":2}]}`,
+		`{"s":"\ud83d\ude00 \\ud800 \u00e9"}`,
+	} {
+		if err := CheckNames([]byte(doc), 8); err != nil {
+			t.Errorf("%s: %v", doc, err)
+		}
+	}
+}
