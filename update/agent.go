@@ -609,7 +609,10 @@ func isAttack(err error) bool {
 }
 
 func (a *Agent) checkLocked(ctx context.Context) (*Offer, error) {
-	a.withheld = 0
+	// Only the last check's offer installs: one from an earlier check
+	// must not survive a check that withheld the release (a campaign
+	// halted), found it installed, or failed.
+	a.withheld, a.offer = 0, nil
 	t, err := NewTrusted(a.st.Root, a.st.Floors, a.now(), a.cfg.HardwareClass)
 	if err != nil {
 		return nil, fmt.Errorf("update: trusted root: %w", err)

@@ -278,3 +278,29 @@ func TestAgentDeltaPowerFail(t *testing.T) {
 		t.Logf("%s: power cut at each of %d file-system operations; every restart booted v1 or v2 and finished", name, ops)
 	}
 }
+
+// TestAgentDeltaStaleFile: a delta file left by an install abandoned
+// earlier (another release's bytes) does not spoil the next delta
+// install: the download finds the bytes it holds do not hash to the
+// signed digest, starts over, and the delta applies (a concern of the
+// adversarial review, checked).
+func TestAgentDeltaStaleFile(t *testing.T) {
+	smallDeltas(t)
+	v1 := buildImage(1, 400<<10, 0)
+	v2 := buildImage(1, 400<<10, 2)
+	repo, dev := deltaDevice(t, v1)
+	stale := filepath.Join(dev.dir, "agent", deltaFileName)
+	if err := os.WriteFile(stale, bytes.Repeat([]byte{0x5a}, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	repo.publishDeltas(2, 1, v2, makeDelta(t, 1, v1, v2, "image-2.from-1.delta"))
+	if ok, err := dev.agent.Update(t.Context()); err != nil || !ok {
+		t.Fatalf("install v2: %v %v", ok, err)
+	}
+	if r := dev.lastReport(); r.Event != "installed" || r.Delta != "applied" {
+		t.Fatalf("report %+v, want installed from the delta", r)
+	}
+	if !bytes.Equal(dev.bootNew(), v2) {
+		t.Fatal("the device does not run v2")
+	}
+}

@@ -180,3 +180,36 @@ func TestAgentRolloutAttacks(t *testing.T) {
 		t.Fatalf("after the attacks: %+v", st)
 	}
 }
+
+// TestAgentStaleOfferAfterHalt: an offer kept from a check before a
+// campaign halted does not install after a later check saw the halt
+// (from the adversarial review: the agent used to keep the older offer).
+func TestAgentStaleOfferAfterHalt(t *testing.T) {
+	ctx := t.Context()
+	repo := newAgentRepo(t)
+	salt := [16]byte{7}
+	id := ""
+	for i := 0; id == ""; i++ {
+		if c := fmt.Sprintf("dev-%d", i); RolloutBucket(salt, c) < 1000 {
+			id = c
+		}
+	}
+	dev := newAgentDevice(t, repo, func(c *AgentConfig) { c.Device = id })
+	repo.rollout = &Rollout{Salt: salt, Share: 1000}
+	repo.publish(1, 1, image(1, 20_000))
+	o, err := dev.agent.Check(ctx)
+	if err != nil || o == nil {
+		t.Fatalf("in the cohort: %+v, %v", o, err)
+	}
+	repo.rollout = &Rollout{Salt: salt} // the campaign halts
+	repo.stamp()
+	if o2, err := dev.agent.Check(ctx); err != nil || o2 != nil || dev.agent.Status().Withheld != 1 {
+		t.Fatalf("after the halt: %+v, %v, %+v", o2, err, dev.agent.Status())
+	}
+	if err := dev.agent.Install(ctx, o); err == nil {
+		t.Fatalf("the offer from before the halt installed: %+v", dev.agent.Status())
+	}
+	if st := dev.agent.Status(); st.Phase != PhaseIdle || st.Pending != 0 {
+		t.Fatalf("after the refused install: %+v", st)
+	}
+}
