@@ -22,21 +22,26 @@ const defaultCampaignEvery = 5 * time.Second
 
 // campaignRule is the update role's rule for the timestamp naming release
 // of hardwareClass (docs/update-format.md, "Campaigns"): the rule of the
-// class's newest campaign when it is that release's; a halted rule while
-// an active campaign waits for a newer release to be published (so that
-// publishing it offers it to no device before the campaign's first
-// phase); none otherwise (no campaign, or a newer release supersedes the
-// campaign's).
+// release's own newest campaign when it has one (halted once aborted,
+// whatever campaigns came after: an aborted release is never offered
+// again); a halted rule while an active campaign waits for a newer
+// release to be published (so that publishing it offers it to no device
+// before the campaign's first phase); none otherwise (no campaign).
 func campaignRule(st *store.Store) func(ctx context.Context, hardwareClass string, release uint64) (*update.Rollout, error) {
 	return func(ctx context.Context, hardwareClass string, release uint64) (*update.Rollout, error) {
+		own, err := st.CampaignFor(ctx, hardwareClass, release)
+		switch {
+		case err == nil:
+			return own.Rollout(), nil
+		case !errors.Is(err, store.ErrNoCampaign):
+			return nil, err
+		}
 		c, err := st.LatestCampaign(ctx, hardwareClass)
 		switch {
 		case errors.Is(err, store.ErrNoCampaign):
 			return nil, nil
 		case err != nil:
 			return nil, err
-		case c.Release == release:
-			return c.Rollout(), nil
 		case c.Release > release && c.Active():
 			return &update.Rollout{Salt: c.Salt}, nil
 		}
@@ -69,12 +74,14 @@ func (c *campaignController) run(ctx context.Context) error {
 	}
 }
 
-// tick evaluates every active campaign once: abort when the failures
-// among finished devices reach the threshold (after the minimum count),
-// else advance once the phase's delay has passed. Each change is a
+// tick evaluates every active campaign, and each class's newest
+// campaign once completed, once: abort when the failures among finished
+// devices reach the threshold (after the minimum count), else advance
+// once the phase's delay has passed and enough of the devices reached so
+// far finished. Each change is a
 // compare-and-set: a replica that lost the race leaves it to the winner.
 func (c *campaignController) tick(ctx context.Context) {
-	cs, err := c.store.ActiveCampaigns(ctx)
+	cs, err := c.store.WatchedCampaigns(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			c.log.Error("campaigns not read; nothing changes until the next tick", "err", err)

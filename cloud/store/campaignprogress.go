@@ -71,6 +71,11 @@ type CampaignProgress struct {
 	Groups CampaignCounts
 	// Total is the sum of the rows.
 	Total CampaignCounts
+	// Reached counts the devices the campaign has reached so far: those
+	// of the phases started (every phase once completed) and the members
+	// of groups that installed. A phase advances only once enough of them
+	// finished ([Campaign.Decide]).
+	Reached CampaignCounts
 }
 
 // CampaignProgress counts what the devices reported about c's release
@@ -128,6 +133,16 @@ func (c *Campaign) progress(reports []UpdateReport) *CampaignProgress {
 			continue
 		}
 		i := c.PhaseOf(id)
+		// A device the campaign has not reached by its bucket (its phase
+		// has not started, or it is in none) was offered the release only
+		// as a member of a group, which it alone knows: it counts once it
+		// installed the release. A failure or refusal from it says nothing
+		// of the release (it was never offered it, or claims a class it is
+		// not), so one device cannot abort a campaign it is outside of.
+		reached := i < len(c.Phases) && (i <= c.Phase || c.State == CampaignCompleted)
+		if d.hasEvt && !reached && d.event != "installed" && d.event != "confirmed" && d.event != "reverted" {
+			d.hasEvt = false
+		}
 		row := &p.Groups
 		if i < len(c.Phases) {
 			row = &p.Phases[i]
@@ -135,20 +150,12 @@ func (c *Campaign) progress(reports []UpdateReport) *CampaignProgress {
 		} else if d.hasEvt {
 			row.Offered++
 		}
-		if !d.hasEvt {
-			continue
+		if reached || d.hasEvt {
+			p.Reached.Offered++
 		}
-		switch d.event {
-		case "installed":
-			row.Installed++
-		case "confirmed":
-			row.Confirmed++
-		case "reverted":
-			row.Reverted++
-		case "failed":
-			row.Failed++
-		case "refused":
-			row.Refused++
+		if d.hasEvt {
+			row.count(d.event)
+			p.Reached.count(d.event)
 		}
 	}
 	for _, r := range p.Phases {
@@ -156,6 +163,22 @@ func (c *Campaign) progress(reports []UpdateReport) *CampaignProgress {
 	}
 	p.Total.add(p.Groups)
 	return p
+}
+
+// count adds one device whose latest report on the release is event.
+func (r *CampaignCounts) count(event string) {
+	switch event {
+	case "installed":
+		r.Installed++
+	case "confirmed":
+		r.Confirmed++
+	case "reverted":
+		r.Reverted++
+	case "failed":
+		r.Failed++
+	case "refused":
+		r.Refused++
+	}
 }
 
 // rolloutAll is update.RolloutAll as an int64, for the threshold's
@@ -170,7 +193,7 @@ const rolloutAll = int64(update.RolloutAll)
 // has passed never advances over failures that reached it; only a
 // running campaign advances.
 func (c *Campaign) Decide(p *CampaignProgress, now time.Time) (action CampaignAction, reason string) {
-	if !c.Active() {
+	if !c.Active() && c.State != CampaignCompleted {
 		return CampaignHold, ""
 	}
 	fin, fail := int64(p.Total.Finished()), int64(p.Total.Failures())
@@ -178,10 +201,20 @@ func (c *Campaign) Decide(p *CampaignProgress, now time.Time) (action CampaignAc
 		return CampaignAbort, fmt.Sprintf("%d of %d finished devices failed (%d reverted, %d failed): at or above the abort threshold of %s",
 			fail, fin, p.Total.Reverted, p.Total.Failed, FormatBasisPoints(c.AbortAt))
 	}
-	if c.State == CampaignRunning && now.Sub(c.PhaseStarted) >= c.Phases[c.Phase].Delay {
+	if c.State == CampaignRunning && now.Sub(c.PhaseStarted) >= c.Phases[c.Phase].Delay && p.evidence(c.MinFinished) {
 		return CampaignAdvance, ""
 	}
 	return CampaignHold, ""
+}
+
+// evidence reports whether the devices the campaign has reached so far
+// finished enough to judge the release by: minFinished of them, or every
+// one if fewer were offered. Silence never advances a campaign (devices
+// that do not report, a broker that drops their reports, a release not
+// yet published): with no device reached, it waits.
+func (p *CampaignProgress) evidence(minFinished int) bool {
+	fin := p.Reached.Finished()
+	return p.Reached.Offered > 0 && (fin >= minFinished || fin >= p.Reached.Offered)
 }
 
 // CampaignAction is a decision of [Campaign.Decide].

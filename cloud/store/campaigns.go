@@ -335,6 +335,29 @@ func (s *Store) ActiveCampaigns(ctx context.Context) ([]*Campaign, error) {
 	return s.campaigns(ctx, "WHERE state IN ('running', 'paused')")
 }
 
+// WatchedCampaigns returns the campaigns the controller evaluates: the
+// running and paused ones, and each hardware class's newest campaign once
+// completed (its release stays offered to the whole class, so failures
+// reported after the last phase still abort it).
+func (s *Store) WatchedCampaigns(ctx context.Context) ([]*Campaign, error) {
+	return s.campaigns(ctx, "WHERE state IN ('running', 'paused') OR (state = 'completed' AND "+
+		"id = (SELECT MAX(id) FROM campaigns AS newer WHERE newer.hardware_class = campaigns.hardware_class))")
+}
+
+// CampaignFor returns the newest campaign of release for hardwareClass,
+// whatever its state, or [ErrNoCampaign].
+func (s *Store) CampaignFor(ctx context.Context, hardwareClass string, release uint64) (*Campaign, error) {
+	cs, err := s.campaigns(ctx, "WHERE id = (SELECT MAX(id) FROM campaigns WHERE hardware_class = ? AND release_version = ?)",
+		hardwareClass, int64(release))
+	if err != nil {
+		return nil, err
+	}
+	if len(cs) == 0 {
+		return nil, fmt.Errorf("%w: none for release %d of hardware class %q", ErrNoCampaign, release, hardwareClass)
+	}
+	return cs[0], nil
+}
+
 // ActiveCampaign returns the running or paused campaign of hardwareClass,
 // or [ErrNoCampaign].
 func (s *Store) ActiveCampaign(ctx context.Context, hardwareClass string) (*Campaign, error) {
@@ -395,12 +418,12 @@ func (s *Store) ResumeCampaign(ctx context.Context, c *Campaign) (*Campaign, err
 	})
 }
 
-// AbortCampaign aborts the running or paused campaign c for reason: from
-// the next timestamp on, no device that has not started the release
-// starts it. Errors as [Store.PauseCampaign].
+// AbortCampaign aborts the running, paused or completed campaign c for
+// reason: from the next timestamp on, no device that has not started the
+// release starts it. Errors as [Store.PauseCampaign].
 func (s *Store) AbortCampaign(ctx context.Context, c *Campaign, reason string) (*Campaign, error) {
 	return s.changeCampaign(ctx, c, func(n *Campaign, now time.Time) error {
-		if !n.Active() {
+		if !n.Active() && n.State != CampaignCompleted {
 			return fmt.Errorf("%w: abort a campaign that is %s", ErrCampaignState, n.State)
 		}
 		n.State, n.Paused, n.Reason = CampaignAborted, time.Time{}, reason

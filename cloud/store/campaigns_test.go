@@ -6,6 +6,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -95,12 +96,24 @@ func TestCampaignLifecycle(t *testing.T) {
 		if want := c.PhaseStarted.Add(2 * time.Hour); !r.PhaseStarted.Equal(want) || r.Reason != "" {
 			t.Fatalf("resumed: phase started %v, want %v", r.PhaseStarted, want)
 		}
-		if a, _ := r.Decide(&CampaignProgress{}, now); a != CampaignHold {
+		// Enough of the devices reached finished, none failed.
+		evidence := &CampaignProgress{Reached: CampaignCounts{Offered: 30, Confirmed: 20}}
+		if a, _ := r.Decide(evidence, now); a != CampaignHold {
 			t.Fatalf("after 30 min of running, a 1-hour phase decided %v", a)
 		}
 		now = now.Add(30 * time.Minute)
-		if a, _ := r.Decide(&CampaignProgress{}, now); a != CampaignAdvance {
+		if a, _ := r.Decide(evidence, now); a != CampaignAdvance {
 			t.Fatalf("after 1 hour of running decided %v, want advance", a)
+		}
+		// Silence never advances: no device reached, or too few finished.
+		for _, p := range []*CampaignProgress{{}, {Reached: CampaignCounts{Offered: 30, Confirmed: 19, Installed: 11}}} {
+			if a, _ := r.Decide(p, now.Add(24*time.Hour)); a != CampaignHold {
+				t.Fatalf("progress %+v: decided %v, want hold", p.Reached, a)
+			}
+		}
+		// All the devices reached finished, fewer than the minimum.
+		if a, _ := r.Decide(&CampaignProgress{Reached: CampaignCounts{Offered: 3, Confirmed: 3}}, now); a != CampaignAdvance {
+			t.Fatalf("every reached device finished: decided %v, want advance", a)
 		}
 
 		// Two replicas advance the same revision: one wins.
@@ -119,11 +132,25 @@ func TestCampaignLifecycle(t *testing.T) {
 		if err != nil || done.State != CampaignCompleted || done.Rollout().Share != update.RolloutAll {
 			t.Fatalf("after the last phase: %+v %v", done, err)
 		}
-		if _, err := s.AbortCampaign(ctx, done, "late"); !errors.Is(err, ErrCampaignState) {
-			t.Fatalf("aborting a completed campaign: %v, want ErrCampaignState", err)
-		}
 		if _, err := s.ActiveCampaign(ctx, "hw"); !errors.Is(err, ErrNoCampaign) {
 			t.Fatalf("ActiveCampaign after completion: %v", err)
+		}
+		// Completed, it is still watched: failures reported after the last
+		// phase abort it, and so may an operator.
+		w, err := s.WatchedCampaigns(ctx)
+		if err != nil || !slices.ContainsFunc(w, func(c *Campaign) bool { return c.ID == done.ID }) {
+			t.Fatalf("watched after completion: %d campaigns, %v; want campaign %d among them", len(w), err, done.ID)
+		}
+		late := &CampaignProgress{Total: CampaignCounts{Confirmed: 15, Reverted: 5}}
+		if a, _ := done.Decide(late, now); a != CampaignAbort {
+			t.Fatalf("a completed campaign with 25%% failures decided %v, want abort", a)
+		}
+		aborted, err := s.AbortCampaign(ctx, done, "late failures")
+		if err != nil || aborted.State != CampaignAborted || !aborted.Rollout().Halted() {
+			t.Fatalf("aborting a completed campaign: %+v, %v", aborted, err)
+		}
+		if _, err := s.AbortCampaign(ctx, aborted, "again"); !errors.Is(err, ErrCampaignState) {
+			t.Fatalf("aborting an aborted campaign: %v, want ErrCampaignState", err)
 		}
 
 		// A new campaign once the last is done; abort halts it.

@@ -44,13 +44,14 @@ func ExampleStore_StartCampaign() {
 	r := c.Rollout()
 	fmt.Printf("campaign %d, %s: %s of the devices and groups %v\n", c.ID, c.State, store.FormatBasisPoints(r.Share), r.Groups)
 
-	// What the devices reported so far decides the next step.
+	// What the devices reported so far decides the next step: with no
+	// device reporting yet, the phase does not advance, however long.
 	p, err := st.CampaignProgress(ctx, c)
 	if err != nil {
 		log.Fatal(err)
 	}
 	action, _ := c.Decide(p, c.PhaseStarted.Add(31*time.Minute))
-	fmt.Println("after 31 minutes, advance:", action == store.CampaignAdvance)
+	fmt.Println("after 31 minutes with no report, advance:", action == store.CampaignAdvance)
 
 	c, err = st.AbortCampaign(ctx, c, "crash reports from the field")
 	if err != nil {
@@ -59,6 +60,6 @@ func ExampleStore_StartCampaign() {
 	fmt.Printf("campaign %d, %s: halted %v\n", c.ID, c.State, c.Rollout().Halted())
 	// Output:
 	// campaign 1, running: 1% of the devices and groups [beta]
-	// after 31 minutes, advance: true
+	// after 31 minutes with no report, advance: false
 	// campaign 1, aborted: halted true
 }

@@ -29,7 +29,7 @@ func updateReleaseSignCommand() *command {
 		summary: "sign a release and a fresh timestamp into a repository",
 		usage: "--repo DIR --key FILE... --version V --security-counter C --hardware-class H --image FILE " +
 			"[--artifact NAME] [--uri URI] [--expires DURATION] --timestamp-key FILE... [--timestamp-expires DURATION] [--progress] [--delta-from V]... " +
-			"[--sbom FILE] [--support-until DATE]",
+			"[--sbom FILE] [--support-until DATE] [--held]",
 		details: `
 Reads the image once, hashing it (SHA-256, length) and, unless --uri is
 absolute, copying it into the repository at the same time, to DIR/<URI>
@@ -94,6 +94,7 @@ report it too, and "d2c device update --status" warns once it has passed.`,
 			fl.Var(&progress, "progress", "show a progress bar on stderr; auto: when stderr is a terminal")
 			var deltaFrom stringList
 			fl.Var(&deltaFrom, "delta-from", "an earlier release V whose image in the repository the release gets a delta from; repeatable")
+			held := fl.Bool("held", false, "sign the timestamp with a rule that offers the release to no device, until the service running its campaign signs the first phase (d2c rollout start)")
 			sbomFile := fl.String("sbom", "", "CycloneDX JSON SBOM of the image, signed into the release and copied into the repository")
 			supportFlag := fl.String("support-until", "", "end of the release's security support: YYYY-MM-DD (00:00 UTC) or an RFC 3339 time")
 			return func(ctx context.Context, s streams) error {
@@ -216,6 +217,14 @@ report it too, and "d2c device update --status" warns once it has passed.`,
 				if err != nil {
 					return repoHint(err, *repo)
 				}
+				if *held {
+					// Halted: share 0, no group. Only the rule differs from
+					// what NextTimestamp checked as a device would.
+					ts.Rollout = &update.Rollout{}
+					if tsBytes, err = ts.Sign(tsSigners...); err != nil {
+						return err
+					}
+				}
 				if err := staged.publish(); err != nil {
 					return err
 				}
@@ -244,6 +253,9 @@ report it too, and "d2c device update --status" warns once it has passed.`,
 				}
 				printFacts(s, rel, bom, now)
 				fmt.Fprintf(s.stdout, "timestamp version %d, expires %s\n", ts.Version, ts.Expires.UTC().Format(time.RFC3339))
+				if ts.Rollout.Halted() {
+					fmt.Fprintf(s.stdout, "held: no device is offered release %d until its campaign's first phase is signed\n", rel.Version)
+				}
 				if dest == "" {
 					fmt.Fprintf(s.stderr, "upload %s to %s before devices check: it was not copied\n", *image, art.URI)
 				}
