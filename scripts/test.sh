@@ -3,14 +3,14 @@
 # Copyright 2026 The d2c Authors
 
 # Runs the whole d2c test suite, including the tests against real peers
-# (openssl, curl, mosquitto, softhsm2, swtpm, PostgreSQL; zsh and fish check the
+# (openssl, curl, mosquitto, softhsm2, swtpm, PostgreSQL, zstd; zsh and fish check the
 # completion scripts). Run as root on a Debian machine and it installs
 # the peers it lacks with apt-get first; as another user, install them
 # yourself (see README.md). A missing peer fails its tests: none is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(openssl curl mosquitto ca-certificates softhsm2 swtpm zsh fish postgresql)
+packages=(openssl curl mosquitto ca-certificates softhsm2 swtpm zstd zsh fish postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

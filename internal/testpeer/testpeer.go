@@ -35,6 +35,7 @@ var debianPackages = map[string]string{
 	"mosquitto":     "mosquitto",
 	"softhsm2-util": "softhsm2",
 	"swtpm":         "swtpm",
+	"zstd":          "zstd",
 }
 
 // sbinDirs are searched after $PATH: Debian installs daemons such as

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/d2c-iot/d2c/internal/testpeer"
 )
 
 // images returns a base of n pseudo-random bytes and a target made from it
@@ -77,9 +79,7 @@ func TestRoundTrip(t *testing.T) {
 // command (the reference implementation) and the frame's dictionary: the
 // frames are standard zstd frames.
 func TestReferenceDecoder(t *testing.T) {
-	if _, err := exec.LookPath("zstd"); err != nil {
-		t.Skip("no zstd command")
-	}
+	zstd := testpeer.Require(t, "zstd")
 	base, target := images(600<<10, 2)
 	d := roundTrip(t, base, target, Options{BlockSize: 64 << 10, Reach: 128 << 10})
 	h, _ := ParseHeader(d)
@@ -96,7 +96,7 @@ func TestReferenceDecoder(t *testing.T) {
 		os.WriteFile(frame, d[p:p+r.FrameLength], 0o600)
 		os.WriteFile(dict, base[r.DictOffset:r.DictOffset+int64(r.DictLength)], 0o600)
 		p += r.FrameLength
-		out, err := exec.Command("zstd", "-d", "-c", "-D", dict, frame).Output()
+		out, err := exec.Command(zstd, "-d", "-c", "-D", dict, frame).Output()
 		if err != nil {
 			t.Fatalf("frame %d: zstd -d: %v", i, err)
 		}
