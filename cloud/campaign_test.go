@@ -25,6 +25,7 @@ import (
 	"github.com/d2c-iot/d2c/internal/jwsedit"
 	"github.com/d2c-iot/d2c/internal/testbroker"
 	"github.com/d2c-iot/d2c/internal/testpki"
+	"github.com/d2c-iot/d2c/internal/testrepo"
 	"github.com/d2c-iot/d2c/transport"
 	"github.com/d2c-iot/d2c/transport/broker"
 	"github.com/d2c-iot/d2c/transport/wire"
@@ -33,72 +34,31 @@ import (
 	"github.com/d2c-iot/d2c/updatelink"
 )
 
-// testRepo is an update repository written with package update alone:
-// root version 1 (one key per role) and the releases given, the newest
-// as release.json, for the hardware class "gw"; no timestamp yet.
-type testRepo struct {
-	dir                      string
-	root                     []byte
-	rootKey, releaseKey, tsK crypto.Signer
-}
+// testRepo is an update repository (internal/testrepo) for the
+// hardware class "gw" with the releases given, the newest as
+// release.json; no timestamp yet.
+type testRepo struct{ *testrepo.Repo }
 
 const repoHardware = "gw"
 
 func newTestRepo(t *testing.T, dir string, versions ...uint64) *testRepo {
 	t.Helper()
-	r := &testRepo{dir: dir, rootKey: newSigner(t), releaseKey: newSigner(t), tsK: newSigner(t)}
-	root := &update.Root{Version: 1, Expires: time.Now().AddDate(1, 0, 0)}
-	for _, err := range []error{
-		root.SetRole(update.RoleRoot, 1, r.rootKey.Public()),
-		root.SetRole(update.RoleRelease, 1, r.releaseKey.Public()),
-		root.SetRole(update.RoleTimestamp, 1, r.tsK.Public()),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	var err error
-	if r.root, err = root.Sign(r.rootKey); err != nil {
-		t.Fatal(err)
-	}
-	r.write(t, "1.root.json", r.root)
-	r.write(t, "root.json", r.root)
+	r := &testRepo{testrepo.New(t, dir, repoHardware)}
 	for _, v := range versions {
 		r.release(t, v)
 	}
 	return r
 }
 
-// release signs release version v (one image, v<V>/fw.bin) and writes
-// it as <V>.release.json and release.json; it returns the signed bytes.
+// release signs release version v (one image, v<V>/fw.bin, written too)
+// and writes it as <V>.release.json and release.json; it returns the
+// signed bytes.
 func (r *testRepo) release(t *testing.T, v uint64) []byte {
 	t.Helper()
 	image := bytes.Repeat([]byte(fmt.Sprintf("firmware %d ", v)), 512)
 	uri := fmt.Sprintf("v%d/fw.bin", v)
-	art, err := update.NewArtifact("image", uri, bytes.NewReader(image), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rel, err := (&update.Release{Version: v, SecurityCounter: 1, HardwareClass: repoHardware, Artifacts: []update.Artifact{art},
-		Expires: time.Now().AddDate(0, 1, 0)}).Sign(r.releaseKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.write(t, uri, image)
-	r.write(t, fmt.Sprintf("%d.release.json", v), rel)
-	r.write(t, "release.json", rel)
-	return rel
-}
-
-func (r *testRepo) write(t *testing.T, name string, b []byte) {
-	t.Helper()
-	path := filepath.Join(r.dir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	r.Write(t, uri, image)
+	return r.Release(t, v, uri, image, time.Now().AddDate(0, 1, 0))
 }
 
 // simDevice is one device of the simulated fleet: its transport client,
@@ -187,8 +147,8 @@ func TestCampaignHaltsBadRelease(t *testing.T) {
 	addrs, ran := f.run(ctx, cloud.Config{
 		Registrar: f.registrar(),
 		Verifier:  &cloud.VerifierRole{Broker: mq.Addr, Certificate: testpki.Service(t, f.ca, "verifier"), Roots: f.roots},
-		Update: &cloud.UpdateRole{Dir: repo.dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
-			TimestampKeys: []crypto.Signer{repo.tsK}, TimestampValidity: time.Hour, CampaignEvery: 200 * time.Millisecond},
+		Update: &cloud.UpdateRole{Dir: repo.Dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
+			TimestampKeys: []crypto.Signer{repo.TimestampKey}, TimestampValidity: time.Hour, CampaignEvery: 200 * time.Millisecond},
 	})
 	origin := "https://" + addrs.Update.String() + "/"
 	httpClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -248,7 +208,7 @@ func TestCampaignHaltsBadRelease(t *testing.T) {
 		t.Fatal("the salt drew an unusable split; run again")
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, ts := fetchTimestamp(t, httpClient, origin, repo.root); ts != nil && ts.Rollout != nil && ts.Rollout.Share == 500 {
+		if _, ts := fetchTimestamp(t, httpClient, origin, repo.Root); ts != nil && ts.Rollout != nil && ts.Rollout.Share == 500 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -263,7 +223,7 @@ func TestCampaignHaltsBadRelease(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.run(devCtx, repo.root, origin, httpClient, interval)
+			d.run(devCtx, repo.Root, origin, httpClient, interval)
 		}()
 	}
 	defer func() {
@@ -282,7 +242,7 @@ func TestCampaignHaltsBadRelease(t *testing.T) {
 			p, _ := f.store.CampaignProgress(ctx, c)
 			t.Fatalf("no abort within 45 s: campaign %+v, progress %+v", c, p)
 		}
-		if b, ts := fetchTimestamp(t, httpClient, origin, repo.root); ts != nil && ts.Rollout != nil && ts.Rollout.Share == 3000 {
+		if b, ts := fetchTimestamp(t, httpClient, origin, repo.Root); ts != nil && ts.Rollout != nil && ts.Rollout.Share == 3000 {
 			wider = b
 		}
 		c, err := f.store.LatestCampaign(ctx, repoHardware)
@@ -299,7 +259,7 @@ func TestCampaignHaltsBadRelease(t *testing.T) {
 	}
 	var halted *update.Timestamp
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, ts := fetchTimestamp(t, httpClient, origin, repo.root); ts != nil && ts.Rollout.Halted() {
+		if _, ts := fetchTimestamp(t, httpClient, origin, repo.Root); ts != nil && ts.Rollout.Halted() {
 			halted = ts
 			break
 		}
@@ -402,14 +362,14 @@ func TestCampaignHaltsBadRelease(t *testing.T) {
 	if wider == nil {
 		t.Fatal("no phase 2 timestamp seen to replay")
 	}
-	cdn := staleCDN(t, repo.dir, wider)
+	cdn := staleCDN(t, repo.Dir, wider)
 	d := byPhase[1][len(byPhase[1])-1]
 	check := func(base string, c *http.Client) (*update.Offer, error) {
 		slots, err := slot.OpenDirSlots(filepath.Join(d.dir, "slots"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(d.dir, "agent"), Root: repo.root, HardwareClass: repoHardware,
+		a, err := update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(d.dir, "agent"), Root: repo.Root, HardwareClass: repoHardware,
 			Device: d.id, Slots: slots, Source: &update.HTTPSource{BaseURL: base, Client: c}, Client: c})
 		if err != nil {
 			t.Fatal(err)
@@ -484,13 +444,13 @@ func TestCampaignWideningRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: repo.dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
-		TimestampKeys: []crypto.Signer{repo.tsK}, TimestampValidity: time.Hour, CampaignEvery: 100 * time.Millisecond}})
+	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: repo.Dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
+		TimestampKeys: []crypto.Signer{repo.TimestampKey}, TimestampValidity: time.Hour, CampaignEvery: 100 * time.Millisecond}})
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.roots}}}
 	origin := "https://" + addrs.Update.String() + "/"
 	var signed []byte
 	for deadline := time.Now().Add(10 * time.Second); signed == nil; time.Sleep(50 * time.Millisecond) {
-		if b, ts := fetchTimestamp(t, client, origin, repo.root); ts != nil && ts.Rollout != nil && ts.Rollout.Share == 100 {
+		if b, ts := fetchTimestamp(t, client, origin, repo.Root); ts != nil && ts.Rollout != nil && ts.Rollout.Share == 100 {
 			signed = b
 		}
 		if time.Now().After(deadline) {
@@ -511,7 +471,7 @@ func TestCampaignWideningRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(dir, "agent"), Root: repo.root, HardwareClass: repoHardware,
+		a, err := update.NewAgent(ctx, update.AgentConfig{Dir: filepath.Join(dir, "agent"), Root: repo.Root, HardwareClass: repoHardware,
 			Device: id, Slots: slots, Source: &update.HTTPSource{BaseURL: base, Client: c}})
 		if err != nil {
 			t.Fatal(err)
@@ -527,7 +487,7 @@ func TestCampaignWideningRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cdn := staleCDN(t, repo.dir, widened)
+	cdn := staleCDN(t, repo.Dir, widened)
 	b := agent(cdn.URL+"/", cdn.Client())
 	if o, err := b.Check(ctx); !errors.Is(err, update.ErrBadSignature) || o != nil {
 		t.Fatalf("from a CDN that widened the share: offer %v, err %v, want ErrBadSignature", o, err)

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/cloud"
-	"github.com/d2c-iot/d2c/identity"
 	"github.com/d2c-iot/d2c/update"
 )
 
@@ -27,13 +26,13 @@ func TestServiceUpdateRole(t *testing.T) {
 	f := newFleet(t)
 	r := newTestRepo(t, filepath.Join(f.dir, "repo"))
 	rel := r.release(t, 2)
-	r.write(t, "secret.key", []byte("not to be served"))
-	rootBytes := r.root
+	r.Write(t, "secret.key", []byte("not to be served"))
+	rootBytes := r.Root
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: r.dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
-		TimestampKeys: []crypto.Signer{r.tsK}, TimestampValidity: 4 * time.Second}})
+	addrs, ran := f.run(ctx, cloud.Config{Update: &cloud.UpdateRole{Dir: r.Dir, Listen: "127.0.0.1:0", Certificate: f.serverCert,
+		TimestampKeys: []crypto.Signer{r.TimestampKey}, TimestampValidity: 4 * time.Second}})
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: f.roots}}}
 	fetch := func(name string) (int, []byte) {
 		t.Helper()
@@ -91,13 +90,4 @@ func TestServiceUpdateRole(t *testing.T) {
 	if err := <-ran; err != nil {
 		t.Fatalf("Run after cancel: %v", err)
 	}
-}
-
-func newSigner(t *testing.T) crypto.Signer {
-	t.Helper()
-	k, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }

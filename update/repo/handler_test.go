@@ -28,26 +28,26 @@ import (
 // verifies it through update.HTTPSource.
 func TestHandler(t *testing.T) {
 	r := newTestRepo(t)
-	if _, err := repo.SignTimestamp(t.Context(), r.dir, []crypto.Signer{r.timestampKey}, time.Hour, time.Now()); err != nil {
+	if _, err := repo.SignTimestamp(t.Context(), r.Dir, []crypto.Signer{r.TimestampKey}, time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	r.write(t, "stray.key", []byte("secret"))
-	r.write(t, "v3/old.key", []byte("secret"))
-	r.write(t, ".release.json.tmp-1", []byte("partial"))
-	r.write(t, ".hidden/fw.bin", []byte("hidden"))
-	outside := filepath.Join(filepath.Dir(r.dir), "secret.txt")
+	r.Write(t, "stray.key", []byte("secret"))
+	r.Write(t, "v3/old.key", []byte("secret"))
+	r.Write(t, ".release.json.tmp-1", []byte("partial"))
+	r.Write(t, ".hidden/fw.bin", []byte("hidden"))
+	outside := filepath.Join(filepath.Dir(r.Dir), "secret.txt")
 	if err := os.WriteFile(outside, []byte("outside"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(outside, filepath.Join(r.dir, "escape.txt")); err != nil {
+	if err := os.Symlink(outside, filepath.Join(r.Dir, "escape.txt")); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Dir(r.dir), filepath.Join(r.dir, "up")); err != nil {
+	if err := os.Symlink(filepath.Dir(r.Dir), filepath.Join(r.Dir, "up")); err != nil {
 		t.Fatal(err)
 	}
 
 	logger, logs := newLog(t)
-	srv := httptest.NewServer(repo.Handler(r.dir, logger))
+	srv := httptest.NewServer(repo.Handler(r.Dir, logger))
 	defer srv.Close()
 
 	// raw sends a request line as given, so that no client cleans the
@@ -79,7 +79,7 @@ func TestHandler(t *testing.T) {
 	}
 
 	resp, body := raw("GET", "/timestamp.json")
-	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, r.read(t, "timestamp.json")) {
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(body, r.Read(t, "timestamp.json")) {
 		t.Errorf("GET /timestamp.json: %s, %d bytes", resp.Status, len(body))
 	}
 	if cc := resp.Header.Get("Cache-Control"); cc != "no-cache" {

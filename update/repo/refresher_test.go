@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/repo"
 )
@@ -45,7 +46,7 @@ func runRefresher(t *testing.T, rf repo.Refresher) (stop func()) {
 func TestRefresherKeepsFresh(t *testing.T) {
 	r := newTestRepo(t)
 	logger, logs := newLog(t)
-	stop := runRefresher(t, repo.Refresher{Dir: r.dir, Keys: []crypto.Signer{r.timestampKey},
+	stop := runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: []crypto.Signer{r.TimestampKey},
 		Validity: 3 * time.Second, Every: 100 * time.Millisecond, Logger: logger})
 	var (
 		floors update.Floors
@@ -75,12 +76,12 @@ func TestRefresherKeepsFresh(t *testing.T) {
 // behind.
 func TestRefresherFailingSigner(t *testing.T) {
 	r := newTestRepo(t)
-	if _, err := repo.SignTimestamp(t.Context(), r.dir, []crypto.Signer{r.timestampKey}, 3*time.Second, time.Now()); err != nil {
+	if _, err := repo.SignTimestamp(t.Context(), r.Dir, []crypto.Signer{r.TimestampKey}, 3*time.Second, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	before := listDir(t, r.dir)
+	before := listDir(t, r.Dir)
 	logger, logs := newLog(t)
-	stop := runRefresher(t, repo.Refresher{Dir: r.dir, Keys: []crypto.Signer{failingSigner{r.timestampKey}},
+	stop := runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: []crypto.Signer{failingSigner{r.TimestampKey}},
 		Validity: 3 * time.Second, Every: 100 * time.Millisecond, Logger: logger})
 	for deadline := time.Now().Add(5 * time.Second); strings.Count(logs(), "token removed") < 2; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -88,7 +89,7 @@ func TestRefresherFailingSigner(t *testing.T) {
 		}
 	}
 	stop()
-	if after := listDir(t, r.dir); after != before {
+	if after := listDir(t, r.Dir); after != before {
 		t.Errorf("the repository changed:\n%s\nwas\n%s", after, before)
 	}
 	if !strings.Contains(logs(), `level=ERROR msg="timestamp not signed; the one in place, if any, stays"`) {
@@ -101,20 +102,20 @@ func TestRefresherFailingSigner(t *testing.T) {
 // check.
 func TestRefresherResigns(t *testing.T) {
 	r := newTestRepo(t)
-	key := []crypto.Signer{r.timestampKey}
-	if _, err := repo.SignTimestamp(t.Context(), r.dir, key, 24*time.Hour, time.Now()); err != nil {
+	key := []crypto.Signer{r.TimestampKey}
+	if _, err := repo.SignTimestamp(t.Context(), r.Dir, key, 24*time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	ts := r.read(t, "timestamp.json")
-	stop := runRefresher(t, repo.Refresher{Dir: r.dir, Keys: key})
+	ts := r.Read(t, "timestamp.json")
+	stop := runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: key})
 	time.Sleep(200 * time.Millisecond)
 	stop()
-	if !bytes.Equal(r.read(t, "timestamp.json"), ts) {
+	if !bytes.Equal(r.Read(t, "timestamp.json"), ts) {
 		t.Error("a fresh timestamp was re-signed")
 	}
 
 	r.publishRelease(t, 4, time.Now().AddDate(0, 1, 0))
-	stop = runRefresher(t, repo.Refresher{Dir: r.dir, Keys: key})
+	stop = runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: key})
 	defer stop()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		tr, err := r.deviceCheck(time.Now(), update.Floors{})
@@ -129,7 +130,7 @@ func TestRefresherResigns(t *testing.T) {
 
 // TestRefresherValidate: settings Run refuses at once.
 func TestRefresherValidate(t *testing.T) {
-	key := []crypto.Signer{newKey(t)}
+	key := []crypto.Signer{testpki.Key(t)}
 	for _, c := range []struct {
 		rf   repo.Refresher
 		want string

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/d2c-iot/d2c/internal/jwsedit"
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/repo"
 )
@@ -46,7 +47,7 @@ func TestRefresherRollout(t *testing.T) {
 		return &c, fail
 	}
 	logger, logs := newLog(t)
-	stop := runRefresher(t, repo.Refresher{Dir: r.dir, Keys: []crypto.Signer{r.timestampKey}, Validity: time.Hour,
+	stop := runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: []crypto.Signer{r.TimestampKey}, Validity: time.Hour,
 		Every: 50 * time.Millisecond, Logger: logger, Rollout: asked})
 	defer stop()
 	await := func(want func(*update.Rollout) bool) *update.Timestamp {
@@ -87,12 +88,12 @@ func TestRefresherRollout(t *testing.T) {
 // signs a rule edited into the file without the timestamp key.
 func TestSignTimestampKeepsRollout(t *testing.T) {
 	r := newTestRepo(t)
-	ctx, keys := t.Context(), []crypto.Signer{r.timestampKey}
+	ctx, keys := t.Context(), []crypto.Signer{r.TimestampKey}
 	rule := func(ro *update.Rollout) repo.RolloutFunc {
 		return func(context.Context, string, uint64) (*update.Rollout, error) { return ro, nil }
 	}
 	// A Refresher signs the campaign's rule once.
-	stop := runRefresher(t, repo.Refresher{Dir: r.dir, Keys: keys, Validity: time.Hour, Every: 50 * time.Millisecond,
+	stop := runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: keys, Validity: time.Hour, Every: 50 * time.Millisecond,
 		Rollout: rule(&update.Rollout{Salt: [16]byte{2}, Share: 500})})
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if tr, err := r.deviceCheck(time.Now(), update.Floors{}); err == nil && tr.Timestamp().Rollout != nil {
@@ -103,7 +104,7 @@ func TestSignTimestampKeepsRollout(t *testing.T) {
 		}
 	}
 	stop()
-	ts, err := repo.SignTimestamp(ctx, r.dir, keys, time.Hour, time.Now())
+	ts, err := repo.SignTimestamp(ctx, r.Dir, keys, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,35 +116,35 @@ func TestSignTimestampKeepsRollout(t *testing.T) {
 	// re-signing neither launders it nor takes it for a timestamp without
 	// a rule (which would offer the release to the whole fleet): it
 	// refuses until the service signs or the file is removed.
-	inPlace := r.read(t, "timestamp.json")
+	inPlace := r.Read(t, "timestamp.json")
 	widened, err := jwsedit.EditPayload(inPlace, func(p map[string]any) {
 		p["rollout"].(map[string]any)["share"] = update.RolloutAll
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.write(t, "timestamp.json", widened)
+	r.Write(t, "timestamp.json", widened)
 	if _, err := r.deviceCheck(time.Now(), update.Floors{}); !errors.Is(err, update.ErrBadSignature) && !errors.Is(err, update.ErrMalformed) {
 		t.Fatalf("a device checks the widened timestamp: %v, want a refusal", err)
 	}
-	if ts, err = repo.SignTimestamp(ctx, r.dir, keys, time.Hour, time.Now()); !errors.Is(err, repo.ErrUnverifiedTimestamp) {
+	if ts, err = repo.SignTimestamp(ctx, r.Dir, keys, time.Hour, time.Now()); !errors.Is(err, repo.ErrUnverifiedTimestamp) {
 		t.Fatalf("re-signing over the widened timestamp: %+v, %v, want ErrUnverifiedTimestamp", ts, err)
 	}
-	if !bytes.Equal(r.read(t, "timestamp.json"), widened) {
+	if !bytes.Equal(r.Read(t, "timestamp.json"), widened) {
 		t.Fatal("the refused re-signing wrote the timestamp")
 	}
-	r.write(t, "timestamp.json", inPlace)
+	r.Write(t, "timestamp.json", inPlace)
 
 	// A new release after a campaign's timestamp starts held.
-	if _, err := repo.SignTimestamp(ctx, r.dir, keys, time.Hour, time.Now()); err != nil {
+	if _, err := repo.SignTimestamp(ctx, r.Dir, keys, time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	stop = runRefresher(t, repo.Refresher{Dir: r.dir, Keys: keys, Validity: time.Hour, Every: 50 * time.Millisecond,
+	stop = runRefresher(t, repo.Refresher{Dir: r.Dir, Keys: keys, Validity: time.Hour, Every: 50 * time.Millisecond,
 		Rollout: rule(&update.Rollout{Salt: [16]byte{2}, Share: 500})})
 	time.Sleep(200 * time.Millisecond)
 	stop()
 	r.publishRelease(t, 4, time.Now().AddDate(0, 1, 0))
-	if ts, err = repo.SignTimestamp(ctx, r.dir, keys, time.Hour, time.Now()); err != nil {
+	if ts, err = repo.SignTimestamp(ctx, r.Dir, keys, time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if ts.Release.Version != 4 || !ts.Rollout.Halted() {
@@ -157,35 +158,35 @@ func TestSignTimestampKeepsRollout(t *testing.T) {
 func TestCarryAcrossKeyRotation(t *testing.T) {
 	r := newTestRepo(t)
 	ctx := t.Context()
-	ts, err := update.NewTimestamp(1, time.Now().Add(time.Hour), r.read(t, "3.release.json"))
+	ts, err := update.NewTimestamp(1, time.Now().Add(time.Hour), r.Read(t, "3.release.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts.Rollout = &update.Rollout{Salt: [16]byte{9}, Share: 250}
-	b, err := ts.Sign(r.timestampKey)
+	b, err := ts.Sign(r.TimestampKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.write(t, "timestamp.json", b)
+	r.Write(t, "timestamp.json", b)
 
 	// Root 2 replaces the timestamp key.
-	root1, err := repo.NewTrusted(r.dir, time.Now(), testHardware)
+	root1, err := repo.NewTrusted(r.Dir, time.Now(), testHardware)
 	if err != nil {
 		t.Fatal(err)
 	}
 	next := root1.Root().Next(time.Now().AddDate(1, 0, 0))
-	newTS := newKey(t)
+	newTS := testpki.Key(t)
 	if err := next.SetRole(update.RoleTimestamp, 1, newTS.Public()); err != nil {
 		t.Fatal(err)
 	}
-	signed, err := next.Sign(r.rootKey)
+	signed, err := next.Sign(r.RootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.write(t, "2.root.json", signed)
-	r.write(t, "root.json", signed)
+	r.Write(t, "2.root.json", signed)
+	r.Write(t, "root.json", signed)
 
-	got, err := repo.SignTimestamp(ctx, r.dir, []crypto.Signer{newTS}, time.Hour, time.Now())
+	got, err := repo.SignTimestamp(ctx, r.Dir, []crypto.Signer{newTS}, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,56 +15,29 @@ import (
 	"testing"
 	"time"
 
-	"github.com/d2c-iot/d2c/identity"
+	"github.com/d2c-iot/d2c/internal/testrepo"
 	"github.com/d2c-iot/d2c/update"
 )
 
-// testRepo is an update repository in a temporary directory, built with
-// package update alone: root version 1 (one key per role), release
+// testRepo is an update repository in a temporary directory
+// (internal/testrepo): root version 1 (one key per role), release
 // version 3 for the hardware class "hw" with one 64 KiB image at
 // v3/fw.bin, published as 3.release.json and release.json. It has no
 // timestamp yet.
 type testRepo struct {
-	dir                               string
-	root                              []byte // root version 1, as devices pin it
-	rootKey, releaseKey, timestampKey crypto.Signer
-	image                             []byte
+	*testrepo.Repo
+	image []byte
 }
 
 const testHardware = "hw"
 
 func newTestRepo(t testing.TB) *testRepo {
 	t.Helper()
-	r := &testRepo{dir: filepath.Join(t.TempDir(), "repo"), image: bytes.Repeat([]byte("0123456789abcdef"), 4096)}
-	r.rootKey, r.releaseKey, r.timestampKey = newKey(t), newKey(t), newKey(t)
-	root := &update.Root{Version: 1, Expires: time.Now().AddDate(1, 0, 0)}
-	for _, err := range []error{
-		root.SetRole(update.RoleRoot, 1, r.rootKey.Public()),
-		root.SetRole(update.RoleRelease, 1, r.releaseKey.Public()),
-		root.SetRole(update.RoleTimestamp, 1, r.timestampKey.Public()),
-	} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	var err error
-	if r.root, err = root.Sign(r.rootKey); err != nil {
-		t.Fatal(err)
-	}
-	r.write(t, "1.root.json", r.root)
-	r.write(t, "root.json", r.root)
-	r.write(t, "v3/fw.bin", r.image)
+	r := &testRepo{Repo: testrepo.New(t, filepath.Join(t.TempDir(), "repo"), testHardware),
+		image: bytes.Repeat([]byte("0123456789abcdef"), 4096)}
+	r.Write(t, "v3/fw.bin", r.image)
 	r.publishRelease(t, 3, time.Now().AddDate(0, 1, 0))
 	return r
-}
-
-func newKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := identity.GenerateKey(identity.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // publishRelease signs release version of the image, valid until
@@ -72,50 +45,18 @@ func newKey(t testing.TB) crypto.Signer {
 // the release signer does (without a timestamp).
 func (r *testRepo) publishRelease(t testing.TB, version uint64, expires time.Time) []byte {
 	t.Helper()
-	art, err := update.NewArtifact("image", "v3/fw.bin", bytes.NewReader(r.image), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rel := &update.Release{Version: version, SecurityCounter: 1, HardwareClass: testHardware,
-		Artifacts: []update.Artifact{art}, Expires: expires}
-	b, err := rel.Sign(r.releaseKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.write(t, strconv.FormatUint(version, 10)+".release.json", b)
-	r.write(t, "release.json", b)
-	return b
-}
-
-func (r *testRepo) write(t testing.TB, name string, b []byte) {
-	t.Helper()
-	path := filepath.Join(r.dir, filepath.FromSlash(name))
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (r *testRepo) read(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(r.dir, name))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
-	}
-	return b
+	return r.Release(t, version, "v3/fw.bin", r.image, expires)
 }
 
 // deviceCheck verifies the repository's timestamp, then the release it
 // names, as a device pinned at root version 1 does at now, with floors
 // from its previous cycle, and returns the device's trust state.
 func (r *testRepo) deviceCheck(now time.Time, floors update.Floors) (*update.Trusted, error) {
-	tr, err := update.NewTrusted(r.root, floors, now, testHardware)
+	tr, err := update.NewTrusted(r.Root, floors, now, testHardware)
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(r.dir, "timestamp.json"))
+	b, err := os.ReadFile(filepath.Join(r.Dir, "timestamp.json"))
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +64,7 @@ func (r *testRepo) deviceCheck(now time.Time, floors update.Floors) (*update.Tru
 	if err != nil {
 		return nil, err
 	}
-	if b, err = os.ReadFile(filepath.Join(r.dir, strconv.FormatUint(ts.Release.Version, 10)+".release.json")); err != nil {
+	if b, err = os.ReadFile(filepath.Join(r.Dir, strconv.FormatUint(ts.Release.Version, 10)+".release.json")); err != nil {
 		return nil, err
 	}
 	if _, err := tr.UpdateRelease(b); err != nil {

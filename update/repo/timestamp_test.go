@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/d2c-iot/d2c/internal/testpki"
 	"github.com/d2c-iot/d2c/update"
 	"github.com/d2c-iot/d2c/update/repo"
 )
@@ -28,13 +29,13 @@ import (
 // versioned release restored where it was missing.
 func TestSignTimestamp(t *testing.T) {
 	r := newTestRepo(t)
-	if err := os.Remove(filepath.Join(r.dir, "3.release.json")); err != nil {
+	if err := os.Remove(filepath.Join(r.Dir, "3.release.json")); err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
 	var floors update.Floors
 	for want := uint64(1); want <= 2; want++ {
-		ts, err := repo.SignTimestamp(t.Context(), r.dir, []crypto.Signer{r.timestampKey}, time.Hour, now)
+		ts, err := repo.SignTimestamp(t.Context(), r.Dir, []crypto.Signer{r.TimestampKey}, time.Hour, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +51,7 @@ func TestSignTimestamp(t *testing.T) {
 		}
 		floors = tr.Floors()
 	}
-	if !bytes.Equal(r.read(t, "3.release.json"), r.read(t, "release.json")) {
+	if !bytes.Equal(r.Read(t, "3.release.json"), r.Read(t, "release.json")) {
 		t.Error("3.release.json not restored from release.json")
 	}
 	// Still valid in 50 minutes, expired in 70.
@@ -67,8 +68,8 @@ func TestSignTimestamp(t *testing.T) {
 func TestSignTimestampRefusals(t *testing.T) {
 	r := newTestRepo(t)
 	now := time.Now()
-	key := []crypto.Signer{r.timestampKey}
-	if _, err := repo.SignTimestamp(t.Context(), r.dir, key, time.Hour, now); err != nil {
+	key := []crypto.Signer{r.TimestampKey}
+	if _, err := repo.SignTimestamp(t.Context(), r.Dir, key, time.Hour, now); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
@@ -80,13 +81,13 @@ func TestSignTimestampRefusals(t *testing.T) {
 		want     []error
 		msg      string
 	}{
-		{name: "release key", keys: []crypto.Signer{r.releaseKey},
+		{name: "release key", keys: []crypto.Signer{r.ReleaseKey},
 			want: []error{update.ErrUnknownKey}, msg: "is not a timestamp key of root version 1"},
-		{name: "unknown key", keys: []crypto.Signer{r.timestampKey, newKey(t)},
+		{name: "unknown key", keys: []crypto.Signer{r.TimestampKey, testpki.Key(t)},
 			want: []error{update.ErrUnknownKey}, msg: "is not a timestamp key of root version 1"},
 		{name: "no key", keys: nil, want: []error{update.ErrThreshold}, msg: "0 timestamp keys given, root version 1 needs 1"},
-		{name: "failing signer", keys: []crypto.Signer{failingSigner{r.timestampKey}}, msg: "token removed"},
-		{name: "bad signature", keys: []crypto.Signer{wrongSigner{r.timestampKey, r.releaseKey}},
+		{name: "failing signer", keys: []crypto.Signer{failingSigner{r.TimestampKey}}, msg: "token removed"},
+		{name: "bad signature", keys: []crypto.Signer{wrongSigner{r.TimestampKey, r.ReleaseKey}},
 			msg: "a signer produced an invalid signature"},
 		{name: "expired release", now: now.AddDate(0, 2, 0),
 			want: []error{repo.ErrReleaseExpired, update.ErrExpired}, msg: "release version 3 expired"},
@@ -94,15 +95,15 @@ func TestSignTimestampRefusals(t *testing.T) {
 			want: []error{update.ErrExpired}, msg: "root version 1 expired"},
 		{name: "no validity", validity: -time.Second, msg: "want a positive duration"},
 		{name: "release edited", prepare: func(t *testing.T) {
-			r.write(t, "release.json", append(r.read(t, "release.json"), '\n'))
+			r.Write(t, "release.json", append(r.Read(t, "release.json"), '\n'))
 		}, msg: "release.json differs from"},
 		{name: "no release", prepare: func(t *testing.T) {
-			if err := os.Remove(filepath.Join(r.dir, "release.json")); err != nil {
+			if err := os.Remove(filepath.Join(r.Dir, "release.json")); err != nil {
 				t.Fatal(err)
 			}
 		}, want: []error{repo.ErrNoRelease}},
 		{name: "no root", prepare: func(t *testing.T) {
-			if err := os.Remove(filepath.Join(r.dir, "1.root.json")); err != nil {
+			if err := os.Remove(filepath.Join(r.Dir, "1.root.json")); err != nil {
 				t.Fatal(err)
 			}
 		}, want: []error{repo.ErrNoRepository}, msg: "no root in"},
@@ -120,8 +121,8 @@ func TestSignTimestampRefusals(t *testing.T) {
 			if c.prepare != nil {
 				c.prepare(t)
 			}
-			before := listDir(t, r.dir)
-			ts, err := repo.SignTimestamp(t.Context(), r.dir, c.keys, c.validity, c.now)
+			before := listDir(t, r.Dir)
+			ts, err := repo.SignTimestamp(t.Context(), r.Dir, c.keys, c.validity, c.now)
 			if err == nil {
 				t.Fatalf("signed timestamp version %d", ts.Version)
 			}
@@ -133,12 +134,12 @@ func TestSignTimestampRefusals(t *testing.T) {
 			if !strings.Contains(err.Error(), c.msg) {
 				t.Errorf("error %q does not say %q", err, c.msg)
 			}
-			if after := listDir(t, r.dir); after != before {
+			if after := listDir(t, r.Dir); after != before {
 				t.Errorf("written although refused:\n%s\nwas\n%s", after, before)
 			}
 		})
 	}
-	if _, err := repo.SignTimestamp(t.Context(), filepath.Join(r.dir, "nowhere"), key, time.Hour, now); !errors.Is(err, repo.ErrNoRepository) || !errors.Is(err, fs.ErrNotExist) {
+	if _, err := repo.SignTimestamp(t.Context(), filepath.Join(r.Dir, "nowhere"), key, time.Hour, now); !errors.Is(err, repo.ErrNoRepository) || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("no directory: %v, want ErrNoRepository and fs.ErrNotExist", err)
 	}
 }
@@ -155,7 +156,7 @@ func TestSignTimestampConcurrent(t *testing.T) {
 	)
 	for range n {
 		wg.Go(func() {
-			ts, err := repo.SignTimestamp(t.Context(), r.dir, []crypto.Signer{r.timestampKey}, time.Hour, time.Now())
+			ts, err := repo.SignTimestamp(t.Context(), r.Dir, []crypto.Signer{r.TimestampKey}, time.Hour, time.Now())
 			if err != nil {
 				t.Error(err)
 				return
@@ -184,25 +185,25 @@ func TestSignTimestampConcurrent(t *testing.T) {
 // taken.
 func TestLock(t *testing.T) {
 	r := newTestRepo(t)
-	unlock, err := repo.Lock(t.Context(), r.dir)
+	unlock, err := repo.Lock(t.Context(), r.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	if _, err := repo.SignTimestamp(ctx, r.dir, []crypto.Signer{r.timestampKey}, time.Hour, time.Now()); !errors.Is(err, repo.ErrLocked) || !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := repo.SignTimestamp(ctx, r.Dir, []crypto.Signer{r.TimestampKey}, time.Hour, time.Now()); !errors.Is(err, repo.ErrLocked) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("while locked: %v, want ErrLocked and DeadlineExceeded", err)
 	}
-	if b := r.read(t, "timestamp.json"); b != nil {
+	if b := r.Read(t, "timestamp.json"); b != nil {
 		t.Error("timestamp written while locked")
 	}
 	unlock()
-	unlock, err = repo.Lock(t.Context(), r.dir)
+	unlock, err = repo.Lock(t.Context(), r.Dir)
 	if err != nil {
 		t.Fatalf("after unlock: %v", err)
 	}
 	unlock()
-	if _, err := repo.Lock(t.Context(), filepath.Join(r.dir, "nowhere")); !errors.Is(err, repo.ErrNoRepository) {
+	if _, err := repo.Lock(t.Context(), filepath.Join(r.Dir, "nowhere")); !errors.Is(err, repo.ErrNoRepository) {
 		t.Errorf("no directory: %v, want ErrNoRepository", err)
 	}
 }
@@ -210,8 +211,8 @@ func TestLock(t *testing.T) {
 // TestNewTrustedRootGap: a missing root version in the middle is refused.
 func TestNewTrustedRootGap(t *testing.T) {
 	r := newTestRepo(t)
-	r.write(t, "3.root.json", r.root)
-	if _, err := repo.NewTrusted(r.dir, time.Now(), testHardware); !errors.Is(err, update.ErrRootVersionSkip) ||
+	r.Write(t, "3.root.json", r.Root)
+	if _, err := repo.NewTrusted(r.Dir, time.Now(), testHardware); !errors.Is(err, update.ErrRootVersionSkip) ||
 		!strings.Contains(err.Error(), "has 3.root.json but no 2.root.json") {
 		t.Errorf("gap: %v", err)
 	}
