@@ -213,17 +213,13 @@ report it too, and "d2c device update --status" warns once it has passed.`,
 					return err
 				}
 				// Signed and checked as a device would, written below.
-				ts, tsBytes, err := updaterepo.NextTimestamp(*repo, t, relBytes, tsSigners, now.Add(*tsExpires))
+				next := updaterepo.NextTimestamp
+				if *held {
+					next = updaterepo.NextTimestampHeld
+				}
+				ts, tsBytes, err := next(*repo, t, relBytes, tsSigners, now.Add(*tsExpires))
 				if err != nil {
 					return repoHint(err, *repo)
-				}
-				if *held {
-					// Halted: share 0, no group. Only the rule differs from
-					// what NextTimestamp checked as a device would.
-					ts.Rollout = &update.Rollout{}
-					if tsBytes, err = ts.Sign(tsSigners...); err != nil {
-						return err
-					}
 				}
 				if err := staged.publish(); err != nil {
 					return err

@@ -130,8 +130,9 @@ func signTimestamp(ctx context.Context, dir string, keys []crypto.Signer, validi
 // release's hardware class, is left past the release.
 //
 // The cohort rule ([update.Timestamp.Rollout]) of the timestamp in place
-// carries over, if that timestamp verifies with the repository's roots
-// (as of just before it expired): the same rule for the same release, and
+// carries over (use [NextTimestampHeld] to sign a halted one instead), if
+// that timestamp verifies with a root of the repository's chain: the same
+// rule for the same release, and
 // for a new release a halted rule (no device offered) until the service
 // running the campaign signs the campaign's rule (docs/update-format.md,
 // "Campaigns"), so that a release published under a campaign never
@@ -143,6 +144,14 @@ func signTimestamp(ctx context.Context, dir string, keys []crypto.Signer, validi
 // release.
 func NextTimestamp(dir string, t *update.Trusted, signedRelease []byte, keys []crypto.Signer, expires time.Time) (*update.Timestamp, []byte, error) {
 	return nextTimestamp(dir, t, signedRelease, keys, expires, nil, true)
+}
+
+// NextTimestampHeld is [NextTimestamp] with a halted cohort rule (share 0,
+// no group) instead of the one in place: the release it names is offered
+// to no device until the service running its campaign signs the first
+// phase (d2c update release sign --held).
+func NextTimestampHeld(dir string, t *update.Trusted, signedRelease []byte, keys []crypto.Signer, expires time.Time) (*update.Timestamp, []byte, error) {
+	return nextTimestamp(dir, t, signedRelease, keys, expires, &update.Rollout{}, false)
 }
 
 // nextTimestamp is NextTimestamp with the rule rollout, or, if carry, the
