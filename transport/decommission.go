@@ -54,22 +54,20 @@ func (c *Client) Decommission(ctx context.Context, store *identity.Store, opts d
 	return nil
 }
 
-// drainAfter publishes r on decommission.LifecycleStream and waits until the outbox is
-// empty (everything acknowledged by the broker) or the timeout.
+// drainAfter publishes r on decommission.LifecycleStream and waits, at
+// most timeout, until the broker acknowledged everything queued
+// ([Client.Flush]).
 func (c *Client) drainAfter(ctx context.Context, timeout time.Duration, r Reading) error {
 	if err := c.Publish(ctx, decommission.LifecycleStream, r); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
-	for c.outbox.Stats().Len > 0 {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the broker did not acknowledge the last %d messages within %v; erasing anyway", c.outbox.Stats().Len, timeout)
-		}
-		select {
-		case <-ctx.Done():
+	fctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
 		}
+		return fmt.Errorf("the broker did not acknowledge everything queued within %v; erasing anyway: %w", timeout, err)
 	}
 	return nil
 }
